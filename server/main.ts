@@ -1,0 +1,126 @@
+import type { ServerBuild } from "@remix-run/node";
+import type express from "express";
+import { connectDatabase, type DatabaseClient } from "../db/client";
+import { ensureApplicationDatabase, startEmbeddedPostgres, type EmbeddedPostgres } from "../db/embedded";
+import { migrateDatabase, shippedMigrationCount } from "../db/migrate";
+import type { BerthTask } from "../jobs/registry";
+import { startJobRunner, type JobRunner } from "../jobs/runner";
+import type { Config } from "./config";
+import { startHttpServer, type HttpServer } from "./http";
+import type { Logger } from "./logger";
+import { createServices, type Services } from "./services";
+import { ensureBootstrapAdmin, type BootstrapResult } from "./services/bootstrap";
+import { createTrpcCaller, createTrpcHandler } from "./trpc/handler";
+
+/**
+ * The composition root: the only place that wires concrete pieces together. Everything a Berth
+ * process runs (database, migrations, services, job runner, HTTP) starts here, in order, and stops
+ * here, in reverse.
+ */
+export type BerthOptions = {
+  config: Config;
+  logger: Logger;
+  remixBuild: ServerBuild | (() => Promise<ServerBuild>);
+  clientAssetsDir?: string;
+  devMiddleware?: express.RequestHandler;
+  extraTasks?: BerthTask[];
+};
+
+export type RunningBerth = {
+  url: string;
+  port: number;
+  databaseUrl: string;
+  services: Services;
+  bootstrap: BootstrapResult;
+  /** Graceful shutdown; resolves when everything is stopped. Safe to call twice. */
+  stop(): Promise<void>;
+};
+
+export async function startBerth(options: BerthOptions): Promise<RunningBerth> {
+  const { config, logger } = options;
+  const cleanups: Array<() => Promise<void>> = [];
+  const cleanUp = async () => {
+    for (const cleanup of cleanups.splice(0).reverse()) {
+      await cleanup().catch((error: unknown) => logger.error({ err: error }, "error during shutdown"));
+    }
+  };
+
+  try {
+    let databaseUrl = config.databaseUrl;
+    if (!databaseUrl) {
+      const embedded: EmbeddedPostgres = await startEmbeddedPostgres({ dataDir: config.dataDir, logger });
+      cleanups.push(() => embedded.stop());
+      await ensureApplicationDatabase(embedded.url);
+      databaseUrl = embedded.url;
+      logger.info({ port: embedded.port, pid: embedded.pid }, "embedded Postgres running");
+    }
+
+    await migrateDatabase(databaseUrl);
+    const database: DatabaseClient = connectDatabase(databaseUrl, { max: config.databasePoolSize });
+    cleanups.push(() => database.close());
+
+    // Services are built before the runner exists, but ask it whether it runs.
+    const worker: { runner?: JobRunner } = {};
+    const services = createServices({
+      db: database.db,
+      sql: database.sql,
+      config,
+      logger,
+      shippedMigrations: shippedMigrationCount(),
+      isWorkerRunning: () => worker.runner?.isRunning() ?? false,
+    });
+
+    const bootstrap = await ensureBootstrapAdmin(database.db, config, logger);
+
+    await services.workerLiveness.register();
+    cleanups.push(() => services.workerLiveness.unregister());
+    await services.workerLiveness.releaseLocksOfDeadWorkers();
+
+    const runner = await startJobRunner({
+      databaseUrl,
+      concurrency: config.workerConcurrency,
+      services,
+      logger,
+      shutdownAbortMs: Math.max(1_000, Math.floor(config.shutdownTimeoutMs / 2)),
+      extraTasks: options.extraTasks,
+      onWorkerCreated: (id) => services.workerLiveness.recordWorkerId(id),
+    });
+    worker.runner = runner;
+    cleanups.push(() => runner.stop());
+
+    const httpServer: HttpServer = await startHttpServer({
+      host: config.host,
+      port: config.port,
+      services,
+      logger,
+      remixBuild: options.remixBuild,
+      clientAssetsDir: options.clientAssetsDir,
+      devMiddleware: options.devMiddleware,
+      loadContext: { handleTrpc: createTrpcHandler(services, logger), trpcCaller: createTrpcCaller(services) },
+    });
+    let stopping: Promise<void> | undefined;
+    return {
+      url: `http://127.0.0.1:${httpServer.port}`,
+      port: httpServer.port,
+      databaseUrl,
+      services,
+      bootstrap,
+      stop() {
+        stopping ??= (async () => {
+          logger.info("shutting down");
+          // No new requests; open ones may finish while running jobs wind down.
+          const closing = httpServer.close();
+          await runner.stop();
+          await Promise.race([closing, new Promise((resolve) => setTimeout(resolve, 1_000))]);
+          httpServer.forceClose();
+          await cleanUp();
+          logger.info("stopped");
+        })();
+        return stopping;
+      },
+    };
+  } catch (error) {
+    await cleanUp();
+    throw error;
+  }
+}

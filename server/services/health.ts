@@ -1,0 +1,87 @@
+import type postgres from "postgres";
+import { pendingMigrationCount } from "../../db/migrate";
+import type { Config } from "../config";
+import { BERTH_VERSION } from "../version";
+
+export type ComponentState = "ok" | "unreachable" | "not configured";
+
+export type Health = {
+  ok: boolean;
+  version: string;
+  database: "ok" | "unreachable";
+  gateway: ComponentState;
+  sandboxBackend: string;
+};
+
+export type Readiness = {
+  ready: boolean;
+  database: "ok" | "unreachable";
+  pendingMigrations: number | null;
+  worker: "running" | "stopped";
+};
+
+const GATEWAY_CHECK_TTL_MS = 10_000;
+
+export class HealthService {
+  private gatewayCache: { at: number; state: ComponentState } | undefined;
+
+  constructor(
+    private readonly deps: {
+      sql: postgres.Sql;
+      config: Pick<Config, "gateway">;
+      shippedMigrations: number;
+      isWorkerRunning: () => boolean;
+      /** Name of the sandbox backend in use, or undefined until one is wired. */
+      sandboxBackend: () => string | undefined;
+      fetch?: typeof fetch;
+    },
+  ) {}
+
+  private async databaseState(): Promise<"ok" | "unreachable"> {
+    try {
+      await this.deps.sql`select 1`;
+      return "ok";
+    } catch {
+      return "unreachable";
+    }
+  }
+
+  /** Whether the LiteLLM Gateway answers an authenticated model listing (cached for 10 s). */
+  async gatewayState(): Promise<ComponentState> {
+    const gateway = this.deps.config.gateway;
+    if (!gateway) return "not configured";
+    if (this.gatewayCache && Date.now() - this.gatewayCache.at < GATEWAY_CHECK_TTL_MS) return this.gatewayCache.state;
+    let state: ComponentState = "unreachable";
+    try {
+      const response = await (this.deps.fetch ?? fetch)(`${gateway.baseUrl}/v1/models`, {
+        headers: gateway.apiKey ? { authorization: `Bearer ${gateway.apiKey}` } : {},
+        signal: AbortSignal.timeout(3_000),
+      });
+      state = response.ok ? "ok" : "unreachable";
+      await response.body?.cancel();
+    } catch {
+      state = "unreachable";
+    }
+    this.gatewayCache = { at: Date.now(), state };
+    return state;
+  }
+
+  async health(): Promise<Health> {
+    const [database, gateway] = await Promise.all([this.databaseState(), this.gatewayState()]);
+    return {
+      ok: database === "ok",
+      version: BERTH_VERSION,
+      database,
+      gateway,
+      sandboxBackend: this.deps.sandboxBackend() ?? "not configured",
+    };
+  }
+
+  async readiness(): Promise<Readiness> {
+    const database = await this.databaseState();
+    const pendingMigrations =
+      database === "ok" ? await pendingMigrationCount(this.deps.sql, this.deps.shippedMigrations).catch(() => null) : null;
+    const worker = this.deps.isWorkerRunning() ? "running" : "stopped";
+    return { ready: database === "ok" && pendingMigrations === 0 && worker === "running", database, pendingMigrations, worker };
+  }
+}

@@ -1,0 +1,32 @@
+import { fetchRequestHandler } from "@trpc/server/adapters/fetch";
+import type { Logger } from "../logger";
+import type { Services } from "../services";
+import { createContextFactory } from "./context";
+import { createCallerFactory } from "./init";
+import { appRouter } from "./router";
+
+export const TRPC_ENDPOINT = "/api/trpc";
+
+export type TrpcRequestHandler = (request: Request) => Promise<Response>;
+
+/** The fetch-API handler the Remix resource route at /api/trpc delegates to. */
+export function createTrpcHandler(services: Services, logger: Logger): TrpcRequestHandler {
+  const createContext = createContextFactory(services);
+  return (request) =>
+    fetchRequestHandler({
+      endpoint: TRPC_ENDPOINT,
+      req: request,
+      router: appRouter,
+      createContext: () => createContext(request),
+      onError({ error, path }) {
+        if (error.code === "INTERNAL_SERVER_ERROR") logger.error({ err: error.cause ?? error, path }, "tRPC procedure failed");
+      },
+    });
+}
+
+/** A server-side caller acting for the given request (same context, same authorisation). */
+export function createTrpcCaller(services: Services) {
+  const createContext = createContextFactory(services);
+  const createCaller = createCallerFactory(appRouter);
+  return (request: Request) => createCaller(createContext(request));
+}

@@ -1,0 +1,16 @@
+import { defineConfig } from "vitest/config";
+
+// Tests run against a real Postgres: the embedded one started by the global setup, or DATABASE_URL.
+export default defineConfig({
+  test: {
+    include: ["**/*.test.ts"],
+    exclude: ["node_modules/**", "build/**"],
+    globalSetup: ["./tests/global-setup.ts"],
+    setupFiles: ["./tests/setup-console.ts"],
+    pool: "forks",
+    testTimeout: 60_000,
+    hookTimeout: 120_000,
+    fileParallelism: true,
+    maxWorkers: 2,
+  },
+});
