@@ -1,6 +1,6 @@
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import fs from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
@@ -56,22 +56,28 @@ async function unprivilegedUser(logger: Logger): Promise<{ uid: number; gid: num
   }
 }
 
-function isAlive(pid: number): boolean {
+/** Whether a process runs; a zombie (exited, but not reaped by an init that does not reap) does not. */
+export function isProcessAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "EPERM";
+    if ((error as NodeJS.ErrnoException).code !== "EPERM") return false;
+  }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
+  } catch {
+    return process.platform !== "linux";
   }
 }
 
 async function waitForExit(pid: number, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
-    if (!isAlive(pid)) return true;
+    if (!isProcessAlive(pid)) return true;
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
-  return !isAlive(pid);
+  return !isProcessAlive(pid);
 }
 
 async function freePort(): Promise<number> {
@@ -90,7 +96,7 @@ async function claimDataDir(dataDir: string): Promise<() => Promise<void>> {
   const lockFile = path.join(dataDir, "berth.pid");
   const previous = await fs.readFile(lockFile, "utf8").catch(() => "");
   const previousPid = Number(previous.trim());
-  if (previousPid && previousPid !== process.pid && isAlive(previousPid)) {
+  if (previousPid && previousPid !== process.pid && isProcessAlive(previousPid)) {
     throw new Error(
       `Another Berth process (pid ${previousPid}) is using the data directory ${dataDir}. ` +
         `Stop it, or delete ${lockFile} if no Berth process is running.`,
@@ -105,7 +111,7 @@ async function stopOrphanedServer(pgDir: string, logger: Logger): Promise<void> 
   const pidFile = await fs.readFile(path.join(pgDir, "postmaster.pid"), "utf8").catch(() => undefined);
   if (!pidFile) return;
   const pid = Number(pidFile.split("\n")[0]);
-  if (!pid || !isAlive(pid)) return;
+  if (!pid || !isProcessAlive(pid)) return;
   const commandLine = await fs.readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "postgres");
   if (!commandLine.includes("postgres")) return;
   logger.warn({ pid }, "stopping an embedded Postgres left running by a previous Berth process");

@@ -4,6 +4,7 @@ import type { ServerBuild } from "@remix-run/node";
 import { ConfigError, loadConfig, type Config } from "./config";
 import { createLogger } from "./logger";
 import { startBerth } from "./main";
+import { exitOnSignals } from "./process";
 
 /**
  * The process entry (`npm run serve`, the Docker image, Bun): reads the environment once, starts
@@ -54,32 +55,7 @@ try {
   }
   logger.info({ url: `http://localhost:${berth.port}` }, "Berth is ready");
 
-  let signalled = false;
-  const shutdown = (signal: NodeJS.Signals) => {
-    if (signalled) {
-      logger.warn({ signal }, "second signal: exiting now");
-      process.exit(1);
-    }
-    signalled = true;
-    logger.info({ signal }, "signal received, shutting down gracefully");
-    const deadline = setTimeout(() => {
-      logger.error("graceful shutdown timed out");
-      process.exit(1);
-    }, config.shutdownTimeoutMs + 3_000);
-    deadline.unref();
-    berth.stop().then(
-      () => {
-        logger.flush();
-        process.exit(0);
-      },
-      (error: unknown) => {
-        logger.error({ err: error }, "shutdown failed");
-        process.exit(1);
-      },
-    );
-  };
-  process.on("SIGTERM", shutdown);
-  process.on("SIGINT", shutdown);
+  exitOnSignals(berth, logger, config.shutdownTimeoutMs);
 } catch (error) {
   logger.fatal({ err: error }, `Berth could not start: ${error instanceof Error ? error.message : String(error)}`);
   logger.flush();

@@ -78,13 +78,19 @@ export class WorkerLiveness {
     return released;
   }
 
+  /**
+   * Call after the job runner has stopped: any lock our workers still hold is stale (graphile-worker
+   * 0.17 can leave a job aborted at shutdown locked by the pool id), so release it before leaving.
+   */
   async unregister(): Promise<void> {
     if (!this.connection) return;
     const connection = this.connection;
-    this.connection = undefined;
     try {
       await this.flushing;
-      await connection`delete from worker_instances where id = ${this.instanceId!}`;
+      this.connection = undefined;
+      await connection`
+        with gone as (delete from worker_instances where id = ${this.instanceId!} returning worker_ids)
+        select graphile_worker.force_unlock_workers(worker_ids) from gone where cardinality(worker_ids) > 0`;
       await connection`select pg_advisory_unlock(${LIVENESS_LOCK_CLASS}, ${this.instanceId!})`;
     } finally {
       connection.release();

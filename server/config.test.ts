@@ -1,0 +1,69 @@
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { ConfigError, loadConfig } from "./config";
+
+function problemsOf(env: Record<string, string>): string {
+  try {
+    loadConfig(env);
+  } catch (error) {
+    expect(error).toBeInstanceOf(ConfigError);
+    return (error as Error).message;
+  }
+  throw new Error("expected a ConfigError");
+}
+
+describe("loadConfig", () => {
+  it("applies the documented defaults to an empty environment", () => {
+    const config = loadConfig({});
+    expect(config).toMatchObject({
+      port: 3000,
+      databaseUrl: undefined,
+      dataDir: path.resolve(".berth"),
+      adminEmail: "admin@berth.local",
+      gateway: undefined,
+      sandboxBackend: "local",
+      containerEnv: {},
+    });
+  });
+
+  it("names the variable in one line when PORT is not a port", () => {
+    const message = problemsOf({ PORT: "abc" });
+    expect(message).toBe('Invalid configuration: PORT must be a whole number from 1 to 65535 (got "abc")');
+    expect(message).not.toContain("\n");
+    expect(problemsOf({ PORT: "70000" })).toContain("PORT");
+  });
+
+  it("lists every bad variable, and never echoes a secret's value", () => {
+    const message = problemsOf({ DATABASE_URL: "mysql://user:hunter2@db/x", BERTH_SANDBOX_BACKEND: "docker", BERTH_SECRET_KEY: "short-secret" });
+    expect(message).toContain("DATABASE_URL must be a postgres:// or postgresql:// URL");
+    expect(message).toContain("BERTH_SANDBOX_BACKEND");
+    expect(message).toContain("BERTH_SECRET_KEY must be 32 bytes");
+    expect(message).not.toContain("hunter2");
+    expect(message).not.toContain("short-secret");
+  });
+
+  it("accepts a 32-byte secret key as hex or base64", () => {
+    const hex = "ab".repeat(32);
+    expect(loadConfig({ BERTH_SECRET_KEY: hex }).secretKey?.toString("hex")).toBe(hex);
+    const base64 = Buffer.alloc(32, 7).toString("base64");
+    expect(loadConfig({ BERTH_SECRET_KEY: base64 }).secretKey).toEqual(Buffer.alloc(32, 7));
+  });
+
+  it("turns CONTAINER_ENV_X into X for sandboxes, and rejects unusable names", () => {
+    expect(loadConfig({ CONTAINER_ENV_SAMPLE_SECRET: "s3", CONTAINER_ENV_A_B: "" }).containerEnv).toEqual({ SAMPLE_SECRET: "s3", A_B: "" });
+    expect(problemsOf({ "CONTAINER_ENV_BAD-NAME": "x" })).toContain("CONTAINER_ENV_BAD-NAME");
+  });
+
+  it("configures the gateway from LITELLM_BASE_URL, trimming the trailing slash", () => {
+    expect(loadConfig({ LITELLM_BASE_URL: "http://127.0.0.1:4000/", LITELLM_API_KEY: "k" }).gateway).toEqual({
+      baseUrl: "http://127.0.0.1:4000",
+      apiKey: "k",
+    });
+    expect(problemsOf({ LITELLM_API_KEY: "k" })).toContain("LITELLM_BASE_URL");
+    expect(problemsOf({ LITELLM_BASE_URL: "ftp://x" })).toContain("LITELLM_BASE_URL must be an http");
+  });
+
+  it("treats empty optional variables as unset", () => {
+    expect(loadConfig({ DATABASE_URL: "", BERTH_ADMIN_API_KEY: " " }).databaseUrl).toBeUndefined();
+  });
+});

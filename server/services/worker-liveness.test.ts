@@ -1,0 +1,70 @@
+import postgres from "postgres";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createTestDatabase, type TestDatabase } from "../../tests/helpers/database";
+import { createLogger } from "../logger";
+import { WorkerLiveness } from "./worker-liveness";
+
+const logger = createLogger("silent");
+
+async function addLockedJob(sql: postgres.Sql, lockedBy: string, lockedAgo = "0 seconds"): Promise<string> {
+  const [job] = await sql<{ id: string }[]>`select id::text from graphile_worker.add_job('maintenance:release-dead-worker-locks', '{}'::json)`;
+  await sql`update graphile_worker._private_jobs set locked_by = ${lockedBy}, locked_at = now() - ${lockedAgo}::interval where id = ${job!.id}`;
+  return job!.id;
+}
+
+async function lockOf(sql: postgres.Sql, jobId: string) {
+  const [row] = await sql<{ locked_by: string | null }[]>`select locked_by from graphile_worker.jobs where id = ${jobId}`;
+  return row?.locked_by ?? null;
+}
+
+describe("WorkerLiveness", () => {
+  let database: TestDatabase;
+  let sql: postgres.Sql;
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    sql = postgres(database.url, { max: 4, onnotice: () => {} });
+  });
+  afterAll(async () => {
+    await sql.end();
+    await database.drop();
+  });
+
+  it("releases the locks of a process whose connection died, and only those", async () => {
+    // The "dead" process: its own connection pool, which we then close, as a crash would.
+    const deadSql = postgres(database.url, { max: 2, onnotice: () => {} });
+    const dead = new WorkerLiveness(deadSql, logger);
+    await dead.register();
+    dead.recordWorkerId("worker-dead-1");
+    const alive = new WorkerLiveness(sql, logger);
+    await alive.register();
+    alive.recordWorkerId("worker-alive-1");
+    await alive.releaseLocksOfDeadWorkers(); // flushes the recorded id; nothing is dead yet
+    await dead.releaseLocksOfDeadWorkers();
+
+    const deadJob = await addLockedJob(sql, "worker-dead-1");
+    const aliveJob = await addLockedJob(sql, "worker-alive-1");
+    expect(await alive.releaseLocksOfDeadWorkers()).toEqual([]);
+    expect(await lockOf(sql, deadJob)).toBe("worker-dead-1");
+
+    await deadSql.end({ timeout: 0 });
+    expect(await alive.releaseLocksOfDeadWorkers()).toEqual(["worker-dead-1"]);
+    expect(await lockOf(sql, deadJob)).toBeNull();
+    expect(await lockOf(sql, aliveJob)).toBe("worker-alive-1");
+    const [row] = await sql<{ count: number }[]>`select count(*)::int as count from worker_instances where id = ${dead.id!}`;
+    expect(row!.count).toBe(0);
+    await alive.unregister();
+  });
+
+  it("releases a lock held by an unregistered worker id only after the grace period", async () => {
+    const liveness = new WorkerLiveness(sql, logger, 60);
+    await liveness.register();
+    const recent = await addLockedJob(sql, "worker-unknown-recent", "5 seconds");
+    const old = await addLockedJob(sql, "worker-unknown-old", "5 minutes");
+    const released = await liveness.releaseLocksOfDeadWorkers();
+    expect(released).toContain("worker-unknown-old");
+    expect(released).not.toContain("worker-unknown-recent");
+    expect(await lockOf(sql, old)).toBeNull();
+    expect(await lockOf(sql, recent)).toBe("worker-unknown-recent");
+    await liveness.unregister();
+  });
+});
