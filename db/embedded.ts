@@ -213,7 +213,7 @@ function waitUntilReady(child: ChildProcess, logger: Logger): Promise<void> {
       // Keep reading for the server's whole life: a full pipe would block it.
       for (const line of chunk.split("\n")) {
         if (!line.trim()) continue;
-        if (/PANIC|could not/.test(line)) logger.warn(line);
+        if (line.includes("PANIC")) logger.error(line);
         else logger.debug(line);
       }
       if (!ready) {

@@ -9,6 +9,7 @@ import type { Config } from "./config";
 import { startHttpServer, type HttpServer } from "./http";
 import type { Logger } from "./logger";
 import { createServices, type Services } from "./services";
+import { loadOrCreateSecretKey, SecretBox } from "./services/secret-box";
 import { ensureBootstrapAdmin, type BootstrapResult } from "./services/bootstrap";
 import { createTrpcCaller, createTrpcHandler } from "./trpc/handler";
 
@@ -66,6 +67,7 @@ export async function startBerth(options: BerthOptions): Promise<RunningBerth> {
       sql: database.sql,
       config,
       logger,
+      secretBox: new SecretBox(loadOrCreateSecretKey(config.secretKey, config.dataDir)),
       shippedMigrations: shippedMigrationCount(),
       isWorkerRunning: () => worker.runner?.isRunning() ?? false,
     });

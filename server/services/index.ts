@@ -2,7 +2,15 @@ import type postgres from "postgres";
 import type { Database } from "../../db/client";
 import type { Config } from "../config";
 import type { Logger } from "../logger";
+import { ApiKeyService } from "./api-keys";
+import { AgentService } from "./agents";
+import { AuditService } from "./audit";
+import { AuthService } from "./auth";
 import { HealthService } from "./health";
+import type { Principal } from "./principal";
+import type { SecretBox } from "./secret-box";
+import { SecretService } from "./secrets";
+import { TeamService } from "./teams";
 import { WorkerLiveness } from "./worker-liveness";
 
 export type ServiceDependencies = {
@@ -10,11 +18,16 @@ export type ServiceDependencies = {
   sql: postgres.Sql;
   config: Config;
   logger: Logger;
+  secretBox: SecretBox;
   shippedMigrations: number;
   isWorkerRunning: () => boolean;
 };
 
-/** Builds the domain services over their dependencies; called only by the composition root. */
+/**
+ * Builds the domain services over their dependencies; called only by the composition root.
+ * Tenant data is reachable only through `forTeam(principal)`: those services carry the caller's team
+ * and scope every query by it, so a router cannot pass, or forget, a team id.
+ */
 export function createServices(deps: ServiceDependencies) {
   return {
     config: deps.config,
@@ -25,8 +38,20 @@ export function createServices(deps: ServiceDependencies) {
       isWorkerRunning: deps.isWorkerRunning,
       sandboxBackend: () => undefined,
     }),
+    auth: new AuthService(deps.db, deps.logger.child({ component: "auth" })),
     workerLiveness: new WorkerLiveness(deps.sql, deps.logger.child({ component: "worker-liveness" })),
+    forTeam(principal: Principal) {
+      return {
+        principal,
+        team: new TeamService(deps.db, principal),
+        apiKeys: new ApiKeyService(deps.db, principal),
+        agents: new AgentService(deps.db, principal),
+        secrets: new SecretService(deps.db, principal, deps.secretBox),
+        audit: new AuditService(deps.db, principal),
+      };
+    },
   };
 }
 
 export type Services = ReturnType<typeof createServices>;
+export type TeamServices = ReturnType<Services["forTeam"]>;

@@ -17,7 +17,7 @@ export function createTrpcHandler(services: Services, logger: Logger): TrpcReque
       endpoint: TRPC_ENDPOINT,
       req: request,
       router: appRouter,
-      createContext: () => createContext(request),
+      createContext: ({ resHeaders }) => createContext(request, resHeaders),
       onError({ error, path }) {
         if (error.code === "INTERNAL_SERVER_ERROR") logger.error({ err: error.cause ?? error, path }, "tRPC procedure failed");
       },

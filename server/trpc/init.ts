@@ -1,6 +1,7 @@
-import { initTRPC } from "@trpc/server";
+import { initTRPC, TRPCError } from "@trpc/server";
 import superjson from "superjson";
 import { ZodError } from "zod";
+import { DomainError } from "../services/errors";
 import type { TrpcContext } from "./context";
 
 const t = initTRPC.context<TrpcContext>().create({
@@ -21,6 +22,57 @@ const t = initTRPC.context<TrpcContext>().create({
   },
 });
 
+const DOMAIN_TO_TRPC = {
+  not_found: "NOT_FOUND",
+  conflict: "CONFLICT",
+  forbidden: "FORBIDDEN",
+  invalid: "BAD_REQUEST",
+  unauthenticated: "UNAUTHORIZED",
+  unavailable: "SERVICE_UNAVAILABLE",
+} as const;
+
+/** Services throw DomainErrors; this is the one place they become tRPC errors. */
+const domainErrors = t.middleware(async ({ next }) => {
+  const result = await next();
+  if (!result.ok && result.error.cause instanceof DomainError) {
+    const cause = result.error.cause;
+    throw new TRPCError({ code: DOMAIN_TO_TRPC[cause.kind], message: cause.message, cause });
+  }
+  return result;
+});
+
+/**
+ * Cookie-authenticated mutations must come from our own pages: the browser sends Origin (or
+ * Sec-Fetch-Site) on every POST, and a cross-site one is refused. SameSite=Lax is the first line.
+ */
+function assertSameOrigin(request: Request) {
+  const fetchSite = request.headers.get("sec-fetch-site");
+  if (fetchSite && fetchSite !== "same-origin" && fetchSite !== "none") {
+    throw new TRPCError({ code: "FORBIDDEN", message: "cross-site request refused" });
+  }
+  const origin = request.headers.get("origin");
+  if (origin) {
+    const host = request.headers.get("x-forwarded-host") ?? request.headers.get("host");
+    if (new URL(origin).host !== host) throw new TRPCError({ code: "FORBIDDEN", message: "cross-origin request refused" });
+  }
+}
+
 export const router = t.router;
-export const publicProcedure = t.procedure;
 export const createCallerFactory = t.createCallerFactory;
+export const publicProcedure = t.procedure.use(domainErrors);
+
+/** A caller of any team, authenticated by API key or login cookie. */
+export const authedProcedure = publicProcedure.use(async ({ ctx, type, next }) => {
+  const principal = await ctx.principal();
+  if (!principal) {
+    const hasCredential = ctx.request.headers.has("authorization");
+    throw new TRPCError({ code: "UNAUTHORIZED", message: hasCredential ? "invalid or revoked API key" : "authentication required" });
+  }
+  if (principal.via === "session" && type === "mutation") assertSameOrigin(ctx.request);
+  return next({ ctx: { principal } });
+});
+
+/** Team-scoped: the procedure receives only services bound to the caller's team. */
+export const teamProcedure = authedProcedure.use(({ ctx, next }) =>
+  next({ ctx: { team: ctx.services.forTeam(ctx.principal) } }),
+);

@@ -1,8 +1,20 @@
 import { router } from "./init";
+import { agentsRouter } from "./routers/agents";
+import { apiKeysRouter } from "./routers/api-keys";
+import { auditRouter } from "./routers/audit";
+import { authRouter } from "./routers/auth";
+import { secretsRouter } from "./routers/secrets";
 import { systemRouter } from "./routers/system";
+import { teamsRouter } from "./routers/teams";
 
 export const appRouter = router({
   system: systemRouter,
+  auth: authRouter,
+  teams: teamsRouter,
+  apiKeys: apiKeysRouter,
+  agents: agentsRouter,
+  secrets: secretsRouter,
+  audit: auditRouter,
 });
 
 export type AppRouter = typeof appRouter;

@@ -1,0 +1,47 @@
+import { z } from "zod";
+
+/** Environment variable names: what a sandbox can receive (secrets and agent env alike). */
+export const envName = z
+  .string()
+  .min(1)
+  .max(100)
+  .regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "must be letters, digits and '_', not starting with a digit");
+
+/** Everything an agent version fixes. Limits keep one row from becoming a denial of service. */
+export const agentConfigFields = {
+  harness: z.enum(["builtin", "opencode", "claude-code", "codex"]),
+  model: z.string().trim().min(1).max(200),
+  systemPrompt: z.string().max(100_000),
+  sandboxImage: z.string().trim().min(1).max(300).nullable(),
+  cpuMillis: z.number().int().min(100).max(64_000),
+  memoryMb: z.number().int().min(128).max(262_144),
+  network: z.enum(["none", "egress"]),
+  idleTimeoutSeconds: z.number().int().min(30).max(7 * 24 * 3600),
+  maxSteps: z.number().int().min(1).max(500),
+  busyPolicy: z.enum(["queue", "reject"]),
+  env: z
+    .record(envName, z.string().max(8_192))
+    .refine((env) => Object.keys(env).length <= 100, "at most 100 variables"),
+};
+
+export const agentName = z.string().trim().min(1).max(100);
+
+export const AGENT_DEFAULTS = {
+  harness: "builtin",
+  systemPrompt: "",
+  sandboxImage: null,
+  cpuMillis: 1000,
+  memoryMb: 1024,
+  network: "none",
+  idleTimeoutSeconds: 900,
+  maxSteps: 20,
+  busyPolicy: "queue",
+  env: {},
+} as const;
+
+export type AgentConfig = {
+  [K in keyof typeof agentConfigFields]: z.infer<(typeof agentConfigFields)[K]>;
+};
+
+/** The offline model that needs no gateway (for evaluation and tests). */
+export const DEMO_MODEL = "demo";

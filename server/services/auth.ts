@@ -1,0 +1,117 @@
+import { createHash, randomBytes } from "node:crypto";
+import { and, asc, eq, gt, isNull, lt, or, sql } from "drizzle-orm";
+import type { Database } from "../../db/client";
+import { apiKeys, loginSessions, memberships, teams, users } from "../../db/schema";
+import { hashApiKey } from "../auth/api-keys";
+import { hashPassword, verifyPassword } from "../auth/passwords";
+import type { Logger } from "../logger";
+import { recordAudit } from "./audit";
+import { DomainError, notFound } from "./errors";
+import type { Principal } from "./principal";
+
+const LOGIN_SESSION_DAYS = 7;
+const LAST_USED_RESOLUTION = sql`interval '1 minute'`;
+
+function sessionIdOf(token: string): string {
+  return createHash("sha256").update(token).digest("hex");
+}
+
+/** Authenticates API keys and web logins into Principals. */
+export class AuthService {
+  /** Verified against when the email is unknown, so both failures take the same time. */
+  private readonly dummyHash = hashPassword(randomBytes(16).toString("hex"));
+
+  constructor(
+    private readonly db: Database,
+    private readonly logger: Logger,
+  ) {}
+
+  async authenticateApiKey(key: string): Promise<Principal | null> {
+    const [row] = await this.db
+      .select({ id: apiKeys.id, teamId: apiKeys.teamId, role: apiKeys.role })
+      .from(apiKeys)
+      .where(and(eq(apiKeys.hash, hashApiKey(key)), isNull(apiKeys.revokedAt)));
+    if (!row) return null;
+    // At most one write a minute per key: "last used" does not need to cost a write per request.
+    void this.db
+      .update(apiKeys)
+      .set({ lastUsedAt: sql`now()` })
+      .where(and(eq(apiKeys.id, row.id), or(isNull(apiKeys.lastUsedAt), lt(apiKeys.lastUsedAt, sql`now() - ${LAST_USED_RESOLUTION}`))))
+      .catch((error: unknown) => this.logger.warn({ err: error }, "could not record API key use"));
+    return { teamId: row.teamId, role: row.role, actor: { type: "api_key", id: row.id }, userId: null, via: "api_key" };
+  }
+
+  async authenticateSession(token: string): Promise<Principal | null> {
+    const id = sessionIdOf(token);
+    const [row] = await this.db
+      .select({ userId: loginSessions.userId, teamId: loginSessions.teamId, role: memberships.role })
+      .from(loginSessions)
+      .innerJoin(memberships, and(eq(memberships.userId, loginSessions.userId), eq(memberships.teamId, loginSessions.teamId)))
+      .where(and(eq(loginSessions.id, id), gt(loginSessions.expiresAt, sql`now()`)));
+    if (!row) return null;
+    return { teamId: row.teamId, role: row.role, actor: { type: "user", id: row.userId }, userId: row.userId, via: "session", loginSessionId: id };
+  }
+
+  /** Email and password to a login session in the requested team (or the user's first team). */
+  async login(input: { email: string; password: string; teamId?: string }): Promise<{ token: string; expiresAt: Date; principal: Principal }> {
+    const email = input.email.trim().toLowerCase();
+    const [user] = await this.db.select().from(users).where(eq(users.email, email));
+    const valid = user?.passwordHash
+      ? await verifyPassword(input.password, user.passwordHash)
+      : (await verifyPassword(input.password, await this.dummyHash), false);
+    if (!user || !valid) {
+      this.logger.info({ email }, "failed login");
+      throw new DomainError("unauthenticated", "email or password is incorrect");
+    }
+    const teamMemberships = await this.db
+      .select({ teamId: memberships.teamId, role: memberships.role })
+      .from(memberships)
+      .where(eq(memberships.userId, user.id))
+      .orderBy(asc(memberships.createdAt));
+    const membership = input.teamId ? teamMemberships.find((m) => m.teamId === input.teamId) : teamMemberships[0];
+    if (!membership) {
+      if (input.teamId) throw notFound("team");
+      throw new DomainError("forbidden", "this user belongs to no team");
+    }
+    const token = randomBytes(32).toString("base64url");
+    const expiresAt = new Date(Date.now() + LOGIN_SESSION_DAYS * 24 * 3600 * 1000);
+    await this.db.transaction(async (tx) => {
+      await tx.insert(loginSessions).values({ id: sessionIdOf(token), userId: user.id, teamId: membership.teamId, expiresAt });
+      await recordAudit(tx, { teamId: membership.teamId, actor: { type: "user", id: user.id }, action: "user.login", targetType: "user", targetId: user.id });
+    });
+    return {
+      token,
+      expiresAt,
+      principal: { teamId: membership.teamId, role: membership.role, actor: { type: "user", id: user.id }, userId: user.id, via: "session", loginSessionId: sessionIdOf(token) },
+    };
+  }
+
+  async logout(principal: Principal): Promise<void> {
+    if (!principal.loginSessionId) return;
+    await this.db.transaction(async (tx) => {
+      await tx.delete(loginSessions).where(eq(loginSessions.id, principal.loginSessionId!));
+      await recordAudit(tx, { teamId: principal.teamId, actor: principal.actor, action: "user.logout", targetType: "user", targetId: principal.userId });
+    });
+  }
+
+  /** Moves a login session to another of the user's teams (the UI's team switcher). */
+  async switchTeam(principal: Principal, teamId: string): Promise<void> {
+    if (!principal.loginSessionId || !principal.userId) throw new DomainError("forbidden", "only a web login can switch teams");
+    const [membership] = await this.db
+      .select()
+      .from(memberships)
+      .where(and(eq(memberships.userId, principal.userId), eq(memberships.teamId, teamId)));
+    if (!membership) throw notFound("team");
+    await this.db.update(loginSessions).set({ teamId }).where(eq(loginSessions.id, principal.loginSessionId));
+  }
+
+  /** The teams a user belongs to, for the team switcher. */
+  async teamsOf(userId: string) {
+    return this.db
+      .select({ id: teams.id, slug: teams.slug, name: teams.name, role: memberships.role })
+      .from(memberships)
+      .innerJoin(teams, eq(teams.id, memberships.teamId))
+      .where(eq(memberships.userId, userId))
+      .orderBy(asc(teams.name));
+  }
+}

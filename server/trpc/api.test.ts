@@ -1,0 +1,224 @@
+import { TRPCClientError } from "@trpc/client";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startTestBerth, type TestBerth } from "../../tests/helpers/berth";
+import { createKeyForTeam } from "../../tests/helpers/teams";
+
+const ADMIN_KEY = "test_admin_key_0123456789abcdefghij";
+const ADMIN_PASSWORD = "correct horse battery";
+
+async function codeOf(promise: Promise<unknown>): Promise<string> {
+  try {
+    await promise;
+  } catch (error) {
+    if (error instanceof TRPCClientError) return (error.data as { code: string }).code;
+    throw error;
+  }
+  throw new Error("expected the call to fail");
+}
+
+describe("the tRPC API over HTTP: happy paths, authentication and roles", () => {
+  let berth: TestBerth;
+  let api: ReturnType<TestBerth["client"]>;
+
+  beforeAll(async () => {
+    berth = await startTestBerth({ env: { BERTH_ADMIN_API_KEY: ADMIN_KEY, BERTH_ADMIN_PASSWORD: ADMIN_PASSWORD } });
+    api = berth.client(ADMIN_KEY);
+  });
+  afterAll(async () => {
+    await berth?.close();
+  });
+
+  it("teams: get, members, add, change role, remove", async () => {
+    const team = await api.teams.get.query();
+    expect(team).toMatchObject({ slug: "admin", role: "owner", memberCount: 1 });
+
+    const added = await api.teams.addMember.mutate({ email: "Dev@Example.com", role: "member", name: "Dev", password: "a long enough password" });
+    expect(added).toMatchObject({ email: "dev@example.com", role: "member", name: "Dev" });
+    const members = await api.teams.members.query({});
+    expect(members.items.map((member) => member.email).sort()).toEqual(["admin@berth.local", "dev@example.com"]);
+
+    expect(await api.teams.setMemberRole.mutate({ userId: added.userId, role: "admin" })).toMatchObject({ role: "admin" });
+    expect(await codeOf(api.teams.addMember.mutate({ email: "dev@example.com", role: "member" }))).toBe("CONFLICT");
+    await api.teams.removeMember.mutate({ userId: added.userId });
+    expect((await api.teams.members.query({})).items).toHaveLength(1);
+  });
+
+  it("keeps at least one owner", async () => {
+    const { items } = await api.teams.members.query({});
+    const owner = items.find((member) => member.role === "owner")!;
+    expect(await codeOf(api.teams.setMemberRole.mutate({ userId: owner.userId, role: "admin" }))).toBe("FORBIDDEN");
+    expect(await codeOf(api.teams.removeMember.mutate({ userId: owner.userId }))).toBe("FORBIDDEN");
+  });
+
+  it("apiKeys: create returns the key once, list shows only its prefix, revoke stops it", async () => {
+    const created = await api.apiKeys.create.mutate({ name: "ci", role: "admin" });
+    expect(created.key).toMatch(/^berth_/);
+    expect(created.prefix).toBe(created.key.slice(0, created.prefix.length));
+    const listed = await api.apiKeys.list.query({});
+    const row = listed.items.find((key) => key.id === created.id)!;
+    expect(row).toMatchObject({ name: "ci", role: "admin", revokedAt: null });
+    expect(JSON.stringify(listed)).not.toContain(created.key);
+
+    const ci = berth.client(created.key);
+    expect((await ci.teams.get.query()).slug).toBe("admin");
+    await expect.poll(async () => (await api.apiKeys.list.query({})).items.find((key) => key.id === created.id)?.lastUsedAt).toBeTruthy();
+
+    const revoked = await api.apiKeys.revoke.mutate({ keyId: created.id });
+    expect(revoked.revokedAt).toBeInstanceOf(Date);
+    expect(await codeOf(ci.teams.get.query())).toBe("UNAUTHORIZED");
+    expect((await api.apiKeys.list.query({})).items.some((key) => key.id === created.id)).toBe(false);
+    expect((await api.apiKeys.list.query({ includeRevoked: true })).items.some((key) => key.id === created.id)).toBe(true);
+  });
+
+  it("refuses missing, malformed, unknown and revoked keys with UNAUTHORIZED", async () => {
+    expect(await codeOf(berth.client().agents.list.query({}))).toBe("UNAUTHORIZED");
+    expect(await codeOf(berth.client("berth_not-a-real-key").agents.list.query({}))).toBe("UNAUTHORIZED");
+    const response = await fetch(`${berth.url}/api/trpc/agents.list?input=${encodeURIComponent(JSON.stringify({ json: {} }))}`, {
+      headers: { authorization: "Basic abc" },
+    });
+    expect(response.status).toBe(401);
+  });
+
+  it("agents: create, get, list, update (new version each time), versions, delete", async () => {
+    const agent = await api.agents.create.mutate({ name: "helper", model: "demo", systemPrompt: "Be brief.", network: "egress", idleTimeoutSeconds: 120, env: { MODE: "test" } });
+    expect(agent).toMatchObject({ name: "helper", version: 1, model: "demo", isDemo: true, network: "egress", idleTimeoutSeconds: 120, harness: "builtin", busyPolicy: "queue", env: { MODE: "test" } });
+    expect(await api.agents.get.query({ agentId: agent.id })).toEqual(agent);
+
+    const updated = await api.agents.update.mutate({ agentId: agent.id, model: "gpt-4o-mini", maxSteps: 5 });
+    expect(updated).toMatchObject({ version: 2, model: "gpt-4o-mini", maxSteps: 5, systemPrompt: "Be brief.", isDemo: false });
+    const renamed = await api.agents.update.mutate({ agentId: agent.id, name: "helper-2" });
+    expect(renamed).toMatchObject({ version: 3, name: "helper-2", model: "gpt-4o-mini" });
+    expect(await api.agents.get.query({ agentId: agent.id, version: 1 })).toMatchObject({ version: 1, model: "demo" });
+    const versions = await api.agents.versions.query({ agentId: agent.id });
+    expect(versions.items.map((version) => version.version)).toEqual([3, 2, 1]);
+
+    expect(await codeOf(api.agents.create.mutate({ name: "helper-2", model: "demo" }))).toBe("CONFLICT");
+    const list = await api.agents.list.query({});
+    expect(list.items.map((item) => item.id)).toContain(agent.id);
+
+    expect(await api.agents.delete.mutate({ agentId: agent.id })).toEqual({ id: agent.id });
+    expect(await codeOf(api.agents.get.query({ agentId: agent.id }))).toBe("NOT_FOUND");
+    expect((await api.agents.list.query({})).items.map((item) => item.id)).not.toContain(agent.id);
+    // The name is free again once the agent is deleted.
+    await api.agents.create.mutate({ name: "helper-2", model: "demo" });
+  });
+
+  it("paginates lists with opaque cursors, newest first, without gaps or repeats", async () => {
+    const created: string[] = [];
+    for (let i = 0; i < 7; i++) created.push((await api.agents.create.mutate({ name: `paged-${i}`, model: "demo" })).id);
+    const seen: string[] = [];
+    let cursor: string | undefined;
+    let pages = 0;
+    do {
+      const page = await api.agents.list.query({ limit: 3, cursor });
+      expect(page.items.length).toBeLessThanOrEqual(3);
+      seen.push(...page.items.map((item) => item.id));
+      cursor = page.nextCursor ?? undefined;
+      pages++;
+    } while (cursor);
+    expect(pages).toBeGreaterThanOrEqual(3);
+    expect(new Set(seen).size).toBe(seen.length);
+    expect(seen.filter((id) => created.includes(id))).toEqual([...created].reverse());
+    expect(await codeOf(api.agents.list.query({ cursor: "garbage" }))).toBe("BAD_REQUEST");
+  });
+
+  it("secrets: set (and overwrite), list names only, delete", async () => {
+    const agent = await api.agents.create.mutate({ name: "with-secrets", model: "demo" });
+    const teamWide = await api.secrets.set.mutate({ name: "OPENAI_API_KEY", value: "team-value" });
+    const perAgent = await api.secrets.set.mutate({ name: "OPENAI_API_KEY", value: "agent-value", agentId: agent.id });
+    expect(teamWide).toEqual({ id: expect.any(String), name: "OPENAI_API_KEY", agentId: null, createdAt: expect.any(Date), updatedAt: expect.any(Date) });
+    expect(perAgent.agentId).toBe(agent.id);
+    const again = await api.secrets.set.mutate({ name: "OPENAI_API_KEY", value: "rotated" });
+    expect(again.id).toBe(teamWide.id);
+
+    expect((await api.secrets.list.query({})).items.map((s) => s.id).sort()).toEqual([teamWide.id, perAgent.id].sort());
+    expect((await api.secrets.list.query({ agentId: agent.id })).items.map((s) => s.id)).toEqual([perAgent.id]);
+    await api.secrets.delete.mutate({ secretId: teamWide.id });
+    expect((await api.secrets.list.query({})).items.map((s) => s.id)).toEqual([perAgent.id]);
+    // Deleting the agent destroys its own secrets.
+    await api.agents.delete.mutate({ agentId: agent.id });
+    expect((await api.secrets.list.query({})).items).toEqual([]);
+  });
+
+  it("audit: records every change with its actor, newest first, paginated", async () => {
+    const page = await api.audit.list.query({ limit: 5 });
+    expect(page.items).toHaveLength(5);
+    expect(page.nextCursor).toBeTruthy();
+    const all = [];
+    let cursor: string | undefined;
+    do {
+      const next = await api.audit.list.query({ limit: 50, cursor });
+      all.push(...next.items);
+      cursor = next.nextCursor ?? undefined;
+    } while (cursor);
+    const actions = new Set(all.map((entry) => entry.action));
+    for (const action of ["member.add", "member.role", "member.remove", "api_key.create", "api_key.revoke", "agent.create", "agent.update", "agent.delete", "secret.set", "secret.delete"]) {
+      expect(actions).toContain(action);
+    }
+    const ids = all.map((entry) => entry.id);
+    expect(ids).toEqual([...ids].sort((a, b) => b - a));
+    const agentCreate = all.find((entry) => entry.action === "agent.create")!;
+    expect(agentCreate).toMatchObject({ actorType: "api_key", targetType: "agent" });
+    expect((await api.audit.list.query({ action: "secret.delete" })).items.every((entry) => entry.action === "secret.delete")).toBe(true);
+  });
+
+  it("roles: a member key reads but cannot change configuration or see keys", async () => {
+    const team = await api.teams.get.query();
+    const member = berth.client(await createKeyForTeam(berth.databaseUrl, team.id, "member"));
+    expect((await member.agents.list.query({})).items.length).toBeGreaterThan(0);
+    expect(await codeOf(member.agents.create.mutate({ name: "nope", model: "demo" }))).toBe("FORBIDDEN");
+    expect(await codeOf(member.secrets.set.mutate({ name: "X", value: "y" }))).toBe("FORBIDDEN");
+    expect(await codeOf(member.apiKeys.list.query({}))).toBe("FORBIDDEN");
+    expect(await codeOf(member.audit.list.query({}))).toBe("FORBIDDEN");
+    const admin = berth.client(await createKeyForTeam(berth.databaseUrl, team.id, "admin"));
+    expect(await codeOf(admin.apiKeys.create.mutate({ name: "escalate", role: "owner" }))).toBe("FORBIDDEN");
+  });
+});
+
+describe("web login", () => {
+  let berth: TestBerth;
+  beforeAll(async () => {
+    berth = await startTestBerth({ env: { BERTH_ADMIN_API_KEY: ADMIN_KEY, BERTH_ADMIN_PASSWORD: ADMIN_PASSWORD } });
+  });
+  afterAll(async () => {
+    await berth?.close();
+  });
+
+  async function post(path: string, body: unknown, headers: Record<string, string> = {}) {
+    return fetch(`${berth.url}/api/trpc/${path}`, {
+      method: "POST",
+      headers: { "content-type": "application/json", ...headers },
+      body: JSON.stringify({ json: body }),
+    });
+  }
+
+  it("logs in with email and password into an HTTP-only cookie, and logs out", async () => {
+    expect((await post("auth.login", { email: "admin@berth.local", password: "wrong password!" })).status).toBe(401);
+    expect((await post("auth.login", { email: "nobody@berth.local", password: ADMIN_PASSWORD })).status).toBe(401);
+
+    const login = await post("auth.login", { email: "ADMIN@berth.local", password: ADMIN_PASSWORD });
+    expect(login.status).toBe(200);
+    const setCookie = login.headers.get("set-cookie")!;
+    expect(setCookie).toMatch(/^berth_session=[^;]+; Path=\/; HttpOnly; SameSite=Lax; Expires=.*; Secure$/);
+    const cookie = setCookie.split(";")[0]!;
+
+    const me = await fetch(`${berth.url}/api/trpc/auth.me`, { headers: { cookie } });
+    expect(me.status).toBe(200);
+    const body = (await me.json()) as { result: { data: { json: { role: string; via: string; teams: unknown[] } } } };
+    expect(body.result.data.json).toMatchObject({ role: "owner", via: "session", teams: [expect.objectContaining({ slug: "admin" })] });
+
+    // A cookie-authenticated mutation from another site is refused; from our own origin it works.
+    const crossSite = await post("agents.create", { name: "csrf", model: "demo" }, { cookie, origin: "https://evil.example", "sec-fetch-site": "cross-site" });
+    expect(crossSite.status).toBe(403);
+    const sameSite = await post("agents.create", { name: "from-ui", model: "demo" }, { cookie, origin: berth.url, "sec-fetch-site": "same-origin" });
+    expect(sameSite.status).toBe(200);
+
+    const logout = await post("auth.logout", {}, { cookie, origin: berth.url });
+    expect(logout.status).toBe(200);
+    expect(logout.headers.get("set-cookie")).toMatch(/^berth_session=; /);
+    expect((await fetch(`${berth.url}/api/trpc/auth.me`, { headers: { cookie } })).status).toBe(401);
+
+    const audit = await berth.client(ADMIN_KEY).audit.list.query({ limit: 100 });
+    expect(audit.items.map((entry) => entry.action)).toEqual(expect.arrayContaining(["user.login", "user.logout"]));
+  });
+});

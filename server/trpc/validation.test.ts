@@ -1,0 +1,67 @@
+import { TRPCClientError } from "@trpc/client";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startTestBerth, type TestBerth } from "../../tests/helpers/berth";
+
+const KEY = "validation_key_0123456789abcdefghijkl";
+
+async function fieldErrorsOf(call: Promise<unknown>): Promise<Record<string, string>> {
+  try {
+    await call;
+  } catch (error) {
+    expect(error).toBeInstanceOf(TRPCClientError);
+    const data = (error as TRPCClientError<never>).data as unknown as { code: string; fieldErrors?: Record<string, string> };
+    expect(data.code).toBe("BAD_REQUEST");
+    expect(data.fieldErrors).toBeDefined();
+    return data.fieldErrors!;
+  }
+  throw new Error("expected BAD_REQUEST, but the call succeeded");
+}
+
+describe("malformed input is refused at the edge with field errors, and writes nothing", () => {
+  let berth: TestBerth;
+  // Untyped on purpose: these calls send what the types would forbid.
+  let api: any; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+  beforeAll(async () => {
+    berth = await startTestBerth({ env: { BERTH_ADMIN_API_KEY: KEY } });
+    api = berth.client(KEY);
+  });
+  afterAll(async () => {
+    await berth?.close();
+  });
+
+  it("wrong types", async () => {
+    expect(await fieldErrorsOf(api.agents.create.mutate({ name: 42, model: "demo" }))).toHaveProperty("name");
+    expect(await fieldErrorsOf(api.agents.create.mutate({ name: "a", model: "demo", idleTimeoutSeconds: "soon" }))).toHaveProperty("idleTimeoutSeconds");
+    expect(await fieldErrorsOf(api.agents.create.mutate({ name: "a", model: "demo", network: "internet" }))).toHaveProperty("network");
+    expect(await fieldErrorsOf(api.agents.get.query({ agentId: "not-a-uuid" }))).toEqual({ agentId: "must be a UUID" });
+    expect(await fieldErrorsOf(api.agents.list.query({ limit: 1000 }))).toHaveProperty("limit");
+    expect(await fieldErrorsOf(api.apiKeys.create.mutate({ name: "k", role: "superuser" }))).toHaveProperty("role");
+    expect(await fieldErrorsOf(api.teams.addMember.mutate({ email: "not an email", role: "member" }))).toHaveProperty("email");
+  });
+
+  it("oversized strings and collections", async () => {
+    expect(await fieldErrorsOf(api.agents.create.mutate({ name: "x".repeat(101), model: "demo" }))).toHaveProperty("name");
+    expect(await fieldErrorsOf(api.agents.create.mutate({ name: "a", model: "demo", systemPrompt: "p".repeat(100_001) }))).toHaveProperty("systemPrompt");
+    const env = Object.fromEntries(Array.from({ length: 101 }, (_, i) => [`VAR_${i}`, "v"]));
+    expect(await fieldErrorsOf(api.agents.create.mutate({ name: "a", model: "demo", env }))).toHaveProperty("env");
+    expect(await fieldErrorsOf(api.secrets.set.mutate({ name: "BIG", value: "v".repeat(65_537) }))).toEqual({ value: "must be at most 64 KiB" });
+    expect(await fieldErrorsOf(api.apiKeys.create.mutate({ name: "" }))).toHaveProperty("name");
+  });
+
+  it("unknown fields", async () => {
+    expect(await fieldErrorsOf(api.agents.create.mutate({ name: "a", model: "demo", teamId: "00000000-0000-4000-8000-000000000000" }))).toHaveProperty("input");
+    expect(await fieldErrorsOf(api.secrets.list.query({ includeValues: true }))).toHaveProperty("input");
+  });
+
+  it("names that cannot be environment variables", async () => {
+    expect(await fieldErrorsOf(api.secrets.set.mutate({ name: "BAD-NAME", value: "x" }))).toHaveProperty("name");
+    expect(await fieldErrorsOf(api.agents.create.mutate({ name: "a", model: "demo", env: { "1X": "v" } }))).toHaveProperty("env.1X");
+  });
+
+  it("left nothing behind", async () => {
+    expect((await api.agents.list.query({})).items).toEqual([]);
+    expect((await api.secrets.list.query({})).items).toEqual([]);
+    expect((await api.apiKeys.list.query({})).items.map((key: { name: string }) => key.name)).toEqual(["bootstrap"]);
+  });
+});
