@@ -81,6 +81,12 @@ const environmentSchema = z.object({
   LITELLM_BASE_URL: optionalString.pipe(httpUrl.optional()),
   LITELLM_API_KEY: optionalString,
   BERTH_SANDBOX_BACKEND: z.enum(["local", "kubernetes"]).default("local"),
+  BERTH_WARM_POOL_SIZE: z
+    .string()
+    .default("2")
+    .refine((value) => /^\d+$/.test(value) && Number(value) <= 64, { message: "must be a whole number from 0 to 64" })
+    .transform(Number),
+  BERTH_UNSAFE_NO_SANDBOX_ISOLATION: z.enum(["0", "1", "true", "false"]).default("0").transform((value) => value === "1" || value === "true"),
   BERTH_WORKER_CONCURRENCY: positiveInt(8, 256),
   BERTH_DATABASE_POOL_SIZE: positiveInt(10, 500),
   BERTH_SHUTDOWN_TIMEOUT_MS: positiveInt(10_000, 600_000),
@@ -100,6 +106,10 @@ export type Config = {
   adminPassword: string | undefined;
   gateway: { baseUrl: string; apiKey: string | undefined } | undefined;
   sandboxBackend: "local" | "kubernetes";
+  /** Local backend: idle pre-started jails kept per network mode. */
+  warmPoolSize: number;
+  /** Local backend without bubblewrap: no isolation at all. For machines where bwrap cannot run. */
+  unsafeNoSandboxIsolation: boolean;
   workerConcurrency: number;
   databasePoolSize: number;
   shutdownTimeoutMs: number;
@@ -155,6 +165,8 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     adminPassword: parsed.BERTH_ADMIN_PASSWORD,
     gateway: parsed.LITELLM_BASE_URL ? { baseUrl: parsed.LITELLM_BASE_URL, apiKey: parsed.LITELLM_API_KEY } : undefined,
     sandboxBackend: parsed.BERTH_SANDBOX_BACKEND,
+    warmPoolSize: parsed.BERTH_WARM_POOL_SIZE,
+    unsafeNoSandboxIsolation: parsed.BERTH_UNSAFE_NO_SANDBOX_ISOLATION,
     workerConcurrency: parsed.BERTH_WORKER_CONCURRENCY,
     databasePoolSize: parsed.BERTH_DATABASE_POOL_SIZE,
     shutdownTimeoutMs: parsed.BERTH_SHUTDOWN_TIMEOUT_MS,

@@ -21,6 +21,7 @@ const berth = await startBerth({
   logger,
   remixBuild: () => vite.ssrLoadModule("virtual:remix/server-build") as Promise<ServerBuild>,
   devMiddleware: vite.middlewares,
+  daemonScript: new URL("../build/sandboxd.js", import.meta.url).pathname,
 });
 logger.info({ url: `http://localhost:${berth.port}` }, "Berth (development) is ready");
 exitOnSignals(berth, logger, config.shutdownTimeoutMs);

@@ -23,11 +23,15 @@ function readConfig(): Config {
 }
 
 /** build/main.js sits beside build/server; from the source tree the build is in ../build. */
-function locateBuild(): { serverBuild: string; clientAssetsDir: string } {
+function locateBuild(): { serverBuild: string; clientAssetsDir: string; daemonScript: string } {
   for (const base of ["./", "../build/"]) {
     const serverBuild = fileURLToPath(new URL(`${base}server/index.js`, import.meta.url));
     if (existsSync(serverBuild)) {
-      return { serverBuild, clientAssetsDir: fileURLToPath(new URL(`${base}client`, import.meta.url)) };
+      return {
+        serverBuild,
+        clientAssetsDir: fileURLToPath(new URL(`${base}client`, import.meta.url)),
+        daemonScript: fileURLToPath(new URL(`${base}sandboxd.js`, import.meta.url)),
+      };
     }
   }
   process.stderr.write("berth: the web build is missing; run `npm run build` first\n");
@@ -48,6 +52,7 @@ try {
     logger,
     remixBuild: (await import(build.serverBuild)) as ServerBuild,
     clientAssetsDir: build.clientAssetsDir,
+    daemonScript: build.daemonScript,
   });
   if (berth.bootstrap.generatedApiKey) printOnce("Admin API key", berth.bootstrap.generatedApiKey, berth.bootstrap.apiKeyFile);
   if (berth.bootstrap.generatedPassword) {

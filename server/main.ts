@@ -9,6 +9,9 @@ import type { Config } from "./config";
 import { startHttpServer, type HttpServer } from "./http";
 import type { Logger } from "./logger";
 import { createServices, type Services } from "./services";
+import { createHmac } from "node:crypto";
+import { LocalSandboxBackend } from "./sandbox/local";
+import type { SandboxBackend } from "./sandbox/port";
 import { loadOrCreateSecretKey, SecretBox } from "./services/secret-box";
 import { ensureBootstrapAdmin, type BootstrapResult } from "./services/bootstrap";
 import { createTrpcCaller, createTrpcHandler } from "./trpc/handler";
@@ -25,6 +28,8 @@ export type BerthOptions = {
   clientAssetsDir?: string;
   devMiddleware?: express.RequestHandler;
   extraTasks?: BerthTask[];
+  /** The bundled sandbox daemon (build/sandboxd.js). */
+  daemonScript: string;
 };
 
 export type RunningBerth = {
@@ -60,6 +65,10 @@ export async function startBerth(options: BerthOptions): Promise<RunningBerth> {
     const database: DatabaseClient = connectDatabase(databaseUrl, { max: config.databasePoolSize });
     cleanups.push(() => database.close());
 
+    const secretKey = loadOrCreateSecretKey(config.secretKey, config.dataDir);
+    const sandboxBackend = await createSandboxBackend(config, secretKey, options.daemonScript, logger);
+    cleanups.push(() => sandboxBackend.shutdown());
+
     // Services are built before the runner exists, but ask it whether it runs.
     const worker: { runner?: JobRunner } = {};
     const services = createServices({
@@ -67,7 +76,8 @@ export async function startBerth(options: BerthOptions): Promise<RunningBerth> {
       sql: database.sql,
       config,
       logger,
-      secretBox: new SecretBox(loadOrCreateSecretKey(config.secretKey, config.dataDir)),
+      secretBox: new SecretBox(secretKey),
+      sandboxBackend,
       shippedMigrations: shippedMigrationCount(),
       isWorkerRunning: () => worker.runner?.isRunning() ?? false,
     });
@@ -113,6 +123,7 @@ export async function startBerth(options: BerthOptions): Promise<RunningBerth> {
           // No new requests; open ones may finish while running jobs wind down.
           const closing = httpServer.close();
           await runner.stop();
+          await sandboxBackend.shutdown();
           await Promise.race([closing, new Promise((resolve) => setTimeout(resolve, 1_000))]);
           httpServer.forceClose();
           await cleanUp();
@@ -125,4 +136,20 @@ export async function startBerth(options: BerthOptions): Promise<RunningBerth> {
     await cleanUp();
     throw error;
   }
+}
+
+async function createSandboxBackend(config: Config, secretKey: Buffer, daemonScript: string, logger: Logger): Promise<SandboxBackend> {
+  if (config.sandboxBackend === "kubernetes") {
+    throw new Error("BERTH_SANDBOX_BACKEND=kubernetes is not available in this version yet; use local");
+  }
+  return LocalSandboxBackend.create({
+    dataDir: config.dataDir,
+    runtimePath: process.execPath,
+    daemonScript,
+    warmPoolSize: config.warmPoolSize,
+    unsafeNoIsolation: config.unsafeNoSandboxIsolation,
+    // Derived, not stored: any process holding the secret key can reach a sandbox by its name.
+    tokenFor: (name) => createHmac("sha256", secretKey).update(`sandbox-daemon:${name}`).digest("base64url"),
+    logger,
+  });
 }

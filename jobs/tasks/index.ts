@@ -1,5 +1,8 @@
 import type { BerthTask } from "../registry";
+import { provisionSandbox } from "./provision-sandbox";
+import { reconcileSandboxes } from "./reconcile-sandboxes";
 import { releaseDeadWorkerLocks } from "./release-dead-worker-locks";
+import { suspendIdleSandboxes } from "./suspend-idle-sandboxes";
 
 /** Every task the platform runs. One file per task in this folder. */
-export const allTasks: BerthTask[] = [releaseDeadWorkerLocks];
+export const allTasks: BerthTask[] = [releaseDeadWorkerLocks, provisionSandbox, suspendIdleSandboxes, reconcileSandboxes];

@@ -9,6 +9,9 @@ import { AuthService } from "./auth";
 import { HealthService } from "./health";
 import type { Principal } from "./principal";
 import type { SecretBox } from "./secret-box";
+import type { SandboxBackend } from "../sandbox/port";
+import { SandboxLifecycle } from "./sandbox-lifecycle";
+import { SessionService } from "./sessions";
 import { SecretService } from "./secrets";
 import { TeamService } from "./teams";
 import { WorkerLiveness } from "./worker-liveness";
@@ -19,6 +22,7 @@ export type ServiceDependencies = {
   config: Config;
   logger: Logger;
   secretBox: SecretBox;
+  sandboxBackend: SandboxBackend;
   shippedMigrations: number;
   isWorkerRunning: () => boolean;
 };
@@ -29,6 +33,13 @@ export type ServiceDependencies = {
  * and scope every query by it, so a router cannot pass, or forget, a team id.
  */
 export function createServices(deps: ServiceDependencies) {
+  const sandboxes = new SandboxLifecycle({
+    db: deps.db,
+    backend: deps.sandboxBackend,
+    config: deps.config,
+    secretBox: deps.secretBox,
+    logger: deps.logger.child({ component: "sandboxes" }),
+  });
   return {
     config: deps.config,
     health: new HealthService({
@@ -36,9 +47,10 @@ export function createServices(deps: ServiceDependencies) {
       config: deps.config,
       shippedMigrations: deps.shippedMigrations,
       isWorkerRunning: deps.isWorkerRunning,
-      sandboxBackend: () => undefined,
+      sandboxBackend: () => deps.sandboxBackend.name,
     }),
     auth: new AuthService(deps.db, deps.logger.child({ component: "auth" })),
+    sandboxes,
     workerLiveness: new WorkerLiveness(deps.sql, deps.logger.child({ component: "worker-liveness" })),
     forTeam(principal: Principal) {
       return {
@@ -48,6 +60,7 @@ export function createServices(deps: ServiceDependencies) {
         agents: new AgentService(deps.db, principal),
         secrets: new SecretService(deps.db, principal, deps.secretBox),
         audit: new AuditService(deps.db, principal),
+        sessions: new SessionService(deps.db, principal, sandboxes, deps.sandboxBackend),
       };
     },
   };

@@ -4,6 +4,7 @@ import { apiKeysRouter } from "./routers/api-keys";
 import { auditRouter } from "./routers/audit";
 import { authRouter } from "./routers/auth";
 import { secretsRouter } from "./routers/secrets";
+import { sessionsRouter } from "./routers/sessions";
 import { systemRouter } from "./routers/system";
 import { teamsRouter } from "./routers/teams";
 
@@ -15,6 +16,7 @@ export const appRouter = router({
   agents: agentsRouter,
   secrets: secretsRouter,
   audit: auditRouter,
+  sessions: sessionsRouter,
 });
 
 export type AppRouter = typeof appRouter;

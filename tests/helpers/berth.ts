@@ -43,6 +43,7 @@ export async function startTestBerth(
     BERTH_WORKER_CONCURRENCY: "4",
     BERTH_DATABASE_POOL_SIZE: "5",
     BERTH_SHUTDOWN_TIMEOUT_MS: "4000",
+    BERTH_WARM_POOL_SIZE: "0",
     ...options.env,
   });
   config.port = 0;
@@ -61,6 +62,7 @@ export async function startTestBerth(
     remixBuild,
     clientAssetsDir: path.join(ROOT, "build/client"),
     extraTasks: options.extraTasks,
+    daemonScript: path.join(ROOT, "build/sandboxd.js"),
   });
   return {
     ...berth,

@@ -1,0 +1,134 @@
+/**
+ * sandboxd: the daemon inside every sandbox (a bubblewrap jail locally, a pod on Kubernetes).
+ * Serves the platform over HTTP/1.1 with a per-sandbox bearer token: health, bind (warm pools),
+ * exec with streamed output, file read/write/list. Node stdlib + zod only; bundled into one file
+ * (build/sandboxd.js) so the jail needs nothing but the runtime binary. Runs under Node and Bun.
+ *
+ * Configuration (read once, then removed from the environment):
+ *   BERTH_DAEMON_LISTEN   unix:/abs/path.sock | tcp:HOST:PORT
+ *   BERTH_DAEMON_TOKEN    bearer token, at least 32 characters
+ *   BERTH_WORKSPACE       workspace directory (default /workspace)
+ *   BERTH_DAEMON_UNBOUND  1 = warm-pool mode: no session until POST /v1/bind
+ * Every other variable is the session's environment (cold start). Prints `READY <pid>` when listening.
+ */
+import fs from "node:fs";
+import { ProcessGroups } from "./exec";
+import { createDaemonServer, type DaemonState } from "./server";
+import { Workspace } from "./workspace";
+
+const CONFIG_KEYS = ["BERTH_DAEMON_LISTEN", "BERTH_DAEMON_TOKEN", "BERTH_WORKSPACE", "BERTH_DAEMON_UNBOUND"] as const;
+
+type Listen = { kind: "unix"; path: string } | { kind: "tcp"; host: string; port: number };
+
+function fail(message: string): never {
+  process.stderr.write(`sandboxd: ${message}\n`);
+  process.exit(1);
+}
+
+function parseListen(value: string | undefined): Listen {
+  if (!value) fail("BERTH_DAEMON_LISTEN is required (unix:/abs/path.sock or tcp:HOST:PORT)");
+  if (value.startsWith("unix:")) {
+    const path = value.slice("unix:".length);
+    if (!path.startsWith("/")) fail(`BERTH_DAEMON_LISTEN: the socket path must be absolute, got ${value}`);
+    return { kind: "unix", path };
+  }
+  const tcp = /^tcp:(.+):(\d{1,5})$/.exec(value);
+  if (tcp) {
+    const host = tcp[1]!.replace(/^\[(.*)\]$/, "$1");
+    const port = Number(tcp[2]);
+    if (port < 1 || port > 65_535) fail(`BERTH_DAEMON_LISTEN: port out of range in ${value}`);
+    return { kind: "tcp", host, port };
+  }
+  fail(`BERTH_DAEMON_LISTEN must be unix:/abs/path.sock or tcp:HOST:PORT, got ${value}`);
+}
+
+function readConfig() {
+  const env = process.env;
+  const listen = parseListen(env.BERTH_DAEMON_LISTEN);
+  const token = env.BERTH_DAEMON_TOKEN ?? "";
+  if (token.length < 32) fail("BERTH_DAEMON_TOKEN is required and must be at least 32 characters");
+  const workspacePath = env.BERTH_WORKSPACE || "/workspace";
+  if (!workspacePath.startsWith("/")) fail(`BERTH_WORKSPACE must be an absolute path, got ${workspacePath}`);
+  let workspaceReal: string;
+  try {
+    if (!fs.statSync(workspacePath).isDirectory()) fail(`BERTH_WORKSPACE ${workspacePath} is not a directory`);
+    workspaceReal = fs.realpathSync(workspacePath);
+  } catch (error) {
+    fail(`BERTH_WORKSPACE ${workspacePath} is not usable: ${(error as Error).message}`);
+  }
+  const unbound = env.BERTH_DAEMON_UNBOUND === "1";
+  for (const key of CONFIG_KEYS) delete env[key];
+  const sessionEnv: Record<string, string> = {};
+  if (!unbound) for (const [key, value] of Object.entries(env)) if (value !== undefined) sessionEnv[key] = value;
+  return { listen, token, workspacePath, workspaceReal, unbound, sessionEnv };
+}
+
+function findShell(): string {
+  for (const candidate of ["/bin/bash", "/bin/sh"]) {
+    try {
+      fs.accessSync(candidate, fs.constants.X_OK);
+      return candidate;
+    } catch {
+      // try the next one
+    }
+  }
+  fail("neither /bin/bash nor /bin/sh is executable");
+}
+
+function main(): void {
+  const config = readConfig();
+  const groups = new ProcessGroups();
+  const state: DaemonState = {
+    token: config.token,
+    workspace: new Workspace(config.workspaceReal),
+    workspacePath: config.workspacePath,
+    shell: findShell(),
+    startedAt: Date.now(),
+    bound: !config.unbound,
+    sessionId: null,
+    env: config.sessionEnv,
+    groups,
+  };
+  const server = createDaemonServer(state);
+  process.stdout.on("error", () => {}); // nobody reading READY any more is not our problem
+
+  server.once("error", (error) => fail(`cannot listen on ${describe(config.listen)}: ${error.message}`));
+  server.once("listening", () => process.stdout.write(`READY ${process.pid}\n`));
+  if (config.listen.kind === "unix") {
+    removeStaleSocket(config.listen.path);
+    server.listen(config.listen.path);
+  } else {
+    server.listen(config.listen.port, config.listen.host);
+  }
+
+  let stopping = false;
+  const stop = () => {
+    if (stopping) return;
+    stopping = true;
+    server.close();
+    server.closeAllConnections?.();
+    void groups.killAll(500).finally(() => {
+      if (config.listen.kind === "unix") fs.rmSync(config.listen.path, { force: true });
+      process.exit(0);
+    });
+  };
+  process.on("SIGTERM", stop);
+  process.on("SIGINT", stop);
+}
+
+function removeStaleSocket(path: string): void {
+  let stat: fs.Stats;
+  try {
+    stat = fs.lstatSync(path);
+  } catch {
+    return;
+  }
+  if (!stat.isSocket()) fail(`${path} exists and is not a socket; refusing to replace it`);
+  fs.unlinkSync(path);
+}
+
+function describe(listen: Listen): string {
+  return listen.kind === "unix" ? `unix:${listen.path}` : `tcp:${listen.host}:${listen.port}`;
+}
+
+main();

@@ -1,0 +1,100 @@
+import { existsSync } from "node:fs";
+import fs from "node:fs/promises";
+import path from "node:path";
+import type { Logger } from "../logger";
+
+const ROOT = "/sys/fs/cgroup";
+
+export type CgroupLimits = { memoryMb: number; cpuMillis: number; pids: number };
+
+/**
+ * Per-sandbox cgroups for memory, CPU and process-count limits, on cgroup v2 (unified) or v1
+ * (one hierarchy per controller). Where neither is writable (an unprivileged container, say) the
+ * sandbox runs with rlimits only; `available` says which.
+ */
+export class Cgroups {
+  private constructor(
+    readonly mode: "v2" | "v1" | "unavailable",
+    private readonly logger: Logger,
+  ) {}
+
+  static async detect(logger: Logger): Promise<Cgroups> {
+    try {
+      if (existsSync(path.join(ROOT, "cgroup.controllers"))) {
+        const controllers = (await fs.readFile(path.join(ROOT, "cgroup.controllers"), "utf8")).split(/\s+/);
+        if (!["memory", "pids", "cpu"].every((c) => controllers.includes(c))) throw new Error("controllers missing");
+        await fs.mkdir(path.join(ROOT, "berth"), { recursive: true });
+        await fs.writeFile(path.join(ROOT, "berth", "cgroup.subtree_control"), "+memory +pids +cpu");
+        return new Cgroups("v2", logger);
+      }
+      for (const controller of ["memory", "pids", "cpu"]) await fs.mkdir(path.join(ROOT, controller, "berth"), { recursive: true });
+      return new Cgroups("v1", logger);
+    } catch (error) {
+      logger.info({ reason: (error as Error).message }, "cgroups are not writable here: sandboxes get rlimits only");
+      return new Cgroups("unavailable", logger);
+    }
+  }
+
+  private groupDirs(name: string): Record<"memory" | "pids" | "cpu", string> {
+    if (this.mode === "v2") {
+      const dir = path.join(ROOT, "berth", name);
+      return { memory: dir, pids: dir, cpu: dir };
+    }
+    return { memory: path.join(ROOT, "memory", "berth", name), pids: path.join(ROOT, "pids", "berth", name), cpu: path.join(ROOT, "cpu", "berth", name) };
+  }
+
+  /** Creates the sandbox's group(s); returns the `cgroup.procs` files a process writes its pid to. */
+  async create(name: string, limits: CgroupLimits): Promise<string[]> {
+    if (this.mode === "unavailable") return [];
+    const dirs = this.groupDirs(name);
+    for (const dir of new Set(Object.values(dirs))) await fs.mkdir(dir, { recursive: true });
+    await this.apply(name, limits);
+    return [...new Set(Object.values(dirs))].map((dir) => path.join(dir, "cgroup.procs"));
+  }
+
+  /** (Re)writes the limits; also used when a warm sandbox is claimed for an agent with other sizes. */
+  async apply(name: string, limits: CgroupLimits): Promise<void> {
+    if (this.mode === "unavailable") return;
+    const dirs = this.groupDirs(name);
+    const memoryBytes = String(limits.memoryMb * 1024 * 1024);
+    const period = 100_000;
+    const quota = Math.max(1_000, Math.round((limits.cpuMillis / 1000) * period));
+    if (this.mode === "v2") {
+      await fs.writeFile(path.join(dirs.memory, "memory.max"), memoryBytes);
+      await fs.writeFile(path.join(dirs.memory, "memory.swap.max"), "0").catch(() => {});
+      await fs.writeFile(path.join(dirs.pids, "pids.max"), String(limits.pids));
+      await fs.writeFile(path.join(dirs.cpu, "cpu.max"), `${quota} ${period}`);
+    } else {
+      await fs.writeFile(path.join(dirs.memory, "memory.limit_in_bytes"), memoryBytes);
+      await fs.writeFile(path.join(dirs.pids, "pids.max"), String(limits.pids));
+      await fs.writeFile(path.join(dirs.cpu, "cpu.cfs_period_us"), String(period));
+      await fs.writeFile(path.join(dirs.cpu, "cpu.cfs_quota_us"), String(quota));
+    }
+  }
+
+  /** Current memory use of the sandbox, for metrics; null when not known. */
+  async memoryBytes(name: string): Promise<number | null> {
+    if (this.mode === "unavailable") return null;
+    const file = this.mode === "v2" ? "memory.current" : "memory.usage_in_bytes";
+    const text = await fs.readFile(path.join(this.groupDirs(name).memory, file), "utf8").catch(() => null);
+    return text === null ? null : Number(text.trim());
+  }
+
+  async remove(name: string): Promise<void> {
+    if (this.mode === "unavailable") return;
+    for (const dir of new Set(Object.values(this.groupDirs(name)))) {
+      // The group empties a moment after its last process exits; retry briefly.
+      for (let attempt = 0; attempt < 20; attempt++) {
+        try {
+          await fs.rmdir(dir);
+          break;
+        } catch (error) {
+          const code = (error as NodeJS.ErrnoException).code;
+          if (code === "ENOENT") break;
+          if (attempt === 19) this.logger.warn({ dir, code }, "could not remove a sandbox cgroup");
+          await new Promise((resolve) => setTimeout(resolve, 25));
+        }
+      }
+    }
+  }
+}

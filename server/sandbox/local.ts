@@ -1,0 +1,408 @@
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { existsSync, lstatSync, readlinkSync, realpathSync } from "node:fs";
+import fs from "node:fs/promises";
+import path from "node:path";
+import { promisify } from "node:util";
+import type { Logger } from "../logger";
+import { Cgroups } from "./cgroups";
+import { createDaemonClient } from "./daemon-client";
+import {
+  SandboxUnavailableError,
+  type DaemonClient,
+  type ListedSandbox,
+  type NetworkMode,
+  type ProvisionedSandbox,
+  type SandboxBackend,
+  type SandboxLoss,
+  type SandboxSpec,
+  type SandboxState,
+} from "./port";
+
+const run = promisify(execFile);
+
+export type LocalBackendOptions = {
+  dataDir: string;
+  /** The JavaScript runtime that runs the daemon (this process's own: node or bun). */
+  runtimePath: string;
+  /** The bundled daemon, build/sandboxd.js. */
+  daemonScript: string;
+  /** Idle pre-started jails kept per network mode. */
+  warmPoolSize: number;
+  /** Run daemons without bubblewrap. Only for machines where bwrap cannot work; unsafe. */
+  unsafeNoIsolation: boolean;
+  /** The daemon token of a sandbox: derived, so any process can reconnect to a sandbox by name. */
+  tokenFor: (name: string) => string;
+  logger: Logger;
+};
+
+type Jail = {
+  name: string;
+  child: ChildProcess;
+  hostPid: number;
+  network: NetworkMode;
+  sessionId: string | null;
+  workspace: string;
+  socketPath: string;
+  stopping: boolean;
+  exited: Promise<void>;
+};
+
+const DAEMON_IN_JAIL = "/opt/berth/sandboxd.js";
+const WORKSPACE_IN_JAIL = "/workspace";
+const SOCKET_DIR_IN_JAIL = "/run/berth";
+const SANDBOX_UID = 1000;
+const READY_TIMEOUT_MS = 15_000;
+const PIDS_LIMIT = 512;
+const OPEN_FILES_LIMIT = 4096;
+
+/** System folders a jail sees, read-only; everything else of the host (data dir, /home, /root…) stays out. */
+const SYSTEM_PATHS = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
+const ETC_FILES = [
+  "/etc/alternatives",
+  "/etc/ca-certificates",
+  "/etc/ssl",
+  "/etc/hosts",
+  "/etc/resolv.conf",
+  "/etc/nsswitch.conf",
+  "/etc/localtime",
+  "/etc/ld.so.cache",
+  "/etc/ld.so.conf",
+  "/etc/ld.so.conf.d",
+  "/etc/bash.bashrc",
+  "/etc/profile",
+];
+
+export const DOCKER_HINT =
+  "Inside Docker, run the container with --security-opt seccomp=unconfined --security-opt apparmor=unconfined " +
+  "--security-opt systempaths=unconfined (bubblewrap needs user and mount namespaces), or use BERTH_SANDBOX_BACKEND=kubernetes.";
+
+/**
+ * The `local` backend: each sandbox is a bubblewrap jail around the sandbox daemon, with its own user,
+ * PID, IPC, UTS, cgroup (and, unless egress is allowed, network) namespaces, a read-only view of the
+ * system folders, a private /tmp, and the session's workspace at /workspace. The platform reaches the
+ * daemon over a Unix socket in a folder bound into the jail, so a jail with no network still answers.
+ */
+export class LocalSandboxBackend implements SandboxBackend {
+  readonly name = "local" as const;
+  private readonly jails = new Map<string, Jail>();
+  private readonly warm: Record<NetworkMode, Jail[]> = { none: [], egress: [] };
+  private readonly refilling: Record<NetworkMode, Promise<void> | null> = { none: null, egress: null };
+  private readonly lossListeners: Array<(loss: SandboxLoss) => void> = [];
+  private shuttingDown = false;
+
+  private constructor(
+    private readonly options: LocalBackendOptions,
+    private readonly bwrapPath: string | null,
+    private readonly cgroups: Cgroups,
+  ) {}
+
+  /** Checks that a jail can start here, and fails with instructions when it cannot. */
+  static async create(options: LocalBackendOptions): Promise<LocalSandboxBackend> {
+    const logger = options.logger.child({ component: "sandbox-local" });
+    if (!existsSync(options.daemonScript)) {
+      throw new Error(`the sandbox daemon is not built (${options.daemonScript} is missing): run \`npm run build\``);
+    }
+    let bwrapPath: string | null = null;
+    if (options.unsafeNoIsolation) {
+      logger.warn("BERTH_UNSAFE_NO_SANDBOX_ISOLATION is set: sandboxes run WITHOUT isolation. Never use this with untrusted agents.");
+    } else {
+      bwrapPath = await run("sh", ["-c", "command -v bwrap"]).then(({ stdout }) => stdout.trim(), () => null);
+      if (!bwrapPath) {
+        throw new Error(
+          "bubblewrap (bwrap) is not installed, and the local sandbox backend needs it: install it with " +
+            "`apt-get install bubblewrap` (Debian/Ubuntu) or `dnf install bubblewrap` (Fedora).",
+        );
+      }
+      try {
+        await run(bwrapPath, ["--unshare-user", "--uid", String(SANDBOX_UID), "--unshare-pid", "--unshare-net", ...systemBinds(), "--proc", "/proc", "--dev", "/dev", "--", "/bin/true"]);
+      } catch (error) {
+        const detail = ((error as { stderr?: string }).stderr ?? String(error)).trim();
+        throw new Error(`a test sandbox could not start (bwrap: ${detail}). ${DOCKER_HINT}`);
+      }
+    }
+    await fs.mkdir(path.join(options.dataDir, "sandboxes"), { recursive: true, mode: 0o700 });
+    await fs.mkdir(path.join(options.dataDir, "workspaces", ".warm"), { recursive: true, mode: 0o700 });
+    const backend = new LocalSandboxBackend({ ...options, logger }, bwrapPath, await Cgroups.detect(logger));
+    await backend.removeLeftovers();
+    backend.refillWarmPools();
+    return backend;
+  }
+
+  workspaceOf(sessionId: string): string {
+    return path.join(this.options.dataDir, "workspaces", sessionId);
+  }
+
+  onLost(listener: (loss: SandboxLoss) => void): void {
+    this.lossListeners.push(listener);
+  }
+
+  connect(address: string): DaemonClient {
+    // unix:<dataDir>/sandboxes/<name>/run/daemon.sock
+    const name = path.basename(path.dirname(path.dirname(address.replace(/^unix:/, ""))));
+    return createDaemonClient({ address, token: this.options.tokenFor(name) });
+  }
+
+  async provision(spec: SandboxSpec): Promise<ProvisionedSandbox> {
+    const started = performance.now();
+    const workspace = this.workspaceOf(spec.sessionId);
+    const claimed = existsSync(workspace) ? undefined : this.warm[spec.network].shift();
+    if (claimed) {
+      try {
+        // A new session adopts the warm jail's empty workspace: the jail's bind mount follows the rename.
+        await fs.rename(claimed.workspace, workspace);
+        claimed.workspace = workspace;
+        claimed.sessionId = spec.sessionId;
+        await this.cgroups.apply(claimed.name, { memoryMb: spec.resources.memoryMb, cpuMillis: spec.resources.cpuMillis, pids: PIDS_LIMIT });
+        await this.connect(addressOf(claimed)).bind({ sessionId: spec.sessionId, env: spec.env });
+        this.refillWarmPools();
+        return { name: claimed.name, address: addressOf(claimed), hostPid: claimed.hostPid, fromWarmPool: true, startMs: performance.now() - started };
+      } catch (error) {
+        this.options.logger.warn({ err: error, sandbox: claimed.name }, "claiming a warm sandbox failed; starting a cold one");
+        await this.stop(claimed.name, "warm claim failed");
+      } finally {
+        this.refillWarmPools();
+      }
+    }
+    await fs.mkdir(workspace, { recursive: true, mode: 0o700 });
+    const jail = await this.startJail({ name: spec.name, network: spec.network, sessionId: spec.sessionId, workspace, env: spec.env, resources: spec.resources });
+    return { name: jail.name, address: addressOf(jail), hostPid: jail.hostPid, fromWarmPool: false, startMs: performance.now() - started };
+  }
+
+  async status(name: string): Promise<SandboxState> {
+    const jail = this.jails.get(name);
+    return jail && !jail.stopping && jail.child.exitCode === null && jail.child.signalCode === null ? "running" : "gone";
+  }
+
+  async list(): Promise<ListedSandbox[]> {
+    return [...this.jails.values()].filter((jail) => jail.sessionId).map((jail) => ({ name: jail.name, sessionId: jail.sessionId, state: "running" as const }));
+  }
+
+  async stop(name: string, reason: string): Promise<void> {
+    const jail = this.jails.get(name);
+    if (!jail) return;
+    jail.stopping = true;
+    this.options.logger.debug({ sandbox: name, reason }, "stopping sandbox");
+    if (jail.child.exitCode === null && jail.child.signalCode === null) {
+      // bwrap's --die-with-parent chain takes every process of the jail down with it.
+      if (this.bwrapPath) jail.child.kill("SIGKILL");
+      else process.kill(-jail.hostPid, "SIGKILL");
+    }
+    await jail.exited;
+  }
+
+  async shutdown(): Promise<void> {
+    this.shuttingDown = true;
+    await Promise.all([...this.jails.keys()].map((name) => this.stop(name, "platform shutdown")));
+  }
+
+  /** Keeps `warmPoolSize` idle jails per network mode, one refill at a time per mode. */
+  private refillWarmPools(): void {
+    for (const network of ["none", "egress"] as const) {
+      if (this.shuttingDown || this.refilling[network] || this.warm[network].length >= this.options.warmPoolSize) continue;
+      this.refilling[network] = (async () => {
+        try {
+          while (!this.shuttingDown && this.warm[network].length < this.options.warmPoolSize) {
+            const name = `warm-${network}-${randomBytes(5).toString("hex")}`;
+            const workspace = path.join(this.options.dataDir, "workspaces", ".warm", name);
+            await fs.mkdir(workspace, { mode: 0o700 });
+            const jail = await this.startJail({ name, network, sessionId: null, workspace, env: null, resources: { memoryMb: 1024, cpuMillis: 1000 } });
+            if (this.shuttingDown) await this.stop(jail.name, "platform shutdown");
+            else this.warm[network].push(jail);
+          }
+        } catch (error) {
+          this.options.logger.error({ err: error, network }, "could not fill the warm sandbox pool");
+        } finally {
+          this.refilling[network] = null;
+        }
+      })();
+    }
+  }
+
+  /** Waits until every warm pool is full (benchmarks and tests). */
+  async warmPoolsReady(): Promise<void> {
+    this.refillWarmPools();
+    while (this.refilling.none || this.refilling.egress) await Promise.all([this.refilling.none, this.refilling.egress]);
+  }
+
+  private async startJail(input: {
+    name: string;
+    network: NetworkMode;
+    sessionId: string | null;
+    workspace: string;
+    env: Record<string, string> | null;
+    resources: { memoryMb: number; cpuMillis: number };
+  }): Promise<Jail> {
+    const sandboxDir = path.join(this.options.dataDir, "sandboxes", input.name);
+    const socketDir = path.join(sandboxDir, "run");
+    await fs.mkdir(socketDir, { recursive: true, mode: 0o700 });
+    const procsFiles = await this.cgroups.create(input.name, { ...input.resources, pids: PIDS_LIMIT });
+    const addressSpace = (input.resources.memoryMb + 2048) * 1024 * 1024;
+    const limits = ["prlimit", `--nofile=${OPEN_FILES_LIMIT}`, `--as=${addressSpace}`, "--core=0", "--"];
+    const daemonEnv = {
+      ...(input.env ?? {}),
+      BERTH_DAEMON_LISTEN: `unix:${this.bwrapPath ? SOCKET_DIR_IN_JAIL : socketDir}/daemon.sock`,
+      BERTH_DAEMON_TOKEN: this.options.tokenFor(input.name),
+      BERTH_WORKSPACE: this.bwrapPath ? WORKSPACE_IN_JAIL : input.workspace,
+      ...(input.env ? {} : { BERTH_DAEMON_UNBOUND: "1" }),
+    };
+    const jailCommand = this.bwrapPath
+      ? [this.bwrapPath, ...(await this.bwrapArgs(input.network, input.workspace, socketDir, sandboxDir)), this.options.runtimePath, DAEMON_IN_JAIL]
+      : [this.options.runtimePath, this.options.daemonScript];
+    // The shell joins the sandbox's cgroups, then becomes prlimit, then bwrap: nothing starts outside them.
+    const joinCgroups = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 97; shift; n=$((n-1)); done; exec "$@"';
+    const child = spawn("/bin/sh", ["-c", joinCgroups, "berth-jail", String(procsFiles.length), ...procsFiles, ...limits, ...jailCommand], {
+      // Exactly the session's environment (plus the daemon's own settings, which it removes at start).
+      env: daemonEnv as unknown as NodeJS.ProcessEnv,
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: !this.bwrapPath,
+    });
+    if (!child.pid) throw new SandboxUnavailableError(`could not start sandbox ${input.name}`);
+    const jail: Jail = {
+      name: input.name,
+      child,
+      hostPid: child.pid,
+      network: input.network,
+      sessionId: input.sessionId,
+      workspace: input.workspace,
+      socketPath: path.join(socketDir, "daemon.sock"),
+      stopping: false,
+      exited: new Promise((resolve) => child.once("exit", () => resolve())),
+    };
+    this.jails.set(jail.name, jail);
+    let output = "";
+    child.stderr!.setEncoding("utf8");
+    child.stderr!.on("data", (chunk: string) => {
+      output = (output + chunk).slice(-4000);
+    });
+    child.once("exit", (code, signal) => void this.onJailExit(jail, code, signal, output));
+
+    try {
+      await waitForReadyLine(child, READY_TIMEOUT_MS);
+    } catch (error) {
+      await this.stop(jail.name, "did not become ready");
+      throw new SandboxUnavailableError(`sandbox ${input.name} did not start: ${(error as Error).message}. ${output.trim()}`.trim());
+    }
+    return jail;
+  }
+
+  private async onJailExit(jail: Jail, code: number | null, signal: NodeJS.Signals | null, output: string) {
+    this.jails.delete(jail.name);
+    for (const network of ["none", "egress"] as const) this.warm[network] = this.warm[network].filter((j) => j !== jail);
+    await fs.rm(path.join(this.options.dataDir, "sandboxes", jail.name), { recursive: true, force: true }).catch(() => {});
+    if (!jail.sessionId) await fs.rm(jail.workspace, { recursive: true, force: true }).catch(() => {});
+    await this.cgroups.remove(jail.name);
+    if (jail.stopping) return;
+    const reason = `sandbox process exited (${signal ?? `code ${code}`})`;
+    this.options.logger.warn({ sandbox: jail.name, sessionId: jail.sessionId, code, signal, output: output.slice(-500) }, "sandbox lost");
+    if (jail.sessionId) for (const listener of this.lossListeners) listener({ name: jail.name, reason });
+    else this.refillWarmPools();
+  }
+
+  private async bwrapArgs(network: NetworkMode, workspace: string, socketDir: string, sandboxDir: string): Promise<string[]> {
+    const passwd = path.join(sandboxDir, "passwd");
+    const group = path.join(sandboxDir, "group");
+    await fs.writeFile(passwd, `root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:${SANDBOX_UID}:${SANDBOX_UID}:sandbox:${WORKSPACE_IN_JAIL}:/bin/bash\n`);
+    await fs.writeFile(group, `root:x:0:\nsandbox:x:${SANDBOX_UID}:\n`);
+    const runtime = realpathSync(this.options.runtimePath);
+    return [
+      "--unshare-user",
+      "--uid",
+      String(SANDBOX_UID),
+      "--gid",
+      String(SANDBOX_UID),
+      "--unshare-pid",
+      "--unshare-ipc",
+      "--unshare-uts",
+      "--unshare-cgroup-try",
+      ...(network === "none" ? ["--unshare-net"] : []),
+      "--die-with-parent",
+      "--new-session",
+      "--hostname",
+      "sandbox",
+      ...systemBinds(),
+      ...ETC_FILES.flatMap((file) => ["--ro-bind-try", file, file]),
+      "--ro-bind",
+      passwd,
+      "/etc/passwd",
+      "--ro-bind",
+      group,
+      "/etc/group",
+      "--proc",
+      "/proc",
+      "--dev",
+      "/dev",
+      "--tmpfs",
+      "/tmp",
+      "--tmpfs",
+      "/run",
+      "--bind",
+      socketDir,
+      SOCKET_DIR_IN_JAIL,
+      "--bind",
+      workspace,
+      WORKSPACE_IN_JAIL,
+      ...(runtime.startsWith("/usr/") ? [] : ["--ro-bind", runtime, runtime]),
+      "--ro-bind",
+      this.options.daemonScript,
+      DAEMON_IN_JAIL,
+      "--chdir",
+      WORKSPACE_IN_JAIL,
+      "--",
+    ];
+  }
+
+  /** Sandbox folders and cgroups left by a previous process of this data dir (its jails died with it). */
+  private async removeLeftovers(): Promise<void> {
+    const sandboxesDir = path.join(this.options.dataDir, "sandboxes");
+    for (const name of await fs.readdir(sandboxesDir)) {
+      await fs.rm(path.join(sandboxesDir, name), { recursive: true, force: true });
+      await this.cgroups.remove(name);
+    }
+    await fs.rm(path.join(this.options.dataDir, "workspaces", ".warm"), { recursive: true, force: true });
+    await fs.mkdir(path.join(this.options.dataDir, "workspaces", ".warm"), { recursive: true, mode: 0o700 });
+  }
+}
+
+function addressOf(jail: Jail): string {
+  return `unix:${jail.socketPath}`;
+}
+
+/** Read-only system folders; merged-/usr symlinks (/bin -> usr/bin) are recreated as symlinks. */
+function systemBinds(): string[] {
+  const args: string[] = [];
+  for (const dir of SYSTEM_PATHS) {
+    let stat;
+    try {
+      stat = lstatSync(dir);
+    } catch {
+      continue;
+    }
+    if (stat.isSymbolicLink()) args.push("--symlink", readlinkSync(dir), dir);
+    else args.push("--ro-bind", dir, dir);
+  }
+  return args;
+}
+
+function waitForReadyLine(child: ChildProcess, timeoutMs: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let buffer = "";
+    const timer = setTimeout(() => finish(new Error(`no READY within ${timeoutMs} ms`)), timeoutMs);
+    const onData = (chunk: Buffer) => {
+      buffer += chunk.toString();
+      if (buffer.includes("READY")) finish();
+    };
+    const onExit = (code: number | null, signal: string | null) => finish(new Error(`exited before ready (${signal ?? `code ${code}`})`));
+    function finish(error?: Error) {
+      clearTimeout(timer);
+      child.stdout!.off("data", onData);
+      child.off("exit", onExit);
+      // Keep draining stdout so a chatty daemon never blocks on a full pipe.
+      child.stdout!.resume();
+      if (error) reject(error);
+      else resolve();
+    }
+    child.stdout!.on("data", onData);
+    child.once("exit", onExit);
+  });
+}

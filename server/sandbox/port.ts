@@ -1,0 +1,102 @@
+/**
+ * The sandbox port: what the platform needs from any sandbox backend (local bubblewrap jails,
+ * Kubernetes agent-sandbox pods). Backend-neutral: no bwrap or Kubernetes notion leaks through here.
+ */
+
+export type NetworkMode = "none" | "egress";
+
+export type SandboxSpec = {
+  /** Unique name for this sandbox generation, chosen by the platform (DNS-label safe). */
+  name: string;
+  teamId: string;
+  agentId: string;
+  sessionId: string;
+  generation: number;
+  network: NetworkMode;
+  /** The whole environment of processes in the sandbox: nothing else of the platform's is visible. */
+  env: Record<string, string>;
+  resources: { cpuMillis: number; memoryMb: number };
+  image: string | null;
+};
+
+/** How to reach a sandbox's daemon: backend-specific, opaque to the platform, stored on the row. */
+export type SandboxAddress = string;
+
+export type ProvisionedSandbox = {
+  name: string;
+  address: SandboxAddress;
+  /** Local backend: host PID of the jail; other backends: null. */
+  hostPid: number | null;
+  fromWarmPool: boolean;
+  /** Milliseconds from the provision call to a healthy daemon. */
+  startMs: number;
+};
+
+export type SandboxState = "running" | "suspended" | "gone";
+
+export type ListedSandbox = { name: string; sessionId: string | null; state: SandboxState };
+
+export type SandboxLoss = { name: string; reason: string };
+
+export interface SandboxBackend {
+  readonly name: "local" | "kubernetes";
+  /** Starts (or claims from a warm pool) a sandbox and returns once its daemon answers health. */
+  provision(spec: SandboxSpec): Promise<ProvisionedSandbox>;
+  /** Stops the sandbox and releases its compute; the session workspace is kept. Idempotent. */
+  stop(name: string, reason: string): Promise<void>;
+  /** Current state as the backend sees it. */
+  status(name: string): Promise<SandboxState>;
+  /** Every sandbox this backend runs for Berth (for reconciliation). */
+  list(): Promise<ListedSandbox[]>;
+  /** A client for the in-sandbox daemon. */
+  connect(address: SandboxAddress): DaemonClient;
+  /** Called when the backend notices a sandbox died on its own (process killed, pod deleted). */
+  onLost(listener: (loss: SandboxLoss) => void): void;
+  /** Stops every sandbox and pool this process runs (graceful shutdown). */
+  shutdown(): Promise<void>;
+}
+
+/** ---- The sandbox daemon's protocol (sandboxd/), as the platform uses it ---- */
+
+export type ExecRequest = {
+  command: string;
+  /** Relative to the workspace; default the workspace root. */
+  cwd?: string;
+  timeoutMs?: number;
+};
+
+export type ExecChunk =
+  | { type: "stdout"; data: string }
+  | { type: "stderr"; data: string }
+  | { type: "exit"; exitCode: number | null; signal: string | null; timedOut: boolean; durationMs: number };
+
+export type ExecResult = { exitCode: number | null; signal: string | null; timedOut: boolean; stdout: string; stderr: string; durationMs: number };
+
+export type FileEntry = { name: string; type: "file" | "directory" | "symlink" | "other"; size: number; modifiedAt: string };
+
+export interface DaemonClient {
+  health(): Promise<{ ok: true; pid: number; uptimeMs: number; bound: boolean }>;
+  /** Warm-pool claim: gives an unbound daemon its session's environment. Once only. */
+  bind(input: { sessionId: string; env: Record<string, string> }): Promise<void>;
+  /** Runs `bash -lc command` (or sh) and streams its output; the last chunk is `exit`. */
+  exec(request: ExecRequest, signal?: AbortSignal): AsyncIterable<ExecChunk>;
+  readFile(path: string): Promise<{ content: string; encoding: "utf8" | "base64"; size: number }>;
+  writeFile(path: string, content: string, encoding?: "utf8" | "base64"): Promise<{ size: number }>;
+  listFiles(path: string): Promise<FileEntry[]>;
+}
+
+export class SandboxUnavailableError extends Error {
+  override name = "SandboxUnavailableError";
+}
+
+/** An error the daemon answered with (bad path, bad request): not a sign the sandbox is gone. */
+export class DaemonRequestError extends Error {
+  override name = "DaemonRequestError";
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}

@@ -1,0 +1,277 @@
+import { and, desc, eq, inArray, lt, sql } from "drizzle-orm";
+import type { Database, DatabaseOrTransaction } from "../../db/client";
+import { agentVersions, sandboxes, sessions } from "../../db/schema";
+import type { Config } from "../config";
+import type { Logger } from "../logger";
+import type { SandboxBackend } from "../sandbox/port";
+import { recordAudit, SYSTEM_ACTOR } from "./audit";
+import { conflict, DomainError, notFound } from "./errors";
+import { appendEvents } from "./event-log";
+import { enqueueJob } from "./job-queue";
+import type { SecretBox } from "./secret-box";
+import { SecretService } from "./secrets";
+
+export type SessionStatus = (typeof sessions.$inferSelect)["status"];
+
+const LIVE: SessionStatus[] = ["ready", "running", "idle"];
+const ALLOWED: Record<SessionStatus, SessionStatus[]> = {
+  pending: ["provisioning", "failed", "terminated"],
+  provisioning: ["ready", "failed", "terminated", "reconnecting"],
+  ready: ["running", "idle", "suspended", "reconnecting", "provisioning", "terminated"],
+  running: ["ready", "idle", "reconnecting", "provisioning", "terminated"],
+  idle: ["running", "ready", "suspended", "reconnecting", "provisioning", "terminated"],
+  suspended: ["provisioning", "terminated"],
+  reconnecting: ["provisioning", "failed", "terminated"],
+  failed: ["provisioning", "terminated"],
+  terminated: [],
+};
+
+/** Moves a locked session to a new status and records the `status` event, in the caller's transaction. */
+export async function transition(tx: DatabaseOrTransaction, session: { id: string; status: SessionStatus }, to: SessionStatus, reason?: string): Promise<boolean> {
+  if (session.status === to) return false;
+  if (!ALLOWED[session.status].includes(to)) throw conflict(`a ${session.status} session cannot become ${to}`);
+  await tx.update(sessions).set({ status: to, statusReason: reason ?? null }).where(eq(sessions.id, session.id));
+  await appendEvents(tx, session.id, [{ type: "status", payload: { from: session.status, to, ...(reason ? { reason } : {}) } }]);
+  return true;
+}
+
+async function lockSession(tx: DatabaseOrTransaction, sessionId: string) {
+  const [session] = await tx.select().from(sessions).where(eq(sessions.id, sessionId)).for("update");
+  return session;
+}
+
+/**
+ * Sandbox lifecycle of every session, for jobs and services (not team-bound: jobs act for the
+ * platform). Each step commits its state before the next slow operation, so a crash anywhere leaves
+ * a state that the provision job (retried) or the reconciliation cron picks up.
+ */
+export class SandboxLifecycle {
+  /** Sessions with a command running in this process: activity, whatever the clock says. */
+  private readonly activeCommands = new Map<string, number>();
+
+  constructor(
+    private readonly deps: {
+      db: Database;
+      backend: SandboxBackend;
+      config: Pick<Config, "containerEnv">;
+      secretBox: SecretBox;
+      logger: Logger;
+    },
+  ) {
+    deps.backend.onLost((loss) => {
+      this.handleLoss(loss.name, loss.reason).catch((error: unknown) => deps.logger.error({ err: error, sandbox: loss.name }, "could not handle a lost sandbox"));
+    });
+  }
+
+  get backendName(): string {
+    return this.deps.backend.name;
+  }
+
+  /** The environment a sandbox of this session gets: platform CONTAINER_ENV_*, agent env, team secrets, agent secrets (last wins). */
+  private async environmentFor(teamId: string, agentId: string, agentEnv: Record<string, string>): Promise<Record<string, string>> {
+    const secrets = new SecretService(this.deps.db, { teamId, role: "owner", actor: SYSTEM_ACTOR, userId: null, via: "api_key" }, this.deps.secretBox);
+    return { ...this.deps.config.containerEnv, ...agentEnv, ...(await secrets.environmentFor(agentId)) };
+  }
+
+  /** The provision job: a new sandbox generation for the session, then `ready`. */
+  async provision(sessionId: string, options: { finalAttempt: boolean }): Promise<void> {
+    const { db, backend, logger } = this.deps;
+    const prepared = await db.transaction(async (tx) => {
+      const session = await lockSession(tx, sessionId);
+      if (!session || session.status === "terminated") return null;
+      const [current] = await tx.select().from(sandboxes).where(eq(sandboxes.sessionId, sessionId)).orderBy(desc(sandboxes.generation)).limit(1);
+      if (LIVE.includes(session.status) && current?.status === "ready" && (await backend.status(current.name)) === "running") return null;
+      if (current && (current.status === "ready" || current.status === "provisioning")) {
+        await tx.update(sandboxes).set({ status: "stopped", endedAt: new Date(), endReason: "replaced" }).where(eq(sandboxes.id, current.id));
+      }
+      await transition(tx, session, "provisioning");
+      const generation = (current?.generation ?? 0) + 1;
+      const name = `s-${sessionId.slice(0, 8)}-g${generation}-${Math.random().toString(36).slice(2, 7)}`;
+      const [row] = await tx.insert(sandboxes).values({ sessionId, teamId: session.teamId, generation, backend: backend.name, name, status: "provisioning" }).returning();
+      const [version] = await tx
+        .select()
+        .from(agentVersions)
+        .where(and(eq(agentVersions.agentId, session.agentId), eq(agentVersions.version, session.agentVersion)));
+      return { session, row: row!, version: version!, previous: current };
+    });
+    if (!prepared) return;
+    const { session, row, version, previous } = prepared;
+    if (previous && (previous.status === "ready" || previous.status === "provisioning")) await backend.stop(previous.name, "replaced");
+
+    let provisioned;
+    try {
+      provisioned = await backend.provision({
+        name: row.name,
+        teamId: session.teamId,
+        agentId: session.agentId,
+        sessionId,
+        generation: row.generation,
+        network: version.network,
+        env: await this.environmentFor(session.teamId, session.agentId, version.env),
+        resources: { cpuMillis: version.cpuMillis, memoryMb: version.memoryMb },
+        image: version.sandboxImage,
+      });
+    } catch (error) {
+      const reason = `sandbox could not start: ${(error as Error).message}`;
+      logger.warn({ err: error, sessionId }, "provisioning failed");
+      await db.transaction(async (tx) => {
+        await tx.update(sandboxes).set({ status: "failed", endedAt: new Date(), endReason: reason.slice(0, 1000) }).where(eq(sandboxes.id, row.id));
+        if (options.finalAttempt) {
+          const locked = await lockSession(tx, sessionId);
+          if (locked && locked.status === "provisioning") await transition(tx, locked, "failed", reason.slice(0, 1000));
+        }
+      });
+      throw error;
+    }
+
+    const stale = await db.transaction(async (tx) => {
+      const locked = await lockSession(tx, sessionId);
+      const [latest] = await tx.select({ id: sandboxes.id }).from(sandboxes).where(eq(sandboxes.sessionId, sessionId)).orderBy(desc(sandboxes.generation)).limit(1);
+      if (!locked || locked.status !== "provisioning" || latest?.id !== row.id) {
+        await tx.update(sandboxes).set({ status: "stopped", endedAt: new Date(), endReason: "session moved on while provisioning" }).where(eq(sandboxes.id, row.id));
+        return true;
+      }
+      await tx
+        .update(sandboxes)
+        .set({ name: provisioned.name, address: provisioned.address, hostPid: provisioned.hostPid, fromWarmPool: provisioned.fromWarmPool, status: "ready", readyAt: new Date() })
+        .where(eq(sandboxes.id, row.id));
+      await transition(tx, locked, "ready");
+      await recordAudit(tx, { teamId: session.teamId, actor: SYSTEM_ACTOR, action: "sandbox.ready", targetType: "session", targetId: sessionId, metadata: { generation: row.generation, sandbox: provisioned.name, startMs: Math.round(provisioned.startMs), warm: provisioned.fromWarmPool } });
+      return false;
+    });
+    if (stale) await backend.stop(provisioned.name, "session moved on while provisioning");
+  }
+
+  /** The backend noticed a sandbox died: mark it lost and reconnect its session to a new generation. */
+  async handleLoss(name: string, reason: string): Promise<void> {
+    const sessionId = await this.deps.db.transaction(async (tx) => {
+      const [row] = await tx.update(sandboxes).set({ status: "lost", endedAt: new Date(), endReason: reason }).where(and(eq(sandboxes.name, name), inArray(sandboxes.status, ["ready", "provisioning"]))).returning();
+      if (!row) return null;
+      const session = await lockSession(tx, row.sessionId);
+      if (!session || !LIVE.includes(session.status)) return null;
+      await transition(tx, session, "reconnecting", reason);
+      await recordAudit(tx, { teamId: session.teamId, actor: SYSTEM_ACTOR, action: "sandbox.lost", targetType: "session", targetId: session.id, metadata: { sandbox: name, reason } });
+      await enqueueJob(tx, "sandbox:provision", { sessionId: session.id, reason: "reconnect" }, { jobKey: `provision:${session.id}`, maxAttempts: 5 });
+      return session.id;
+    });
+    if (sessionId) this.deps.logger.warn({ sessionId, sandbox: name, reason }, "sandbox lost: reconnecting the session");
+  }
+
+  /** Waits until the session has a ready sandbox, resuming a suspended one; returns its address. */
+  async ensureReady(sessionId: string, timeoutMs = 60_000): Promise<{ address: string; name: string }> {
+    const deadline = Date.now() + timeoutMs;
+    let resumeRequested = false;
+    for (;;) {
+      const [session] = await this.deps.db.select().from(sessions).where(eq(sessions.id, sessionId));
+      if (!session) throw notFound("session");
+      if (session.status === "terminated") throw conflict("the session is terminated");
+      if (session.status === "failed") throw conflict(`the session failed (${session.statusReason ?? "unknown reason"}): restart it`);
+      if (LIVE.includes(session.status)) {
+        const [sandbox] = await this.deps.db.select().from(sandboxes).where(and(eq(sandboxes.sessionId, sessionId), eq(sandboxes.status, "ready"))).orderBy(desc(sandboxes.generation)).limit(1);
+        if (sandbox?.address) return { address: sandbox.address, name: sandbox.name };
+      }
+      if (session.status === "suspended" && !resumeRequested) {
+        await enqueueJob(this.deps.db, "sandbox:provision", { sessionId, reason: "resume" }, { jobKey: `provision:${sessionId}`, maxAttempts: 3 });
+        resumeRequested = true;
+      }
+      if (Date.now() > deadline) throw new DomainError("unavailable", `the session's sandbox is not ready (status ${session.status}); try again shortly`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+
+  /** Runs `work` as activity of the session: idle suspension waits, last_activity_at keeps moving. */
+  async withActivity<T>(sessionId: string, work: () => Promise<T>): Promise<T> {
+    this.activeCommands.set(sessionId, (this.activeCommands.get(sessionId) ?? 0) + 1);
+    const touch = () => this.deps.db.update(sessions).set({ lastActivityAt: sql`now()` }).where(eq(sessions.id, sessionId));
+    const heartbeat = setInterval(() => void touch().catch(() => {}), 15_000);
+    try {
+      await touch();
+      return await work();
+    } finally {
+      clearInterval(heartbeat);
+      const left = (this.activeCommands.get(sessionId) ?? 1) - 1;
+      if (left <= 0) this.activeCommands.delete(sessionId);
+      else this.activeCommands.set(sessionId, left);
+      await touch().catch(() => {});
+    }
+  }
+
+  /** Cron: suspends sessions idle longer than their agent's idleTimeoutSeconds (workspace kept). */
+  async suspendIdle(): Promise<number> {
+    const candidates = await this.deps.db
+      .select({ id: sessions.id })
+      .from(sessions)
+      .innerJoin(agentVersions, and(eq(agentVersions.agentId, sessions.agentId), eq(agentVersions.version, sessions.agentVersion)))
+      .where(and(inArray(sessions.status, ["ready", "idle"]), lt(sessions.lastActivityAt, sql`now() - make_interval(secs => ${agentVersions.idleTimeoutSeconds})`)));
+    let suspended = 0;
+    for (const { id } of candidates) {
+      if (this.activeCommands.has(id)) continue;
+      const stopped = await this.deps.db.transaction(async (tx) => {
+        const session = await lockSession(tx, id);
+        if (!session || !["ready", "idle"].includes(session.status)) return null;
+        const rows = await tx.update(sandboxes).set({ status: "suspended", endedAt: new Date(), endReason: "idle" }).where(and(eq(sandboxes.sessionId, id), eq(sandboxes.status, "ready"))).returning();
+        await transition(tx, session, "suspended", "idle");
+        return rows;
+      });
+      for (const row of stopped ?? []) await this.deps.backend.stop(row.name, "idle");
+      if (stopped) suspended++;
+    }
+    return suspended;
+  }
+
+  async terminate(sessionId: string): Promise<void> {
+    const rows = await this.deps.db.transaction(async (tx) => {
+      const session = await lockSession(tx, sessionId);
+      if (!session) throw notFound("session");
+      if (session.status === "terminated") return [];
+      const live = await tx.update(sandboxes).set({ status: "stopped", endedAt: new Date(), endReason: "terminated" }).where(and(eq(sandboxes.sessionId, sessionId), inArray(sandboxes.status, ["ready", "provisioning"]))).returning();
+      await transition(tx, session, "terminated");
+      return live;
+    });
+    for (const row of rows) await this.deps.backend.stop(row.name, "terminated");
+  }
+
+  /** Forces a new sandbox generation (also brings a failed session back). */
+  async restart(sessionId: string): Promise<void> {
+    const replaced = await this.deps.db.transaction(async (tx) => {
+      const session = await lockSession(tx, sessionId);
+      if (!session) throw notFound("session");
+      if (session.status === "terminated") throw conflict("the session is terminated");
+      const rows = await tx.update(sandboxes).set({ status: "stopped", endedAt: new Date(), endReason: "restart" }).where(and(eq(sandboxes.sessionId, sessionId), inArray(sandboxes.status, ["ready", "provisioning"]))).returning();
+      await transition(tx, session, "provisioning", "restart requested");
+      await enqueueJob(tx, "sandbox:provision", { sessionId, reason: "restart" }, { jobKey: `provision:${sessionId}`, maxAttempts: 3 });
+      return rows;
+    });
+    for (const row of replaced) await this.deps.backend.stop(row.name, "restart");
+  }
+
+  /**
+   * Cron: stops sandboxes no live session owns, marks sessions whose sandbox vanished (they
+   * reconnect), and fails provisioning rows a dead process abandoned.
+   */
+  async reconcile(): Promise<{ stopped: number; lost: number }> {
+    const { db, backend } = this.deps;
+    const listed = await backend.list();
+    const rows = await db.select().from(sandboxes).where(and(eq(sandboxes.backend, backend.name), inArray(sandboxes.status, ["ready", "provisioning"])));
+    const byName = new Map(rows.map((row) => [row.name, row]));
+    let stopped = 0;
+    for (const sandbox of listed) {
+      if (!byName.has(sandbox.name)) {
+        await backend.stop(sandbox.name, "orphan: no live session owns it");
+        stopped++;
+      }
+    }
+    const listedNames = new Set(listed.map((sandbox) => sandbox.name));
+    let lost = 0;
+    for (const row of rows) {
+      if (listedNames.has(row.name)) continue;
+      if (row.status === "ready") {
+        await this.handleLoss(row.name, "sandbox vanished");
+        lost++;
+      } else if (Date.now() - row.createdAt.getTime() > 120_000) {
+        await db.update(sandboxes).set({ status: "failed", endedAt: new Date(), endReason: "abandoned while provisioning" }).where(eq(sandboxes.id, row.id));
+      }
+    }
+    return { stopped, lost };
+  }
+}

@@ -1,0 +1,29 @@
+import { z } from "zod";
+import { router, teamProcedure } from "../init";
+import { id, pageInput } from "../inputs";
+
+const sessionStatus = z.enum(["pending", "provisioning", "ready", "running", "idle", "suspended", "reconnecting", "failed", "terminated"]);
+const workspacePath = z.string().min(1).max(4096);
+
+export const sessionsRouter = router({
+  create: teamProcedure
+    .input(z.strictObject({ agentId: id, title: z.string().trim().max(200).optional() }))
+    .mutation(({ ctx, input }) => ctx.team.sessions.create(input)),
+  get: teamProcedure.input(z.strictObject({ sessionId: id })).query(({ ctx, input }) => ctx.team.sessions.get(input)),
+  list: teamProcedure
+    .input(z.strictObject({ ...pageInput, status: sessionStatus.optional(), agentId: id.optional() }))
+    .query(({ ctx, input }) => ctx.team.sessions.list(input)),
+  events: teamProcedure
+    .input(z.strictObject({ sessionId: id, afterSeq: z.number().int().min(0).default(0), limit: z.number().int().min(1).max(1000).default(100) }))
+    .query(({ ctx, input }) => ctx.team.sessions.events(input)),
+  exec: teamProcedure
+    .input(z.strictObject({ sessionId: id, command: z.string().min(1).max(100_000), timeoutMs: z.number().int().min(1).max(3_600_000).optional() }))
+    .mutation(({ ctx, input }) => ctx.team.sessions.exec(input)),
+  readFile: teamProcedure.input(z.strictObject({ sessionId: id, path: workspacePath })).query(({ ctx, input }) => ctx.team.sessions.readFile(input)),
+  writeFile: teamProcedure
+    .input(z.strictObject({ sessionId: id, path: workspacePath, content: z.string().max(14_000_000), encoding: z.enum(["utf8", "base64"]).default("utf8") }))
+    .mutation(({ ctx, input }) => ctx.team.sessions.writeFile(input)),
+  listFiles: teamProcedure.input(z.strictObject({ sessionId: id, path: workspacePath.default(".") })).query(({ ctx, input }) => ctx.team.sessions.listFiles(input)),
+  terminate: teamProcedure.input(z.strictObject({ sessionId: id })).mutation(({ ctx, input }) => ctx.team.sessions.terminate(input)),
+  restart: teamProcedure.input(z.strictObject({ sessionId: id })).mutation(({ ctx, input }) => ctx.team.sessions.restart(input)),
+});

@@ -1,0 +1,200 @@
+import { existsSync } from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import { TRPCClientError } from "@trpc/client";
+import postgres from "postgres";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { isProcessAlive } from "../../db/embedded";
+import { startTestBerth, type TestBerth } from "../helpers/berth";
+import { waitFor } from "../helpers/processes";
+
+const KEY = "sandbox_test_key_0123456789abcdefghij";
+
+/**
+ * Real bubblewrap jails: isolation, secrets injection, network policy, loss detection,
+ * suspend/resume, warm pool and termination, all through the public API.
+ */
+describe("per-session sandboxes on the local backend", () => {
+  let berth: TestBerth;
+  let api: ReturnType<TestBerth["client"]>;
+  let sql: postgres.Sql;
+  let listener: net.Server;
+  let listenerPort: number;
+
+  beforeAll(async () => {
+    berth = await startTestBerth({
+      env: { BERTH_ADMIN_API_KEY: KEY, CONTAINER_ENV_SAMPLE_SECRET: "s3", CONTAINER_ENV_SHARED: "platform", BERTH_WARM_POOL_SIZE: "1" },
+    });
+    api = berth.client(KEY);
+    sql = postgres(berth.databaseUrl, { max: 2, onnotice: () => {} });
+    listener = net.createServer((socket) => socket.end("hello from the host\n"));
+    await new Promise<void>((resolve) => listener.listen(0, "127.0.0.1", resolve));
+    listenerPort = (listener.address() as net.AddressInfo).port;
+  });
+  afterAll(async () => {
+    listener?.close();
+    await sql?.end();
+    await berth?.close();
+  });
+
+  async function readySession(agentId: string) {
+    const session = await api.sessions.create.mutate({ agentId });
+    await waitFor(`session ${session.id} ready`, async () => ((await api.sessions.get.query({ sessionId: session.id })).status === "ready" ? true : undefined), 30_000);
+    return api.sessions.get.query({ sessionId: session.id });
+  }
+
+  async function exec(sessionId: string, command: string) {
+    return api.sessions.exec.mutate({ sessionId, command, timeoutMs: 20_000 });
+  }
+
+  it("provisions pending -> provisioning -> ready with a status event per transition", async () => {
+    const agent = await api.agents.create.mutate({ name: "lifecycle", model: "demo" });
+    const session = await readySession(agent.id);
+    expect(session.sandbox).toMatchObject({ generation: 1, status: "ready", backend: "local", hostPid: expect.any(Number) });
+    expect(isProcessAlive(session.sandbox!.hostPid!)).toBe(true);
+    const events = await api.sessions.events.query({ sessionId: session.id });
+    expect(events.items.map((event) => [event.type, event.payload])).toEqual([
+      ["status", { from: "pending", to: "provisioning" }],
+      ["status", { from: "provisioning", to: "ready" }],
+    ]);
+    const result = await exec(session.id, "echo hello; echo oops >&2; exit 3");
+    expect(result).toMatchObject({ exitCode: 3, stdout: "hello\n", stderr: "oops\n", timedOut: false });
+  });
+
+  it("isolates a session from other sessions' workspaces, host processes and the platform's environment", async () => {
+    const agent = await api.agents.create.mutate({ name: "isolation", model: "demo" });
+    const [a, b] = [await readySession(agent.id), await readySession(agent.id)];
+    await exec(a.id, "echo private-to-a > note.txt");
+    const workspaceA = path.join(berth.config.dataDir, "workspaces", a.id);
+    expect(existsSync(path.join(workspaceA, "note.txt"))).toBe(true);
+
+    const seen = await exec(b.id, `cat ${workspaceA}/note.txt; ls ${berth.config.dataDir}; ls /workspace/..; cat /workspace/../*/note.txt`);
+    expect(seen.stdout).not.toContain("private-to-a");
+    expect(seen.stderr).toContain("No such file or directory");
+
+    const processes = await exec(b.id, "ls /proc | grep -E '^[0-9]+$' | wc -l; cat /proc/*/cmdline 2>/dev/null | tr '\\0' ' '");
+    const [count, ...commandLines] = processes.stdout.trim().split("\n");
+    expect(Number(count)).toBeLessThan(10);
+    expect(commandLines.join(" ")).not.toMatch(/postgres|vitest/);
+    expect(await exec(b.id, `kill -0 ${process.pid} && echo visible || echo hidden`)).toMatchObject({ stdout: "hidden\n" });
+
+    const env = await exec(b.id, "env");
+    const names = env.stdout.trim().split("\n").map((line) => line.split("=")[0]);
+    expect(names).not.toContain("DATABASE_URL");
+    expect(names.filter((name) => name!.startsWith("BERTH_"))).toEqual([]);
+    expect(env.stdout).not.toContain(berth.databaseUrl);
+    expect(env.stdout).not.toContain(KEY);
+
+    const identity = await exec(b.id, "id -u; touch /usr/evil 2>&1; echo $?; touch /tmp/ok && echo tmp-writable");
+    expect(identity.stdout).toMatch(/^1000\n/);
+    expect(identity.stdout).toContain("tmp-writable");
+    expect(identity.stdout).toMatch(/Read-only file system|Permission denied/);
+  });
+
+  it("injects CONTAINER_ENV_X as X, with team over platform and agent over team", async () => {
+    const agent = await api.agents.create.mutate({ name: "secrets", model: "demo" });
+    await api.secrets.set.mutate({ name: "SHARED", value: "team" });
+    await api.secrets.set.mutate({ name: "AGENT_ONLY", value: "mine", agentId: agent.id });
+    const session = await readySession(agent.id);
+    const result = await exec(session.id, 'echo $SAMPLE_SECRET; echo $SHARED; echo $AGENT_ONLY');
+    expect(result.stdout).toBe("s3\nteam\nmine\n");
+    await api.secrets.set.mutate({ name: "SHARED", value: "agent", agentId: agent.id });
+    // A changed secret reaches the next sandbox generation.
+    await api.sessions.restart.mutate({ sessionId: session.id });
+    await waitFor("restart", async () => {
+      const current = await api.sessions.get.query({ sessionId: session.id });
+      return current.status === "ready" && current.sandbox!.generation === 2 ? true : undefined;
+    }, 30_000);
+    expect((await exec(session.id, "echo $SHARED")).stdout).toBe("agent\n");
+  });
+
+  it("cuts the network off unless the agent allows egress", async () => {
+    const probe = `(exec 3<>/dev/tcp/127.0.0.1/${listenerPort} && head -1 <&3) 2>&1 || echo unreachable`;
+    const closed = await readySession((await api.agents.create.mutate({ name: "offline", model: "demo", network: "none" })).id);
+    expect((await exec(closed.id, probe)).stdout).toMatch(/unreachable/);
+    expect((await exec(closed.id, probe)).stdout).not.toContain("hello from the host");
+    const open = await readySession((await api.agents.create.mutate({ name: "online", model: "demo", network: "egress" })).id);
+    expect((await exec(open.id, probe)).stdout).toContain("hello from the host");
+  });
+
+  it("refuses file paths that leave the workspace, and round-trips files inside it", async () => {
+    const session = await readySession((await api.agents.create.mutate({ name: "files", model: "demo" })).id);
+    await api.sessions.writeFile.mutate({ sessionId: session.id, path: "src/app.txt", content: "hi" });
+    expect(await api.sessions.readFile.query({ sessionId: session.id, path: "src/app.txt" })).toMatchObject({ content: "hi", encoding: "utf8" });
+    expect((await api.sessions.listFiles.query({ sessionId: session.id, path: "src" })).map((entry) => entry.name)).toEqual(["app.txt"]);
+    await exec(session.id, "ln -s /etc etc-link");
+    for (const bad of ["../x", "/etc/passwd", "src/../../x", "etc-link/passwd"]) {
+      const error = await api.sessions.readFile.query({ sessionId: session.id, path: bad }).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(TRPCClientError);
+      expect((error as TRPCClientError<never>).data).toMatchObject({ code: "BAD_REQUEST" });
+    }
+  });
+
+  it("notices a jail killed from outside and reconnects the session to a new generation with its workspace", async () => {
+    const session = await readySession((await api.agents.create.mutate({ name: "killed", model: "demo" })).id);
+    await exec(session.id, "echo survives > kept.txt");
+    const pid = session.sandbox!.hostPid!;
+    process.kill(pid, "SIGKILL");
+    await waitFor("the sandbox row to be marked lost", async () => {
+      const [row] = await sql<{ status: string }[]>`select status from sandboxes where session_id = ${session.id} and generation = 1`;
+      return row?.status === "lost" ? true : undefined;
+    });
+    await waitFor("the session to be ready on generation 2", async () => {
+      const current = await api.sessions.get.query({ sessionId: session.id });
+      return current.status === "ready" && current.sandbox!.generation === 2 ? true : undefined;
+    }, 30_000);
+    const statuses = (await api.sessions.events.query({ sessionId: session.id })).items.filter((e) => e.type === "status").map((e) => (e.payload as { to: string }).to);
+    expect(statuses).toEqual(["provisioning", "ready", "reconnecting", "provisioning", "ready"]);
+    expect((await exec(session.id, "cat kept.txt")).stdout).toBe("survives\n");
+  });
+
+  it("suspends an idle session (sandbox stopped, workspace kept) and resumes it on the next use", async () => {
+    const session = await readySession((await api.agents.create.mutate({ name: "idle", model: "demo", idleTimeoutSeconds: 30 })).id);
+    await exec(session.id, "echo still-here > idle.txt");
+    const pid = session.sandbox!.hostPid!;
+    await sql`update sessions set last_activity_at = now() - interval '1 hour' where id = ${session.id}`;
+    expect(await berth.services.sandboxes.suspendIdle()).toBeGreaterThanOrEqual(1);
+    expect((await api.sessions.get.query({ sessionId: session.id })).status).toBe("suspended");
+    await waitFor("the jail to exit", () => (isProcessAlive(pid) ? undefined : true));
+
+    expect((await exec(session.id, "cat idle.txt")).stdout).toBe("still-here\n");
+    const resumed = await api.sessions.get.query({ sessionId: session.id });
+    expect(resumed).toMatchObject({ status: "ready", sandbox: { generation: 2 } });
+  });
+
+  it("does not suspend a session while a command runs in it", async () => {
+    const session = await readySession((await api.agents.create.mutate({ name: "busy", model: "demo", idleTimeoutSeconds: 30 })).id);
+    const running = exec(session.id, "sleep 1.5; echo done");
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    await sql`update sessions set last_activity_at = now() - interval '1 hour' where id = ${session.id}`;
+    await berth.services.sandboxes.suspendIdle();
+    expect((await running).stdout).toBe("done\n");
+    expect((await api.sessions.get.query({ sessionId: session.id })).status).toBe("ready");
+  });
+
+  it("claims a pre-started jail from the warm pool and binds the session's env and workspace to it", async () => {
+    await waitFor("a warm jail", async () => ((await berth.services.sandboxes.backendName) === "local" ? true : undefined));
+    const agent = await api.agents.create.mutate({ name: "warm", model: "demo" });
+    await api.secrets.set.mutate({ name: "WARM_SECRET", value: "bound-at-claim", agentId: agent.id });
+    let session;
+    // The pool refills in the background after every claim; give it a moment.
+    for (let attempt = 0; attempt < 20; attempt++) {
+      session = await readySession(agent.id);
+      if (session.sandbox!.fromWarmPool) break;
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+    expect(session!.sandbox!.fromWarmPool).toBe(true);
+    expect((await exec(session!.id, "echo $WARM_SECRET $SAMPLE_SECRET; pwd; touch made-in-warm")).stdout).toBe("bound-at-claim s3\n/workspace\n");
+    expect(existsSync(path.join(berth.config.dataDir, "workspaces", session!.id, "made-in-warm"))).toBe(true);
+  });
+
+  it("terminates: the jail is stopped and the session is final", async () => {
+    const session = await readySession((await api.agents.create.mutate({ name: "terminate", model: "demo" })).id);
+    const terminated = await api.sessions.terminate.mutate({ sessionId: session.id });
+    expect(terminated.status).toBe("terminated");
+    expect(terminated.sandbox).toMatchObject({ status: "stopped", endReason: "terminated" });
+    expect(isProcessAlive(session.sandbox!.hostPid!)).toBe(false);
+    const error = await exec(session.id, "true").catch((e: unknown) => e);
+    expect((error as TRPCClientError<never>).data).toMatchObject({ code: "CONFLICT" });
+  });
+});
