@@ -252,18 +252,27 @@ export class SandboxLifecycle {
   async reconcile(): Promise<{ stopped: number; lost: number }> {
     const { db, backend } = this.deps;
     const listed = await backend.list();
-    const rows = await db.select().from(sandboxes).where(and(eq(sandboxes.backend, backend.name), inArray(sandboxes.status, ["ready", "provisioning"])));
-    const byName = new Map(rows.map((row) => [row.name, row]));
+    const rows = await db
+      .select({ sandbox: sandboxes, sessionStatus: sessions.status })
+      .from(sandboxes)
+      .innerJoin(sessions, eq(sessions.id, sandboxes.sessionId))
+      .where(and(eq(sandboxes.backend, backend.name), inArray(sandboxes.status, ["ready", "provisioning"])));
+    // A sandbox is owned only while its row is live and its session is not final.
+    const owned = new Set(rows.filter((row) => row.sessionStatus !== "terminated" && row.sessionStatus !== "failed").map((row) => row.sandbox.name));
     let stopped = 0;
     for (const sandbox of listed) {
-      if (!byName.has(sandbox.name)) {
+      if (!owned.has(sandbox.name)) {
         await backend.stop(sandbox.name, "orphan: no live session owns it");
+        await db
+          .update(sandboxes)
+          .set({ status: "stopped", endedAt: new Date(), endReason: "orphan: no live session owns it" })
+          .where(and(eq(sandboxes.name, sandbox.name), inArray(sandboxes.status, ["ready", "provisioning"])));
         stopped++;
       }
     }
     const listedNames = new Set(listed.map((sandbox) => sandbox.name));
     let lost = 0;
-    for (const row of rows) {
+    for (const { sandbox: row } of rows) {
       if (listedNames.has(row.name)) continue;
       if (row.status === "ready") {
         await this.handleLoss(row.name, "sandbox vanished");

@@ -108,6 +108,20 @@ describe("per-session sandboxes on the local backend", () => {
     expect((await exec(session.id, "echo $SHARED")).stdout).toBe("agent\n");
   });
 
+  it("rotates a secret: the running generation keeps its env, the next generation gets the new value", async () => {
+    const agent = await api.agents.create.mutate({ name: "rotation", model: "demo" });
+    await api.secrets.set.mutate({ name: "ROTATED", value: "before", agentId: agent.id });
+    const session = await readySession(agent.id);
+    await api.secrets.set.mutate({ name: "ROTATED", value: "after", agentId: agent.id });
+    expect((await exec(session.id, "echo $ROTATED")).stdout).toBe("before\n");
+    await api.sessions.restart.mutate({ sessionId: session.id });
+    await waitFor("generation 2 ready", async () => {
+      const current = await api.sessions.get.query({ sessionId: session.id });
+      return current.status === "ready" && current.sandbox!.generation === 2 ? true : undefined;
+    }, 30_000);
+    expect((await exec(session.id, "echo $ROTATED")).stdout).toBe("after\n");
+  });
+
   it("cuts the network off unless the agent allows egress", async () => {
     const probe = `(exec 3<>/dev/tcp/127.0.0.1/${listenerPort} && head -1 <&3) 2>&1 || echo unreachable`;
     const closed = await readySession((await api.agents.create.mutate({ name: "offline", model: "demo", network: "none" })).id);
@@ -186,6 +200,30 @@ describe("per-session sandboxes on the local backend", () => {
     expect(session!.sandbox!.fromWarmPool).toBe(true);
     expect((await exec(session!.id, "echo $WARM_SECRET $SAMPLE_SECRET; pwd; touch made-in-warm")).stdout).toBe("bound-at-claim s3\n/workspace\n");
     expect(existsSync(path.join(berth.config.dataDir, "workspaces", session!.id, "made-in-warm"))).toBe(true);
+  });
+
+  it("reconciliation stops jails no live session owns and reconnects sessions whose sandbox vanished", async () => {
+    const agent = await api.agents.create.mutate({ name: "reconcile", model: "demo" });
+    const orphaned = await readySession(agent.id);
+    const vanished = await readySession(agent.id);
+    // A session made final behind the platform's back leaves its jail without an owner.
+    await sql`update sessions set status = 'terminated' where id = ${orphaned.id}`;
+    // A sandbox row whose jail the backend does not know: what a restart after a crash looks like.
+    const [realName] = await sql<{ name: string }[]>`select name from sandboxes where session_id = ${vanished.id} and generation = 1`;
+    await sql`update sandboxes set name = ${realName!.name + "-gone"} where session_id = ${vanished.id} and generation = 1`;
+
+    await sql`select graphile_worker.add_job('sandbox:reconcile', '{}'::json)`;
+    await waitFor("the orphaned jail to stop", () => (isProcessAlive(orphaned.sandbox!.hostPid!) ? undefined : true));
+    await waitFor("the session with a vanished sandbox to be ready on generation 2", async () => {
+      const current = await api.sessions.get.query({ sessionId: vanished.id });
+      return current.status === "ready" && current.sandbox!.generation === 2 ? true : undefined;
+    }, 30_000);
+    // Its real first-generation jail had no row left: stopped as an orphan too.
+    await waitFor("the renamed jail to stop", () => (isProcessAlive(vanished.sandbox!.hostPid!) ? undefined : true));
+    const [orphanRow] = await sql<{ status: string; end_reason: string }[]>`select status, end_reason from sandboxes where session_id = ${orphaned.id}`;
+    expect(orphanRow).toEqual({ status: "stopped", end_reason: "orphan: no live session owns it" });
+    const [vanishedRow] = await sql<{ status: string; end_reason: string }[]>`select status, end_reason from sandboxes where session_id = ${vanished.id} and generation = 1`;
+    expect(vanishedRow).toEqual({ status: "lost", end_reason: "sandbox vanished" });
   });
 
   it("terminates: the jail is stopped and the session is final", async () => {
