@@ -55,6 +55,7 @@ const SANDBOX_UID = 1000;
 const READY_TIMEOUT_MS = 15_000;
 const PIDS_LIMIT = 512;
 const OPEN_FILES_LIMIT = 4096;
+const REFILL_DELAY_MS = 250;
 
 /** System folders a jail sees, read-only; everything else of the host (data dir, /home, /root…) stays out. */
 const SYSTEM_PATHS = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
@@ -155,13 +156,13 @@ export class LocalSandboxBackend implements SandboxBackend {
         claimed.sessionId = spec.sessionId;
         await this.cgroups.apply(claimed.name, { memoryMb: spec.resources.memoryMb, cpuMillis: spec.resources.cpuMillis, pids: PIDS_LIMIT });
         await this.connect(addressOf(claimed)).bind({ sessionId: spec.sessionId, env: spec.env });
-        this.refillWarmPools();
         return { name: claimed.name, address: addressOf(claimed), hostPid: claimed.hostPid, fromWarmPool: true, startMs: performance.now() - started };
       } catch (error) {
         this.options.logger.warn({ err: error, sandbox: claimed.name }, "claiming a warm sandbox failed; starting a cold one");
         await this.stop(claimed.name, "warm claim failed");
       } finally {
-        this.refillWarmPools();
+        // Starting a jail costs a burst of CPU; let the claiming session's first steps go first.
+        setTimeout(() => this.refillWarmPools(), REFILL_DELAY_MS).unref();
       }
     }
     await fs.mkdir(workspace, { recursive: true, mode: 0o700 });
@@ -207,11 +208,13 @@ export class LocalSandboxBackend implements SandboxBackend {
             const workspace = path.join(this.options.dataDir, "workspaces", ".warm", name);
             await fs.mkdir(workspace, { mode: 0o700 });
             const jail = await this.startJail({ name, network, sessionId: null, workspace, env: null, resources: { memoryMb: 1024, cpuMillis: 1000 } });
+            // A fresh runtime compiles its request path lazily; pay that now, not at claim time.
+            await this.connect(addressOf(jail)).health();
             if (this.shuttingDown) await this.stop(jail.name, "platform shutdown");
             else this.warm[network].push(jail);
           }
         } catch (error) {
-          this.options.logger.error({ err: error, network }, "could not fill the warm sandbox pool");
+          if (!this.shuttingDown) this.options.logger.error({ err: error, network }, "could not fill the warm sandbox pool");
         } finally {
           this.refilling[network] = null;
         }
