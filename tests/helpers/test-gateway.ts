@@ -58,7 +58,10 @@ export type TestGatewayStep = StepTiming &
          */
         malformed: "bad-json" | "no-choices" | "cut";
       }
-    /** Raw SSE events: objects are JSON-encoded, strings sent as they are after `data: `. */
+    /**
+     * Raw SSE events: objects are JSON-encoded, strings sent as they are after `data: `, except
+     * strings starting with `:`, sent as SSE comment lines (keep-alives).
+     */
     | { sse: (string | Record<string, unknown>)[] }
     /** Close the connection: before the headers, or after a first chunk of a stream. */
     | { disconnect: "before-headers" | "mid-stream" }
@@ -449,7 +452,8 @@ async function stream(
   for (const [index, event] of events.entries()) {
     if (index > 0 && timing.chunkDelayMs) await sleep(timing.chunkDelayMs, signal);
     if (signal.aborted || res.destroyed) return;
-    res.write(`data: ${typeof event === "string" ? event : JSON.stringify(event)}\n\n`);
+    if (typeof event === "string" && event.startsWith(":")) res.write(`${event}\n\n`);
+    else res.write(`data: ${typeof event === "string" ? event : JSON.stringify(event)}\n\n`);
   }
   if (options.end === "destroy") {
     // Let the written chunks reach the client, then drop the connection without ending the body.
