@@ -60,6 +60,7 @@ export const sandboxStatus = pgEnum("sandbox_status", [
   "failed",
 ]);
 export const actorType = pgEnum("actor_type", ["user", "api_key", "system"]);
+export const turnStatus = pgEnum("turn_status", ["queued", "running", "completed", "failed", "aborted"]);
 
 export const teams = pgTable("teams", {
   id: uuid("id").primaryKey().defaultRandom(),
@@ -243,6 +244,38 @@ export const sessionEvents = pgTable(
     primaryKey({ columns: [table.sessionId, table.seq] }),
     unique("session_events_idempotency").on(table.sessionId, table.idempotencyKey),
   ],
+);
+
+/**
+ * One agent turn per user message: the durable state of the loop (status, steps, usage so far). The
+ * conversation itself lives in session_events; `startSeq` marks where the turn's own events begin,
+ * so a turn queued behind another is replayed in the order the agent answered, not the order sent.
+ */
+export const turns = pgTable(
+  "turns",
+  {
+    id: uuid("id").primaryKey().defaultRandom(),
+    sessionId: uuid("session_id")
+      .notNull()
+      .references(() => sessions.id, { onDelete: "cascade" }),
+    teamId: uuid("team_id").notNull(),
+    /** The seq of the user_message this turn answers. */
+    userSeq: bigint("user_seq", { mode: "number" }).notNull(),
+    /** The session's last seq when the turn started; its events follow it. */
+    startSeq: bigint("start_seq", { mode: "number" }),
+    status: turnStatus("status").notNull().default("queued"),
+    steps: integer("steps").notNull().default(0),
+    promptTokens: bigint("prompt_tokens", { mode: "number" }).notNull().default(0),
+    completionTokens: bigint("completion_tokens", { mode: "number" }).notNull().default(0),
+    costUsd: numeric("cost_usd", { precision: 14, scale: 6 }).notNull().default("0"),
+    /** Set by sessions.abort; the loop stops at its next check. */
+    abortRequestedAt: timestamp("abort_requested_at", { withTimezone: true }),
+    error: text("error"),
+    createdAt: createdAt(),
+    startedAt: timestamp("started_at", { withTimezone: true }),
+    finishedAt: timestamp("finished_at", { withTimezone: true }),
+  },
+  (table) => [unique().on(table.sessionId, table.userSeq), index("turns_open").on(table.sessionId, table.status)],
 );
 
 export const sandboxes = pgTable(

@@ -1,4 +1,5 @@
-import { createTRPCClient, httpBatchLink, TRPCClientError } from "@trpc/client";
+import { createTRPCClient, httpBatchLink, httpSubscriptionLink, splitLink, TRPCClientError } from "@trpc/client";
+import { EventSource } from "eventsource";
 import superjson from "superjson";
 import type { AppRouter } from "./trpc/router";
 
@@ -19,13 +20,27 @@ export type BerthClientOptions = {
 
 export function createBerthClient(options: BerthClientOptions) {
   const base = options.url.replace(/\/+$/, "");
+  const authorization = `Bearer ${options.apiKey}`;
+  const fetchImpl = options.fetch ?? fetch;
   return createTRPCClient<AppRouter>({
     links: [
-      httpBatchLink({
-        url: `${base}/api/trpc`,
-        transformer: superjson,
-        headers: { authorization: `Bearer ${options.apiKey}` },
-        fetch: options.fetch,
+      splitLink({
+        condition: (op) => op.type === "subscription",
+        // Server-sent events (sessions.follow); a reconnect resumes after the last received seq.
+        true: httpSubscriptionLink({
+          url: `${base}/api/trpc`,
+          transformer: superjson,
+          EventSource,
+          eventSourceOptions: {
+            fetch: (input, init) => fetchImpl(input, { ...init, headers: { ...(init?.headers as Record<string, string>), authorization } }),
+          },
+        }),
+        false: httpBatchLink({
+          url: `${base}/api/trpc`,
+          transformer: superjson,
+          headers: { authorization },
+          fetch: options.fetch,
+        }),
       }),
     ],
   });

@@ -80,6 +80,13 @@ const environmentSchema = z.object({
   BERTH_ADMIN_PASSWORD: optionalString.pipe(z.string().min(12, "must be at least 12 characters").optional()),
   LITELLM_BASE_URL: optionalString.pipe(httpUrl.optional()),
   LITELLM_API_KEY: optionalString,
+  BERTH_GATEWAY_TIMEOUT_MS: positiveInt(120_000, 3_600_000),
+  BERTH_GATEWAY_IDLE_TIMEOUT_MS: positiveInt(60_000, 3_600_000),
+  BERTH_GATEWAY_MAX_RETRIES: z
+    .string()
+    .default("3")
+    .refine((value) => /^\d+$/.test(value) && Number(value) <= 10, { message: "must be a whole number from 0 to 10" })
+    .transform(Number),
   BERTH_SANDBOX_BACKEND: z.enum(["local", "kubernetes"]).default("local"),
   BERTH_WARM_POOL_SIZE: z
     .string()
@@ -105,6 +112,8 @@ export type Config = {
   adminEmail: string;
   adminPassword: string | undefined;
   gateway: { baseUrl: string; apiKey: string | undefined } | undefined;
+  /** Per model call: whole-attempt timeout, silence between streamed chunks, retries before the stream starts. */
+  gatewayTimeouts: { requestMs: number; idleMs: number; maxRetries: number };
   sandboxBackend: "local" | "kubernetes";
   /** Local backend: idle pre-started jails kept per network mode. */
   warmPoolSize: number;
@@ -164,6 +173,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     adminEmail: parsed.BERTH_ADMIN_EMAIL.toLowerCase(),
     adminPassword: parsed.BERTH_ADMIN_PASSWORD,
     gateway: parsed.LITELLM_BASE_URL ? { baseUrl: parsed.LITELLM_BASE_URL, apiKey: parsed.LITELLM_API_KEY } : undefined,
+    gatewayTimeouts: { requestMs: parsed.BERTH_GATEWAY_TIMEOUT_MS, idleMs: parsed.BERTH_GATEWAY_IDLE_TIMEOUT_MS, maxRetries: parsed.BERTH_GATEWAY_MAX_RETRIES },
     sandboxBackend: parsed.BERTH_SANDBOX_BACKEND,
     warmPoolSize: parsed.BERTH_WARM_POOL_SIZE,
     unsafeNoSandboxIsolation: parsed.BERTH_UNSAFE_NO_SANDBOX_ISOLATION,

@@ -15,6 +15,10 @@ import type { SandboxBackend } from "./sandbox/port";
 import { loadOrCreateSecretKey, SecretBox } from "./services/secret-box";
 import { ensureBootstrapAdmin, type BootstrapResult } from "./services/bootstrap";
 import { createTrpcCaller, createTrpcHandler } from "./trpc/handler";
+import { createGatewayClient } from "./gateway/client";
+import { createDemoModel, DEMO_MODEL } from "./gateway/demo";
+import type { ModelResolver } from "./harness/builtin";
+import { EventBus } from "./services/event-bus";
 
 /**
  * The composition root: the only place that wires concrete pieces together. Everything a Berth
@@ -69,6 +73,10 @@ export async function startBerth(options: BerthOptions): Promise<RunningBerth> {
     const sandboxBackend = await createSandboxBackend(config, secretKey, options.daemonScript, logger);
     cleanups.push(() => sandboxBackend.shutdown());
 
+    const bus = new EventBus(database.sql, logger.child({ component: "event-bus" }));
+    await bus.start();
+    cleanups.push(() => bus.stop());
+
     // Services are built before the runner exists, but ask it whether it runs.
     const worker: { runner?: JobRunner } = {};
     const services = createServices({
@@ -80,6 +88,8 @@ export async function startBerth(options: BerthOptions): Promise<RunningBerth> {
       sandboxBackend,
       shippedMigrations: shippedMigrationCount(),
       isWorkerRunning: () => worker.runner?.isRunning() ?? false,
+      bus,
+      models: createModelResolver(config, logger),
     });
 
     const bootstrap = await ensureBootstrapAdmin(database.db, config, logger);
@@ -136,6 +146,24 @@ export async function startBerth(options: BerthOptions): Promise<RunningBerth> {
     await cleanUp();
     throw error;
   }
+}
+
+function createModelResolver(config: Config, logger: Logger): ModelResolver {
+  const demo = createDemoModel();
+  const gateway = config.gateway
+    ? createGatewayClient({
+        baseUrl: config.gateway.baseUrl,
+        apiKey: config.gateway.apiKey,
+        timeoutMs: config.gatewayTimeouts.requestMs,
+        idleTimeoutMs: config.gatewayTimeouts.idleMs,
+        maxRetries: config.gatewayTimeouts.maxRetries,
+        logger: logger.child({ component: "gateway" }),
+      })
+    : null;
+  return (model) => {
+    if (model === DEMO_MODEL) return demo;
+    return gateway ?? { unavailable: `the model "${model}" needs the LiteLLM Gateway, and LITELLM_BASE_URL is not set (only the offline "${DEMO_MODEL}" model works without it)` };
+  };
 }
 
 async function createSandboxBackend(config: Config, secretKey: Buffer, daemonScript: string, logger: Logger): Promise<SandboxBackend> {

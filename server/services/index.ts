@@ -15,6 +15,9 @@ import { SessionService } from "./sessions";
 import { SecretService } from "./secrets";
 import { TeamService } from "./teams";
 import { WorkerLiveness } from "./worker-liveness";
+import { BuiltinHarness, type ModelResolver } from "../harness/builtin";
+import type { EventBus } from "./event-bus";
+import { TurnRunner, TurnStore } from "./turns";
 
 export type ServiceDependencies = {
   db: Database;
@@ -25,6 +28,8 @@ export type ServiceDependencies = {
   sandboxBackend: SandboxBackend;
   shippedMigrations: number;
   isWorkerRunning: () => boolean;
+  bus: EventBus;
+  models: ModelResolver;
 };
 
 /**
@@ -40,8 +45,18 @@ export function createServices(deps: ServiceDependencies) {
     secretBox: deps.secretBox,
     logger: deps.logger.child({ component: "sandboxes" }),
   });
+  const turnStore = new TurnStore(deps.db);
+  const turns = new TurnRunner({
+    store: turnStore,
+    bus: deps.bus,
+    logger: deps.logger.child({ component: "turns" }),
+    harnesses: {
+      builtin: new BuiltinHarness({ store: turnStore, lifecycle: sandboxes, bus: deps.bus, models: deps.models, logger: deps.logger.child({ component: "harness-builtin" }) }),
+    },
+  });
   return {
     config: deps.config,
+    turns,
     health: new HealthService({
       sql: deps.sql,
       config: deps.config,
@@ -60,7 +75,7 @@ export function createServices(deps: ServiceDependencies) {
         agents: new AgentService(deps.db, principal),
         secrets: new SecretService(deps.db, principal, deps.secretBox),
         audit: new AuditService(deps.db, principal),
-        sessions: new SessionService(deps.db, principal, sandboxes, deps.sandboxBackend),
+        sessions: new SessionService(deps.db, principal, sandboxes, deps.bus),
       };
     },
   };

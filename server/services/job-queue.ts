@@ -12,6 +12,7 @@ export const jobPayloads = {
   "sandbox:provision": z.object({ sessionId: z.uuid(), reason: z.string().max(500).optional() }),
   "sandbox:suspend-idle": z.object({}).passthrough(),
   "sandbox:reconcile": z.object({}).passthrough(),
+  "turn:run": z.object({ sessionId: z.uuid() }),
 } satisfies Record<string, z.ZodType>;
 
 export type JobName = keyof typeof jobPayloads;

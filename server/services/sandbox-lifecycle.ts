@@ -3,7 +3,7 @@ import type { Database, DatabaseOrTransaction } from "../../db/client";
 import { agentVersions, sandboxes, sessions } from "../../db/schema";
 import type { Config } from "../config";
 import type { Logger } from "../logger";
-import type { SandboxBackend } from "../sandbox/port";
+import { SandboxUnavailableError, type DaemonClient, type SandboxBackend } from "../sandbox/port";
 import { recordAudit, SYSTEM_ACTOR } from "./audit";
 import { conflict, DomainError, notFound } from "./errors";
 import { appendEvents } from "./event-log";
@@ -176,6 +176,22 @@ export class SandboxLifecycle {
       }
       if (Date.now() > deadline) throw new DomainError("unavailable", `the session's sandbox is not ready (status ${session.status}); try again shortly`);
       await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+
+  /**
+   * Runs `work` against the session's ready sandbox (resuming a suspended one), as activity. A
+   * sandbox that stops answering is handed to loss handling, so the session reconnects.
+   */
+  async withSandbox<T>(sessionId: string, work: (client: DaemonClient) => Promise<T>): Promise<T> {
+    const { address, name } = await this.ensureReady(sessionId);
+    try {
+      return await this.withActivity(sessionId, () => work(this.deps.backend.connect(address)));
+    } catch (error) {
+      if (error instanceof SandboxUnavailableError && (await this.deps.backend.status(name)) !== "running") {
+        await this.handleLoss(name, `sandbox stopped answering: ${error.message}`);
+      }
+      throw error;
     }
   }
 

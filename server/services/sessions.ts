@@ -1,12 +1,12 @@
-import { and, desc, eq, isNull } from "drizzle-orm";
+import { and, desc, eq, inArray, isNull, sql } from "drizzle-orm";
 import type { Database } from "../../db/client";
-import { agents, sandboxes, sessions } from "../../db/schema";
+import { agents, agentVersions, sandboxes, sessionEvents, sessions, turns } from "../../db/schema";
 import { collectExec } from "../sandbox/daemon-client";
-import { DaemonRequestError, SandboxUnavailableError, type FileEntry } from "../sandbox/port";
-import type { SandboxBackend } from "../sandbox/port";
+import { DaemonRequestError, SandboxUnavailableError, type DaemonClient, type FileEntry } from "../sandbox/port";
 import { recordAudit } from "./audit";
-import { DomainError, invalid, notFound } from "./errors";
-import { readEvents } from "./event-log";
+import { conflict, DomainError, invalid, notFound } from "./errors";
+import { appendEvents, readEvents, type StoredEvent } from "./event-log";
+import { TURN_ABORT_CHANNEL, type EventBus } from "./event-bus";
 import { enqueueJob } from "./job-queue";
 import { before, cursorAt, toPage, type Page } from "./pagination";
 import type { Principal } from "./principal";
@@ -61,7 +61,7 @@ export class SessionService {
     private readonly db: Database,
     private readonly principal: Principal,
     private readonly lifecycle: SandboxLifecycle,
-    private readonly backend: SandboxBackend,
+    private readonly bus: EventBus,
   ) {}
 
   private async own(sessionId: string) {
@@ -116,6 +116,121 @@ export class SessionService {
     return readEvents(this.db, { teamId: this.principal.teamId, sessionId: input.sessionId, afterSeq: input.afterSeq, limit: input.limit });
   }
 
+  /**
+   * Stores the user message and queues its turn, in one transaction: once this returns, the message
+   * is durable and will be answered. A retry with the same idempotencyKey returns the first result.
+   */
+  async send(input: { sessionId: string; text: string; idempotencyKey?: string }): Promise<{ seq: number; turnId: string; queued: boolean; duplicate: boolean }> {
+    return this.db.transaction(async (tx) => {
+      const [session] = await tx
+        .select({ id: sessions.id, status: sessions.status, agentId: sessions.agentId, agentVersion: sessions.agentVersion })
+        .from(sessions)
+        .where(and(eq(sessions.teamId, this.principal.teamId), eq(sessions.id, input.sessionId)))
+        .for("update");
+      if (!session) throw notFound("session");
+      if (input.idempotencyKey) {
+        const [previous] = await tx
+          .select({ seq: sessionEvents.seq, turnId: turns.id })
+          .from(sessionEvents)
+          .innerJoin(turns, and(eq(turns.sessionId, sessionEvents.sessionId), eq(turns.userSeq, sessionEvents.seq)))
+          .where(and(eq(sessionEvents.sessionId, session.id), eq(sessionEvents.idempotencyKey, input.idempotencyKey)));
+        if (previous) return { seq: previous.seq, turnId: previous.turnId, queued: false, duplicate: true };
+      }
+      if (session.status === "terminated") throw conflict("the session is terminated");
+      if (session.status === "failed") throw conflict("the session failed: restart it before sending messages");
+      const [busy] = await tx
+        .select({ id: turns.id })
+        .from(turns)
+        .where(and(eq(turns.sessionId, session.id), inArray(turns.status, ["queued", "running"])))
+        .limit(1);
+      if (busy) {
+        const [version] = await tx
+          .select({ busyPolicy: agentVersions.busyPolicy })
+          .from(agentVersions)
+          .where(and(eq(agentVersions.agentId, session.agentId), eq(agentVersions.version, session.agentVersion)));
+        if (version?.busyPolicy === "reject") throw conflict("a turn is running and this agent rejects messages while busy (busyPolicy: reject); try again when it finishes");
+      }
+      const [event] = await appendEvents(tx, session.id, [{ type: "user_message", payload: { text: input.text }, idempotencyKey: input.idempotencyKey }]);
+      const [turn] = await tx.insert(turns).values({ sessionId: session.id, teamId: this.principal.teamId, userSeq: event!.seq }).returning({ id: turns.id });
+      // One queue per session: its turns run one at a time, in order, on any replica.
+      await enqueueJob(tx, "turn:run", { sessionId: session.id }, { queueName: `session:${session.id}`, maxAttempts: 10 });
+      return { seq: event!.seq, turnId: turn!.id, queued: Boolean(busy), duplicate: false };
+    });
+  }
+
+  /** Stops the running turn (its current model call or command is cancelled). Queued messages stay queued. */
+  async abort(input: { sessionId: string }): Promise<{ aborted: boolean }> {
+    await this.own(input.sessionId);
+    const rows = await this.db
+      .update(turns)
+      .set({ abortRequestedAt: sql`now()` })
+      .where(and(eq(turns.teamId, this.principal.teamId), eq(turns.sessionId, input.sessionId), eq(turns.status, "running")))
+      .returning({ id: turns.id });
+    for (const row of rows) await this.db.execute(sql`select pg_notify(${TURN_ABORT_CHANNEL}, ${row.id})`);
+    if (rows.length > 0) await recordAudit(this.db, { teamId: this.principal.teamId, actor: this.principal.actor, action: "session.abort", targetType: "session", targetId: input.sessionId });
+    return { aborted: rows.length > 0 };
+  }
+
+  /**
+   * The session's events from `afterSeq` on, then live: stored events are always read from the log by
+   * seq (notifications only wake the reader), so a follower never sees a gap or a duplicate. Live
+   * text deltas (not stored) are interleaved as they arrive.
+   */
+  async *follow(input: { sessionId: string; afterSeq: number }, signal: AbortSignal): AsyncGenerator<{ kind: "event"; event: StoredEvent } | { kind: "delta"; afterSeq: number; text: string }> {
+    await this.own(input.sessionId);
+    let after = input.afterSeq;
+    let wake: (() => void) | null = null;
+    let dirty = true;
+    const deltas: string[] = [];
+    const poke = () => {
+      dirty = true;
+      wake?.();
+    };
+    const unsubscribe = this.bus.subscribe(input.sessionId, {
+      onEvents: (lastSeq) => {
+        if (lastSeq > after) poke();
+      },
+      onDelta: (text) => {
+        deltas.push(text);
+        poke();
+      },
+    });
+    const onAbort = () => wake?.();
+    signal.addEventListener("abort", onAbort);
+    try {
+      while (!signal.aborted) {
+        if (dirty) {
+          dirty = false;
+          for (;;) {
+            const page = await readEvents(this.db, { teamId: this.principal.teamId, sessionId: input.sessionId, afterSeq: after, limit: 500 });
+            for (const event of page.items) {
+              after = event.seq;
+              yield { kind: "event", event };
+            }
+            if (page.nextCursor === null) break;
+          }
+          while (deltas.length > 0) yield { kind: "delta", afterSeq: after, text: deltas.shift()! };
+        }
+        // Re-read now and then even without a notification (a LISTEN connection can drop).
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(() => {
+            dirty = true;
+            resolve();
+          }, 10_000);
+          wake = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+          if (dirty || signal.aborted) wake();
+        });
+        wake = null;
+      }
+    } finally {
+      unsubscribe();
+      signal.removeEventListener("abort", onAbort);
+    }
+  }
+
   /** Runs a command in the session's sandbox (resuming it if suspended). */
   async exec(input: { sessionId: string; command: string; timeoutMs?: number }) {
     await this.own(input.sessionId);
@@ -154,10 +269,9 @@ export class SessionService {
     return this.get(input);
   }
 
-  private async inSandbox<T>(sessionId: string, work: (client: ReturnType<SandboxBackend["connect"]>) => Promise<T>): Promise<T> {
-    const { address } = await this.lifecycle.ensureReady(sessionId);
+  private async inSandbox<T>(sessionId: string, work: (client: DaemonClient) => Promise<T>): Promise<T> {
     try {
-      return await this.lifecycle.withActivity(sessionId, () => work(this.backend.connect(address)));
+      return await this.lifecycle.withSandbox(sessionId, work);
     } catch (error) {
       if (error instanceof DaemonRequestError) throw invalid(error.message);
       if (error instanceof SandboxUnavailableError) throw new DomainError("unavailable", "the session's sandbox is not reachable; it is being reconnected, try again shortly");

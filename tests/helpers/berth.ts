@@ -8,6 +8,7 @@ import superjson from "superjson";
 import { loadConfig, type Config } from "../../server/config";
 import { createLogger } from "../../server/logger";
 import { startBerth, type RunningBerth } from "../../server/main";
+import { createBerthClient } from "../../server/client";
 import type { AppRouter } from "../../server/trpc/router";
 import type { BerthTask } from "../../jobs/registry";
 import { createTestDatabase, type TestDatabase } from "./database";
@@ -70,7 +71,7 @@ export async function startTestBerth(
     config,
     logs: () => logText,
     client: (apiKey?: string) =>
-      createTRPCClient<AppRouter>({
+      apiKey ? createBerthClient({ url: berth.url, apiKey }) : createTRPCClient<AppRouter>({
         links: [
           httpBatchLink({
             url: `${berth.url}/api/trpc`,

@@ -1,3 +1,4 @@
+import { tracked } from "@trpc/server";
 import { z } from "zod";
 import { router, teamProcedure } from "../init";
 import { id, pageInput } from "../inputs";
@@ -16,6 +17,29 @@ export const sessionsRouter = router({
   events: teamProcedure
     .input(z.strictObject({ sessionId: id, afterSeq: z.number().int().min(0).default(0), limit: z.number().int().min(1).max(1000).default(100) }))
     .query(({ ctx, input }) => ctx.team.sessions.events(input)),
+  send: teamProcedure
+    .input(
+      z.strictObject({
+        sessionId: id,
+        text: z.string().trim().min(1, "must not be empty").max(100_000),
+        idempotencyKey: z.string().min(1).max(200).optional(),
+      }),
+    )
+    .mutation(({ ctx, input }) => ctx.team.sessions.send(input)),
+  abort: teamProcedure.input(z.strictObject({ sessionId: id })).mutation(({ ctx, input }) => ctx.team.sessions.abort(input)),
+  /**
+   * Server-sent events: every stored event after `lastEventId` (a seq), then live ones, each tracked
+   * by its seq so a reconnecting client resumes exactly after the last one it received. Live text
+   * deltas are tracked by the seq they follow.
+   */
+  follow: teamProcedure
+    .input(z.strictObject({ sessionId: id, lastEventId: z.string().regex(/^\d{1,15}$/, "must be an event seq").nullish() }))
+    .subscription(async function* ({ ctx, input, signal }) {
+      const stream = ctx.team.sessions.follow({ sessionId: input.sessionId, afterSeq: input.lastEventId ? Number(input.lastEventId) : 0 }, signal ?? new AbortController().signal);
+      for await (const item of stream) {
+        yield item.kind === "event" ? tracked(String(item.event.seq), item) : tracked(String(item.afterSeq), item);
+      }
+    }),
   exec: teamProcedure
     .input(z.strictObject({ sessionId: id, command: z.string().min(1).max(100_000), timeoutMs: z.number().int().min(1).max(3_600_000).optional() }))
     .mutation(({ ctx, input }) => ctx.team.sessions.exec(input)),

@@ -1,0 +1,82 @@
+import type postgres from "postgres";
+import type { Logger } from "../logger";
+import { EVENTS_CHANNEL } from "./event-log";
+
+/** Live assistant text, broadcast but not stored: `{"s":"<sessionId>","t":"<text>"}`. */
+export const DELTAS_CHANNEL = "berth_session_deltas";
+/** Abort requests for running turns: the payload is the turn id. */
+export const TURN_ABORT_CHANNEL = "berth_turn_abort";
+
+/** pg_notify payloads must stay under 8000 bytes; deltas are cut into pieces below that. */
+const MAX_DELTA_CHARS = 1_000;
+
+type SessionListener = { onEvents: (lastSeq: number) => void; onDelta: (text: string) => void };
+
+/**
+ * Live fan-out between replicas through Postgres LISTEN/NOTIFY: every process listens on one
+ * dedicated connection and dispatches to its local subscribers. Notifications only say "look again";
+ * readers always fetch the stored log by seq, so a missed notification costs latency, never events.
+ */
+export class EventBus {
+  private readonly sessions = new Map<string, Set<SessionListener>>();
+  private readonly abortListeners = new Set<(turnId: string) => void>();
+  private readonly unlisteners: Array<() => Promise<void>> = [];
+
+  constructor(
+    private readonly sql: postgres.Sql,
+    private readonly logger: Logger,
+  ) {}
+
+  async start(): Promise<void> {
+    const listen = async (channel: string, handler: (payload: string) => void) => {
+      const { unlisten } = await this.sql.listen(channel, (payload) => {
+        try {
+          handler(payload);
+        } catch (error) {
+          this.logger.error({ err: error, channel }, "a live event listener failed");
+        }
+      });
+      this.unlisteners.push(unlisten);
+    };
+    await listen(EVENTS_CHANNEL, (payload) => {
+      const separator = payload.lastIndexOf(":");
+      const listeners = this.sessions.get(payload.slice(0, separator));
+      const lastSeq = Number(payload.slice(separator + 1));
+      for (const listener of listeners ?? []) listener.onEvents(lastSeq);
+    });
+    await listen(DELTAS_CHANNEL, (payload) => {
+      const { s, t } = JSON.parse(payload) as { s: string; t: string };
+      for (const listener of this.sessions.get(s) ?? []) listener.onDelta(t);
+    });
+    await listen(TURN_ABORT_CHANNEL, (turnId) => {
+      for (const listener of this.abortListeners) listener(turnId);
+    });
+  }
+
+  async stop(): Promise<void> {
+    await Promise.allSettled(this.unlisteners.splice(0).map((unlisten) => unlisten()));
+  }
+
+  /** Calls the listener on every notification for the session until the returned function is called. */
+  subscribe(sessionId: string, listener: SessionListener): () => void {
+    let listeners = this.sessions.get(sessionId);
+    if (!listeners) this.sessions.set(sessionId, (listeners = new Set()));
+    listeners.add(listener);
+    return () => {
+      listeners.delete(listener);
+      if (listeners.size === 0 && this.sessions.get(sessionId) === listeners) this.sessions.delete(sessionId);
+    };
+  }
+
+  onTurnAbort(listener: (turnId: string) => void): () => void {
+    this.abortListeners.add(listener);
+    return () => this.abortListeners.delete(listener);
+  }
+
+  async publishDelta(sessionId: string, text: string): Promise<void> {
+    for (let start = 0; start < text.length; start += MAX_DELTA_CHARS) {
+      const payload = JSON.stringify({ s: sessionId, t: text.slice(start, start + MAX_DELTA_CHARS) });
+      await this.sql`select pg_notify(${DELTAS_CHANNEL}, ${payload})`;
+    }
+  }
+}

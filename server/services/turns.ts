@@ -1,0 +1,206 @@
+import { and, asc, eq, gt, inArray, sql } from "drizzle-orm";
+import type { Database, DatabaseOrTransaction } from "../../db/client";
+import { agentVersions, sessionEvents, sessions, turns } from "../../db/schema";
+import type { HistoryEvent, HistoryTurn } from "../harness/history";
+import type { Logger } from "../logger";
+import { appendEvents, type EventInput } from "./event-log";
+import type { EventBus } from "./event-bus";
+import { transition } from "./sandbox-lifecycle";
+
+export type TurnRow = typeof turns.$inferSelect;
+export type AgentVersionRow = typeof agentVersions.$inferSelect;
+export type TurnUsage = { promptTokens: number; completionTokens: number; cost?: number };
+
+/** What a harness needs to run one turn. */
+export type TurnToRun = { turn: TurnRow; agent: AgentVersionRow };
+
+export interface Harness {
+  readonly name: string;
+  /**
+   * Runs the turn to its end (completed, failed or aborted), recording every step through the
+   * TurnStore before starting the next. Throws only when it must stop without ending the turn (the
+   * process is shutting down): the job then runs again and the harness resumes from the log.
+   */
+  runTurn(work: TurnToRun, signals: { abort: AbortSignal; shutdown: AbortSignal }): Promise<void>;
+}
+
+const CONVERSATION_TYPES = ["user_message", "assistant_message", "tool_call", "tool_result"] as const;
+
+async function lockSession(tx: DatabaseOrTransaction, sessionId: string) {
+  const [session] = await tx.select().from(sessions).where(eq(sessions.id, sessionId)).for("update");
+  return session;
+}
+
+/**
+ * Durable state of agent turns: which turn runs next, and every step a harness records. Each method is
+ * one transaction, so the log and the turn's counters never disagree.
+ */
+export class TurnStore {
+  constructor(private readonly db: Database) {}
+
+  /** Resumes the session's running turn, or starts its oldest queued one; null when none is left. */
+  async startNext(sessionId: string): Promise<TurnToRun | null> {
+    return this.db.transaction(async (tx) => {
+      const session = await lockSession(tx, sessionId);
+      if (!session) return null;
+      const open = await tx
+        .select()
+        .from(turns)
+        .where(and(eq(turns.sessionId, sessionId), inArray(turns.status, ["running", "queued"])))
+        .orderBy(asc(turns.userSeq));
+      if (open.length === 0) return null;
+      if (session.status === "terminated" || session.status === "failed") {
+        await tx
+          .update(turns)
+          .set({ status: "aborted", error: `the session is ${session.status}`, finishedAt: new Date() })
+          .where(inArray(turns.id, open.map((turn) => turn.id)));
+        return null;
+      }
+      let turn = open.find((candidate) => candidate.status === "running") ?? open[0]!;
+      if (turn.status === "queued") {
+        if (session.status === "ready" || session.status === "idle") await transition(tx, session, "running");
+        const [started] = await tx.update(turns).set({ status: "running", startSeq: session.lastSeq, startedAt: new Date() }).where(eq(turns.id, turn.id)).returning();
+        turn = started!;
+      }
+      const [agent] = await tx
+        .select()
+        .from(agentVersions)
+        .where(and(eq(agentVersions.agentId, session.agentId), eq(agentVersions.version, session.agentVersion)));
+      return { turn, agent: agent! };
+    });
+  }
+
+  /** Shows the session as `running` while a turn works (it may have started before the sandbox was ready). */
+  async markSessionRunning(sessionId: string): Promise<void> {
+    await this.db.transaction(async (tx) => {
+      const session = await lockSession(tx, sessionId);
+      if (session && (session.status === "ready" || session.status === "idle")) await transition(tx, session, "running");
+    });
+  }
+
+  async get(turnId: string): Promise<TurnRow> {
+    const [turn] = await this.db.select().from(turns).where(eq(turns.id, turnId));
+    return turn!;
+  }
+
+  /** The conversation events and the started turns of a session, for rebuilding the model's history. */
+  async history(sessionId: string): Promise<{ events: HistoryEvent[]; turns: HistoryTurn[] }> {
+    const [events, turnRows] = await Promise.all([
+      this.db
+        .select({ seq: sessionEvents.seq, type: sessionEvents.type, payload: sessionEvents.payload })
+        .from(sessionEvents)
+        .where(and(eq(sessionEvents.sessionId, sessionId), inArray(sessionEvents.type, [...CONVERSATION_TYPES])))
+        .orderBy(asc(sessionEvents.seq)),
+      this.db.select({ userSeq: turns.userSeq, startSeq: turns.startSeq }).from(turns).where(eq(turns.sessionId, sessionId)),
+    ]);
+    return { events: events as HistoryEvent[], turns: turnRows };
+  }
+
+  /** The turn's own conversation events (after it started). */
+  async turnEvents(turn: TurnRow): Promise<HistoryEvent[]> {
+    const rows = await this.db
+      .select({ seq: sessionEvents.seq, type: sessionEvents.type, payload: sessionEvents.payload })
+      .from(sessionEvents)
+      .where(and(eq(sessionEvents.sessionId, turn.sessionId), gt(sessionEvents.seq, turn.startSeq ?? 0), inArray(sessionEvents.type, ["tool_call", "tool_result", "assistant_message"])))
+      .orderBy(asc(sessionEvents.seq));
+    return rows as HistoryEvent[];
+  }
+
+  /** Records a model step that asked for tools: its events, one more step, and its usage. */
+  async recordStep(turn: TurnRow, events: EventInput[], usage: TurnUsage | null): Promise<void> {
+    await this.db.transaction(async (tx) => {
+      await appendEvents(tx, turn.sessionId, events);
+      await addUsage(tx, turn, usage, 1);
+    });
+  }
+
+  async append(turn: TurnRow, events: EventInput[]): Promise<void> {
+    await this.db.transaction((tx) => appendEvents(tx, turn.sessionId, events));
+  }
+
+  /**
+   * Ends the turn: its last events, the `usage` event with the turn's totals, and the session back
+   * to `ready` if it was `running`. For a failure, the `error` event comes last.
+   */
+  async finish(turn: TurnRow, outcome: { status: "completed" | "failed" | "aborted"; events?: EventInput[]; error?: string; usage?: TurnUsage | null }): Promise<void> {
+    await this.db.transaction(async (tx) => {
+      const session = await lockSession(tx, turn.sessionId);
+      const [current] = await tx.select().from(turns).where(eq(turns.id, turn.id)).for("update");
+      if (!session || !current || current.status !== "running") return;
+      const totals = await addUsage(tx, current, outcome.usage ?? null, 0);
+      const events: EventInput[] = [...(outcome.events ?? [])];
+      // A completed turn always reports its usage (zero when the gateway reported none).
+      if (outcome.status === "completed" || totals.promptTokens > 0 || totals.completionTokens > 0) {
+        events.push({ type: "usage", payload: { promptTokens: totals.promptTokens, completionTokens: totals.completionTokens, ...(totals.cost > 0 ? { cost: totals.cost } : {}) } });
+      }
+      if (outcome.error) events.push({ type: "error", payload: { message: outcome.error } });
+      await appendEvents(tx, turn.sessionId, events);
+      await tx.update(turns).set({ status: outcome.status, error: outcome.error ?? null, finishedAt: new Date() }).where(eq(turns.id, turn.id));
+      if (session.status === "running") await transition(tx, session, "ready");
+    });
+  }
+}
+
+/** Adds one model call's usage to the turn and the session; returns the turn's new totals. */
+async function addUsage(tx: DatabaseOrTransaction, turn: TurnRow, usage: TurnUsage | null, steps: number) {
+  const promptTokens = usage?.promptTokens ?? 0;
+  const completionTokens = usage?.completionTokens ?? 0;
+  const cost = usage?.cost ?? 0;
+  const [totals] = await tx
+    .update(turns)
+    .set({
+      steps: sql`${turns.steps} + ${steps}`,
+      promptTokens: sql`${turns.promptTokens} + ${promptTokens}`,
+      completionTokens: sql`${turns.completionTokens} + ${completionTokens}`,
+      costUsd: sql`${turns.costUsd} + ${cost}`,
+    })
+    .where(eq(turns.id, turn.id))
+    .returning({ promptTokens: turns.promptTokens, completionTokens: turns.completionTokens, costUsd: turns.costUsd });
+  if (promptTokens || completionTokens || cost) {
+    await tx
+      .update(sessions)
+      .set({
+        promptTokens: sql`${sessions.promptTokens} + ${promptTokens}`,
+        completionTokens: sql`${sessions.completionTokens} + ${completionTokens}`,
+        costUsd: sql`${sessions.costUsd} + ${cost}`,
+      })
+      .where(eq(sessions.id, turn.sessionId));
+  }
+  return { promptTokens: totals!.promptTokens, completionTokens: totals!.completionTokens, cost: Number(totals!.costUsd) };
+}
+
+/**
+ * Runs a session's turns one after another (the `turn:run` job; jobs of one session share a
+ * graphile-worker queue, so two never run at once). A `sessions.abort` reaches the running turn
+ * through the event bus, whichever replica runs it.
+ */
+export class TurnRunner {
+  private readonly running = new Map<string, AbortController>();
+
+  constructor(
+    private readonly deps: { store: TurnStore; harnesses: Record<string, Harness>; bus: EventBus; logger: Logger },
+  ) {
+    deps.bus.onTurnAbort((turnId) => this.running.get(turnId)?.abort(new Error("aborted by request")));
+  }
+
+  async runPending(sessionId: string, shutdown: AbortSignal): Promise<void> {
+    for (;;) {
+      if (shutdown.aborted) throw new Error("the process is shutting down; the turn resumes in the next one");
+      const next = await this.deps.store.startNext(sessionId);
+      if (!next) return;
+      const harness = this.deps.harnesses[next.agent.harness];
+      if (!harness) {
+        await this.deps.store.finish(next.turn, { status: "failed", error: `the ${next.agent.harness} harness is not available in this version of Berth` });
+        continue;
+      }
+      const controller = new AbortController();
+      this.running.set(next.turn.id, controller);
+      try {
+        if (next.turn.abortRequestedAt) controller.abort(new Error("aborted by request"));
+        await harness.runTurn(next, { abort: controller.signal, shutdown });
+      } finally {
+        this.running.delete(next.turn.id);
+      }
+    }
+  }
+}
