@@ -75,6 +75,9 @@ export type CommandOptions = {
  * goes away kills the whole group (SIGTERM, then SIGKILL after KILL_GRACE_MS).
  */
 export function streamCommand(res: ServerResponse, options: CommandOptions): void {
+  // The client left while the request was being read or its cwd checked: its "close" is already
+  // past, so nothing would ever stop the command. Do not start it.
+  if (res.destroyed || res.socket?.destroyed === true) return;
   const started = performance.now();
   res.writeHead(200, {
     "content-type": "application/x-ndjson; charset=utf-8",

@@ -1,0 +1,841 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import fs from "node:fs";
+import http from "node:http";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { KILL_GRACE_MS, type ExecChunk } from "./exec";
+import { MAX_BODY_BYTES } from "./server";
+import { MAX_FILE_BYTES } from "./workspace";
+
+/**
+ * The sandbox daemon's protocol, spoken as raw HTTP over its Unix socket to a real daemon process
+ * (`node --import tsx sandboxd/main.ts`, no jail), so every byte on the wire is what is checked.
+ */
+
+const ROOT = path.resolve(import.meta.dirname, "..");
+const MAIN = path.join(ROOT, "sandboxd/main.ts");
+
+// ---- processes ----------------------------------------------------------------------------------
+
+type Launched = {
+  child: ChildProcess;
+  stdout: () => string;
+  stderr: () => string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+};
+
+type Daemon = Launched & { pid: number; socket: string; workspace: string; dir: string; token: string };
+
+const launchedChildren: Launched[] = [];
+const tempDirs: string[] = [];
+/** Processes that commands left behind on purpose (killed at the end whatever happens). */
+const strayPids = new Set<number>();
+
+function tempDir(prefix = "sandboxd-test-"): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  tempDirs.push(dir);
+  return dir;
+}
+
+function newToken(): string {
+  return randomBytes(24).toString("hex"); // 48 characters
+}
+
+/** Starts the daemon entry point with exactly `env` (plus PATH). */
+function launch(env: Record<string, string>): Launched {
+  const child = spawn(process.execPath, ["--import", "tsx", MAIN], {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...env } as unknown as NodeJS.ProcessEnv,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stdout = "";
+  let stderr = "";
+  child.stdout!.setEncoding("utf8").on("data", (text: string) => (stdout += text));
+  child.stderr!.setEncoding("utf8").on("data", (text: string) => (stderr += text));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once("exit", (code, signal) => resolve({ code, signal })),
+  );
+  const launched = { child, stdout: () => stdout, stderr: () => stderr, exited };
+  launchedChildren.push(launched);
+  return launched;
+}
+
+async function startDaemon(
+  options: { env?: Record<string, string>; unbound?: boolean; dir?: string; token?: string } = {},
+): Promise<Daemon> {
+  const dir = options.dir ?? tempDir();
+  const workspace = path.join(dir, "workspace");
+  fs.mkdirSync(workspace, { recursive: true });
+  const socket = path.join(dir, "d.sock");
+  const token = options.token ?? newToken();
+  const launched = launch({
+    ...options.env,
+    BERTH_DAEMON_LISTEN: `unix:${socket}`,
+    BERTH_DAEMON_TOKEN: token,
+    BERTH_WORKSPACE: workspace,
+    ...(options.unbound ? { BERTH_DAEMON_UNBOUND: "1" } : {}),
+  });
+  const pid = await new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no READY within 15 s; output: ${launched.stdout()}${launched.stderr()}`)), 15_000);
+    launched.child.stdout!.on("data", () => {
+      const match = /^READY (\d+)$/m.exec(launched.stdout());
+      if (match) {
+        clearTimeout(timer);
+        resolve(Number(match[1]));
+      }
+    });
+    void launched.exited.then(({ code }) => {
+      clearTimeout(timer);
+      reject(new Error(`sandboxd exited with ${code} before READY: ${launched.stderr()}`));
+    });
+  });
+  return { ...launched, pid, socket, workspace, dir, token };
+}
+
+async function stop(launched: Launched): Promise<void> {
+  const { child } = launched;
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  child.kill("SIGTERM");
+  const timer = setTimeout(() => child.kill("SIGKILL"), 3_000);
+  await launched.exited;
+  clearTimeout(timer);
+}
+
+/** Alive and not a zombie (an orphan nobody reaps still answers kill -0). */
+function isRunning(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  try {
+    return !/^\d+ \(.*\) Z/s.test(fs.readFileSync(`/proc/${pid}/stat`, "utf8"));
+  } catch {
+    return false;
+  }
+}
+
+async function until(what: string, probe: () => boolean, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!probe()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+afterAll(async () => {
+  await Promise.all(launchedChildren.map(stop));
+  for (const pid of strayPids) {
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {
+      // already gone
+    }
+  }
+  for (const dir of tempDirs) fs.rmSync(dir, { recursive: true, force: true });
+});
+
+// ---- HTTP -----------------------------------------------------------------------------------------
+
+type SendOptions = {
+  body?: unknown;
+  /** Sent as is instead of JSON.stringify(body). */
+  raw?: string;
+  /** null: no authorization header; default: the daemon's token. */
+  token?: string | null;
+  /** A raw authorization header value (wins over token). */
+  authorization?: string;
+  headers?: Record<string, string | number>;
+  /** Send the headers only and never the body. */
+  holdBody?: boolean;
+};
+
+type Reply = { status: number; headers: http.IncomingHttpHeaders; text: string; json: unknown };
+
+function send(daemon: Pick<Daemon, "socket" | "token">, method: string, urlPath: string, options: SendOptions = {}) {
+  return new Promise<{ req: http.ClientRequest; res: http.IncomingMessage }>((resolve, reject) => {
+    const headers: Record<string, string | number> = { ...options.headers };
+    const token = options.token === undefined ? daemon.token : options.token;
+    if (options.authorization !== undefined) headers.authorization = options.authorization;
+    else if (token !== null) headers.authorization = `Bearer ${token}`;
+    const payload = options.raw ?? (options.body === undefined ? undefined : JSON.stringify(options.body));
+    if (payload !== undefined) {
+      headers["content-type"] ??= "application/json";
+      headers["content-length"] ??= Buffer.byteLength(payload);
+    }
+    const req = http.request({ socketPath: daemon.socket, method, path: urlPath, headers, agent: false });
+    req.once("error", reject);
+    req.once("response", (res) => resolve({ req, res }));
+    if (options.holdBody) req.flushHeaders();
+    else req.end(payload);
+  });
+}
+
+async function call(daemon: Pick<Daemon, "socket" | "token">, method: string, urlPath: string, options: SendOptions = {}): Promise<Reply> {
+  const { req, res } = await send(daemon, method, urlPath, options);
+  const chunks: Buffer[] = [];
+  for await (const chunk of res as AsyncIterable<Buffer>) chunks.push(chunk);
+  if (options.holdBody) req.destroy();
+  const text = Buffer.concat(chunks).toString("utf8");
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = undefined;
+  }
+  return { status: res.statusCode ?? 0, headers: res.headers, text, json };
+}
+
+function expectError(reply: Reply, status: number, code: string, message?: RegExp): void {
+  expect({ status: reply.status, code: (reply.json as { error?: { code?: string } } | undefined)?.error?.code }).toEqual({ status, code });
+  expect(reply.headers["content-type"]).toMatch(/^application\/json/);
+  const text = (reply.json as { error: { message: unknown } }).error.message;
+  expect(typeof text).toBe("string");
+  if (message) expect(text).toMatch(message);
+}
+
+function parseNdjson(text: string): ExecChunk[] {
+  expect(text.endsWith("\n")).toBe(true);
+  return text
+    .slice(0, -1)
+    .split("\n")
+    .map((line) => JSON.parse(line) as ExecChunk);
+}
+
+async function exec(daemon: Daemon, body: Record<string, unknown>): Promise<ExecChunk[]> {
+  const reply = await call(daemon, "POST", "/v1/exec", { body });
+  if (reply.status !== 200) throw new Error(`exec answered ${reply.status}: ${reply.text}`);
+  expect(reply.headers["content-type"]).toBe("application/x-ndjson; charset=utf-8");
+  const chunks = parseNdjson(reply.text);
+  expect(chunks.filter((chunk) => chunk.type === "exit")).toHaveLength(1);
+  expect(chunks.at(-1)!.type).toBe("exit");
+  return chunks;
+}
+
+function output(chunks: ExecChunk[], type: "stdout" | "stderr"): string {
+  return chunks.map((chunk) => (chunk.type === type ? chunk.data : "")).join("");
+}
+
+function exitOf(chunks: ExecChunk[]) {
+  const last = chunks.at(-1)!;
+  if (last.type !== "exit") throw new Error("no exit chunk");
+  return last;
+}
+
+/** Reads an NDJSON exec response line by line as it arrives. */
+async function* streamLines(res: http.IncomingMessage): AsyncGenerator<ExecChunk> {
+  res.setEncoding("utf8");
+  let pending = "";
+  for await (const text of res as AsyncIterable<string>) {
+    pending += text;
+    let newline: number;
+    while ((newline = pending.indexOf("\n")) !== -1) {
+      const line = pending.slice(0, newline);
+      pending = pending.slice(newline + 1);
+      yield JSON.parse(line) as ExecChunk;
+    }
+  }
+}
+
+const pidsIn = (text: string) => text.trim().split(/\s+/).map(Number);
+
+// ---- a bound daemon (cold start) ----------------------------------------------------------------
+
+describe("sandboxd (cold start, bound)", () => {
+  const SESSION_SECRET = "s3cr3t value with spaces and = sign";
+  let daemon: Daemon;
+  let outside: string;
+
+  beforeAll(async () => {
+    daemon = await startDaemon({ env: { SESSION_SECRET, SESSION_OTHER: "two" } });
+    outside = tempDir("sandboxd-outside-");
+    fs.writeFileSync(path.join(outside, "secret.txt"), "host secret\n");
+  });
+
+  // Anything the daemon logs is an unhandled error (a 500); no test may cause one unnoticed.
+  afterEach(() => {
+    expect(daemon.stderr()).toBe("");
+  });
+
+  describe("authentication and routing", () => {
+    it("answers health with its pid and bound state", async () => {
+      const reply = await call(daemon, "GET", "/v1/health");
+      expect(reply.status).toBe(200);
+      expect(reply.headers["content-type"]).toBe("application/json; charset=utf-8");
+      expect(reply.headers["cache-control"]).toBe("no-store");
+      expect(reply.json).toEqual({ ok: true, pid: daemon.pid, uptimeMs: expect.any(Number), bound: true });
+      expect((reply.json as { uptimeMs: number }).uptimeMs).toBeGreaterThanOrEqual(0);
+      expect(daemon.pid).toBe(daemon.child.pid);
+      // A query string does not change the route.
+      expect((await call(daemon, "GET", "/v1/health?verbose=1")).status).toBe(200);
+    });
+
+    it("answers 401 to a missing, wrong or malformed bearer token, before routing", async () => {
+      const wrongSameLength = daemon.token.slice(0, -1) + (daemon.token.endsWith("a") ? "b" : "a");
+      const cases: SendOptions[] = [
+        { token: null },
+        { token: wrongSameLength },
+        { token: daemon.token.slice(0, -1) },
+        { token: daemon.token + "x" },
+        { token: "" },
+        { authorization: daemon.token },
+        { authorization: `Basic ${daemon.token}` },
+        { authorization: `Bearer  ${daemon.token}` },
+      ];
+      for (const options of cases) {
+        const reply = await call(daemon, "GET", "/v1/health", options);
+        expectError(reply, 401, "unauthorized", /bearer token/);
+        expect(reply.headers["www-authenticate"]).toBe("Bearer");
+      }
+      // Unknown routes and wrong methods do not leak what exists to an unauthenticated caller.
+      expectError(await call(daemon, "GET", "/v1/nope", { token: null }), 401, "unauthorized");
+      expectError(await call(daemon, "DELETE", "/v1/exec", { token: "x".repeat(48) }), 401, "unauthorized");
+    });
+
+    it("never runs a command for an unauthenticated exec", async () => {
+      const reply = await call(daemon, "POST", "/v1/exec", { token: newToken(), body: { command: "touch unauthenticated.txt" } });
+      expectError(reply, 401, "unauthorized");
+      await sleep(150);
+      expect(fs.existsSync(path.join(daemon.workspace, "unauthenticated.txt"))).toBe(false);
+    });
+
+    it("answers 404 to an unknown route and 405 with Allow to a wrong method", async () => {
+      expectError(await call(daemon, "GET", "/v1/nope"), 404, "no_route", /\/v1\/nope/);
+      expectError(await call(daemon, "GET", "/"), 404, "no_route");
+      expectError(await call(daemon, "GET", "/v1/health/"), 404, "no_route");
+
+      const cases: [string, string, string][] = [
+        ["POST", "/v1/health", "GET"],
+        ["GET", "/v1/exec", "POST"],
+        ["GET", "/v1/bind", "POST"],
+        ["POST", "/v1/files/write", "PUT"],
+        ["DELETE", "/v1/files/read", "GET"],
+        ["PUT", "/v1/files/list", "GET"],
+      ];
+      for (const [method, route, allowed] of cases) {
+        const reply = await call(daemon, method, route);
+        expectError(reply, 405, "method_not_allowed", new RegExp(`${method} is not allowed on ${route}`));
+        expect(reply.headers.allow).toBe(allowed);
+      }
+    });
+  });
+
+  describe("request bodies", () => {
+    it("refuses malformed, empty and non-object JSON with 400 and a clear message", async () => {
+      expectError(await call(daemon, "POST", "/v1/exec", { raw: '{"command": "echo' }), 400, "bad_request", /^body: malformed JSON/);
+      expectError(await call(daemon, "POST", "/v1/exec", { raw: "" }), 400, "bad_request", /empty body/);
+      expectError(await call(daemon, "POST", "/v1/exec", { raw: "  \n" }), 400, "bad_request", /empty body/);
+      expectError(await call(daemon, "POST", "/v1/exec", { raw: '["echo hi"]' }), 400, "bad_request", /^body: .*expected object/);
+      expectError(await call(daemon, "PUT", "/v1/files/write", { raw: "null" }), 400, "bad_request", /^body: /);
+      expectError(await call(daemon, "POST", "/v1/bind", { raw: "{not json" }), 400, "bad_request", /malformed JSON/);
+    });
+
+    it("refuses unknown fields and wrong types, naming the field", async () => {
+      expectError(
+        await call(daemon, "POST", "/v1/exec", { body: { command: "touch extra-field.txt", shell: "/bin/zsh" } }),
+        400,
+        "bad_request",
+        /"shell"/,
+      );
+      expectError(await call(daemon, "POST", "/v1/exec", { body: { command: 42 } }), 400, "bad_request", /^command: /);
+      expectError(await call(daemon, "POST", "/v1/exec", { body: { command: "" } }), 400, "bad_request", /^command: /);
+      expectError(await call(daemon, "POST", "/v1/exec", { body: {} }), 400, "bad_request", /^command: /);
+      expectError(await call(daemon, "POST", "/v1/exec", { body: { command: "true", timeoutMs: 0 } }), 400, "bad_request", /^timeoutMs: /);
+      expectError(await call(daemon, "POST", "/v1/exec", { body: { command: "true", timeoutMs: 1.5 } }), 400, "bad_request", /^timeoutMs: /);
+      expectError(await call(daemon, "POST", "/v1/exec", { body: { command: "true", cwd: 7 } }), 400, "bad_request", /^cwd: /);
+      expectError(
+        await call(daemon, "PUT", "/v1/files/write", { body: { path: "a.txt", content: "x", encoding: "hex" } }),
+        400,
+        "bad_request",
+        /^encoding: /,
+      );
+      expectError(
+        await call(daemon, "PUT", "/v1/files/write", { body: { path: "a.txt", content: "x", mode: 0o777 } }),
+        400,
+        "bad_request",
+        /"mode"/,
+      );
+      expectError(await call(daemon, "PUT", "/v1/files/write", { body: { content: "x" } }), 400, "bad_request", /^path: /);
+      // The body is validated before the bound check: a bad bind is 400, not 409.
+      expectError(await call(daemon, "POST", "/v1/bind", { body: { sessionId: "s", env: {}, extra: 1 } }), 400, "bad_request", /"extra"/);
+      expectError(await call(daemon, "GET", "/v1/files/read"), 400, "bad_request", /^path: required/);
+      await sleep(100);
+      expect(fs.existsSync(path.join(daemon.workspace, "extra-field.txt"))).toBe(false);
+    });
+
+    it("refuses a body above the limit with 413 without reading it", async () => {
+      const reply = await call(daemon, "PUT", "/v1/files/write", {
+        headers: { "content-type": "application/json", "content-length": MAX_BODY_BYTES + 1 },
+        holdBody: true,
+      });
+      expectError(reply, 413, "body_too_large", new RegExp(`${MAX_BODY_BYTES}-byte limit`));
+      expect(reply.headers.connection).toBe("close");
+      // The daemon is fine afterwards.
+      expect((await call(daemon, "GET", "/v1/health")).status).toBe(200);
+    });
+  });
+
+  describe("exec", () => {
+    it("streams stdout and stderr as NDJSON chunks in order and ends with the exit chunk", async () => {
+      const chunks = await exec(daemon, { command: "echo one; sleep 0.1; echo two >&2; sleep 0.1; printf three; exit 3" });
+      expect(chunks).toEqual([
+        { type: "stdout", data: "one\n" },
+        { type: "stderr", data: "two\n" },
+        { type: "stdout", data: "three" },
+        { type: "exit", exitCode: 3, signal: null, timedOut: false, durationMs: expect.any(Number) },
+      ]);
+      expect(exitOf(chunks).durationMs).toBeGreaterThanOrEqual(200);
+
+      const ok = await exec(daemon, { command: "true" });
+      expect(ok).toEqual([{ type: "exit", exitCode: 0, signal: null, timedOut: false, durationMs: expect.any(Number) }]);
+
+      const missing = await exec(daemon, { command: "definitely-not-a-command-xyz" });
+      expect(exitOf(missing).exitCode).toBe(127);
+      expect(output(missing, "stderr")).toMatch(/definitely-not-a-command-xyz: .*not found/);
+
+      const signalled = await exec(daemon, { command: "kill -KILL $$" });
+      expect(exitOf(signalled)).toMatchObject({ exitCode: null, signal: "SIGKILL", timedOut: false });
+    });
+
+    it("flushes each chunk as it is produced, not at the end", async () => {
+      const { res } = await send(daemon, "POST", "/v1/exec", { body: { command: "echo first; sleep 0.6; echo second" } });
+      expect(res.statusCode).toBe(200);
+      const arrivals: [string, number][] = [];
+      for await (const chunk of streamLines(res)) arrivals.push([chunk.type === "exit" ? "exit" : chunk.data, performance.now()]);
+      expect(arrivals.map(([what]) => what)).toEqual(["first\n", "second\n", "exit"]);
+      expect(arrivals[1]![1] - arrivals[0]![1]).toBeGreaterThanOrEqual(400);
+    });
+
+    it("delivers large output intact, including multi-byte characters split across reads", async () => {
+      const big = await exec(daemon, { command: "head -c 2000000 /dev/zero | tr '\\0' a" });
+      const stdout = output(big, "stdout");
+      expect(stdout.length).toBe(2_000_000);
+      expect(/^a+$/.test(stdout)).toBe(true);
+      expect(exitOf(big).exitCode).toBe(0);
+
+      // 3-byte characters through pipe reads of arbitrary size: a naive decoder would emit U+FFFD.
+      const euros = await exec(daemon, { command: "yes € | head -n 100000 | tr -d '\\n'; yes ü | head -n 30000 | tr -d '\\n' >&2" });
+      expect(output(euros, "stdout")).toBe("€".repeat(100_000));
+      expect(output(euros, "stderr")).toBe("ü".repeat(30_000));
+      expect(euros.length).toBeGreaterThan(3); // it really arrived in several chunks
+    });
+
+    it("does not lose output when the client reads slowly", async () => {
+      // The client stops reading: the daemon's socket fills and it stops reading the pipes; the command
+      // meanwhile finishes with unread output in them. All of it must still arrive before the exit.
+      const { res } = await send(daemon, "POST", "/v1/exec", { body: { command: "timeout 0.3 yes; echo final-line >&2" } });
+      res.pause();
+      await sleep(700);
+      const chunks: ExecChunk[] = [];
+      for await (const chunk of streamLines(res)) chunks.push(chunk);
+      expect(output(chunks, "stderr")).toBe("final-line\n");
+      const stdout = output(chunks, "stdout");
+      expect(stdout.length).toBeGreaterThan(100_000);
+      expect(/^(y\n)+$/.test(stdout)).toBe(true);
+      expect(exitOf(chunks)).toMatchObject({ exitCode: 0, timedOut: false });
+    });
+
+    it("runs in the workspace or a cwd inside it, and refuses a cwd outside it", async () => {
+      const real = fs.realpathSync(daemon.workspace);
+      fs.mkdirSync(path.join(daemon.workspace, "sub/dir"), { recursive: true });
+      fs.writeFileSync(path.join(daemon.workspace, "plain.txt"), "x");
+      fs.symlinkSync(outside, path.join(daemon.workspace, "cwd-out"));
+
+      expect(output(await exec(daemon, { command: "pwd" }), "stdout")).toBe(`${real}\n`);
+      expect(output(await exec(daemon, { command: "pwd", cwd: "sub/dir" }), "stdout")).toBe(`${real}/sub/dir\n`);
+      expect(output(await exec(daemon, { command: "pwd", cwd: "sub/../sub" }), "stdout")).toBe(`${real}/sub\n`);
+
+      expectError(await call(daemon, "POST", "/v1/exec", { body: { command: "pwd", cwd: "../" } }), 400, "path_escape", /^cwd escapes/);
+      expectError(await call(daemon, "POST", "/v1/exec", { body: { command: "pwd", cwd: "/tmp" } }), 400, "absolute_path", /^cwd must be relative/);
+      expectError(await call(daemon, "POST", "/v1/exec", { body: { command: "pwd", cwd: "cwd-out" } }), 400, "symlink_escape");
+      expectError(await call(daemon, "POST", "/v1/exec", { body: { command: "pwd", cwd: "no-such-dir" } }), 404, "not_found");
+      expectError(await call(daemon, "POST", "/v1/exec", { body: { command: "pwd", cwd: "plain.txt" } }), 400, "not_a_directory");
+    });
+
+    it("gives commands the session environment and none of the daemon's configuration", async () => {
+      const chunks = await exec(daemon, { command: "env" });
+      const env = new Map(
+        output(chunks, "stdout")
+          .trim()
+          .split("\n")
+          .map((line) => [line.slice(0, line.indexOf("=")), line.slice(line.indexOf("=") + 1)] as const),
+      );
+      expect(env.get("SESSION_SECRET")).toBe(SESSION_SECRET);
+      expect(env.get("SESSION_OTHER")).toBe("two");
+      expect(env.get("HOME")).toBe(daemon.workspace);
+      expect(env.get("PATH")).toBe(process.env.PATH ?? "/usr/bin:/bin");
+      // Nothing but the session's variables and what the shell adds itself.
+      const extra = [...env.keys()].filter((name) => !["SESSION_SECRET", "SESSION_OTHER", "HOME", "PATH", "PWD", "SHLVL", "_", "OLDPWD"].includes(name));
+      expect(extra).toEqual([]);
+      const everything = output(chunks, "stdout");
+      expect(everything).not.toMatch(/BERTH_/);
+      expect(everything).not.toContain(daemon.token);
+      expect(everything).not.toContain(daemon.socket);
+    });
+
+    it("kills the whole process group at timeoutMs, background children included", async () => {
+      const chunks = await exec(daemon, { command: "sleep 30 & echo $$ $!; sleep 30", timeoutMs: 300 });
+      const [shell, background] = pidsIn(output(chunks, "stdout"));
+      strayPids.add(background!);
+      const exit = exitOf(chunks);
+      expect(exit).toMatchObject({ exitCode: null, signal: "SIGTERM", timedOut: true });
+      expect(exit.durationMs).toBeGreaterThanOrEqual(300);
+      expect(exit.durationMs).toBeLessThan(1_500);
+      await until("the timed-out command and its background child to be gone", () => !isRunning(shell!) && !isRunning(background!), 1_000);
+    });
+
+    it("SIGKILLs a timed-out group that ignores SIGTERM after the grace period", async () => {
+      const started = performance.now();
+      const chunks = await exec(daemon, { command: "(trap '' TERM; exec sleep 30) & echo $!; wait", timeoutMs: 200 });
+      const [stubborn] = pidsIn(output(chunks, "stdout"));
+      strayPids.add(stubborn!);
+      expect(exitOf(chunks)).toMatchObject({ signal: "SIGTERM", timedOut: true });
+      // It survived the SIGTERM (so this test means something) ...
+      expect(isRunning(stubborn!)).toBe(true);
+      // ... and is SIGKILLed KILL_GRACE_MS after it.
+      await until("the SIGTERM-ignoring process to be killed", () => !isRunning(stubborn!), KILL_GRACE_MS + 1_500);
+      expect(performance.now() - started).toBeGreaterThanOrEqual(KILL_GRACE_MS);
+    });
+
+    it("kills the command's process group when the client goes away", async () => {
+      const marker = path.join(daemon.workspace, "too-late.txt");
+      const { req, res } = await send(daemon, "POST", "/v1/exec", {
+        body: { command: "(sleep 0.5; touch too-late.txt) & echo $$ $!; wait" },
+      });
+      const lines = streamLines(res);
+      const first = (await lines.next()).value as ExecChunk;
+      expect(first.type).toBe("stdout");
+      const [shell, background] = pidsIn((first as { data: string }).data);
+      strayPids.add(background!);
+      expect(isRunning(shell!) && isRunning(background!)).toBe(true);
+      const abortedAt = performance.now();
+      req.destroy();
+      await until("the abandoned command to be killed", () => !isRunning(shell!) && !isRunning(background!), 1_000);
+      await sleep(Math.max(0, 800 - (performance.now() - abortedAt)));
+      expect(fs.existsSync(marker)).toBe(false);
+      expect((await call(daemon, "GET", "/v1/health")).status).toBe(200);
+    });
+
+    it("does not leave a command running when its client left before the response started", async () => {
+      // The whole request, then an immediate hang-up: the daemon sees the close while it is still
+      // reading the body or checking the cwd, before the command (and its close handler) exists.
+      for (let i = 0; i < 5; i++) {
+        const body = JSON.stringify({ command: `echo $$ > early-${i}.pid; sleep 30`, cwd: "." });
+        const socket = net.connect(daemon.socket);
+        await new Promise((resolve) => socket.once("connect", resolve));
+        socket.end(
+          `POST /v1/exec HTTP/1.1\r\nhost: sandboxd\r\nauthorization: Bearer ${daemon.token}\r\n` +
+            `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+        );
+        socket.destroy();
+      }
+      await sleep(500);
+      const pids = fs
+        .readdirSync(daemon.workspace)
+        .filter((name) => /^early-\d\.pid$/.test(name))
+        .map((name) => Number(fs.readFileSync(path.join(daemon.workspace, name), "utf8")));
+      pids.forEach((pid) => strayPids.add(pid));
+      expect(pids.filter(isRunning)).toEqual([]);
+      expect((await call(daemon, "GET", "/v1/health")).status).toBe(200);
+    });
+
+    it("ends the exec when the shell exits even if a background process keeps the pipes open", async () => {
+      const started = performance.now();
+      const chunks = await exec(daemon, { command: "sleep 5 & echo $!" });
+      const [background] = pidsIn(output(chunks, "stdout"));
+      strayPids.add(background!);
+      expect(exitOf(chunks)).toMatchObject({ exitCode: 0, timedOut: false });
+      expect(performance.now() - started).toBeLessThan(2_000);
+      // Background servers are allowed to keep running after the exec.
+      expect(isRunning(background!)).toBe(true);
+      process.kill(background!, "SIGKILL");
+    });
+
+    it("runs commands concurrently", async () => {
+      const started = performance.now();
+      const results = await Promise.all(["a", "b", "c", "d"].map((name) => exec(daemon, { command: `sleep 0.4; echo ${name}` })));
+      expect(results.map((chunks) => output(chunks, "stdout"))).toEqual(["a\n", "b\n", "c\n", "d\n"]);
+      expect(performance.now() - started).toBeLessThan(1_300); // one after the other would take 1.6 s
+    });
+  });
+
+  describe("files", () => {
+    const write = (body: Record<string, unknown>) => call(daemon, "PUT", "/v1/files/write", { body });
+    const read = (relative: string) => call(daemon, "GET", `/v1/files/read?path=${encodeURIComponent(relative)}`);
+    const list = (relative?: string) => call(daemon, "GET", relative === undefined ? "/v1/files/list" : `/v1/files/list?path=${encodeURIComponent(relative)}`);
+
+    it("writes and reads back UTF-8 text, creating nested directories", async () => {
+      const content = "héllo € 😀\nsecond line\n";
+      const written = await write({ path: "notes/deep/er/hello.txt", content });
+      expect(written.status).toBe(200);
+      expect(written.json).toEqual({ size: Buffer.byteLength(content) });
+      expect(fs.readFileSync(path.join(daemon.workspace, "notes/deep/er/hello.txt"), "utf8")).toBe(content);
+
+      const reply = await read("notes/deep/er/hello.txt");
+      expect(reply.status).toBe(200);
+      expect(reply.json).toEqual({ content, encoding: "utf8", size: Buffer.byteLength(content) });
+      expect((await read("./notes/deep/../deep/er/hello.txt")).json).toEqual(reply.json);
+
+      // Overwriting replaces the whole file.
+      expect((await write({ path: "notes/deep/er/hello.txt", content: "short", encoding: "utf8" })).json).toEqual({ size: 5 });
+      expect((await read("notes/deep/er/hello.txt")).json).toEqual({ content: "short", encoding: "utf8", size: 5 });
+
+      expect((await write({ path: "empty.txt", content: "" })).json).toEqual({ size: 0 });
+      expect((await read("empty.txt")).json).toEqual({ content: "", encoding: "utf8", size: 0 });
+    });
+
+    it("writes base64 bytes exactly and reads non-UTF-8 files back as base64", async () => {
+      const bytes = Buffer.concat([Buffer.from([0x00, 0xff, 0xfe, 0x80, 0xc3]), randomBytes(4096)]);
+      const written = await write({ path: "bin/blob.bin", content: bytes.toString("base64"), encoding: "base64" });
+      expect(written.json).toEqual({ size: bytes.length });
+      expect(fs.readFileSync(path.join(daemon.workspace, "bin/blob.bin")).equals(bytes)).toBe(true);
+      expect((await read("bin/blob.bin")).json).toEqual({ content: bytes.toString("base64"), encoding: "base64", size: bytes.length });
+
+      // base64 of valid UTF-8 is stored decoded and read back as text.
+      expect((await write({ path: "bin/text.txt", content: Buffer.from("plain ✓").toString("base64"), encoding: "base64" })).status).toBe(200);
+      expect((await read("bin/text.txt")).json).toEqual({ content: "plain ✓", encoding: "utf8", size: Buffer.byteLength("plain ✓") });
+      // Padding variants.
+      for (const [encoded, decoded] of [["QQ==", "A"], ["QUI=", "AB"], ["QUJD", "ABC"], ["", ""]] as const) {
+        expect((await write({ path: "bin/pad.txt", content: encoded, encoding: "base64" })).json).toEqual({ size: decoded.length });
+        expect(fs.readFileSync(path.join(daemon.workspace, "bin/pad.txt"), "utf8")).toBe(decoded);
+      }
+      for (const invalid of ["QQ", "Q===", "QUJD!", "QU JD", "QQ==QUJD", "====", "QUJDRA="]) {
+        expectError(await write({ path: "bin/bad.txt", content: invalid, encoding: "base64" }), 400, "bad_request", /not valid base64/);
+      }
+      expect(fs.existsSync(path.join(daemon.workspace, "bin/bad.txt"))).toBe(false);
+    });
+
+    it("lists a directory sorted, with types and sizes", async () => {
+      fs.mkdirSync(path.join(daemon.workspace, "listing/b-dir"), { recursive: true });
+      fs.writeFileSync(path.join(daemon.workspace, "listing/c.txt"), "12345");
+      fs.writeFileSync(path.join(daemon.workspace, "listing/A.txt"), "");
+      fs.symlinkSync("c.txt", path.join(daemon.workspace, "listing/a-link"));
+      const reply = await list("listing");
+      expect(reply.status).toBe(200);
+      const entries = (reply.json as { entries: { name: string; type: string; size: number; modifiedAt: string }[] }).entries;
+      expect(entries.map(({ name, type }) => [name, type])).toEqual([
+        ["A.txt", "file"],
+        ["a-link", "symlink"],
+        ["b-dir", "directory"],
+        ["c.txt", "file"],
+      ]);
+      expect(entries.find((entry) => entry.name === "c.txt")!.size).toBe(5);
+      for (const entry of entries) expect(new Date(entry.modifiedAt).toISOString()).toBe(entry.modifiedAt);
+
+      // No path (or ".") lists the workspace root.
+      const root = await list();
+      expect(root.status).toBe(200);
+      expect((root.json as { entries: { name: string }[] }).entries.map((entry) => entry.name)).toContain("listing");
+      expect((await list(".")).json).toEqual(root.json);
+      expect((await list("listing/b-dir")).json).toEqual({ entries: [] });
+      // A symlink inside the workspace is followed.
+      expect((await read("listing/a-link")).json).toEqual({ content: "12345", encoding: "utf8", size: 5 });
+    });
+
+    it("maps missing files, directories and files-as-directories to their codes", async () => {
+      fs.mkdirSync(path.join(daemon.workspace, "errs"), { recursive: true });
+      fs.writeFileSync(path.join(daemon.workspace, "errs/file.txt"), "x");
+      expectError(await read("errs/missing.txt"), 404, "not_found", /errs\/missing\.txt/);
+      expectError(await list("errs/missing"), 404, "not_found");
+      expectError(await read("errs"), 400, "is_directory");
+      expectError(await read(""), 400, "is_directory");
+      expectError(await list("errs/file.txt"), 400, "not_a_directory");
+      expectError(await read("errs/file.txt/inner"), 400, "not_a_directory");
+      expectError(await write({ path: "errs/file.txt/inner.txt", content: "x" }), 400, "not_a_directory");
+      expectError(await write({ path: "errs", content: "x" }), 400, "is_directory");
+      expectError(await write({ path: ".", content: "x" }), 400, "is_directory");
+      expectError(await write({ path: "", content: "x" }), 400, "is_directory");
+      expect(fs.readFileSync(path.join(daemon.workspace, "errs/file.txt"), "utf8")).toBe("x");
+    });
+
+    it("refuses absolute paths, .. escapes and symlinks leading outside the workspace", async () => {
+      const ws = daemon.workspace;
+      fs.symlinkSync(outside, path.join(ws, "out"));
+      fs.symlinkSync(path.join(outside, "secret.txt"), path.join(ws, "secret-link"));
+      fs.symlinkSync(path.join(outside, "created-through-link.txt"), path.join(ws, "dangling-out"));
+      fs.symlinkSync("..", path.join(ws, "up"));
+      fs.mkdirSync(path.join(ws, "nest"), { recursive: true });
+      fs.symlinkSync("../../", path.join(ws, "nest/relative-up"));
+      fs.symlinkSync("loop-b", path.join(ws, "loop-a"));
+      fs.symlinkSync("loop-a", path.join(ws, "loop-b"));
+
+      const refused: [string, number, string][] = [
+        ["/etc/passwd", 400, "absolute_path"],
+        [path.join(ws, "notes"), 400, "absolute_path"],
+        ["..", 400, "path_escape"],
+        ["../secret.txt", 400, "path_escape"],
+        ["a/../../x", 400, "path_escape"],
+        ["./nest/../../x", 400, "path_escape"],
+        ["out", 400, "symlink_escape"],
+        ["out/secret.txt", 400, "symlink_escape"],
+        ["out/new/deeper.txt", 400, "symlink_escape"],
+        ["secret-link", 400, "symlink_escape"],
+        ["dangling-out", 400, "symlink_escape"],
+        ["up/x", 400, "symlink_escape"],
+        ["nest/relative-up/y", 400, "symlink_escape"],
+        ["bad\0name", 400, "invalid_path"],
+        ["loop-a", 400, "symlink_loop"],
+      ];
+      for (const [relative, status, code] of refused) {
+        expectError(await read(relative), status, code);
+        expectError(await write({ path: relative, content: "pwned" }), status, code);
+        expectError(await list(relative), status, code);
+        expectError(await call(daemon, "POST", "/v1/exec", { body: { command: "true", cwd: relative } }), status, code);
+      }
+      expect(fs.readdirSync(outside)).toEqual(["secret.txt"]);
+      expect(fs.readFileSync(path.join(outside, "secret.txt"), "utf8")).toBe("host secret\n");
+      expect(fs.existsSync(path.join(path.dirname(ws), "x"))).toBe(false);
+
+      // `..` that stays inside is fine.
+      expect((await write({ path: "nest/../inside.txt", content: "ok" })).status).toBe(200);
+      expect(fs.readFileSync(path.join(ws, "inside.txt"), "utf8")).toBe("ok");
+    });
+
+    it("refuses files above the size limit with 413 and accepts one at the limit", async () => {
+      expectError(await write({ path: "big/too-big.txt", content: "a".repeat(MAX_FILE_BYTES + 1) }), 413, "too_large", /above the/);
+      expect(fs.existsSync(path.join(daemon.workspace, "big/too-big.txt"))).toBe(false);
+
+      // Exactly at the limit, as base64 (what the platform sends for binary files).
+      const limit = Buffer.alloc(MAX_FILE_BYTES, 0xff);
+      const written = await write({ path: "big/limit.bin", content: limit.toString("base64"), encoding: "base64" });
+      expect(written.status, written.text.slice(0, 200)).toBe(200);
+      expect(written.json).toEqual({ size: MAX_FILE_BYTES });
+      const back = await read("big/limit.bin");
+      expect(back.status).toBe(200);
+      expect(Buffer.from((back.json as { content: string }).content, "base64").equals(limit)).toBe(true);
+
+      expectError(
+        await write({ path: "big/too-big.bin", content: Buffer.alloc(MAX_FILE_BYTES + 1).toString("base64"), encoding: "base64" }),
+        413,
+        "too_large",
+      );
+      fs.truncateSync(path.join(daemon.workspace, "big/limit.bin"), MAX_FILE_BYTES + 1);
+      expectError(await read("big/limit.bin"), 413, "too_large");
+    });
+  });
+});
+
+// ---- warm-pool mode ------------------------------------------------------------------------------
+
+describe("sandboxd (unbound, warm pool)", () => {
+  let daemon: Daemon;
+  beforeAll(async () => {
+    daemon = await startDaemon({ unbound: true, env: { PLATFORM_ONLY: "must-not-leak" } });
+  });
+  afterEach(() => {
+    expect(daemon.stderr()).toBe("");
+  });
+
+  it("refuses exec and files until bound, binds once, and commands see only the bound env", async () => {
+    expect((await call(daemon, "GET", "/v1/health")).json).toMatchObject({ ok: true, bound: false });
+
+    expectError(await call(daemon, "POST", "/v1/exec", { body: { command: "touch unbound.txt" } }), 409, "not_bound", /POST \/v1\/bind/);
+    expectError(await call(daemon, "GET", "/v1/files/read?path=a.txt"), 409, "not_bound");
+    expectError(await call(daemon, "GET", "/v1/files/list"), 409, "not_bound");
+    expectError(await call(daemon, "PUT", "/v1/files/write", { body: { path: "a.txt", content: "x" } }), 409, "not_bound");
+    expect(fs.readdirSync(daemon.workspace)).toEqual([]);
+
+    // Invalid binds change nothing.
+    expectError(await call(daemon, "POST", "/v1/bind", { body: { sessionId: "s1", env: { "BAD=NAME": "x" } } }), 400, "bad_request", /^env\./);
+    expectError(await call(daemon, "POST", "/v1/bind", { body: { sessionId: "s1", env: { OK: "nul\0" } } }), 400, "bad_request", /NUL/);
+    expectError(await call(daemon, "POST", "/v1/bind", { body: { sessionId: "", env: {} } }), 400, "bad_request", /^sessionId: /);
+    expectError(await call(daemon, "POST", "/v1/bind", { body: { sessionId: "s1" } }), 400, "bad_request", /^env: /);
+    expect((await call(daemon, "GET", "/v1/health")).json).toMatchObject({ bound: false });
+
+    const bound = await call(daemon, "POST", "/v1/bind", { body: { sessionId: "s1", env: { SESSION_VAR: "bound-value", HOME: "/custom-home" } } });
+    expect(bound.status).toBe(204);
+    expect(bound.text).toBe("");
+    expect((await call(daemon, "GET", "/v1/health")).json).toMatchObject({ ok: true, bound: true });
+
+    const again = await call(daemon, "POST", "/v1/bind", { body: { sessionId: "s2", env: { SESSION_VAR: "second" } } });
+    expectError(again, 409, "already_bound");
+
+    const chunks = await exec(daemon, { command: "env" });
+    const env = output(chunks, "stdout");
+    expect(env).toMatch(/^SESSION_VAR=bound-value$/m);
+    expect(env).toMatch(/^HOME=\/custom-home$/m); // the session may override HOME ...
+    expect(env).toMatch(/^PATH=\/usr\/local\/sbin:\/usr\/local\/bin:\/usr\/sbin:\/usr\/bin:\/sbin:\/bin$/m); // ... and gets a default PATH
+    expect(env).not.toContain("second");
+    expect(env).not.toContain("PLATFORM_ONLY");
+    expect(env).not.toContain("must-not-leak");
+    expect(env).not.toMatch(/BERTH_/);
+
+    expect((await call(daemon, "PUT", "/v1/files/write", { body: { path: "a.txt", content: "x" } })).status).toBe(200);
+  });
+});
+
+// ---- process lifecycle and configuration ---------------------------------------------------------
+
+describe("sandboxd process", () => {
+  it("exits 1 with a one-line message on bad configuration", async () => {
+    const dir = tempDir();
+    const workspace = path.join(dir, "ws");
+    fs.mkdirSync(workspace);
+    fs.writeFileSync(path.join(dir, "not-a-socket"), "keep me");
+    fs.writeFileSync(path.join(dir, "a-file"), "");
+    const good = { BERTH_DAEMON_LISTEN: `unix:${dir}/ok.sock`, BERTH_DAEMON_TOKEN: newToken(), BERTH_WORKSPACE: workspace };
+    const cases: [Record<string, string>, RegExp][] = [
+      [{ BERTH_DAEMON_TOKEN: "x".repeat(31) }, /BERTH_DAEMON_TOKEN .*at least 32 characters/],
+      [{ BERTH_DAEMON_LISTEN: "unix:relative/d.sock" }, /socket path must be absolute/],
+      [{ BERTH_DAEMON_LISTEN: "" }, /BERTH_DAEMON_LISTEN is required/],
+      [{ BERTH_DAEMON_LISTEN: "http://127.0.0.1:8080" }, /BERTH_DAEMON_LISTEN must be unix:\/abs\/path\.sock or tcp:HOST:PORT/],
+      [{ BERTH_DAEMON_LISTEN: "tcp:127.0.0.1:70000" }, /port out of range/],
+      [{ BERTH_WORKSPACE: path.join(dir, "missing") }, /BERTH_WORKSPACE .*missing is not usable/],
+      [{ BERTH_WORKSPACE: path.join(dir, "a-file") }, /BERTH_WORKSPACE .*a-file is not a directory/],
+      [{ BERTH_DAEMON_LISTEN: `unix:${dir}/not-a-socket` }, /not-a-socket exists and is not a socket; refusing to replace it/],
+      [{ BERTH_DAEMON_LISTEN: `unix:${dir}/no-such-dir/d.sock` }, /cannot listen on unix:.*no-such-dir/],
+    ];
+    const results = await Promise.all(
+      cases.map(async ([overrides]) => {
+        const launched = launch({ ...good, ...overrides });
+        return { ...(await launched.exited), stdout: launched.stdout(), stderr: launched.stderr() };
+      }),
+    );
+    results.forEach((result, index) => {
+      const expected = cases[index]![1];
+      expect({ code: result.code, stdout: result.stdout }, `case ${index}: ${result.stderr}`).toEqual({ code: 1, stdout: "" });
+      expect(result.stderr).toMatch(/^sandboxd: [^\n]+\n$/);
+      expect(result.stderr).toMatch(expected);
+    });
+    expect(fs.readFileSync(path.join(dir, "not-a-socket"), "utf8")).toBe("keep me");
+    expect(fs.existsSync(path.join(dir, "ok.sock"))).toBe(false);
+  });
+
+  it("replaces a stale socket left by a killed daemon", async () => {
+    const dir = tempDir();
+    const first = await startDaemon({ dir });
+    first.child.kill("SIGKILL");
+    await first.exited;
+    expect(fs.lstatSync(first.socket).isSocket()).toBe(true);
+    await expect(call(first, "GET", "/v1/health")).rejects.toMatchObject({ code: "ECONNREFUSED" });
+
+    const second = await startDaemon({ dir });
+    expect(second.socket).toBe(first.socket);
+    expect((await call(second, "GET", "/v1/health")).json).toMatchObject({ ok: true, pid: second.pid });
+    // The old token does not work on the new daemon.
+    expectError(await call(second, "GET", "/v1/health", { token: first.token }), 401, "unauthorized");
+    await stop(second);
+  });
+
+  it("on SIGTERM kills the commands it started, removes its socket and exits 0", async () => {
+    const daemon = await startDaemon();
+    const chunks = await exec(daemon, { command: "sleep 30 & echo $!" });
+    const [background] = pidsIn(output(chunks, "stdout"));
+    strayPids.add(background!);
+    const { res } = await send(daemon, "POST", "/v1/exec", { body: { command: "echo $$; sleep 30" } });
+    const running = streamLines(res);
+    const [shell] = pidsIn(((await running.next()).value as { data: string }).data);
+    expect(isRunning(background!) && isRunning(shell!)).toBe(true);
+
+    daemon.child.kill("SIGTERM");
+    expect(await daemon.exited).toEqual({ code: 0, signal: null });
+    expect(daemon.stderr()).toBe("");
+    expect(fs.existsSync(daemon.socket)).toBe(false);
+    await until("the daemon's commands to be gone", () => !isRunning(background!) && !isRunning(shell!), 1_000);
+  });
+});
