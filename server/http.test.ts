@@ -29,7 +29,7 @@ describe("HTTP surface of one Berth process", () => {
       version: expect.stringMatching(/^\d+\.\d+\.\d+/),
       database: "ok",
       gateway: "not configured",
-      sandboxBackend: "not configured",
+      sandboxBackend: "local",
     });
   });
 

@@ -98,6 +98,10 @@ export async function startBerth(options: BerthOptions): Promise<RunningBerth> {
     cleanups.push(() => services.workerLiveness.unregister());
     await services.workerLiveness.releaseLocksOfDeadWorkers();
 
+    // Sandboxes of a previous run (their jails died with it) are reconciled before any job resumes a
+    // turn in them: their sessions go to `reconnecting` and get a new generation.
+    await services.sandboxes.reconcile();
+
     const runner = await startJobRunner({
       databaseUrl,
       concurrency: config.workerConcurrency,
@@ -109,6 +113,7 @@ export async function startBerth(options: BerthOptions): Promise<RunningBerth> {
     });
     worker.runner = runner;
     cleanups.push(() => runner.stop());
+
 
     const httpServer: HttpServer = await startHttpServer({
       host: config.host,
