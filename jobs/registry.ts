@@ -41,6 +41,7 @@ export function toTaskList(tasks: BerthTask[], services: Services, logger: Logge
         const detail = parsed.error.issues.map((issue) => `${issue.path.join(".") || "payload"}: ${issue.message}`).join("; ");
         throw new InvalidJobPayloadError(`invalid payload for job ${task.name} (${helpers.job.id}): ${detail}`);
       }
+      services.metrics.jobWait.observe({ task: task.name }, Math.max(0, (Date.now() - new Date(helpers.job.run_at).getTime()) / 1000));
       const jobLogger = taskLogger.child({ jobId: helpers.job.id, attempt: helpers.job.attempts });
       await task.run(parsed.data, { services, logger: jobLogger, helpers, signal: helpers.abortSignal ?? signal });
     };

@@ -97,6 +97,7 @@ const environmentSchema = z.object({
   BERTH_WORKER_CONCURRENCY: positiveInt(8, 256),
   BERTH_DATABASE_POOL_SIZE: positiveInt(10, 500),
   BERTH_SHUTDOWN_TIMEOUT_MS: positiveInt(10_000, 600_000),
+  BERTH_METRICS_TOKEN: optionalString.pipe(z.string().min(16, "must be at least 16 characters").optional()),
   LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
 });
 
@@ -123,6 +124,8 @@ export type Config = {
   databasePoolSize: number;
   shutdownTimeoutMs: number;
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+  /** When set, GET /metrics requires `Authorization: Bearer <token>`. */
+  metricsToken: string | undefined;
   /** `CONTAINER_ENV_X=v` on the platform becomes `X=v` in every sandbox. */
   containerEnv: Record<string, string>;
 };
@@ -181,6 +184,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     databasePoolSize: parsed.BERTH_DATABASE_POOL_SIZE,
     shutdownTimeoutMs: parsed.BERTH_SHUTDOWN_TIMEOUT_MS,
     logLevel: parsed.LOG_LEVEL,
+    metricsToken: parsed.BERTH_METRICS_TOKEN,
     containerEnv,
   };
 }

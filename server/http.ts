@@ -6,6 +6,13 @@ import express from "express";
 import type { Logger } from "./logger";
 import type { BerthLoadContext } from "./load-context";
 import type { Services } from "./services";
+import { routeLabel } from "./metrics";
+import { createHash, timingSafeEqual } from "node:crypto";
+
+function safeEqual(given: string, expected: string): boolean {
+  const digest = (value: string) => createHash("sha256").update(value).digest();
+  return timingSafeEqual(digest(given), digest(expected));
+}
 
 export type HttpServerOptions = {
   services: Services;
@@ -32,6 +39,26 @@ export function createHttpApp(options: HttpServerOptions): express.Express {
   app.disable("x-powered-by");
   let draining = false;
   app.locals.setDraining = (value: boolean) => (draining = value);
+
+  const metrics = options.services.metrics;
+  app.use((req, res, next) => {
+    const end = metrics.httpDuration.startTimer();
+    res.once("finish", () => end({ method: req.method, route: routeLabel(req.path), status: String(res.statusCode) }));
+    next();
+  });
+  app.get("/metrics", async (req, res) => {
+    const token = options.services.config.metricsToken;
+    if (token && !safeEqual(req.get("authorization") ?? "", `Bearer ${token}`)) {
+      res.status(401).set("www-authenticate", "Bearer").json({ error: "GET /metrics needs the BERTH_METRICS_TOKEN bearer token" });
+      return;
+    }
+    try {
+      res.set("content-type", metrics.registry.contentType).send(await metrics.registry.metrics());
+    } catch (error) {
+      options.logger.warn({ err: error }, "metrics could not be collected");
+      res.status(503).json({ error: "metrics could not be collected (is the database reachable?)" });
+    }
+  });
 
   app.get("/healthz", (_req, res) => {
     res.json({ ok: true });

@@ -19,6 +19,7 @@ import { createGatewayClient } from "./gateway/client";
 import { createDemoModel, DEMO_MODEL } from "./gateway/demo";
 import type { ModelResolver } from "./harness/builtin";
 import { EventBus } from "./services/event-bus";
+import { BerthMetrics } from "./metrics";
 
 /**
  * The composition root: the only place that wires concrete pieces together. Everything a Berth
@@ -73,6 +74,7 @@ export async function startBerth(options: BerthOptions): Promise<RunningBerth> {
     const sandboxBackend = await createSandboxBackend(config, secretKey, options.daemonScript, logger);
     cleanups.push(() => sandboxBackend.shutdown());
 
+    const metrics = new BerthMetrics(database.sql);
     const bus = new EventBus(database.sql, logger.child({ component: "event-bus" }));
     await bus.start();
     cleanups.push(() => bus.stop());
@@ -89,7 +91,8 @@ export async function startBerth(options: BerthOptions): Promise<RunningBerth> {
       shippedMigrations: shippedMigrationCount(),
       isWorkerRunning: () => worker.runner?.isRunning() ?? false,
       bus,
-      models: createModelResolver(config, logger),
+      models: createModelResolver(config, logger, metrics),
+      metrics,
     });
 
     const bootstrap = await ensureBootstrapAdmin(database.db, config, logger);
@@ -153,17 +156,17 @@ export async function startBerth(options: BerthOptions): Promise<RunningBerth> {
   }
 }
 
-function createModelResolver(config: Config, logger: Logger): ModelResolver {
+function createModelResolver(config: Config, logger: Logger, metrics: BerthMetrics): ModelResolver {
   const demo = createDemoModel();
   const gateway = config.gateway
-    ? createGatewayClient({
+    ? metrics.instrumentGateway(createGatewayClient({
         baseUrl: config.gateway.baseUrl,
         apiKey: config.gateway.apiKey,
         timeoutMs: config.gatewayTimeouts.requestMs,
         idleTimeoutMs: config.gatewayTimeouts.idleMs,
         maxRetries: config.gatewayTimeouts.maxRetries,
         logger: logger.child({ component: "gateway" }),
-      })
+      }))
     : null;
   return (model) => {
     if (model === DEMO_MODEL) return demo;

@@ -33,12 +33,23 @@ export class AuthService {
       .where(and(eq(apiKeys.hash, hashApiKey(key)), isNull(apiKeys.revokedAt)));
     if (!row) return null;
     // At most one write a minute per key: "last used" does not need to cost a write per request.
-    void this.db
+    const now = Date.now();
+    if (now - (this.lastUseRecorded.get(row.id) ?? 0) > 60_000) {
+      this.lastUseRecorded.set(row.id, now);
+      void this.recordUse(row.id);
+    }
+    return { teamId: row.teamId, role: row.role, actor: { type: "api_key", id: row.id }, userId: null, via: "api_key" };
+  }
+
+  /** When this process last recorded each key's use (bounded by the number of keys). */
+  private readonly lastUseRecorded = new Map<string, number>();
+
+  private async recordUse(keyId: string): Promise<void> {
+    await this.db
       .update(apiKeys)
       .set({ lastUsedAt: sql`now()` })
-      .where(and(eq(apiKeys.id, row.id), or(isNull(apiKeys.lastUsedAt), lt(apiKeys.lastUsedAt, sql`now() - ${LAST_USED_RESOLUTION}`))))
+      .where(and(eq(apiKeys.id, keyId), or(isNull(apiKeys.lastUsedAt), lt(apiKeys.lastUsedAt, sql`now() - ${LAST_USED_RESOLUTION}`))))
       .catch((error: unknown) => this.logger.warn({ err: error }, "could not record API key use"));
-    return { teamId: row.teamId, role: row.role, actor: { type: "api_key", id: row.id }, userId: null, via: "api_key" };
   }
 
   async authenticateSession(token: string): Promise<Principal | null> {

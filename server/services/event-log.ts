@@ -1,7 +1,7 @@
 import { and, asc, eq, gt, sql } from "drizzle-orm";
 import { z } from "zod";
 import type { DatabaseOrTransaction } from "../../db/client";
-import { sessionEvents, sessions } from "../../db/schema";
+import { sessionEvents } from "../../db/schema";
 
 /** The typed payloads of the public event shape (see the README's API section). */
 export const eventPayloads = {
@@ -29,19 +29,23 @@ export const EVENTS_CHANNEL = "berth_session_events";
 export async function appendEvents(tx: DatabaseOrTransaction, sessionId: string, events: EventInput[]): Promise<StoredEvent[]> {
   if (events.length === 0) return [];
   for (const event of events) eventPayloads[event.type].parse(event.payload);
-  const [row] = await tx
-    .update(sessions)
-    .set({ lastSeq: sql`${sessions.lastSeq} + ${events.length}`, updatedAt: sql`now()`, lastActivityAt: sql`now()` })
-    .where(eq(sessions.id, sessionId))
-    .returning({ lastSeq: sessions.lastSeq, teamId: sessions.teamId });
-  if (!row) throw new Error(`session ${sessionId} does not exist`);
-  const first = row.lastSeq - events.length + 1;
-  const inserted = await tx
-    .insert(sessionEvents)
-    .values(events.map((event, index) => ({ sessionId, teamId: row.teamId, seq: first + index, type: event.type, payload: event.payload, idempotencyKey: event.idempotencyKey ?? null })))
-    .returning({ seq: sessionEvents.seq, type: sessionEvents.type, payload: sessionEvents.payload, createdAt: sessionEvents.createdAt });
-  await tx.execute(sql`select pg_notify(${EVENTS_CHANNEL}, ${`${sessionId}:${row.lastSeq}`})`);
-  return inserted;
+  const batch = JSON.stringify(events.map((event) => ({ type: event.type, payload: event.payload, key: event.idempotencyKey ?? null })));
+  // One statement: take the seqs, insert the rows, queue the notification (sent at commit).
+  const rows = await tx.execute<{ seq: string; created_at: string | Date }>(sql`
+    with advanced as (
+      update sessions set last_seq = last_seq + ${events.length}, updated_at = now(), last_activity_at = now()
+      where id = ${sessionId}::uuid returning last_seq, team_id
+    ), notified as (
+      select pg_notify(${EVENTS_CHANNEL}, ${sessionId} || ':' || (select last_seq from advanced)::text)
+    )
+    insert into session_events (session_id, team_id, seq, type, payload, idempotency_key)
+    select ${sessionId}::uuid, advanced.team_id, advanced.last_seq - ${events.length} + batch.ord,
+           (batch.item->>'type')::session_event_type, batch.item->'payload', batch.item->>'key'
+    from advanced, notified, jsonb_array_elements(${batch}::jsonb) with ordinality as batch(item, ord)
+    returning seq, created_at`);
+  if (rows.length !== events.length) throw new Error(`session ${sessionId} does not exist`);
+  const ordered = [...rows].sort((a, b) => Number(a.seq) - Number(b.seq));
+  return ordered.map((row, index) => ({ seq: Number(row.seq), type: events[index]!.type, payload: events[index]!.payload, createdAt: new Date(row.created_at) }));
 }
 
 /** A page of the stored log, oldest first, after a seq. Memory is bounded by `limit`, not by the log. */

@@ -7,6 +7,7 @@ import { AgentService } from "./agents";
 import { AuditService } from "./audit";
 import { AuthService } from "./auth";
 import { HealthService } from "./health";
+import { JobService } from "./jobs";
 import type { Principal } from "./principal";
 import type { SecretBox } from "./secret-box";
 import type { SandboxBackend } from "../sandbox/port";
@@ -17,6 +18,7 @@ import { TeamService } from "./teams";
 import { WorkerLiveness } from "./worker-liveness";
 import { BuiltinHarness, type ModelResolver } from "../harness/builtin";
 import type { EventBus } from "./event-bus";
+import type { BerthMetrics } from "../metrics";
 import { TurnRunner, TurnStore } from "./turns";
 
 export type ServiceDependencies = {
@@ -30,6 +32,7 @@ export type ServiceDependencies = {
   isWorkerRunning: () => boolean;
   bus: EventBus;
   models: ModelResolver;
+  metrics: BerthMetrics;
 };
 
 /**
@@ -43,6 +46,7 @@ export function createServices(deps: ServiceDependencies) {
     backend: deps.sandboxBackend,
     config: deps.config,
     secretBox: deps.secretBox,
+    metrics: deps.metrics,
     logger: deps.logger.child({ component: "sandboxes" }),
   });
   const turnStore = new TurnStore(deps.db);
@@ -56,6 +60,7 @@ export function createServices(deps: ServiceDependencies) {
   });
   return {
     config: deps.config,
+    metrics: deps.metrics,
     turns,
     health: new HealthService({
       sql: deps.sql,
@@ -76,6 +81,7 @@ export function createServices(deps: ServiceDependencies) {
         secrets: new SecretService(deps.db, principal, deps.secretBox),
         audit: new AuditService(deps.db, principal),
         sessions: new SessionService(deps.db, principal, sandboxes, deps.bus),
+        jobs: new JobService(deps.db, principal),
       };
     },
   };

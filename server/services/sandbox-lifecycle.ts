@@ -9,6 +9,7 @@ import { conflict, DomainError, notFound } from "./errors";
 import { appendEvents } from "./event-log";
 import { enqueueJob } from "./job-queue";
 import type { SecretBox } from "./secret-box";
+import type { BerthMetrics } from "../metrics";
 import { SecretService } from "./secrets";
 
 export type SessionStatus = (typeof sessions.$inferSelect)["status"];
@@ -55,6 +56,7 @@ export class SandboxLifecycle {
       backend: SandboxBackend;
       config: Pick<Config, "containerEnv">;
       secretBox: SecretBox;
+      metrics: BerthMetrics;
       logger: Logger;
     },
   ) {
@@ -118,7 +120,11 @@ export class SandboxLifecycle {
         await tx.update(sandboxes).set({ status: "failed", endedAt: new Date(), endReason: reason.slice(0, 1000) }).where(eq(sandboxes.id, row.id));
         if (options.finalAttempt) {
           const locked = await lockSession(tx, sessionId);
-          if (locked && locked.status === "provisioning") await transition(tx, locked, "failed", reason.slice(0, 1000));
+          if (locked && locked.status === "provisioning") {
+            await transition(tx, locked, "failed", reason.slice(0, 1000));
+            await recordAudit(tx, { teamId: locked.teamId, actor: SYSTEM_ACTOR, action: "session.fail", targetType: "session", targetId: sessionId, metadata: { reason: reason.slice(0, 500) } });
+          }
+          if (previous?.status === "lost") this.deps.metrics.reconnects.inc({ outcome: "failed" });
         }
       });
       throw error;
@@ -139,7 +145,12 @@ export class SandboxLifecycle {
       await recordAudit(tx, { teamId: session.teamId, actor: SYSTEM_ACTOR, action: "sandbox.ready", targetType: "session", targetId: sessionId, metadata: { generation: row.generation, sandbox: provisioned.name, startMs: Math.round(provisioned.startMs), warm: provisioned.fromWarmPool } });
       return false;
     });
-    if (stale) await backend.stop(provisioned.name, "session moved on while provisioning");
+    if (stale) {
+      await backend.stop(provisioned.name, "session moved on while provisioning");
+      return;
+    }
+    this.deps.metrics.sandboxStart.observe({ backend: backend.name, warm: String(provisioned.fromWarmPool) }, provisioned.startMs / 1000);
+    if (previous?.status === "lost") this.deps.metrics.reconnects.inc({ outcome: "recovered" });
   }
 
   /** The backend noticed a sandbox died: mark it lost and reconnect its session to a new generation. */
@@ -154,7 +165,10 @@ export class SandboxLifecycle {
       await enqueueJob(tx, "sandbox:provision", { sessionId: session.id, reason: "reconnect" }, { jobKey: `provision:${session.id}`, maxAttempts: 5 });
       return session.id;
     });
-    if (sessionId) this.deps.logger.warn({ sessionId, sandbox: name, reason }, "sandbox lost: reconnecting the session");
+    if (sessionId) {
+      this.deps.metrics.reconnects.inc({ outcome: "started" });
+      this.deps.logger.warn({ sessionId, sandbox: name, reason }, "sandbox lost: reconnecting the session");
+    }
   }
 
   /** Waits until the session has a ready sandbox, resuming a suspended one; returns its address. */
@@ -227,6 +241,7 @@ export class SandboxLifecycle {
         if (!session || !["ready", "idle"].includes(session.status)) return null;
         const rows = await tx.update(sandboxes).set({ status: "suspended", endedAt: new Date(), endReason: "idle" }).where(and(eq(sandboxes.sessionId, id), eq(sandboxes.status, "ready"))).returning();
         await transition(tx, session, "suspended", "idle");
+        await recordAudit(tx, { teamId: session.teamId, actor: SYSTEM_ACTOR, action: "session.suspend", targetType: "session", targetId: id, metadata: { reason: "idle" } });
         return rows;
       });
       for (const row of stopped ?? []) await this.deps.backend.stop(row.name, "idle");

@@ -1,11 +1,11 @@
-import { and, desc, eq, inArray, isNull, sql } from "drizzle-orm";
+import { and, desc, eq, isNull, sql } from "drizzle-orm";
 import type { Database } from "../../db/client";
-import { agents, agentVersions, sandboxes, sessionEvents, sessions, turns } from "../../db/schema";
+import { agents, sandboxes, sessions, turns } from "../../db/schema";
 import { collectExec } from "../sandbox/daemon-client";
 import { DaemonRequestError, SandboxUnavailableError, type DaemonClient, type FileEntry } from "../sandbox/port";
 import { recordAudit } from "./audit";
 import { conflict, DomainError, invalid, notFound } from "./errors";
-import { appendEvents, readEvents, type StoredEvent } from "./event-log";
+import { readEvents, type StoredEvent } from "./event-log";
 import { TURN_ABORT_CHANNEL, type EventBus } from "./event-bus";
 import { enqueueJob } from "./job-queue";
 import { before, cursorAt, toPage, type Page } from "./pagination";
@@ -121,41 +121,20 @@ export class SessionService {
    * is durable and will be answered. A retry with the same idempotencyKey returns the first result.
    */
   async send(input: { sessionId: string; text: string; idempotencyKey?: string }): Promise<{ seq: number; turnId: string; queued: boolean; duplicate: boolean }> {
-    return this.db.transaction(async (tx) => {
-      const [session] = await tx
-        .select({ id: sessions.id, status: sessions.status, agentId: sessions.agentId, agentVersion: sessions.agentVersion })
-        .from(sessions)
-        .where(and(eq(sessions.teamId, this.principal.teamId), eq(sessions.id, input.sessionId)))
-        .for("update");
-      if (!session) throw notFound("session");
-      if (input.idempotencyKey) {
-        const [previous] = await tx
-          .select({ seq: sessionEvents.seq, turnId: turns.id })
-          .from(sessionEvents)
-          .innerJoin(turns, and(eq(turns.sessionId, sessionEvents.sessionId), eq(turns.userSeq, sessionEvents.seq)))
-          .where(and(eq(sessionEvents.sessionId, session.id), eq(sessionEvents.idempotencyKey, input.idempotencyKey)));
-        if (previous) return { seq: previous.seq, turnId: previous.turnId, queued: false, duplicate: true };
-      }
-      if (session.status === "terminated") throw conflict("the session is terminated");
-      if (session.status === "failed") throw conflict("the session failed: restart it before sending messages");
-      const [busy] = await tx
-        .select({ id: turns.id })
-        .from(turns)
-        .where(and(eq(turns.sessionId, session.id), inArray(turns.status, ["queued", "running"])))
-        .limit(1);
-      if (busy) {
-        const [version] = await tx
-          .select({ busyPolicy: agentVersions.busyPolicy })
-          .from(agentVersions)
-          .where(and(eq(agentVersions.agentId, session.agentId), eq(agentVersions.version, session.agentVersion)));
-        if (version?.busyPolicy === "reject") throw conflict("a turn is running and this agent rejects messages while busy (busyPolicy: reject); try again when it finishes");
-      }
-      const [event] = await appendEvents(tx, session.id, [{ type: "user_message", payload: { text: input.text }, idempotencyKey: input.idempotencyKey }]);
-      const [turn] = await tx.insert(turns).values({ sessionId: session.id, teamId: this.principal.teamId, userSeq: event!.seq }).returning({ id: turns.id });
-      // One queue per session: its turns run one at a time, in order, on any replica.
-      await enqueueJob(tx, "turn:run", { sessionId: session.id }, { queueName: `session:${session.id}`, maxAttempts: 10 });
-      return { seq: event!.seq, turnId: turn!.id, queued: Boolean(busy), duplicate: false };
-    });
+    // One statement (db/migrations/0002_accept_message.sql): the session row is locked for one round trip.
+    try {
+      const rows = await this.db.execute<{ accepted_seq: string; accepted_turn_id: string; was_queued: boolean; was_duplicate: boolean }>(
+        sql`select * from berth_accept_message(${this.principal.teamId}::uuid, ${input.sessionId}::uuid, ${input.text}, ${input.idempotencyKey ?? null}::text)`,
+      );
+      const row = rows[0]!;
+      return { seq: Number(row.accepted_seq), turnId: row.accepted_turn_id, queued: row.was_queued, duplicate: row.was_duplicate };
+    } catch (error) {
+      // drizzle wraps the driver's error; the SQLSTATE is on the cause.
+      const cause = ((error as { cause?: unknown }).cause ?? error) as { code?: string; message?: string };
+      if (cause.code === "P0002") throw notFound("session");
+      if (cause.code === "BT409") throw conflict(cause.message ?? "conflict");
+      throw error;
+    }
   }
 
   /** Stops the running turn (its current model call or command is cancelled). Queued messages stay queued. */

@@ -1,0 +1,481 @@
+/**
+ * Message and event-log benchmark: `npm run build && npm run bench:turns [-- --sessions 50 --messages 20]`.
+ *
+ * Prints figures (no assertions), measured in one run on this machine, everything on 127.0.0.1:
+ *   1. message accept latency: the built server (`node build/main.js`) on a fresh database; N sessions
+ *      of a `demo` agent each send M messages one after another, all sessions at once; every
+ *      `sessions.send` round-trip (returns once the message is durable) is timed client-side. Then the
+ *      time until every turn finished, and the turn latency (finished_at - created_at) from SQL.
+ *   2. event-log ingest: `appendEvents` in a transaction (batches of 100, 10 writers each on its own
+ *      session) against a raw batched INSERT of the same rows with precomputed seqs.
+ *
+ * Database: an embedded Postgres in a temporary directory, or, when DATABASE_URL is set, a fresh
+ * database `berth_bench_<random>` on that server, dropped at the end. See ../shared/DESIGN.md "Targets".
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, chmodSync } from "node:fs";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import pino from "pino";
+import postgres from "postgres";
+import { connectDatabase, type DatabaseClient } from "../db/client";
+import { ensureApplicationDatabase, startEmbeddedPostgres, type EmbeddedPostgres } from "../db/embedded";
+import { migrateDatabase } from "../db/migrate";
+import { createBerthClient, type BerthClient } from "../server/client";
+import { appendEvents, type EventInput } from "../server/services/event-log";
+
+// ---------------------------------------------------------------------------------------------- options
+
+const { values } = parseArgs({
+  options: {
+    sessions: { type: "string", default: "50" },
+    messages: { type: "string", default: "20" },
+  },
+});
+const sessionCount = Number(values.sessions);
+const messageCount = Number(values.messages);
+if (!Number.isInteger(sessionCount) || sessionCount < 1 || sessionCount > 500) throw new Error("--sessions must be a whole number from 1 to 500");
+if (!Number.isInteger(messageCount) || messageCount < 1 || messageCount > 1000) throw new Error("--messages must be a whole number from 1 to 1000");
+
+const INGEST_WRITERS = 10;
+const INGEST_BATCH = 100;
+const INGEST_SECONDS = 10;
+const INGEST_MAX_EVENTS = 200_000;
+const READY_TIMEOUT_MS = 90_000;
+const SEND_TIMEOUT_MS = 60_000;
+const DRAIN_TIMEOUT_MS = 75_000;
+const ADMIN_API_KEY = "berth_bench_turns_admin_key_0123456789abcdef";
+
+const serverScript = path.resolve("build/main.js");
+if (!existsSync(serverScript)) {
+  console.error("bench:turns: build/main.js is missing: run `npm run build` first");
+  process.exit(1);
+}
+
+// ---------------------------------------------------------------------------------------------- helpers
+
+function percentile(samples: number[], p: number): number {
+  if (samples.length === 0) return Number.NaN;
+  const sorted = [...samples].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
+}
+
+const ms = (value: number) => (Number.isFinite(value) ? `${value.toFixed(1)} ms` : "n/a");
+const secs = (value: number) => `${(value / 1000).toFixed(2)} s`;
+const rate = (value: number) => `${Math.round(value).toLocaleString("en-US")}/s`;
+const sleep = (millis: number) => new Promise((resolve) => setTimeout(resolve, millis));
+const errorText = (error: unknown) => (error instanceof Error ? error.message : String(error));
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address();
+      server.close(() => resolve(typeof address === "object" && address ? address.port : 0));
+    });
+  });
+}
+
+/** Polls `check` until it returns true; throws after `timeoutMs`. */
+async function waitUntil(label: string, timeoutMs: number, intervalMs: number, check: () => Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await check()) return;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${label}`);
+    await sleep(intervalMs);
+  }
+}
+
+function withTimeout<T>(label: string, timeoutMs: number, promise: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs / 1000} s: ${label}`)), timeoutMs);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+// ---------------------------------------------------------------------------------------------- clean-up
+
+const cleanups: Array<{ label: string; run: () => Promise<void> }> = [];
+let cleanedUp: Promise<void> | null = null;
+
+/** Runs the registered clean-ups, last registered first; safe to call twice. */
+function cleanUp(): Promise<void> {
+  cleanedUp ??= (async () => {
+    for (const { label, run } of [...cleanups].reverse()) {
+      try {
+        await run();
+      } catch (error) {
+        console.error(`clean-up (${label}) failed: ${errorText(error)}`);
+      }
+    }
+  })();
+  return cleanedUp;
+}
+
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.once(signal, () => {
+    console.error(`\n${signal}: cleaning up`);
+    void cleanUp().finally(() => process.exit(130));
+  });
+}
+
+// ---------------------------------------------------------------------------------------------- database
+
+const tempRoot = mkdtempSync(path.join(os.tmpdir(), "berth-bench-turns-"));
+// As root the embedded Postgres runs as the `postgres` user, which must traverse this folder.
+chmodSync(tempRoot, 0o711);
+cleanups.push({ label: "temporary directory", run: async () => rmSync(tempRoot, { recursive: true, force: true }) });
+
+async function prepareDatabase(): Promise<{ url: string; description: string }> {
+  const external = process.env.DATABASE_URL;
+  if (external) {
+    const name = `berth_bench_${randomBytes(6).toString("hex")}`;
+    const admin = postgres(external, { max: 1, onnotice: () => {} });
+    try {
+      await admin.unsafe(`create database "${name}"`);
+    } finally {
+      await admin.end({ timeout: 5 });
+    }
+    cleanups.push({
+      label: `drop database ${name}`,
+      run: async () => {
+        const again = postgres(external, { max: 1, onnotice: () => {} });
+        try {
+          await again.unsafe(`drop database if exists "${name}" with (force)`);
+        } finally {
+          await again.end({ timeout: 5 });
+        }
+      },
+    });
+    const url = new URL(external);
+    url.pathname = `/${name}`;
+    return { url: url.toString(), description: `DATABASE_URL server, fresh database ${name}` };
+  }
+  const pgDataDir = path.join(tempRoot, "pg-data");
+  mkdirSync(pgDataDir, { mode: 0o700 });
+  const embedded: EmbeddedPostgres = await startEmbeddedPostgres({ dataDir: pgDataDir, logger: pino({ level: "warn" }) });
+  cleanups.push({ label: "embedded Postgres", run: () => embedded.stop() });
+  await ensureApplicationDatabase(embedded.url);
+  return { url: embedded.url, description: `embedded Postgres on 127.0.0.1:${embedded.port}` };
+}
+
+// ---------------------------------------------------------------------------------------------- server
+
+type RunningServer = { child: ChildProcess; url: string; logLines: string[]; stop(): Promise<{ exitCode: number | null; signal: string | null; millis: number }> };
+
+async function startServer(databaseUrl: string): Promise<RunningServer> {
+  const port = await freePort();
+  const dataDir = path.join(tempRoot, "server-data");
+  mkdirSync(dataDir, { mode: 0o700 });
+  const child = spawn(process.execPath, [serverScript], {
+    env: {
+      ...process.env,
+      DATABASE_URL: databaseUrl,
+      BERTH_DATA_DIR: dataDir,
+      PORT: String(port),
+      HOST: "127.0.0.1",
+      BERTH_ADMIN_API_KEY: ADMIN_API_KEY,
+      LOG_LEVEL: "warn",
+      BERTH_WARM_POOL_SIZE: "0",
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const logLines: string[] = [];
+  const collect = (chunk: string) => {
+    for (const line of chunk.split("\n")) if (line.trim() && logLines.length < 5000) logLines.push(line);
+  };
+  child.stdout!.setEncoding("utf8").on("data", collect);
+  child.stderr!.setEncoding("utf8").on("data", collect);
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+
+  let stopped: Promise<{ exitCode: number | null; signal: string | null; millis: number }> | null = null;
+  const stop = () => {
+    stopped ??= (async () => {
+      const started = performance.now();
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill("SIGTERM");
+        const inTime = await Promise.race([exited.then(() => true), sleep(20_000).then(() => false)]);
+        if (!inTime) {
+          console.error("the server did not exit within 20 s of SIGTERM: killing it");
+          child.kill("SIGKILL");
+          await exited;
+        }
+      }
+      return { exitCode: child.exitCode, signal: child.signalCode, millis: performance.now() - started };
+    })();
+    return stopped;
+  };
+  cleanups.push({ label: "server", run: async () => void (await stop()) });
+
+  const url = `http://127.0.0.1:${port}`;
+  try {
+    await waitUntil("GET /readyz to answer 200", 60_000, 100, async () => {
+      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`the server exited during start-up (${child.signalCode ?? `code ${child.exitCode}`})`);
+      const response = await fetch(`${url}/readyz`).catch(() => null);
+      return response?.status === 200;
+    });
+  } catch (error) {
+    console.error(`server output:\n${logLines.slice(-30).join("\n")}`);
+    throw error;
+  }
+  return { child, url, logLines, stop };
+}
+
+// ---------------------------------------------------------------------------------------------- 1. message accept latency
+
+type TurnFigures = {
+  readyMillis: number;
+  sendSamples: number[];
+  sendErrors: string[];
+  sendWallMillis: number;
+  drainAfterLastSendMillis: number;
+  drainTotalMillis: number;
+  turns: { status: string; count: number }[];
+  turnLatency: { avg: number; p50: number; p95: number; max: number; queueAvg: number; runAvg: number };
+  shutdown: { exitCode: number | null; signal: string | null; millis: number };
+  serverWarnings: string[];
+};
+
+async function benchTurns(databaseUrl: string, sql: postgres.Sql): Promise<TurnFigures> {
+  const startedAt = performance.now();
+  const server = await startServer(databaseUrl);
+  console.log(`server up (build/main.js) at ${server.url} in ${secs(performance.now() - startedAt)}`);
+
+  const admin = createBerthClient({ url: server.url, apiKey: ADMIN_API_KEY });
+  const agent = await admin.agents.create.mutate({ name: `bench-${randomBytes(4).toString("hex")}`, model: "demo" });
+  // One client per session: httpBatchLink would otherwise merge concurrent calls of different
+  // sessions into one HTTP request, and each send would wait for the slowest of its batch.
+  const clients: BerthClient[] = Array.from({ length: sessionCount }, () => createBerthClient({ url: server.url, apiKey: ADMIN_API_KEY }));
+  const created = performance.now();
+  const sessionIds = await Promise.all(clients.map(async (client, index) => (await client.sessions.create.mutate({ agentId: agent.id, title: `bench ${index}` })).id));
+
+  const pending = new Set(sessionIds);
+  await waitUntil(`${sessionCount} sessions to be ready`, READY_TIMEOUT_MS, 200, async () => {
+    await Promise.all(
+      sessionIds.map(async (sessionId, index) => {
+        if (!pending.has(sessionId)) return;
+        const session = await clients[index]!.sessions.get.query({ sessionId });
+        if (session.status === "failed" || session.status === "terminated") throw new Error(`session ${sessionId} is ${session.status}: ${session.statusReason ?? "no reason"}`);
+        if (session.status === "ready") pending.delete(sessionId);
+      }),
+    );
+    return pending.size === 0;
+  }).catch((error: unknown) => {
+    throw new Error(`${errorText(error)} (${sessionCount - pending.size} of ${sessionCount} ready)`);
+  });
+  const readyMillis = performance.now() - created;
+  console.log(`${sessionCount} sessions ready in ${secs(readyMillis)} (cold sandboxes, warm pool off)`);
+
+  const sendSamples: number[] = [];
+  const sendErrors: string[] = [];
+  const sendStarted = performance.now();
+  await withTimeout(
+    "the send phase",
+    SEND_TIMEOUT_MS,
+    Promise.all(
+      sessionIds.map(async (sessionId, index) => {
+        const client = clients[index]!;
+        for (let i = 0; i < messageCount; i++) {
+          const started = performance.now();
+          try {
+            await client.sessions.send.mutate({ sessionId, text: `hello ${i}` });
+            sendSamples.push(performance.now() - started);
+          } catch (error) {
+            sendErrors.push(errorText(error));
+          }
+        }
+      }),
+    ),
+  );
+  const lastSendAt = performance.now();
+  const sendWallMillis = lastSendAt - sendStarted;
+  console.log(`${sendSamples.length} messages accepted in ${secs(sendWallMillis)} (${sendErrors.length} errors)`);
+
+  let open = -1;
+  await waitUntil("every turn to finish", DRAIN_TIMEOUT_MS, 50, async () => {
+    const [row] = await sql<{ open: number }[]>`select count(*)::int as open from turns where status in ('queued', 'running')`;
+    open = row!.open;
+    return open === 0;
+  }).catch((error: unknown) => {
+    throw new Error(`${errorText(error)} (${open} turns still queued or running)`);
+  });
+  const drainedAt = performance.now();
+  console.log(`all turns finished ${secs(drainedAt - lastSendAt)} after the last send`);
+
+  const turns = await sql<{ status: string; count: number }[]>`select status::text as status, count(*)::int as count from turns group by status order by status`;
+  const [latency] = await sql<{ avg: number; p50: number; p95: number; max: number; queue_avg: number; run_avg: number }[]>`
+    select
+      avg(extract(epoch from finished_at - created_at) * 1000)::float8 as avg,
+      percentile_cont(0.5) within group (order by extract(epoch from finished_at - created_at) * 1000)::float8 as p50,
+      percentile_cont(0.95) within group (order by extract(epoch from finished_at - created_at) * 1000)::float8 as p95,
+      max(extract(epoch from finished_at - created_at) * 1000)::float8 as max,
+      avg(extract(epoch from started_at - created_at) * 1000)::float8 as queue_avg,
+      avg(extract(epoch from finished_at - started_at) * 1000)::float8 as run_avg
+    from turns where finished_at is not null`;
+
+  const shutdown = await server.stop();
+  const serverWarnings = server.logLines.filter((line) => {
+    try {
+      return (JSON.parse(line) as { level?: number }).level! >= 40;
+    } catch {
+      return !line.includes("Admin password") && !line.includes("shown once");
+    }
+  });
+  return {
+    readyMillis,
+    sendSamples,
+    sendErrors,
+    sendWallMillis,
+    drainAfterLastSendMillis: drainedAt - lastSendAt,
+    drainTotalMillis: drainedAt - sendStarted,
+    turns,
+    turnLatency: {
+      avg: latency?.avg ?? Number.NaN,
+      p50: latency?.p50 ?? Number.NaN,
+      p95: latency?.p95 ?? Number.NaN,
+      max: latency?.max ?? Number.NaN,
+      queueAvg: latency?.queue_avg ?? Number.NaN,
+      runAvg: latency?.run_avg ?? Number.NaN,
+    },
+    shutdown,
+    serverWarnings,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------- 2. event ingest
+
+type IngestFigures = { events: number; millis: number; perSecond: number; batchP50: number; batchP99: number };
+
+const OUTPUT = "x".repeat(40) + " line of tool output that stands in for what a command printed, padded to about two hundred characters " + "y".repeat(56);
+
+function toolResult(callId: string): { callId: string; output: string; isError: false } {
+  return { callId, output: OUTPUT, isError: false };
+}
+
+/** A team, an agent and its version, and `count` sessions, inserted directly. */
+async function ingestSessions(sql: postgres.Sql, count: number): Promise<{ teamId: string; sessionIds: string[] }> {
+  const suffix = randomBytes(4).toString("hex");
+  const [team] = await sql<{ id: string }[]>`insert into teams (slug, name) values (${`bench-ingest-${suffix}`}, 'bench ingest') returning id`;
+  const [agent] = await sql<{ id: string }[]>`insert into agents (team_id, name) values (${team!.id}, ${`ingest-${suffix}`}) returning id`;
+  await sql`insert into agent_versions (agent_id, version, team_id, model) values (${agent!.id}, 1, ${team!.id}, 'demo')`;
+  const rows = Array.from({ length: count }, (_, index) => ({ team_id: team!.id, agent_id: agent!.id, agent_version: 1, title: `ingest ${index}`, status: "ready" }));
+  const sessions = await sql<{ id: string }[]>`insert into sessions ${sql(rows)} returning id`;
+  return { teamId: team!.id, sessionIds: sessions.map((row) => row.id) };
+}
+
+/** `writers` loops, each writing batches to its own session, until the time or event budget is spent. */
+async function runWriters(sessionIds: string[], writeBatch: (sessionId: string, writer: number, batch: number) => Promise<void>): Promise<IngestFigures> {
+  // Warm-up (not counted): connections, prepared statements.
+  await Promise.all(sessionIds.map((sessionId, writer) => writeBatch(sessionId, writer, -1)));
+  let events = 0;
+  const batchMillis: number[] = [];
+  const started = performance.now();
+  const deadline = started + INGEST_SECONDS * 1000;
+  await Promise.all(
+    sessionIds.map(async (sessionId, writer) => {
+      // A writer claims its batch before writing it, so the total never exceeds the budget.
+      for (let batch = 0; performance.now() < deadline && events + INGEST_BATCH <= INGEST_MAX_EVENTS; batch++) {
+        events += INGEST_BATCH;
+        const batchStarted = performance.now();
+        await writeBatch(sessionId, writer, batch);
+        batchMillis.push(performance.now() - batchStarted);
+      }
+    }),
+  );
+  const millis = performance.now() - started;
+  return { events, millis, perSecond: (events / millis) * 1000, batchP50: percentile(batchMillis, 50), batchP99: percentile(batchMillis, 99) };
+}
+
+async function benchIngest(client: DatabaseClient): Promise<{ appendEvents: IngestFigures; raw: IngestFigures }> {
+  const { teamId, sessionIds } = await ingestSessions(client.sql, INGEST_WRITERS * 2);
+  const serviceSessions = sessionIds.slice(0, INGEST_WRITERS);
+  const rawSessions = sessionIds.slice(INGEST_WRITERS);
+
+  const viaService = await runWriters(serviceSessions, async (sessionId, writer, batch) => {
+    const events: EventInput[] = Array.from({ length: INGEST_BATCH }, (_, index) => ({ type: "tool_result", payload: toolResult(`call_${writer}_${batch}_${index}`) }));
+    await client.db.transaction(async (tx) => {
+      await appendEvents(tx, sessionId, events);
+    });
+  });
+  console.log(`appendEvents: ${viaService.events} events in ${secs(viaService.millis)}`);
+
+  const nextSeq = new Map(rawSessions.map((sessionId) => [sessionId, 1]));
+  const raw = await runWriters(rawSessions, async (sessionId, writer, batch) => {
+    const first = nextSeq.get(sessionId)!;
+    nextSeq.set(sessionId, first + INGEST_BATCH);
+    const rows = Array.from({ length: INGEST_BATCH }, (_, index) => ({
+      session_id: sessionId,
+      seq: first + index,
+      team_id: teamId,
+      type: "tool_result",
+      // Like drizzle: jsonb travels as JSON text.
+      payload: JSON.stringify(toolResult(`call_${writer}_${batch}_${index}`)),
+    }));
+    await client.sql`insert into session_events ${client.sql(rows)}`;
+  });
+  console.log(`raw INSERT:   ${raw.events} events in ${secs(raw.millis)}`);
+  return { appendEvents: viaService, raw };
+}
+
+// ---------------------------------------------------------------------------------------------- main
+
+const benchStarted = performance.now();
+let failed = false;
+try {
+  console.log(
+    `Turn and event-log benchmark: ${sessionCount} sessions x ${messageCount} messages; ingest ${INGEST_WRITERS} writers x batches of ${INGEST_BATCH}, ` +
+      `${INGEST_SECONDS} s or ${INGEST_MAX_EVENTS.toLocaleString("en-US")} events each; ${os.cpus().length} CPUs, ${process.release.name} ${process.version}`,
+  );
+  const database = await prepareDatabase();
+  const migrateStarted = performance.now();
+  await migrateDatabase(database.url);
+  console.log(`database: ${database.description}; migrated in ${secs(performance.now() - migrateStarted)}`);
+
+  const client = connectDatabase(database.url, { max: INGEST_WRITERS, applicationName: "berth-bench" });
+  cleanups.push({ label: "database pool", run: () => client.close() });
+
+  console.log("\n== 1. message accept latency");
+  const turns = await benchTurns(database.url, client.sql);
+  console.log("\n== 2. event-log ingest");
+  const ingest = await benchIngest(client);
+
+  const sends = turns.sendSamples;
+  const lines = [
+    "",
+    "================================ summary ================================",
+    `machine            ${os.cpus().length} CPUs, ${process.release.name} ${process.version}; ${database.description}`,
+    `sessions ready     ${sessionCount} in ${secs(turns.readyMillis)}`,
+    `send accepted      n=${sends.length} errors=${turns.sendErrors.length}  p50 ${ms(percentile(sends, 50))}  p95 ${ms(percentile(sends, 95))}  ` +
+      `p99 ${ms(percentile(sends, 99))}  max ${ms(sends.length ? Math.max(...sends) : Number.NaN)}`,
+    `send throughput    ${rate((sends.length / turns.sendWallMillis) * 1000)} messages (${sessionCount} concurrent sessions, wall ${secs(turns.sendWallMillis)})`,
+    `turn drain         ${secs(turns.drainAfterLastSendMillis)} after the last send (${secs(turns.drainTotalMillis)} from the first)`,
+    `turns              ${turns.turns.map((row) => `${row.status}=${row.count}`).join(" ")}`,
+    `turn latency       avg ${ms(turns.turnLatency.avg)}  p50 ${ms(turns.turnLatency.p50)}  p95 ${ms(turns.turnLatency.p95)}  max ${ms(turns.turnLatency.max)}  ` +
+      `(queued avg ${ms(turns.turnLatency.queueAvg)}, running avg ${ms(turns.turnLatency.runAvg)})`,
+    `server shutdown    ${turns.shutdown.signal ?? `exit ${turns.shutdown.exitCode}`} after ${secs(turns.shutdown.millis)}; ${turns.serverWarnings.length} warn/error log lines`,
+    `ingest appendEvents ${rate(ingest.appendEvents.perSecond)} events (${ingest.appendEvents.events} in ${secs(ingest.appendEvents.millis)}; batch p50 ${ms(ingest.appendEvents.batchP50)} p99 ${ms(ingest.appendEvents.batchP99)})`,
+    `ingest raw INSERT  ${rate(ingest.raw.perSecond)} events (${ingest.raw.events} in ${secs(ingest.raw.millis)}; batch p50 ${ms(ingest.raw.batchP50)} p99 ${ms(ingest.raw.batchP99)})`,
+    `ingest ratio       raw / appendEvents = ${(ingest.raw.perSecond / ingest.appendEvents.perSecond).toFixed(2)}x`,
+    `total              ${secs(performance.now() - benchStarted)}`,
+    "=========================================================================",
+  ];
+  console.log(lines.join("\n"));
+  if (turns.sendErrors.length > 0) {
+    const distinct = [...new Set(turns.sendErrors)];
+    console.log(`\nsend errors (${distinct.length} distinct):\n  ${distinct.slice(0, 5).join("\n  ")}`);
+  }
+  if (turns.serverWarnings.length > 0) {
+    console.log(`\nserver warn/error log lines (first 5 of ${turns.serverWarnings.length}):\n  ${turns.serverWarnings.slice(0, 5).join("\n  ")}`);
+  }
+} catch (error) {
+  failed = true;
+  console.error(`\nbench:turns failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
+} finally {
+  await cleanUp();
+}
+process.exit(failed ? 1 : 0);
