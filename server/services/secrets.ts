@@ -18,7 +18,8 @@ const view = (row: typeof secrets.$inferSelect): SecretView => ({
   updatedAt: row.updatedAt,
 });
 
-const associatedData = (teamId: string, agentId: string | null, name: string) => `berth-secret:${teamId}:${agentId ?? "team"}:${name}`;
+/** What a secret's ciphertext is bound to (also used by bin/restore.ts to check the secret key). */
+export const associatedData = (teamId: string, agentId: string | null, name: string) => `berth-secret:${teamId}:${agentId ?? "team"}:${name}`;
 
 /** Team-wide and per-agent secrets, write-only through the API, encrypted at rest. */
 export class SecretService {
