@@ -40,6 +40,8 @@ WORKDIR /app
 # install scripts allowed by package.json's "allowScripts" (the embedded Postgres binaries and
 # esbuild); the npm 10 in the Node 22 image runs all of them, which is fine here.
 COPY package.json package-lock.json ./
+# npm ci's postinstall patches a dependency (see bin/patch-dependencies.mjs): it must be there first.
+COPY bin/patch-dependencies.mjs ./bin/
 RUN npm ci --no-audit --no-fund
 
 COPY . .

@@ -1,5 +1,5 @@
 /**
- * Message and event-log benchmark: `npm run build && npm run bench:turns [-- --sessions 50 --messages 20]`.
+ * Message and event-log benchmark: `npm run build && npm run bench:turns [-- --sessions 50 --messages 20 --interval-ms 1000]`.
  *
  * Prints figures (no assertions), measured in one run on this machine, everything on 127.0.0.1:
  *   1. message accept latency: the built server (`node build/main.js`) on a fresh database; N sessions
@@ -33,10 +33,14 @@ const { values } = parseArgs({
   options: {
     sessions: { type: "string", default: "50" },
     messages: { type: "string", default: "20" },
+    "interval-ms": { type: "string", default: "1000" },
   },
 });
 const sessionCount = Number(values.sessions);
 const messageCount = Number(values.messages);
+/** Each session sends one message per interval (users typing, not a flood); 0 = back to back (saturation). */
+const intervalMs = Number(values["interval-ms"]);
+if (!Number.isInteger(intervalMs) || intervalMs < 0 || intervalMs > 60_000) throw new Error("--interval-ms must be a whole number from 0 to 60000");
 if (!Number.isInteger(sessionCount) || sessionCount < 1 || sessionCount > 500) throw new Error("--sessions must be a whole number from 1 to 500");
 if (!Number.isInteger(messageCount) || messageCount < 1 || messageCount > 1000) throw new Error("--messages must be a whole number from 1 to 1000");
 
@@ -45,7 +49,7 @@ const INGEST_BATCH = 100;
 const INGEST_SECONDS = 10;
 const INGEST_MAX_EVENTS = 200_000;
 const READY_TIMEOUT_MS = 90_000;
-const SEND_TIMEOUT_MS = 60_000;
+const SEND_TIMEOUT_MS = 120_000;
 const DRAIN_TIMEOUT_MS = 75_000;
 const ADMIN_API_KEY = "berth_bench_turns_admin_key_0123456789abcdef";
 
@@ -280,7 +284,9 @@ async function benchTurns(databaseUrl: string, sql: postgres.Sql): Promise<TurnF
     Promise.all(
       sessionIds.map(async (sessionId, index) => {
         const client = clients[index]!;
+        if (intervalMs > 0) await new Promise((resolve) => setTimeout(resolve, Math.random() * intervalMs));
         for (let i = 0; i < messageCount; i++) {
+          if (intervalMs > 0 && i > 0) await new Promise((resolve) => setTimeout(resolve, intervalMs));
           const started = performance.now();
           try {
             await client.sessions.send.mutate({ sessionId, text: `hello ${i}` });
@@ -428,7 +434,7 @@ const benchStarted = performance.now();
 let failed = false;
 try {
   console.log(
-    `Turn and event-log benchmark: ${sessionCount} sessions x ${messageCount} messages; ingest ${INGEST_WRITERS} writers x batches of ${INGEST_BATCH}, ` +
+    `Turn and event-log benchmark: ${sessionCount} sessions x ${messageCount} messages, one per ${intervalMs} ms per session; ingest ${INGEST_WRITERS} writers x batches of ${INGEST_BATCH}, ` +
       `${INGEST_SECONDS} s or ${INGEST_MAX_EVENTS.toLocaleString("en-US")} events each; ${os.cpus().length} CPUs, ${process.release.name} ${process.version}`,
   );
   const database = await prepareDatabase();

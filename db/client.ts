@@ -16,7 +16,10 @@ export function connectDatabase(url: string, options: { max: number; application
   const sql = postgres(url, {
     max: options.max,
     onnotice: () => {},
-    connect_timeout: 10,
+    connect_timeout: 5,
+    // Reconnect quickly after an outage (the driver's default waits up to 20 s between attempts,
+    // and a call queued on such a connection waits with it).
+    backoff: (attempts: number) => Math.min(0.05 * 2 ** attempts, 2),
     // A dead database must fail calls quickly instead of queueing them forever.
     idle_timeout: 60,
     connection: { application_name: options.applicationName ?? "berth" },

@@ -122,7 +122,7 @@ async function stopOrphanedServer(pgDir: string, logger: Logger): Promise<void> 
   }
 }
 
-export async function startEmbeddedPostgres(options: { dataDir: string; logger: Logger }): Promise<EmbeddedPostgres> {
+export async function startEmbeddedPostgres(options: { dataDir: string; logger: Logger; /** Default: a free port. */ port?: number }): Promise<EmbeddedPostgres> {
   const logger = options.logger.child({ component: "embedded-postgres" });
   const dataDir = path.resolve(options.dataDir);
   const pgDir = path.join(dataDir, "pg");
@@ -175,7 +175,7 @@ export async function startEmbeddedPostgres(options: { dataDir: string; logger: 
     }
 
     await stopOrphanedServer(pgDir, logger);
-    const port = await freePort();
+    const port = options.port ?? (await freePort());
     const child: ChildProcess = spawn(
       binaries.postgres,
       ["-D", pgDir, "-p", String(port), "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=", "-c", "max_connections=300"],

@@ -8,6 +8,8 @@ import { allTasks } from "./tasks";
 
 export type JobRunner = {
   isRunning(): boolean;
+  /** Ids of the jobs this process is running right now. */
+  runningJobIds(): string[];
   /** Stops taking jobs, waits for running ones up to the abort timeout, then releases what is left. */
   stop(): Promise<void>;
 };
@@ -40,6 +42,9 @@ export async function startJobRunner(options: JobRunnerOptions): Promise<JobRunn
   const events: WorkerEvents = new EventEmitter();
   events.on("pool:create", ({ workerPool }) => options.onWorkerCreated?.(workerPool.id));
   events.on("worker:create", ({ worker }) => options.onWorkerCreated?.(worker.workerId));
+  const runningJobs = new Set<string>();
+  events.on("job:start", ({ job }) => runningJobs.add(job.id));
+  events.on("job:complete", ({ job }) => runningJobs.delete(job.id));
   events.on("job:error", ({ job, error }) => logger.warn({ jobId: job.id, task: job.task_identifier, attempt: job.attempts, err: error }, "job failed"));
 
   const runner: Runner = await run({
@@ -66,6 +71,7 @@ export async function startJobRunner(options: JobRunnerOptions): Promise<JobRunn
 
   return {
     isRunning: () => running,
+    runningJobIds: () => [...runningJobs],
     async stop() {
       if (!running) return;
       shutdown.abort();

@@ -44,6 +44,10 @@ function printOnce(label: string, value: string, file: string) {
 
 const config = readConfig();
 const logger = createLogger(config.logLevel);
+// A library promise nobody awaited (graphile-worker 0.17 does not retry every connection error when
+// it records a job's end) must not take the whole platform down during a database outage: log it.
+// Work it left half-done is recovered by the liveness watchdog and the retried jobs.
+process.on("unhandledRejection", (reason) => logger.error({ err: reason }, "unhandled promise rejection"));
 const build = locateBuild();
 
 try {

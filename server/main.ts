@@ -84,6 +84,7 @@ export async function startBerth(options: BerthOptions): Promise<RunningBerth> {
     const services = createServices({
       db: database.db,
       sql: database.sql,
+      databaseUrl,
       config,
       logger,
       secretBox: new SecretBox(secretKey),
@@ -116,6 +117,7 @@ export async function startBerth(options: BerthOptions): Promise<RunningBerth> {
     });
     worker.runner = runner;
     cleanups.push(() => runner.stop());
+    services.workerLiveness.startWatchdog(() => runner.runningJobIds());
 
 
     const httpServer: HttpServer = await startHttpServer({

@@ -38,12 +38,10 @@ export class HealthService {
   ) {}
 
   private async databaseState(): Promise<"ok" | "unreachable"> {
-    try {
-      await this.deps.sql`select 1`;
-      return "ok";
-    } catch {
-      return "unreachable";
-    }
+    // A probe must answer quickly even when connecting hangs (a firewalled or restarting database).
+    const probe = this.deps.sql`select 1`.then(() => "ok" as const, () => "unreachable" as const);
+    const timeout = new Promise<"unreachable">((resolve) => setTimeout(() => resolve("unreachable"), 1_500).unref());
+    return Promise.race([probe, timeout]);
   }
 
   /** Whether the LiteLLM Gateway answers an authenticated model listing (cached for 10 s). */

@@ -24,6 +24,7 @@ import { TurnRunner, TurnStore } from "./turns";
 export type ServiceDependencies = {
   db: Database;
   sql: postgres.Sql;
+  databaseUrl: string;
   config: Config;
   logger: Logger;
   secretBox: SecretBox;
@@ -71,7 +72,7 @@ export function createServices(deps: ServiceDependencies) {
     }),
     auth: new AuthService(deps.db, deps.logger.child({ component: "auth" })),
     sandboxes,
-    workerLiveness: new WorkerLiveness(deps.sql, deps.logger.child({ component: "worker-liveness" })),
+    workerLiveness: new WorkerLiveness(deps.sql, deps.logger.child({ component: "worker-liveness" }), { databaseUrl: deps.databaseUrl }),
     forTeam(principal: Principal) {
       return {
         principal,

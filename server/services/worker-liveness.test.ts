@@ -32,10 +32,10 @@ describe("WorkerLiveness", () => {
   it("releases the locks of a process whose connection died, and only those", async () => {
     // The "dead" process: its own connection pool, which we then close, as a crash would.
     const deadSql = postgres(database.url, { max: 2, onnotice: () => {} });
-    const dead = new WorkerLiveness(deadSql, logger);
+    const dead = new WorkerLiveness(deadSql, logger, { databaseUrl: database.url });
     await dead.register();
     dead.recordWorkerId("worker-dead-1");
-    const alive = new WorkerLiveness(sql, logger);
+    const alive = new WorkerLiveness(sql, logger, { databaseUrl: database.url });
     await alive.register();
     alive.recordWorkerId("worker-alive-1");
     await alive.releaseLocksOfDeadWorkers(); // flushes the recorded id; nothing is dead yet
@@ -46,6 +46,8 @@ describe("WorkerLiveness", () => {
     expect(await alive.releaseLocksOfDeadWorkers()).toEqual([]);
     expect(await lockOf(sql, deadJob)).toBe("worker-dead-1");
 
+    // The crash: the lock's backend goes away (the process's sockets would close the same way).
+    await sql`select pg_terminate_backend(${await dead.lockBackendPid()})`;
     await deadSql.end({ timeout: 0 });
     // The server ends the dead backend (and its advisory lock) a moment after the socket closes.
     let released: string[] = [];
@@ -59,10 +61,11 @@ describe("WorkerLiveness", () => {
     const [row] = await sql<{ count: number }[]>`select count(*)::int as count from worker_instances where id = ${dead.id!}`;
     expect(row!.count).toBe(0);
     await alive.unregister();
+    await dead.unregister();
   });
 
   it("releases a lock held by an unregistered worker id only after the grace period", async () => {
-    const liveness = new WorkerLiveness(sql, logger, 60);
+    const liveness = new WorkerLiveness(sql, logger, { databaseUrl: database.url, unknownLockGraceSeconds: 60 });
     await liveness.register();
     const recent = await addLockedJob(sql, "worker-unknown-recent", "5 seconds");
     const old = await addLockedJob(sql, "worker-unknown-old", "5 minutes");

@@ -1,5 +1,5 @@
 import { hostname } from "node:os";
-import type postgres from "postgres";
+import postgres from "postgres";
 import type { Logger } from "../logger";
 
 /** Advisory-lock class id for worker_instances rows (any fixed int, unique to this use). */
@@ -14,32 +14,129 @@ const LIVENESS_LOCK_CLASS = 0x4257;
  * whoever next sweeps can take the lock, and so knows the row's workers are dead and unlocks their jobs.
  */
 export class WorkerLiveness {
-  private connection: postgres.ReservedSql | undefined;
+  /**
+   * The lock's own one-connection client. Not `sql.reserve()`: postgres.js 3.4.9 throws an
+   * uncatchable error when a reserved connection whose backend died is used again (porsager/postgres
+   * #1208), which is exactly what a database restart does; a one-connection pool reconnects instead.
+   */
+  private connection: postgres.Sql | undefined;
   private instanceId: number | undefined;
   private readonly pendingWorkerIds: string[] = [];
   private flushing: Promise<void> = Promise.resolve();
+  private readonly unknownLockGraceSeconds: number;
 
   constructor(
     private readonly sql: postgres.Sql,
     private readonly logger: Logger,
-    /** A lock held by a worker id that no process has registered is released after this long. */
-    private readonly unknownLockGraceSeconds = 60,
-  ) {}
+    private readonly options: {
+      databaseUrl: string;
+      /** A lock held by a worker id that no process has registered is released after this long. */
+      unknownLockGraceSeconds?: number;
+    },
+  ) {
+    this.unknownLockGraceSeconds = options.unknownLockGraceSeconds ?? 60;
+  }
+
+  /** The backend holding the lock (tests end it to play a crashed process). */
+  async lockBackendPid(): Promise<number> {
+    const [row] = await this.connection!<{ pid: number }[]>`select pg_backend_pid() as pid`;
+    return row!.pid;
+  }
 
   get id(): number | undefined {
     return this.instanceId;
   }
 
   async register(): Promise<void> {
-    this.connection = await this.sql.reserve();
+    this.connection = postgres(this.options.databaseUrl, {
+      max: 1,
+      onnotice: () => {},
+      connect_timeout: 5,
+      // The session lock lives as long as the connection: never recycle it on purpose (0 = off).
+      idle_timeout: 0,
+      max_lifetime: 0,
+      connection: { application_name: "berth-liveness" },
+    });
     const [row] = await this.connection<{ id: number }[]>`
       insert into worker_instances (hostname, pid) values (${hostname()}, ${process.pid}) returning id`;
     this.instanceId = row!.id;
     await this.connection`select pg_advisory_lock(${LIVENESS_LOCK_CLASS}, ${this.instanceId})`;
   }
 
+  /**
+   * After a database outage the lock connection may be gone, and with it the lock: this process
+   * would look dead. Takes the same id's lock again on a fresh connection (re-creating the row if a
+   * sweep removed it), so our running jobs are not released to run twice.
+   */
+  async ensureRegistered(): Promise<void> {
+    if (!this.connection || this.instanceId === undefined) return;
+    const holding = await this.connection<{ held: boolean }[]>`
+      select exists (
+        select 1 from pg_locks
+        where locktype = 'advisory' and classid = ${LIVENESS_LOCK_CLASS} and objid = ${this.instanceId} and pid = pg_backend_pid() and granted
+      ) as held`.then(
+      (rows) => rows[0]!.held,
+      () => false,
+    );
+    if (holding) return;
+    this.logger.warn({ instanceId: this.instanceId }, "lost the liveness lock (database connection dropped); taking it again");
+    // The one-connection client has reconnected (or will, on this query): lock again on it.
+    await this.connection`select pg_advisory_lock(${LIVENESS_LOCK_CLASS}, ${this.instanceId})`;
+    await this.connection`
+      insert into worker_instances (id, hostname, pid, worker_ids) values (${this.instanceId}, ${hostname()}, ${process.pid}, ${this.allWorkerIds}::text[])
+      on conflict (id) do update set worker_ids = excluded.worker_ids`;
+  }
+
+  /**
+   * Jobs locked by our own workers that none of them is running: their end could not be recorded
+   * (the database was down when the job finished or failed). Unlocked, they run again; every task
+   * is written to be safe to re-run.
+   */
+  async releaseOwnStaleLocks(runningJobIds: string[]): Promise<number> {
+    if (this.allWorkerIds.length === 0) return 0;
+    return this.sql.begin(async (tx) => {
+      const jobs = await tx<{ id: string }[]>`
+        update graphile_worker._private_jobs set locked_by = null, locked_at = null
+        where locked_by = any(${this.allWorkerIds}::text[]) and not (id = any(${runningJobIds}::bigint[]))
+          and locked_at < now() - interval '5 seconds'
+        returning id::text`;
+      await tx`
+        update graphile_worker._private_job_queues q set locked_by = null, locked_at = null
+        where q.locked_by = any(${this.allWorkerIds}::text[])
+          and not exists (select 1 from graphile_worker._private_jobs j where j.job_queue_id = q.id and j.locked_by is not null)`;
+      if (jobs.length > 0) this.logger.warn({ jobs: jobs.map((job) => job.id) }, "released jobs whose end could not be recorded");
+      return jobs.length;
+    });
+  }
+
+  private watchdog: NodeJS.Timeout | undefined;
+
+  /** Every few seconds: keep the liveness lock and release our own stale job locks (after outages). */
+  startWatchdog(runningJobIds: () => string[], intervalMs = 5_000): void {
+    let busy = false;
+    this.watchdog = setInterval(() => {
+      if (busy) return;
+      busy = true;
+      void (async () => {
+        await this.ensureRegistered();
+        await this.releaseOwnStaleLocks(runningJobIds());
+      })()
+        .catch((error: unknown) => this.logger.debug({ err: error }, "liveness watchdog: database not reachable"))
+        .finally(() => (busy = false));
+    }, intervalMs);
+    this.watchdog.unref();
+  }
+
+  stopWatchdog(): void {
+    clearInterval(this.watchdog);
+  }
+
+  /** Every worker id this process created: restored on the row if a sweep removed it. */
+  private readonly allWorkerIds: string[] = [];
+
   /** Called for each graphile-worker pool and worker id as it is created. */
   recordWorkerId(workerId: string): void {
+    this.allWorkerIds.push(workerId);
     this.pendingWorkerIds.push(workerId);
     this.flushing = this.flushing.then(() => this.flush()).catch((error: unknown) => {
       this.logger.error({ err: error }, "could not record a worker id");
@@ -58,6 +155,7 @@ export class WorkerLiveness {
    * Runs at start-up and from a cron job, so a replica that dies is swept by the survivors.
    */
   async releaseLocksOfDeadWorkers(): Promise<string[]> {
+    await this.ensureRegistered();
     await this.flushing;
     const released = await this.sql.begin(async (tx) => {
       const dead = await tx<{ worker_ids: string[] }[]>`
@@ -83,6 +181,7 @@ export class WorkerLiveness {
    * 0.17 can leave a job aborted at shutdown locked by the pool id), so release it before leaving.
    */
   async unregister(): Promise<void> {
+    this.stopWatchdog();
     if (!this.connection) return;
     const connection = this.connection;
     try {
@@ -93,7 +192,7 @@ export class WorkerLiveness {
         select graphile_worker.force_unlock_workers(worker_ids) from gone where cardinality(worker_ids) > 0`;
       await connection`select pg_advisory_unlock(${LIVENESS_LOCK_CLASS}, ${this.instanceId!})`;
     } finally {
-      connection.release();
+      await connection.end({ timeout: 5 });
     }
   }
 }

@@ -1,7 +1,7 @@
 import { initTRPC, TRPCError } from "@trpc/server";
 import superjson from "superjson";
 import { ZodError } from "zod";
-import { DomainError } from "../services/errors";
+import { DomainError, isDatabaseUnavailable } from "../services/errors";
 import type { TrpcContext } from "./context";
 
 const t = initTRPC.context<TrpcContext>().create({
@@ -39,6 +39,9 @@ const domainErrors = t.middleware(async ({ next }) => {
   if (!result.ok && result.error.cause instanceof DomainError) {
     const cause = result.error.cause;
     throw new TRPCError({ code: DOMAIN_TO_TRPC[cause.kind], message: cause.message, cause });
+  }
+  if (!result.ok && isDatabaseUnavailable(result.error)) {
+    throw new TRPCError({ code: "SERVICE_UNAVAILABLE", message: "the database is unavailable; try again shortly", cause: result.error });
   }
   return result;
 });
