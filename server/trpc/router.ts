@@ -3,6 +3,7 @@ import { agentsRouter } from "./routers/agents";
 import { apiKeysRouter } from "./routers/api-keys";
 import { auditRouter } from "./routers/audit";
 import { authRouter } from "./routers/auth";
+import { jobsRouter } from "./routers/jobs";
 import { secretsRouter } from "./routers/secrets";
 import { sessionsRouter } from "./routers/sessions";
 import { systemRouter } from "./routers/system";
@@ -17,6 +18,7 @@ export const appRouter = router({
   secrets: secretsRouter,
   audit: auditRouter,
   sessions: sessionsRouter,
+  jobs: jobsRouter,
 });
 
 export type AppRouter = typeof appRouter;
