@@ -1,12 +1,19 @@
 import type { LoaderFunctionArgs, MetaFunction } from "@remix-run/node";
-import { useLoaderData } from "@remix-run/react";
+import { Link, redirect, useLoaderData } from "@remix-run/react";
 import { useQuery } from "@tanstack/react-query";
 import { useTRPC } from "../lib/trpc";
 
 export const meta: MetaFunction = () => [{ title: "Berth" }];
 
+/** The public front page: the system's health, and the way in. Signed-in users go to their sessions. */
 export async function loader({ request, context }: LoaderFunctionArgs) {
-  return { health: await context.trpcCaller(request).system.health() };
+  const caller = context.trpcCaller(request);
+  const signedIn = await caller.auth
+    .me()
+    .then(() => true)
+    .catch(() => false);
+  if (signedIn) throw redirect("/sessions");
+  return { health: await caller.system.health() };
 }
 
 function StatusRow({ label, value, good }: { label: string; value: string; good: boolean }) {
@@ -28,11 +35,16 @@ export default function Home() {
     trpc.system.health.queryOptions(undefined, { initialData: initial.health, refetchInterval: 10_000 }),
   );
   return (
-    <main className="page">
+    <main className="page page-narrow">
       <header className="masthead">
         <h1>Berth</h1>
         <p className="tagline">Self-hosted orchestration for stateful AI agents</p>
       </header>
+      <p>
+        <Link to="/login" className="button button-primary">
+          Sign in to the dashboard
+        </Link>
+      </p>
       <section className="card" aria-labelledby="system-heading">
         <h2 id="system-heading">System</h2>
         <dl className="status-list">

@@ -1,0 +1,157 @@
+import type { LoaderFunctionArgs } from "@remix-run/node";
+import { NavLink, Outlet, isRouteErrorResponse, redirect, useLoaderData, useRouteError, type ShouldRevalidateFunction } from "@remix-run/react";
+import { useMutation, useQueryClient } from "@tanstack/react-query";
+import { useState } from "react";
+import { ErrorState, MutationError } from "../components/ui";
+import { useAppData } from "../lib/app-data";
+import { markSigningOut } from "../lib/errors";
+import { useTRPC } from "../lib/trpc";
+import { atLeast, type Role } from "../lib/types";
+
+/**
+ * The signed-in part of the dashboard: every page below needs a login. The loader asks the API who
+ * is calling (the same procedure the browser would) and sends anyone else to the login page.
+ */
+export async function loader({ request, context }: LoaderFunctionArgs) {
+  const caller = context.trpcCaller(request);
+  try {
+    const [me, team] = await Promise.all([caller.auth.me(), caller.teams.get()]);
+    return { me, team };
+  } catch (error) {
+    if ((error as { code?: string }).code === "UNAUTHORIZED") {
+      const url = new URL(request.url);
+      throw redirect(`/login?next=${encodeURIComponent(url.pathname + url.search)}`);
+    }
+    throw error;
+  }
+}
+
+/** Who is signed in does not change by moving between pages (a team switch reloads the whole page). */
+export const shouldRevalidate: ShouldRevalidateFunction = ({ currentUrl, nextUrl, defaultShouldRevalidate }) =>
+  currentUrl.href === nextUrl.href ? defaultShouldRevalidate : false;
+
+const NAV: Array<{ to: string; label: string; role: Role }> = [
+  { to: "/sessions", label: "Sessions", role: "member" },
+  { to: "/agents", label: "Agents", role: "member" },
+  { to: "/secrets", label: "Secrets", role: "member" },
+  { to: "/api-keys", label: "API keys", role: "admin" },
+  { to: "/members", label: "Members", role: "member" },
+  { to: "/audit", label: "Audit log", role: "admin" },
+  { to: "/jobs", label: "Jobs", role: "admin" },
+  { to: "/system", label: "System", role: "member" },
+];
+
+function TeamSwitcher() {
+  const { me, team } = useAppData();
+  const trpc = useTRPC();
+  const [selected, setSelected] = useState(team.id);
+  const switchTeam = useMutation(
+    trpc.auth.switchTeam.mutationOptions({
+      // A full load: every page, query and loader starts over in the new team.
+      onSuccess: () => window.location.assign("/sessions"),
+    }),
+  );
+  if (me.teams.length < 2) {
+    return (
+      <div className="team-name" title={`Team ${team.slug}`}>
+        <span className="muted small">Team</span>
+        <strong>{team.name}</strong>
+      </div>
+    );
+  }
+  return (
+    <div className="team-switcher">
+      <label htmlFor="team-switcher" className="muted small">
+        Team
+      </label>
+      <select
+        id="team-switcher"
+        value={selected}
+        disabled={switchTeam.isPending}
+        onChange={(event) => {
+          setSelected(event.target.value);
+          switchTeam.mutate({ teamId: event.target.value });
+        }}
+      >
+        {me.teams.map((option) => (
+          <option key={option.id} value={option.id}>
+            {option.name}
+          </option>
+        ))}
+      </select>
+      <MutationError error={switchTeam.error} />
+    </div>
+  );
+}
+
+function SignOut() {
+  const trpc = useTRPC();
+  const queryClient = useQueryClient();
+  const logout = useMutation(
+    trpc.auth.logout.mutationOptions({
+      onMutate: () => markSigningOut(),
+      onSettled: () => {
+        queryClient.clear();
+        window.location.assign("/login");
+      },
+    }),
+  );
+  return (
+    <button type="button" className="button button-quiet" onClick={() => logout.mutate()} disabled={logout.isPending}>
+      {logout.isPending ? "Signing out…" : "Sign out"}
+    </button>
+  );
+}
+
+export default function AppLayout() {
+  const { me, team } = useLoaderData<typeof loader>();
+  return (
+    <div className="shell">
+      <a className="skip-link" href="#main">
+        Skip to content
+      </a>
+      <aside className="sidebar">
+        <NavLink to="/sessions" className="brand" aria-label="Berth: sessions">
+          <span className="brand-mark" aria-hidden="true">
+            ⚓
+          </span>
+          <span>Berth</span>
+        </NavLink>
+        <nav aria-label="Dashboard" className="nav">
+          <ul>
+            {NAV.filter((item) => atLeast(me.role, item.role)).map((item) => (
+              <li key={item.to}>
+                <NavLink to={item.to} prefetch="intent" className={({ isActive }) => (isActive ? "nav-link active" : "nav-link")}>
+                  {item.label}
+                </NavLink>
+              </li>
+            ))}
+          </ul>
+        </nav>
+        <div className="sidebar-account">
+          <TeamSwitcher />
+          <span className="badge badge-neutral role-badge" title={`Your role in ${team.name}`}>
+            {me.role}
+          </span>
+          <SignOut />
+        </div>
+      </aside>
+      <main id="main" className="content" tabIndex={-1}>
+        <Outlet />
+      </main>
+    </div>
+  );
+}
+
+export function ErrorBoundary() {
+  const error = useRouteError();
+  return (
+    <main className="page">
+      <ErrorState
+        title="This page could not be shown"
+        error={isRouteErrorResponse(error) ? new Error(`${error.status} ${error.statusText}`) : error}
+        onRetry={() => window.location.reload()}
+      />
+    </main>
+  );
+}
