@@ -1,0 +1,400 @@
+import type { MetaFunction } from "@remix-run/node";
+import { Link, useParams } from "@remix-run/react";
+import { useMutation, useQuery } from "@tanstack/react-query";
+import { useEffect, useLayoutEffect, useMemo, useRef, useState, type FormEvent, type KeyboardEvent } from "react";
+import { StreamingMessage, Timeline, buildTimeline } from "../components/session-timeline";
+import { Badge, ConfirmButton, Detail, Empty, ErrorState, Loading, Notice, StatusBadge } from "../components/ui";
+import { errorCode, errorMessage } from "../lib/errors";
+import { formatCost, formatDateTime, formatNumber, shortId, timeAgo } from "../lib/format";
+import { useNow } from "../lib/hooks";
+import { useTRPC } from "../lib/trpc";
+import { SESSION_STATUSES, type SessionDetail, type SessionStatus, type StoredEvent } from "../lib/types";
+import { useSessionFollow, type Connection } from "../lib/use-session-follow";
+
+export const meta: MetaFunction = () => [{ title: "Session · Berth" }];
+
+/** The browser's connection to the live stream (not the session's own state). */
+const CONNECTION_LABEL: Record<Connection, string> = {
+  connecting: "Connecting…",
+  live: "Live",
+  reconnecting: "Connection lost, retrying…",
+  failed: "Disconnected",
+};
+
+function ConnectionIndicator({ connection, onRetry }: { connection: Connection; onRetry: () => void }) {
+  return (
+    <span className={`connection connection-${connection}`} data-testid="connection" data-state={connection} title="Live updates from the server">
+      <span className="badge-dot" aria-hidden="true" />
+      <span>{CONNECTION_LABEL[connection]}</span>
+      {connection === "failed" ? (
+        <button type="button" className="button button-small" onClick={onRetry}>
+          Retry
+        </button>
+      ) : null}
+    </span>
+  );
+}
+
+type Pending = { key: string; text: string; seq?: number; error?: unknown };
+
+function newKey(): string {
+  return typeof crypto.randomUUID === "function" ? crypto.randomUUID() : `${Date.now()}-${Math.random().toString(36).slice(2)}`;
+}
+
+function Composer({ status, onSend }: { status: SessionStatus | undefined; onSend: (text: string) => void }) {
+  const [text, setText] = useState("");
+  const closed = status === "terminated" || status === "failed";
+
+  function submit(event?: FormEvent) {
+    event?.preventDefault();
+    const message = text.trim();
+    if (!message || closed) return;
+    onSend(message);
+    setText("");
+  }
+
+  function onKeyDown(event: KeyboardEvent<HTMLTextAreaElement>) {
+    if (event.key === "Enter" && !event.shiftKey && !event.nativeEvent.isComposing) {
+      event.preventDefault();
+      submit();
+    }
+  }
+
+  return (
+    <form className="composer" onSubmit={submit} aria-label="Send a message">
+      <label htmlFor="composer-text" className="visually-hidden">
+        Message
+      </label>
+      <textarea
+        id="composer-text"
+        rows={2}
+        value={text}
+        disabled={closed}
+        placeholder={closed ? (status === "failed" ? "This session failed: restart it to send messages." : "This session is terminated.") : "Message the agent…  (try: run: ls -la)"}
+        onChange={(event) => setText(event.target.value)}
+        onKeyDown={onKeyDown}
+        aria-describedby="composer-hint"
+      />
+      <div className="composer-side">
+        <button type="submit" className="button button-primary" disabled={closed || text.trim().length === 0}>
+          Send
+        </button>
+        <small id="composer-hint" className="muted hide-sm">
+          Enter sends · Shift+Enter: new line
+        </small>
+      </div>
+    </form>
+  );
+}
+
+function SessionFacts({ session, status }: { session: SessionDetail; status: SessionStatus }) {
+  const trpc = useTRPC();
+  const now = useNow();
+  // On narrow screens the details sit above the conversation, folded away until asked for.
+  const [open, setOpen] = useState(false);
+  const agent = useQuery(trpc.agents.get.queryOptions({ agentId: session.agentId, version: session.agentVersion }, { staleTime: Infinity }));
+  const sandbox = session.sandbox;
+  return (
+    <aside className={open ? "session-side card open" : "session-side card"} aria-label="Session details">
+      <div className="session-side-head">
+        <h2 className="card-title">Details</h2>
+        <button type="button" className="button button-small session-side-toggle" aria-expanded={open} aria-controls="session-details" onClick={() => setOpen((value) => !value)}>
+          {open ? "Hide" : "Show"}
+        </button>
+      </div>
+      <p className="session-side-summary muted small">
+        {sandbox ? `Sandbox generation ${sandbox.generation} · ${sandbox.status}` : "No sandbox yet"} · {formatNumber(session.promptTokens + session.completionTokens)} tokens ·{" "}
+        {formatCost(session.costUsd)}
+      </p>
+      <dl className="details" id="session-details">
+        <Detail label="Agent">
+          {agent.data ? (
+            <>
+              <Link to={`/agents/${session.agentId}`}>{agent.data.name}</Link> <span className="muted">v{session.agentVersion}</span>
+              <div className="small">
+                <span className="mono">{agent.data.model}</span> {agent.data.isDemo ? <Badge tone="info">offline demo</Badge> : null}
+              </div>
+            </>
+          ) : agent.isError ? (
+            <span className="muted">{errorCode(agent.error) === "NOT_FOUND" ? "deleted agent" : "unavailable"}</span>
+          ) : (
+            <span className="muted">…</span>
+          )}
+        </Detail>
+        <Detail label="Status">
+          <StatusBadge status={status} />
+          {session.statusReason ? <div className="muted small">{session.statusReason}</div> : null}
+        </Detail>
+        <Detail label="Sandbox">
+          {sandbox ? (
+            <div data-testid="sandbox-facts">
+              <div>
+                generation <strong data-testid="sandbox-generation">{sandbox.generation}</strong> · <span data-testid="sandbox-state">{sandbox.status}</span>
+              </div>
+              <div className="muted small mono" title={sandbox.name}>
+                {sandbox.backend} · {sandbox.name}
+              </div>
+              {sandbox.hostPid ? <div className="muted small">host PID {sandbox.hostPid}</div> : null}
+              {sandbox.readyAt ? <div className="muted small">ready {timeAgo(sandbox.readyAt, now)}{sandbox.fromWarmPool ? " (warm pool)" : ""}</div> : null}
+              {sandbox.endReason ? <div className="muted small">ended: {sandbox.endReason}</div> : null}
+            </div>
+          ) : (
+            <span className="muted">not provisioned yet</span>
+          )}
+        </Detail>
+        <Detail label="Usage">
+          <div data-testid="usage">
+            {formatNumber(session.promptTokens)} prompt · {formatNumber(session.completionTokens)} completion
+          </div>
+          <div className="muted small">cost {formatCost(session.costUsd)}</div>
+        </Detail>
+        <Detail label="Started">
+          <span title={formatDateTime(session.createdAt)}>{timeAgo(session.createdAt, now)}</span>
+        </Detail>
+        <Detail label="Last activity">
+          <span title={formatDateTime(session.lastActivityAt)}>{timeAgo(session.lastActivityAt, now)}</span>
+        </Detail>
+        <Detail label="ID">
+          <span className="mono small">{session.id}</span>
+        </Detail>
+      </dl>
+    </aside>
+  );
+}
+
+function SessionActions({ session, status }: { session: SessionDetail; status: SessionStatus }) {
+  const trpc = useTRPC();
+  const [notice, setNotice] = useState<string | null>(null);
+  const options = { onSuccess: () => setNotice(null) };
+  const abort = useMutation(trpc.sessions.abort.mutationOptions({ onSuccess: (result) => setNotice(result.aborted ? "Abort requested." : "Nothing was running.") }));
+  const restart = useMutation(trpc.sessions.restart.mutationOptions(options));
+  const terminate = useMutation(trpc.sessions.terminate.mutationOptions(options));
+  const final = status === "terminated";
+  const error = abort.error ?? restart.error ?? terminate.error;
+  return (
+    <div className="session-actions">
+      <div className="button-row" role="group" aria-label="Session controls">
+        <button type="button" className="button" disabled={status !== "running" || abort.isPending} onClick={() => abort.mutate({ sessionId: session.id })}>
+          Abort
+        </button>
+        <button type="button" className="button" disabled={final || restart.isPending} onClick={() => restart.mutate({ sessionId: session.id })} title="Start a new sandbox generation (the workspace is kept)">
+          {restart.isPending ? "Restarting…" : "Restart"}
+        </button>
+        <ConfirmButton label="Terminate" confirmLabel="Confirm terminate" disabled={final} pending={terminate.isPending} onConfirm={() => terminate.mutate({ sessionId: session.id })} />
+      </div>
+      <div className="session-actions-message" aria-live="polite">
+        {error ? <span className="field-error">{errorMessage(error)}</span> : notice ? <span className="muted small">{notice}</span> : null}
+      </div>
+    </div>
+  );
+}
+
+const HOLD_RECONNECTING_MS = 1_500;
+
+/**
+ * A reconnect can be over in a few hundred milliseconds, its status events landing in one frame: the
+ * header then says "reconnecting" for a moment after a fresh (under 10 s old) reconnect, so it is seen.
+ */
+function useRecentReconnect(events: StoredEvent[]): boolean {
+  const [until, setUntil] = useState(0);
+  const checkedSeq = useRef(0);
+  useEffect(() => {
+    for (let index = events.length - 1; index >= 0 && events[index]!.seq > checkedSeq.current; index--) {
+      const event = events[index]!;
+      if (event.type === "status" && (event.payload as { to: string }).to === "reconnecting" && Date.now() - new Date(event.createdAt).getTime() < 10_000) {
+        setUntil(Date.now() + HOLD_RECONNECTING_MS);
+        break;
+      }
+    }
+    checkedSeq.current = events[events.length - 1]?.seq ?? 0;
+  }, [events]);
+  useEffect(() => {
+    if (until === 0) return;
+    const timer = setTimeout(() => setUntil(0), Math.max(0, until - Date.now()));
+    return () => clearTimeout(timer);
+  }, [until]);
+  return until > 0;
+}
+
+/** useLayoutEffect in the browser (before paint, so no visible jump); nothing to do on the server. */
+const useBrowserLayoutEffect = typeof document === "undefined" ? useEffect : useLayoutEffect;
+
+/** Keeps the page scrolled to the newest entry while the reader is at the bottom; leaves it alone otherwise. */
+function usePinnedToBottom(dependencies: unknown[]) {
+  const pinned = useRef(true);
+  const [showJump, setShowJump] = useState(false);
+  useEffect(() => {
+    const onScroll = () => {
+      const atBottom = window.innerHeight + window.scrollY >= document.documentElement.scrollHeight - 120;
+      pinned.current = atBottom;
+      if (atBottom) setShowJump(false);
+    };
+    window.addEventListener("scroll", onScroll, { passive: true });
+    return () => window.removeEventListener("scroll", onScroll);
+  }, []);
+  useBrowserLayoutEffect(() => {
+    if (pinned.current) window.scrollTo({ top: document.documentElement.scrollHeight });
+    else setShowJump(true);
+  }, dependencies);
+  // Content that grows without new entries (details loading, an output expanding) keeps a pinned reader at the bottom.
+  useEffect(() => {
+    if (typeof ResizeObserver === "undefined") return;
+    const observer = new ResizeObserver(() => {
+      if (pinned.current) window.scrollTo({ top: document.documentElement.scrollHeight });
+    });
+    observer.observe(document.body);
+    return () => observer.disconnect();
+  }, []);
+  return {
+    showJump,
+    jump: () => {
+      pinned.current = true;
+      setShowJump(false);
+      window.scrollTo({ top: document.documentElement.scrollHeight, behavior: "smooth" });
+    },
+  };
+}
+
+export default function SessionPage() {
+  const { sessionId = "" } = useParams();
+  const trpc = useTRPC();
+  const session = useQuery(trpc.sessions.get.queryOptions({ sessionId }, { refetchInterval: 15_000 }));
+  const follow = useSessionFollow(sessionId);
+  const [pending, setPending] = useState<Pending[]>([]);
+  const send = useMutation(trpc.sessions.send.mutationOptions());
+
+  const entries = useMemo(() => buildTimeline(follow.events), [follow.events]);
+
+  // Status and usage come from the log as they happen; the session row (sandbox, totals) follows them.
+  const latest = useMemo(() => {
+    let status: { seq: number; to: string } | null = null;
+    let usage = 0;
+    for (let index = follow.events.length - 1; index >= 0 && (!status || !usage); index--) {
+      const event = follow.events[index]!;
+      if (!status && event.type === "status") status = { seq: event.seq, to: (event.payload as { to: string }).to };
+      if (!usage && event.type === "usage") usage = event.seq;
+    }
+    return { status, usage };
+  }, [follow.events]);
+  const { refetch } = session;
+  useEffect(() => {
+    if (latest.status || latest.usage) void refetch();
+  }, [latest.status?.seq, latest.usage, refetch]);
+
+  // A sent message stays shown as pending until the stream delivers it (no flicker, no gap).
+  useEffect(() => {
+    setPending((current) => {
+      const kept = current.filter((item) => item.seq === undefined || item.seq > follow.lastSeq);
+      return kept.length === current.length ? current : kept;
+    });
+  }, [follow.lastSeq]);
+  const lastSeqRef = useRef(follow.lastSeq);
+  lastSeqRef.current = follow.lastSeq;
+  const upsert = (item: Pending) =>
+    setPending((current) => {
+      if (item.seq !== undefined && item.seq <= lastSeqRef.current) return current.filter((other) => other.key !== item.key);
+      return current.some((other) => other.key === item.key) ? current.map((other) => (other.key === item.key ? item : other)) : [...current, item];
+    });
+  /** Sends (or re-sends) a message; the idempotency key makes a retry land once. */
+  const deliver = (item: Pending) => {
+    upsert({ key: item.key, text: item.text });
+    send.mutateAsync({ sessionId, text: item.text, idempotencyKey: item.key }).then(
+      (result) => upsert({ key: item.key, text: item.text, seq: result.seq }),
+      (error: unknown) => upsert({ key: item.key, text: item.text, error }),
+    );
+  };
+
+  const jump = usePinnedToBottom([entries.length, follow.streaming?.text.length, pending.length, follow.started]);
+
+  const statusFromLog = latest.status && (SESSION_STATUSES as string[]).includes(latest.status.to) ? (latest.status.to as SessionStatus) : undefined;
+  const status = statusFromLog ?? session.data?.status;
+  const recentReconnect = useRecentReconnect(follow.events);
+  const headerStatus = recentReconnect && status !== "terminated" && status !== "failed" ? "reconnecting" : status;
+
+  if (session.isError && !session.data) {
+    return (
+      <div className="page">
+        <p className="breadcrumb">
+          <Link to="/sessions">Sessions</Link>
+        </p>
+        {errorCode(session.error) === "NOT_FOUND" ? (
+          <Empty title="Session not found">It does not exist, or it belongs to another team.</Empty>
+        ) : (
+          <ErrorState error={session.error} onRetry={() => void session.refetch()} />
+        )}
+      </div>
+    );
+  }
+
+  return (
+    <div className="page page-wide session-page">
+      <header className="session-header">
+        <div className="session-title">
+          <p className="breadcrumb">
+            <Link to="/sessions">Sessions</Link> <span aria-hidden="true">/</span> <span className="mono">{shortId(sessionId)}</span>
+          </p>
+          <h1>{session.data ? session.data.title || "Untitled session" : "Session"}</h1>
+          <div className="session-status-row">
+            <span data-testid="session-status">{headerStatus ? <StatusBadge status={headerStatus} /> : <span className="badge badge-neutral">…</span>}</span>
+            <ConnectionIndicator connection={follow.connection} onRetry={follow.retry} />
+            <span className="sr-only-live visually-hidden" aria-live="polite">
+              {headerStatus ? `Session ${headerStatus}` : ""}
+            </span>
+          </div>
+        </div>
+        {session.data && status ? <SessionActions session={session.data} status={status} /> : null}
+      </header>
+
+      <div className="session-body">
+        <section className="timeline" aria-label="Conversation" data-testid="timeline" data-last-seq={follow.lastSeq} data-events={follow.events.length}>
+          {!follow.started && follow.events.length === 0 ? (
+            follow.connection === "failed" ? (
+              <ErrorState error={follow.error} onRetry={follow.retry} title="Could not follow this session" />
+            ) : (
+              <Loading label="Loading the conversation" rows={4} />
+            )
+          ) : entries.length === 0 && pending.length === 0 ? (
+            <Empty title="Nothing here yet">Send a message below. With the offline demo model, <code>run: echo hello</code> runs a command in the sandbox.</Empty>
+          ) : null}
+          <Timeline entries={entries} running={status === "running"} />
+          {follow.streaming ? <StreamingMessage text={follow.streaming.text} /> : null}
+          {pending.map((item) => (
+            <article key={item.key} className="message message-user message-pending" aria-busy={!item.error}>
+              <header className="message-head">
+                <span>You</span>
+                <span className="muted small">{item.error ? "not sent" : "sending…"}</span>
+              </header>
+              <div className="message-text">{item.text}</div>
+              {item.error ? (
+                <div className="pending-error">
+                  <Notice kind="error">{errorMessage(item.error)}</Notice>
+                  <div className="button-row">
+                    <button type="button" className="button button-small" onClick={() => deliver(item)}>
+                      Retry
+                    </button>
+                    <button type="button" className="button button-small button-quiet" onClick={() => setPending((current) => current.filter((other) => other.key !== item.key))}>
+                      Discard
+                    </button>
+                  </div>
+                </div>
+              ) : null}
+            </article>
+          ))}
+          {follow.connection === "reconnecting" ? (
+            <p className="timeline-note muted small" role="status">
+              Connection lost; resuming from event {follow.lastSeq}…
+            </p>
+          ) : null}
+        </section>
+        {session.data && status ? <SessionFacts session={session.data} status={status} /> : session.isPending ? <aside className="session-side card"><Loading rows={4} /></aside> : null}
+      </div>
+
+      {jump.showJump ? (
+        <button type="button" className="button jump-latest" onClick={jump.jump}>
+          ↓ Latest
+        </button>
+      ) : null}
+      <Composer status={status} onSend={(text) => deliver({ key: newKey(), text })} />
+    </div>
+  );
+}
