@@ -258,14 +258,49 @@ describe("web dashboard", () => {
     await expectTimelineMatchesLog();
   });
 
+  it("aborts a running command, and restarts the sandbox", async () => {
+    await page.getByLabel("Message", { exact: true }).fill("run: sleep 60");
+    await page.keyboard.press("Enter");
+    const running = page.getByTestId("tool-call").filter({ hasText: "sleep 60" });
+    await running.locator(".tool-state", { hasText: "running" }).waitFor({ timeout: 20_000 });
+    expect(await sessionStatus()).toBe("running");
+    await shot("session-running");
+    await page.getByRole("button", { name: "Abort" }).click();
+    await running.getByTestId("tool-output").filter({ hasText: /aborted/ }).waitFor({ timeout: 20_000 });
+    await page.locator(".event-error", { hasText: "aborted" }).waitFor();
+    await expect.poll(sessionStatus, { timeout: 20_000 }).toBe("ready");
+
+    const generation = (await api.sessions.get.query({ sessionId })).sandbox!.generation;
+    await page.getByRole("button", { name: "Restart" }).click();
+    await page.getByTestId("sandbox-generation").filter({ hasText: new RegExp(`^${generation + 1}$`) }).waitFor({ timeout: 20_000 });
+    await expect.poll(sessionStatus, { timeout: 20_000 }).toBe("ready");
+    await expectTimelineMatchesLog();
+  });
+
+  it("terminates a session after a confirmation, and closes its composer", async () => {
+    const agents = await api.agents.list.query({ limit: 1 });
+    const doomed = await api.sessions.create.mutate({ agentId: agents.items[0]!.id, title: "Short-lived" });
+    await visit(`/sessions/${doomed.id}`);
+    await page.locator('[data-testid=session-status] [data-status="ready"]').waitFor({ timeout: 30_000 });
+    await page.getByRole("button", { name: "Terminate" }).click();
+    expect((await api.sessions.get.query({ sessionId: doomed.id })).status).toBe("ready");
+    await page.getByRole("button", { name: "Confirm terminate" }).click();
+    await expect.poll(sessionStatus, { timeout: 20_000 }).toBe("terminated");
+    expect(await page.getByLabel("Message", { exact: true }).isDisabled()).toBe(true);
+    expect(await page.getByRole("button", { name: "Restart" }).isDisabled()).toBe(true);
+    await shot("session-terminated");
+  });
+
   it("lists sessions with filters", async () => {
     await visit("/sessions");
     await page.getByRole("row").filter({ hasText: "demo-agent" }).first().waitFor();
     await shot("sessions");
-    await page.getByLabel("Status").selectOption("terminated");
+    await page.getByLabel("Status").selectOption("failed");
     await page.getByText("No sessions match these filters").waitFor();
-    await page.getByLabel("Status").selectOption("ready");
-    await page.getByRole("row").filter({ hasText: "demo-agent" }).first().waitFor();
+    await page.getByLabel("Status").selectOption("terminated");
+    await page.getByRole("row").filter({ hasText: "Short-lived" }).waitFor();
+    expect(await page.getByRole("row").filter({ hasText: "Untitled session" }).count()).toBe(0);
+    await page.getByLabel("Status").selectOption("");
   });
 
   it("sets and deletes secrets, showing names only", async () => {
