@@ -42,6 +42,23 @@ describe("loadConfig", () => {
     expect(message).not.toContain("short-secret");
   });
 
+  it("reads the Kubernetes backend settings, and requires the sandbox image for it", () => {
+    expect(loadConfig({}).kubernetes).toEqual({
+      namespace: "berth",
+      image: undefined,
+      runtimeClassName: undefined,
+      daemonPort: 8080,
+      workspaceSize: "5Gi",
+      storageClassName: undefined,
+      readyTimeoutMs: 180_000,
+    });
+    const config = loadConfig({ BERTH_SANDBOX_BACKEND: "kubernetes", BERTH_SANDBOX_IMAGE: "berth:1", BERTH_K8S_NAMESPACE: "agents", BERTH_K8S_RUNTIME_CLASS: "gvisor", BERTH_SANDBOX_DAEMON_PORT: "9000" });
+    expect(config.kubernetes).toMatchObject({ namespace: "agents", image: "berth:1", runtimeClassName: "gvisor", daemonPort: 9000 });
+    expect(problemsOf({ BERTH_SANDBOX_BACKEND: "kubernetes" })).toContain("BERTH_SANDBOX_IMAGE is required when BERTH_SANDBOX_BACKEND=kubernetes");
+    expect(problemsOf({ BERTH_K8S_NAMESPACE: "Not_A_Namespace" })).toContain("BERTH_K8S_NAMESPACE must be a Kubernetes namespace name");
+    expect(problemsOf({ BERTH_K8S_WORKSPACE_SIZE: "lots" })).toContain("BERTH_K8S_WORKSPACE_SIZE must be a Kubernetes quantity");
+  });
+
   it("accepts a 32-byte secret key as hex or base64", () => {
     const hex = "ab".repeat(32);
     expect(loadConfig({ BERTH_SECRET_KEY: hex }).secretKey?.toString("hex")).toBe(hex);

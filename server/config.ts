@@ -88,6 +88,24 @@ const environmentSchema = z.object({
     .refine((value) => /^\d+$/.test(value) && Number(value) <= 10, { message: "must be a whole number from 0 to 10" })
     .transform(Number),
   BERTH_SANDBOX_BACKEND: z.enum(["local", "kubernetes"]).default("local"),
+  BERTH_K8S_NAMESPACE: z
+    .string()
+    .default("berth")
+    .refine((value) => /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(value), { message: "must be a Kubernetes namespace name (DNS label)" }),
+  BERTH_SANDBOX_IMAGE: optionalString,
+  BERTH_K8S_RUNTIME_CLASS: optionalString.pipe(
+    z
+      .string()
+      .regex(/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/, "must be a RuntimeClass name")
+      .optional(),
+  ),
+  BERTH_SANDBOX_DAEMON_PORT: port(8080),
+  BERTH_K8S_WORKSPACE_SIZE: z
+    .string()
+    .default("5Gi")
+    .refine((value) => /^\d+(\.\d+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$/.test(value), { message: "must be a Kubernetes quantity such as 5Gi" }),
+  BERTH_K8S_STORAGE_CLASS: optionalString,
+  BERTH_K8S_READY_TIMEOUT_MS: positiveInt(180_000, 3_600_000),
   BERTH_WARM_POOL_SIZE: z
     .string()
     .default("2")
@@ -116,6 +134,16 @@ export type Config = {
   /** Per model call: whole-attempt timeout, silence between streamed chunks, retries before the stream starts. */
   gatewayTimeouts: { requestMs: number; idleMs: number; maxRetries: number };
   sandboxBackend: "local" | "kubernetes";
+  /** Kubernetes backend (agent-sandbox). `image` is required when sandboxBackend is kubernetes. */
+  kubernetes: {
+    namespace: string;
+    image: string | undefined;
+    runtimeClassName: string | undefined;
+    daemonPort: number;
+    workspaceSize: string;
+    storageClassName: string | undefined;
+    readyTimeoutMs: number;
+  };
   /** Local backend: idle pre-started jails kept per network mode. */
   warmPoolSize: number;
   /** Local backend without bubblewrap: no isolation at all. For machines where bwrap cannot run. */
@@ -165,6 +193,9 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   if (parsed.LITELLM_API_KEY && !parsed.LITELLM_BASE_URL) {
     throw new ConfigError(["LITELLM_API_KEY is set but LITELLM_BASE_URL is not"]);
   }
+  if (parsed.BERTH_SANDBOX_BACKEND === "kubernetes" && !parsed.BERTH_SANDBOX_IMAGE) {
+    throw new ConfigError(["BERTH_SANDBOX_IMAGE is required when BERTH_SANDBOX_BACKEND=kubernetes (the Berth image, which carries the sandbox daemon)"]);
+  }
   return {
     nodeEnv: parsed.NODE_ENV,
     port: parsed.PORT,
@@ -178,6 +209,15 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     gateway: parsed.LITELLM_BASE_URL ? { baseUrl: parsed.LITELLM_BASE_URL, apiKey: parsed.LITELLM_API_KEY } : undefined,
     gatewayTimeouts: { requestMs: parsed.BERTH_GATEWAY_TIMEOUT_MS, idleMs: parsed.BERTH_GATEWAY_IDLE_TIMEOUT_MS, maxRetries: parsed.BERTH_GATEWAY_MAX_RETRIES },
     sandboxBackend: parsed.BERTH_SANDBOX_BACKEND,
+    kubernetes: {
+      namespace: parsed.BERTH_K8S_NAMESPACE,
+      image: parsed.BERTH_SANDBOX_IMAGE,
+      runtimeClassName: parsed.BERTH_K8S_RUNTIME_CLASS,
+      daemonPort: parsed.BERTH_SANDBOX_DAEMON_PORT,
+      workspaceSize: parsed.BERTH_K8S_WORKSPACE_SIZE,
+      storageClassName: parsed.BERTH_K8S_STORAGE_CLASS,
+      readyTimeoutMs: parsed.BERTH_K8S_READY_TIMEOUT_MS,
+    },
     warmPoolSize: parsed.BERTH_WARM_POOL_SIZE,
     unsafeNoSandboxIsolation: parsed.BERTH_UNSAFE_NO_SANDBOX_ISOLATION,
     workerConcurrency: parsed.BERTH_WORKER_CONCURRENCY,

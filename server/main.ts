@@ -177,8 +177,12 @@ function createModelResolver(config: Config, logger: Logger, metrics: BerthMetri
 }
 
 async function createSandboxBackend(config: Config, secretKey: Buffer, daemonScript: string, logger: Logger): Promise<SandboxBackend> {
+  // Derived, not stored: any process holding the secret key can reach a sandbox by its name.
+  const tokenFor = (name: string) => createHmac("sha256", secretKey).update(`sandbox-daemon:${name}`).digest("base64url");
   if (config.sandboxBackend === "kubernetes") {
-    throw new Error("BERTH_SANDBOX_BACKEND=kubernetes is not available in this version yet; use local");
+    // Loaded only when used: the local backend never pays for the Kubernetes client.
+    const { createKubernetesBackend } = await import("../k8s/index");
+    return createKubernetesBackend(config, tokenFor, logger);
   }
   return LocalSandboxBackend.create({
     dataDir: config.dataDir,
@@ -186,8 +190,7 @@ async function createSandboxBackend(config: Config, secretKey: Buffer, daemonScr
     daemonScript,
     warmPoolSize: config.warmPoolSize,
     unsafeNoIsolation: config.unsafeNoSandboxIsolation,
-    // Derived, not stored: any process holding the secret key can reach a sandbox by its name.
-    tokenFor: (name) => createHmac("sha256", secretKey).update(`sandbox-daemon:${name}`).digest("base64url"),
+    tokenFor,
     logger,
   });
 }

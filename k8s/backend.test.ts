@@ -1,0 +1,378 @@
+/**
+ * The kubernetes backend against the stand-in API server (tests/helpers/fake-kube-api.ts), driven
+ * only through @kubernetes/client-node: real HTTP, real watch streams, CRD schema validation, and a
+ * real sandbox daemon per Sandbox.
+ */
+import { Writable } from "node:stream";
+import { CustomObjectsApi, KubeConfig } from "@kubernetes/client-node";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { createLogger } from "../server/logger";
+import { SandboxUnavailableError, type SandboxLoss, type SandboxSpec } from "../server/sandbox/port";
+import { FakeKubeApi } from "../tests/helpers/fake-kube-api";
+import { freePort, waitFor } from "../tests/helpers/processes";
+import { KubernetesSandboxBackend, SANDBOX_REF } from "./backend";
+import { KubeApiError } from "./kube";
+import { buildSandbox, buildSandboxTemplate, envSecretName, workspaceClaimName, type KubernetesSandboxSettings } from "./resources";
+
+const NAMESPACE = "berth-test";
+const SECRET_VALUE = "sk-test-7f3a9c1e5b-do-not-leak";
+let fake: FakeKubeApi;
+let logs = "";
+let daemonPort: number;
+let counter = 0;
+
+function kubeConfigFor(server: FakeKubeApi): KubeConfig {
+  const kc = new KubeConfig();
+  kc.loadFromString(server.kubeconfig(NAMESPACE));
+  return kc;
+}
+
+/** A sandbox named "...-bad-..." gets a token its daemon refuses (too short): its pod fails. */
+const tokenFor = (name: string) => (name.includes("-bad-") ? "short" : `token-for-${name}-${"x".repeat(32)}`);
+
+function settings(): KubernetesSandboxSettings {
+  return { namespace: NAMESPACE, image: "berth:test", runtimeClassName: undefined, daemonPort, workspaceSize: "1Gi", storageClassName: undefined };
+}
+
+async function makeBackend(overrides: Partial<Parameters<typeof KubernetesSandboxBackend.create>[0]> = {}) {
+  const logger = createLogger(
+    "debug",
+    new Writable({
+      write(chunk, _encoding, callback) {
+        logs += chunk.toString();
+        callback();
+      },
+    }),
+  );
+  return KubernetesSandboxBackend.create({
+    ...settings(),
+    kubeConfig: kubeConfigFor(fake),
+    tokenFor,
+    logger,
+    readyTimeoutMs: 20_000,
+    retryBaseMs: 20,
+    watchMinBackoffMs: 50,
+    watchMaxBackoffMs: 500,
+    ...overrides,
+  });
+}
+
+function spec(overrides: Partial<SandboxSpec> = {}): SandboxSpec {
+  counter++;
+  const sessionId = overrides.sessionId ?? `0000000${counter}-aaaa-4bbb-8ccc-${String(counter).padStart(12, "0")}`;
+  const generation = overrides.generation ?? 1;
+  return {
+    name: `s-${sessionId.slice(0, 8)}-g${generation}-${counter}`,
+    teamId: "11111111-2222-4333-8444-555555555555",
+    agentId: "99999999-8888-4777-8666-555555555555",
+    sessionId,
+    generation,
+    network: "none",
+    env: { GREETING: "hello from the agent", API_TOKEN: SECRET_VALUE },
+    resources: { cpuMillis: 500, memoryMb: 512 },
+    image: null,
+    ...overrides,
+  };
+}
+
+async function run(backend: KubernetesSandboxBackend, address: string, command: string) {
+  let stdout = "";
+  let exitCode: number | null = null;
+  for await (const chunk of backend.connect(address).exec({ command })) {
+    if (chunk.type === "stdout") stdout += chunk.data;
+    if (chunk.type === "exit") exitCode = chunk.exitCode;
+  }
+  return { stdout, exitCode };
+}
+
+beforeAll(async () => {
+  fake = await new FakeKubeApi().start();
+  daemonPort = await freePort();
+});
+
+afterAll(async () => {
+  await fake?.stop();
+});
+
+describe("KubernetesSandboxBackend against the stand-in API server", () => {
+  let backend: KubernetesSandboxBackend;
+  const losses: SandboxLoss[] = [];
+
+  beforeAll(async () => {
+    backend = await makeBackend();
+    backend.onLost((loss) => losses.push(loss));
+  });
+
+  afterAll(async () => {
+    await backend?.shutdown();
+  });
+
+  afterEach(() => {
+    expect(logs).not.toContain(SECRET_VALUE);
+  });
+
+  it("provisions a Sandbox from a SandboxTemplate, waits for Ready, and runs commands through the daemon", async () => {
+    const s = spec();
+    const provisioned = await backend.provision(s);
+    expect(provisioned.name).toBe(s.name);
+    expect(provisioned.hostPid).toBeNull();
+    expect(provisioned.address).toBe(`http://${fake.pod(s.name)!.ip}:${daemonPort}`);
+    expect(await backend.status(s.name)).toBe("running");
+
+    const result = await run(backend, provisioned.address, 'echo "$GREETING"; id -u; pwd');
+    expect(result.exitCode).toBe(0);
+    expect(result.stdout).toContain("hello from the agent");
+
+    // The objects, as the API server stored them.
+    const sandbox = fake.get("sandboxes", NAMESPACE, s.name)!;
+    expect(sandbox.metadata.labels).toMatchObject({
+      "berth.dev/team": s.teamId,
+      "berth.dev/agent": s.agentId,
+      "berth.dev/session": s.sessionId,
+      "berth.dev/generation": "1",
+      "app.kubernetes.io/managed-by": "berth",
+    });
+    const podSpec = (sandbox.spec!.podTemplate as { spec: Record<string, unknown> }).spec as {
+      automountServiceAccountToken: boolean;
+      securityContext: { runAsNonRoot: boolean; seccompProfile: { type: string } };
+      containers: Array<{ image: string; resources: unknown; envFrom: unknown }>;
+      volumes: Array<{ name: string; persistentVolumeClaim?: { claimName: string } }>;
+    };
+    expect(podSpec.automountServiceAccountToken).toBe(false);
+    expect(podSpec.securityContext.runAsNonRoot).toBe(true);
+    expect(podSpec.securityContext.seccompProfile.type).toBe("RuntimeDefault");
+    expect(podSpec.containers[0]!.image).toBe("berth:test");
+    expect(podSpec.containers[0]!.resources).toEqual({ requests: { cpu: "500m", memory: "512Mi" }, limits: { cpu: "500m", memory: "512Mi" } });
+    expect(podSpec.containers[0]!.envFrom).toEqual([{ secretRef: { name: envSecretName(s.name) } }]);
+    expect(podSpec.volumes.find((v) => v.name === "workspace")).toEqual({ name: "workspace", persistentVolumeClaim: { claimName: workspaceClaimName(s.sessionId) } });
+    expect(sandbox.spec!.operatingMode).toBe("Running");
+    const templates = fake.list("sandboxtemplates", NAMESPACE);
+    expect(templates.map((t) => t.metadata.name)).toContain(buildSandboxTemplate(s, settings()).metadata!.name);
+  });
+
+  it("puts the session's env and the daemon token in a per-generation Secret, never in the template or the Sandbox", async () => {
+    const s = spec();
+    await backend.provision(s);
+    const pod = fake.pod(s.name)!;
+    expect(pod.env.API_TOKEN).toBe(SECRET_VALUE);
+    expect(pod.env.BERTH_DAEMON_TOKEN).toBe(tokenFor(s.name));
+
+    const secret = fake.get("secrets", NAMESPACE, envSecretName(s.name))!;
+    expect(Buffer.from((secret.data as Record<string, string>).API_TOKEN!, "base64").toString()).toBe(SECRET_VALUE);
+    const sandbox = fake.get("sandboxes", NAMESPACE, s.name)!;
+    expect(secret.metadata.ownerReferences).toEqual([expect.objectContaining({ kind: "Sandbox", name: s.name, uid: sandbox.metadata.uid })]);
+
+    for (const template of fake.list("sandboxtemplates", NAMESPACE)) expect(JSON.stringify(template)).not.toContain(SECRET_VALUE);
+    expect(JSON.stringify(sandbox)).not.toContain(SECRET_VALUE);
+    expect(JSON.stringify(sandbox)).not.toContain(tokenFor(s.name));
+
+    // Deleting the Sandbox takes its Secret with it.
+    await backend.stop(s.name, "test");
+    expect(fake.get("secrets", NAMESPACE, envSecretName(s.name))).toBeUndefined();
+    expect(await backend.status(s.name)).toBe("gone");
+  });
+
+  it("keeps the session's workspace (its PersistentVolumeClaim) across generations", async () => {
+    const first = spec();
+    const one = await backend.provision(first);
+    expect((await run(backend, one.address, "echo kept > notes.txt && cat notes.txt")).stdout).toBe("kept\n");
+    await backend.stop(first.name, "idle");
+
+    const second = spec({ sessionId: first.sessionId, generation: 2 });
+    const two = await backend.provision(second);
+    expect(two.address).not.toBe(one.address);
+    expect((await run(backend, two.address, "cat notes.txt")).stdout).toBe("kept\n");
+    expect(fake.list("persistentvolumeclaims", NAMESPACE).filter((c) => c.metadata.name === workspaceClaimName(first.sessionId))).toHaveLength(1);
+    await backend.stop(second.name, "done");
+  });
+
+  it("sent only objects that pass the CRD schemas, and the stand-in does reject invalid ones", async () => {
+    expect(fake.rejected).toEqual([]);
+    expect(fake.accepted.filter((a) => a.kind === "Sandbox").length).toBeGreaterThan(0);
+    expect(fake.accepted.filter((a) => a.kind === "SandboxTemplate").length).toBeGreaterThan(0);
+
+    const api = kubeConfigFor(fake).makeApiClient(CustomObjectsApi);
+    const s = spec();
+    const invalid = buildSandbox(s, settings(), buildSandboxTemplate(s, settings()));
+    (invalid.spec as Record<string, unknown>).operatingMode = "Paused";
+    const enumError = await api.createNamespacedCustomObject({ ...SANDBOX_REF, namespace: NAMESPACE, body: invalid }).catch((error: unknown) => error);
+    expect((enumError as { code: number }).code).toBe(422);
+    expect(String((enumError as { body: string }).body)).toContain("spec.operatingMode");
+
+    const unknownField = buildSandbox(s, settings(), buildSandboxTemplate(s, settings()));
+    (unknownField.spec as Record<string, unknown>).podTemplateX = {};
+    const strictError = await api.createNamespacedCustomObject({ ...SANDBOX_REF, namespace: NAMESPACE, body: unknownField, fieldValidation: "Strict" }).catch((error: unknown) => error);
+    expect((strictError as { code: number }).code).toBe(400);
+    expect(String((strictError as { body: string }).body)).toContain('unknown field \\"spec.podTemplateX\\"');
+
+    const missingContainers = buildSandbox(s, settings(), buildSandboxTemplate(s, settings()));
+    delete ((missingContainers.spec as { podTemplate: { spec: Record<string, unknown> } }).podTemplate.spec as Record<string, unknown>).containers;
+    const requiredError = await api.createNamespacedCustomObject({ ...SANDBOX_REF, namespace: NAMESPACE, body: missingContainers }).catch((error: unknown) => error);
+    expect((requiredError as { code: number }).code).toBe(422);
+    expect(fake.rejected.map((r) => r.code)).toEqual([422, 400, 422]);
+    fake.rejected.length = 0;
+  });
+
+  it("reports a sandbox lost when its daemon dies (pod failed), and deletes that generation", async () => {
+    const s = spec();
+    await backend.provision(s);
+    fake.killDaemon(s.name);
+    const loss = await waitFor("loss", () => losses.find((l) => l.name === s.name));
+    expect(loss.reason).toMatch(/no longer ready \(PodFailed/);
+    await waitFor("lost sandbox deleted", () => fake.get("sandboxes", NAMESPACE, s.name) === undefined);
+  });
+
+  it("reports a sandbox lost when its pod is deleted, or the Sandbox is deleted by someone else", async () => {
+    const a = spec();
+    const b = spec();
+    await Promise.all([backend.provision(a), backend.provision(b)]);
+    await fake.deletePod(a.name);
+    expect((await waitFor("loss of a", () => losses.find((l) => l.name === a.name))).reason).toMatch(/DependenciesNotReady/);
+    fake.deleteObject("sandboxes", NAMESPACE, b.name);
+    expect((await waitFor("loss of b", () => losses.find((l) => l.name === b.name))).reason).toBe("sandbox was deleted");
+  });
+
+  it("does not report sandboxes it stops itself", async () => {
+    const s = spec();
+    await backend.provision(s);
+    await backend.stop(s.name, "terminated");
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(losses.find((l) => l.name === s.name)).toBeUndefined();
+  });
+
+  it("keeps noticing losses after its watch connection drops or its resourceVersion expires", async () => {
+    const s = spec();
+    await backend.provision(s);
+    fake.dropWatches();
+    fake.compact();
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    fake.killDaemon(s.name);
+    await waitFor("loss after watch restart", () => losses.find((l) => l.name === s.name), 15_000);
+  });
+
+  it("lists its labelled sandboxes and removes env Secrets whose Sandbox is gone", async () => {
+    const s = spec();
+    await backend.provision(s);
+    const listed = await backend.list();
+    expect(listed).toContainEqual({ name: s.name, sessionId: s.sessionId, state: "running" });
+    expect(listed.every((l) => l.sessionId)).toBe(true);
+
+    // An env Secret left by a crash between the two creates, old enough to be an orphan.
+    const orphan = spec();
+    const secretsPath = `/api/v1/namespaces/${NAMESPACE}/secrets`;
+    const response = await fetch(`${fake.url}${secretsPath}`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({
+        apiVersion: "v1",
+        kind: "Secret",
+        metadata: { name: envSecretName(orphan.name), labels: { "app.kubernetes.io/managed-by": "berth", "berth.dev/component": "sandbox-env", "berth.dev/sandbox": orphan.name } },
+        stringData: { A: "b" },
+      }),
+    });
+    expect(response.status).toBe(201);
+    const stored = fake.get("secrets", NAMESPACE, envSecretName(orphan.name))!;
+    stored.metadata.creationTimestamp = new Date(Date.now() - 3_600_000).toISOString();
+    (fake as unknown as { objects: Map<string, unknown> }).objects.set(`secrets/${NAMESPACE}/${envSecretName(orphan.name)}`, stored);
+    await backend.list();
+    expect(fake.get("secrets", NAMESPACE, envSecretName(orphan.name))).toBeUndefined();
+    expect(fake.get("secrets", NAMESPACE, envSecretName(s.name))).toBeDefined();
+    await backend.stop(s.name, "done");
+  });
+
+  it("reports suspended sandboxes as suspended", async () => {
+    const s = spec();
+    await backend.provision(s);
+    const api = kubeConfigFor(fake).makeApiClient(CustomObjectsApi);
+    await api.patchNamespacedCustomObject({ ...SANDBOX_REF, namespace: NAMESPACE, name: s.name, body: [{ op: "replace", path: "/spec/operatingMode", value: "Suspended" }] });
+    await waitFor("pod gone", () => fake.pod(s.name) === undefined);
+    expect(await backend.status(s.name)).toBe("suspended");
+    expect((await backend.list()).find((l) => l.name === s.name)?.state).toBe("suspended");
+    expect(losses.find((l) => l.name === s.name)).toBeUndefined();
+    await backend.stop(s.name, "done");
+  });
+});
+
+describe("Kubernetes API errors", () => {
+  let backend: KubernetesSandboxBackend;
+  beforeAll(async () => {
+    backend = await makeBackend({ retries: 2, requestTimeoutMs: 1_000 });
+  });
+  afterAll(async () => {
+    await backend?.shutdown();
+  });
+
+  it("403: says the ServiceAccount lacks the permission", async () => {
+    fake.injectFault({ status: 403, reason: "Forbidden", message: 'sandboxes.agents.x-k8s.io is forbidden: User "system:serviceaccount:berth:berth" cannot create resource "sandboxes"', match: (r) => r.method === "POST" && r.path.endsWith("/sandboxes") });
+    const error = await backend.provision(spec()).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(KubeApiError);
+    expect((error as Error).message).toMatch(/create sandboxes\/.*forbidden by the Kubernetes API \(sandboxes.agents.x-k8s.io is forbidden.*rbac\.yaml/);
+  });
+
+  it("422: names what the API refused", async () => {
+    fake.injectFault({ status: 422, reason: "Invalid", message: 'Sandbox.agents.x-k8s.io "x" is invalid: spec.podTemplate: Required value', match: (r) => r.method === "POST" && r.path.endsWith("/sandboxes") });
+    const error = await backend.provision(spec()).catch((e: unknown) => e);
+    expect((error as KubeApiError).status).toBe(422);
+    expect((error as Error).message).toContain("rejected as invalid by the Kubernetes API (Sandbox.agents.x-k8s.io \"x\" is invalid: spec.podTemplate: Required value)");
+  });
+
+  it("404 from status and stop is no error: the sandbox is gone", async () => {
+    expect(await backend.status("s-nothing-here")).toBe("gone");
+    await expect(backend.stop("s-nothing-here", "test")).resolves.toBeUndefined();
+  });
+
+  it("500s and timeouts on safe calls are retried with backoff", async () => {
+    fake.injectFault({ status: 500, times: 2, match: (r) => r.method === "GET" && r.path.endsWith("/sandboxes") });
+    expect(Array.isArray(await backend.list())).toBe(true);
+    fake.injectFault({ status: 503, delayMs: 1_500, match: (r) => r.method === "GET" && r.path.includes("/sandboxes/") });
+    expect(await backend.status("s-nothing-here")).toBe("gone");
+  });
+
+  it("a 409 on create of the same generation adopts the existing Sandbox; another session's is refused", async () => {
+    const s = spec();
+    await backend.provision(s);
+    // The same spec again (a retried job): adopted.
+    await expect(backend.provision(s)).resolves.toMatchObject({ name: s.name });
+    const other = spec({ name: s.name });
+    const error = await backend.provision(other).catch((e: unknown) => e);
+    expect((error as KubeApiError).status).toBe(409);
+    expect((error as Error).message).toContain("belongs to another session");
+    await backend.stop(s.name, "done");
+  });
+
+  it("an unreachable or silent API is a SandboxUnavailableError, after retries", async () => {
+    fake.injectFault({ status: 500, delayMs: 3_000, times: 3, match: (r) => r.method === "GET" && r.path.includes("/sandboxes/") });
+    const timedOut = await backend.status("s-slow").catch((e: unknown) => e);
+    expect(timedOut).toBeInstanceOf(SandboxUnavailableError);
+    expect((timedOut as Error).message).toMatch(/did not answer in time/);
+
+    const port = await freePort();
+    const kc = new KubeConfig();
+    kc.loadFromString(fake.kubeconfig(NAMESPACE).replace(`127.0.0.1:${fake.port}`, `127.0.0.1:${port}`));
+    const error = await KubernetesSandboxBackend.create({ ...settings(), kubeConfig: kc, tokenFor, logger: createLogger("silent"), retries: 1, retryBaseMs: 10 }).catch((e: unknown) => e);
+    expect((error as Error).message).toMatch(/cannot start: list sandboxes: the Kubernetes API is unreachable \(ECONNREFUSED\)/);
+  }, 30_000);
+
+  it("a Sandbox that fails while starting is reported, cleaned up, and never hangs provision", async () => {
+    const s = spec();
+    s.name = s.name.replace(/^s-/, "s-bad-");
+    const error = await backend.provision(s).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(SandboxUnavailableError);
+    expect((error as Error).message).toMatch(/failed: its pod finished \(PodFailed: container sandboxd terminated \(exit code 1\)\)/);
+    await waitFor("failed sandbox deleted", () => fake.get("sandboxes", NAMESPACE, s.name) === undefined);
+  });
+});
+
+describe("resource shapes", () => {
+  it("the template depends on the agent version's shape, not on the session", () => {
+    const a = spec();
+    const b = spec({ agentId: a.agentId });
+    expect(buildSandboxTemplate(a, settings()).metadata!.name).toBe(buildSandboxTemplate(b, settings()).metadata!.name);
+    expect(buildSandboxTemplate({ ...a, resources: { cpuMillis: 1000, memoryMb: 512 } }, settings()).metadata!.name).not.toBe(buildSandboxTemplate(a, settings()).metadata!.name);
+    const egress = buildSandboxTemplate({ ...a, network: "egress" }, { ...settings(), runtimeClassName: "gvisor" });
+    const pod = (egress.spec!.podTemplate as { spec: { runtimeClassName?: string } }).spec;
+    expect(pod.runtimeClassName).toBe("gvisor");
+    expect(JSON.stringify(egress.spec!.networkPolicy)).toContain("169.254.0.0/16");
+  });
+
+});

@@ -1,0 +1,445 @@
+/**
+ * The `kubernetes` sandbox backend: each session generation is an agent-sandbox `Sandbox`
+ * (agents.x-k8s.io/v1beta1) running the sandbox daemon, built from a `SandboxTemplate` per agent
+ * version. The session's environment lives in a per-generation Secret (never in the shared
+ * template); its workspace in a per-session PersistentVolumeClaim that outlives generations.
+ * Readiness comes from the Sandbox's `Ready` condition (watched), the address from
+ * `status.serviceFQDN`; a list-watch notices sandboxes that stop being ready or disappear.
+ */
+import type { KubeConfig } from "@kubernetes/client-node";
+import { createDaemonClient } from "../server/sandbox/daemon-client";
+import {
+  SandboxUnavailableError,
+  type DaemonClient,
+  type ListedSandbox,
+  type ProvisionedSandbox,
+  type SandboxBackend,
+  type SandboxLoss,
+  type SandboxSpec,
+  type SandboxState,
+} from "../server/sandbox/port";
+import type { Logger } from "../server/logger";
+import { isConflict, isNotFound, KubeApiError, KubeClient, type ObjectRef } from "./kube";
+import {
+  API_VERSION,
+  buildEnvSecret,
+  buildSandbox,
+  buildSandboxTemplate,
+  buildWorkspaceClaim,
+  ENV_SECRET_SELECTOR,
+  EXTENSIONS_GROUP,
+  isReady,
+  LABELS,
+  readyCondition,
+  SANDBOX_GROUP,
+  SANDBOX_SELECTOR,
+  SANDBOX_TEMPLATES,
+  SANDBOXES,
+  terminalReason,
+  type KubeObject,
+  type KubernetesSandboxSettings,
+  type SandboxObject,
+} from "./resources";
+import { ListWatch, watchOnce } from "./watch";
+
+export const SANDBOX_REF: ObjectRef = { group: SANDBOX_GROUP, version: API_VERSION, plural: SANDBOXES };
+export const TEMPLATE_REF: ObjectRef = { group: EXTENSIONS_GROUP, version: API_VERSION, plural: SANDBOX_TEMPLATES };
+
+export type KubernetesBackendOptions = KubernetesSandboxSettings & {
+  kubeConfig: KubeConfig;
+  /** The daemon token of a sandbox, derived from its name exactly as for the local backend. */
+  tokenFor: (name: string) => string;
+  logger: Logger;
+  /** Longest wait for a new Sandbox to be Ready and its daemon to answer. */
+  readyTimeoutMs?: number;
+  requestTimeoutMs?: number;
+  retries?: number;
+  retryBaseMs?: number;
+  watchMinBackoffMs?: number;
+  watchMaxBackoffMs?: number;
+};
+
+const DEFAULT_READY_TIMEOUT_MS = 180_000;
+/** Env Secrets whose Sandbox is gone are removed once this old (a provision may be between the two creates). */
+const ORPHAN_SECRET_AGE_MS = 5 * 60_000;
+
+type Known = { ready: boolean; host: string | null };
+
+export class KubernetesSandboxBackend implements SandboxBackend {
+  readonly name = "kubernetes" as const;
+  private readonly kube: KubeClient;
+  private readonly logger: Logger;
+  private readonly lossListeners: Array<(loss: SandboxLoss) => void> = [];
+  /** What the watch last saw of each labelled Sandbox. */
+  private readonly known = new Map<string, Known>();
+  /** Daemon host -> sandbox name, for connect() when the host is an IP rather than the Service's DNS name. */
+  private readonly hostNames = new Map<string, string>();
+  /** Sandboxes this process is deleting on purpose: their disappearance is no loss. */
+  private readonly stopping = new Set<string>();
+  private readonly reported = new Set<string>();
+  private readonly templatesSeen = new Set<string>();
+  private readonly workspacesSeen = new Set<string>();
+  private readonly watch: ListWatch<SandboxObject>;
+
+  constructor(private readonly options: KubernetesBackendOptions) {
+    this.logger = options.logger.child({ component: "sandbox-kubernetes", namespace: options.namespace });
+    this.kube = new KubeClient(options.kubeConfig, {
+      namespace: options.namespace,
+      requestTimeoutMs: options.requestTimeoutMs ?? 15_000,
+      retries: options.retries ?? 4,
+      retryBaseMs: options.retryBaseMs ?? 250,
+      logger: this.logger,
+    });
+    this.watch = new ListWatch<SandboxObject>({
+      kubeConfig: options.kubeConfig,
+      path: this.sandboxesPath(),
+      labelSelector: SANDBOX_SELECTOR,
+      list: () => this.kube.listObjects<SandboxObject>(SANDBOX_REF, SANDBOX_SELECTOR),
+      onSync: (items) => this.onSync(items),
+      onEvent: (type, object) => this.onWatchEvent(type, object),
+      logger: this.logger,
+      minBackoffMs: options.watchMinBackoffMs,
+      maxBackoffMs: options.watchMaxBackoffMs,
+    });
+  }
+
+  /** Checks the API answers and the agent-sandbox CRDs are installed, then starts watching. */
+  static async create(options: KubernetesBackendOptions): Promise<KubernetesSandboxBackend> {
+    const backend = new KubernetesSandboxBackend(options);
+    try {
+      await backend.kube.listObjects(SANDBOX_REF, SANDBOX_SELECTOR);
+    } catch (error) {
+      if (isNotFound(error)) {
+        throw new Error(
+          `the agent-sandbox CRDs (sandboxes.${SANDBOX_GROUP} ${API_VERSION}) are not installed in the cluster, or namespace "${options.namespace}" does not exist: see docs/kubernetes.md`,
+        );
+      }
+      throw new Error(`the Kubernetes sandbox backend cannot start: ${(error as Error).message}`);
+    }
+    backend.watch.start();
+    await backend.watch.waitForSync();
+    return backend;
+  }
+
+  private sandboxesPath(): string {
+    return `/apis/${SANDBOX_GROUP}/${API_VERSION}/namespaces/${encodeURIComponent(this.options.namespace)}/${SANDBOXES}`;
+  }
+
+  onLost(listener: (loss: SandboxLoss) => void): void {
+    this.lossListeners.push(listener);
+  }
+
+  connect(address: string): DaemonClient {
+    return createDaemonClient({ address, token: this.options.tokenFor(this.nameOf(address)) });
+  }
+
+  /** The sandbox behind an address: the Service is named after its Sandbox (first DNS label). */
+  private nameOf(address: string): string {
+    let host: string;
+    try {
+      host = new URL(address).hostname.replace(/^\[(.*)\]$/, "$1");
+    } catch {
+      throw new SandboxUnavailableError(`not a Kubernetes sandbox address: ${address}`);
+    }
+    const mapped = this.hostNames.get(host);
+    if (mapped) return mapped;
+    if (/^[0-9.]+$/.test(host) || host.includes(":")) throw new SandboxUnavailableError(`no known sandbox at ${address}`);
+    return host.split(".")[0]!;
+  }
+
+  async provision(spec: SandboxSpec): Promise<ProvisionedSandbox> {
+    const started = performance.now();
+    const settings = this.options;
+    const template = await this.ensureTemplate(spec);
+    await this.ensureWorkspace(spec);
+    const secret = buildEnvSecret(spec, settings, this.options.tokenFor(spec.name));
+    await this.putEnvSecret(secret);
+
+    let created: SandboxObject;
+    try {
+      created = await this.createSandbox(spec, buildSandbox(spec, settings, template));
+    } catch (error) {
+      await this.kube.deleteSecret(secret.metadata!.name!).catch(() => {});
+      throw error;
+    }
+    // The Secret goes with its Sandbox (garbage collection by owner), whoever deletes it.
+    if (created.metadata?.uid) {
+      await this.kube
+        .patchSecret(secret.metadata!.name!, {
+          metadata: { ownerReferences: [{ apiVersion: `${SANDBOX_GROUP}/${API_VERSION}`, kind: "Sandbox", name: spec.name, uid: created.metadata.uid, blockOwnerDeletion: false }] },
+        })
+        .catch((error: unknown) => this.logger.warn({ sandbox: spec.name, error: (error as Error).message }, "could not set the env Secret's owner"));
+    }
+
+    try {
+      const deadline = Date.now() + (this.options.readyTimeoutMs ?? DEFAULT_READY_TIMEOUT_MS);
+      const ready = await this.waitForReady(spec.name, created, deadline);
+      const address = this.addressOf(ready);
+      await this.waitForDaemon(spec.name, address, deadline);
+      return { name: spec.name, address, hostPid: null, fromWarmPool: false, startMs: performance.now() - started };
+    } catch (error) {
+      await this.stop(spec.name, "did not become ready").catch(() => {});
+      if (error instanceof SandboxUnavailableError) throw error;
+      throw new SandboxUnavailableError(`sandbox ${spec.name} did not become ready: ${(error as Error).message}`, { cause: error });
+    }
+  }
+
+  private async ensureTemplate(spec: SandboxSpec): Promise<KubeObject> {
+    const wanted = buildSandboxTemplate(spec, this.options);
+    const name = wanted.metadata!.name!;
+    if (this.templatesSeen.has(name)) return wanted;
+    try {
+      await this.kube.createObject(TEMPLATE_REF, wanted);
+    } catch (error) {
+      // Same name = same hash of the pod's shape: an existing one is the same template.
+      if (!isConflict(error)) throw error;
+    }
+    this.templatesSeen.add(name);
+    return wanted;
+  }
+
+  private async ensureWorkspace(spec: SandboxSpec): Promise<void> {
+    const claim = buildWorkspaceClaim(spec, this.options);
+    const name = claim.metadata!.name!;
+    if (this.workspacesSeen.has(name)) return;
+    try {
+      await this.kube.createPersistentVolumeClaim(claim);
+    } catch (error) {
+      if (!isConflict(error)) throw error; // kept from an earlier generation: that is the point
+    }
+    this.workspacesSeen.add(name);
+  }
+
+  private async putEnvSecret(secret: KubeObject): Promise<void> {
+    try {
+      await this.kube.createSecret(secret);
+    } catch (error) {
+      if (!isConflict(error)) throw error;
+      // Left by an attempt that failed half-way: this generation's values win.
+      await this.kube.replaceSecret(secret.metadata!.name!, secret);
+    }
+  }
+
+  private async createSandbox(spec: SandboxSpec, body: SandboxObject): Promise<SandboxObject> {
+    try {
+      return await this.kube.createObject<SandboxObject>(SANDBOX_REF, body);
+    } catch (error) {
+      if (!isConflict(error)) throw error;
+      // A retried provision of the same generation: adopt it if it is ours.
+      const existing = await this.kube.getObject<SandboxObject>(SANDBOX_REF, spec.name);
+      if (existing.metadata?.labels?.[LABELS.session] !== spec.sessionId) {
+        throw new KubeApiError(409, "AlreadyExists", `create sandboxes/${spec.name}: a Sandbox of that name exists and belongs to another session`);
+      }
+      return existing;
+    }
+  }
+
+  /** Watches one Sandbox until Ready=True with a serviceFQDN; fails fast on a terminal state or deletion. */
+  private async waitForReady(name: string, initial: SandboxObject, deadline: number): Promise<SandboxObject> {
+    let version = initial.metadata?.resourceVersion;
+    let result: SandboxObject | Error | null = null;
+    let first = true;
+    for (;;) {
+      const remaining = deadline - Date.now();
+      if (remaining <= 0) throw new SandboxUnavailableError(`sandbox ${name} was not Ready within ${this.options.readyTimeoutMs ?? DEFAULT_READY_TIMEOUT_MS} ms`);
+      const inspect = (sandbox: SandboxObject, deleted: boolean) => {
+        if (deleted || sandbox.metadata?.deletionTimestamp) result = new SandboxUnavailableError(`sandbox ${name} was deleted while starting`);
+        else if (isReady(sandbox)) result = sandbox;
+        else {
+          const terminal = terminalReason(sandbox);
+          if (terminal) result = new SandboxUnavailableError(`sandbox ${name} failed: ${terminal}`);
+        }
+      };
+      if (first) {
+        // An adopted Sandbox may be Ready already: a watch from its version would show nothing new.
+        first = false;
+        inspect(initial, false);
+        if (result) break;
+      }
+      if (!version) {
+        let current: SandboxObject;
+        try {
+          current = await this.kube.getObject<SandboxObject>(SANDBOX_REF, name);
+        } catch (error) {
+          if (isNotFound(error)) throw new SandboxUnavailableError(`sandbox ${name} was deleted while starting`);
+          throw error;
+        }
+        inspect(current, false);
+        if (result) break;
+        version = current.metadata?.resourceVersion;
+      }
+      const timeout = AbortSignal.timeout(Math.min(remaining, 60_000));
+      try {
+        const outcome = await watchOnce<SandboxObject>(
+          this.options.kubeConfig,
+          this.sandboxesPath(),
+          { fieldSelector: `metadata.name=${name}`, resourceVersion: version, allowWatchBookmarks: true, timeoutSeconds: Math.ceil(Math.min(remaining, 60_000) / 1000) },
+          (type, object) => {
+            if (object?.metadata?.resourceVersion) version = object.metadata.resourceVersion;
+            if (type === "BOOKMARK") return;
+            inspect(object, type === "DELETED");
+            return result !== null;
+          },
+          timeout,
+        );
+        if (outcome === "expired") version = undefined;
+      } catch (error) {
+        this.logger.debug({ sandbox: name, error: (error as Error).message }, "readiness watch failed; checking again");
+        version = undefined;
+        await new Promise((resolve) => setTimeout(resolve, 250));
+      }
+      if (result) break;
+    }
+    const outcome = result as SandboxObject | Error;
+    if (outcome instanceof Error) throw outcome;
+    return outcome;
+  }
+
+  private addressOf(sandbox: SandboxObject): string {
+    const host = sandbox.status!.serviceFQDN!;
+    this.hostNames.set(host, sandbox.metadata!.name!);
+    return `http://${host.includes(":") ? `[${host}]` : host}:${this.options.daemonPort}`;
+  }
+
+  /** Ready means the pod is up; the Service's DNS name may still be propagating: ask the daemon itself. */
+  private async waitForDaemon(name: string, address: string, deadline: number): Promise<void> {
+    const client = createDaemonClient({ address, token: this.options.tokenFor(name), timeoutMs: 5_000 });
+    let delay = 100;
+    for (;;) {
+      try {
+        await client.health();
+        return;
+      } catch (error) {
+        if (!(error instanceof SandboxUnavailableError) || Date.now() + delay > deadline) {
+          throw new SandboxUnavailableError(`sandbox ${name} is Ready but its daemon does not answer at ${address}: ${(error as Error).message}`, { cause: error });
+        }
+        await new Promise((resolve) => setTimeout(resolve, delay));
+        delay = Math.min(2_000, delay * 2);
+      }
+    }
+  }
+
+  async stop(name: string, reason: string): Promise<void> {
+    this.stopping.add(name);
+    this.logger.debug({ sandbox: name, reason }, "deleting sandbox");
+    try {
+      await this.kube.deleteObject(SANDBOX_REF, name);
+      await this.kube.deleteSecret(`${name}-env`);
+    } finally {
+      // Keep the mark a while: the watch may deliver the deletion after this returns.
+      setTimeout(() => this.stopping.delete(name), 60_000).unref();
+    }
+  }
+
+  async status(name: string): Promise<SandboxState> {
+    let sandbox: SandboxObject;
+    try {
+      sandbox = await this.kube.getObject<SandboxObject>(SANDBOX_REF, name);
+    } catch (error) {
+      if (isNotFound(error)) return "gone";
+      throw error;
+    }
+    if (sandbox.metadata?.deletionTimestamp) return "gone";
+    if (sandbox.spec?.operatingMode === "Suspended") return "suspended";
+    return isReady(sandbox) ? "running" : "gone";
+  }
+
+  async list(): Promise<ListedSandbox[]> {
+    const { items } = await this.kube.listObjects<SandboxObject>(SANDBOX_REF, SANDBOX_SELECTOR);
+    const listed = items
+      .filter((sandbox) => sandbox.metadata?.name && !sandbox.metadata.deletionTimestamp)
+      .map((sandbox) => ({
+        name: sandbox.metadata!.name!,
+        sessionId: sandbox.metadata?.labels?.[LABELS.session] ?? null,
+        state: (sandbox.spec?.operatingMode === "Suspended" ? "suspended" : "running") as SandboxState,
+      }));
+    await this.removeOrphanSecrets(new Set(items.map((sandbox) => sandbox.metadata?.name ?? ""))).catch((error: unknown) =>
+      this.logger.warn({ error: (error as Error).message }, "could not clean up env Secrets of deleted sandboxes"),
+    );
+    return listed;
+  }
+
+  /** Env Secrets whose Sandbox no longer exists (owner references normally take care of this). */
+  private async removeOrphanSecrets(sandboxNames: Set<string>): Promise<void> {
+    for (const secret of await this.kube.listSecrets(ENV_SECRET_SELECTOR)) {
+      const owner = secret.metadata?.labels?.[LABELS.sandbox];
+      const created = secret.metadata?.creationTimestamp ? new Date(secret.metadata.creationTimestamp).getTime() : 0;
+      if (!owner || sandboxNames.has(owner) || Date.now() - created < ORPHAN_SECRET_AGE_MS) continue;
+      await this.kube.deleteSecret(secret.metadata!.name!);
+    }
+  }
+
+  async shutdown(): Promise<void> {
+    // Sandboxes are not this process's children: other replicas (and the next start) keep using them.
+    await this.watch.stop();
+  }
+
+  // ---- loss detection ----
+
+  private onSync(items: SandboxObject[]): void {
+    const present = new Set<string>();
+    for (const sandbox of items) {
+      const name = sandbox.metadata?.name;
+      if (!name) continue;
+      present.add(name);
+      const before = this.known.get(name);
+      this.observe(sandbox, before);
+      // First sight after a (re)start: only a sandbox that can never recover counts as lost; one
+      // that is still starting belongs to a provision in progress somewhere.
+      if (!before) {
+        const terminal = terminalReason(sandbox);
+        if (terminal && !sandbox.metadata?.deletionTimestamp) this.lose(name, `sandbox failed: ${terminal}`);
+      }
+    }
+    for (const [name, state] of this.known) {
+      if (present.has(name)) continue;
+      this.known.delete(name);
+      if (state.ready) this.lose(name, "sandbox was deleted");
+    }
+  }
+
+  private onWatchEvent(type: "ADDED" | "MODIFIED" | "DELETED", sandbox: SandboxObject): void {
+    const name = sandbox.metadata?.name;
+    if (!name) return;
+    const before = this.known.get(name);
+    if (type === "DELETED") {
+      this.known.delete(name);
+      if (before?.ready) this.lose(name, "sandbox was deleted");
+      return;
+    }
+    this.observe(sandbox, before);
+  }
+
+  /** Records what a sandbox looks like now, and reports it lost when a ready one stopped being ready. */
+  private observe(sandbox: SandboxObject, before: Known | undefined): void {
+    const name = sandbox.metadata!.name!;
+    const ready = isReady(sandbox);
+    const host = sandbox.status?.serviceFQDN ?? null;
+    if (host) this.hostNames.set(host, name);
+    this.known.set(name, { ready, host });
+    if (!before?.ready || ready) return;
+    if (sandbox.spec?.operatingMode === "Suspended") return;
+    if (sandbox.metadata?.deletionTimestamp) {
+      this.lose(name, "sandbox is being deleted");
+      return;
+    }
+    const condition = readyCondition(sandbox);
+    this.lose(name, `sandbox is no longer ready (${condition?.reason ?? "no Ready condition"}${condition?.message ? `: ${condition.message}` : ""})`);
+  }
+
+  private lose(name: string, reason: string): void {
+    if (this.stopping.has(name) || this.reported.has(name)) return;
+    this.reported.add(name);
+    setTimeout(() => this.reported.delete(name), 10 * 60_000).unref();
+    this.logger.warn({ sandbox: name, reason }, "sandbox lost");
+    for (const listener of this.lossListeners) {
+      try {
+        listener({ name, reason });
+      } catch (error) {
+        this.logger.error({ err: error, sandbox: name }, "a sandbox-loss listener failed");
+      }
+    }
+    // The session moves to a new generation; this one will not be used again.
+    void this.stop(name, `lost: ${reason}`).catch((error: unknown) => this.logger.warn({ sandbox: name, error: (error as Error).message }, "could not delete a lost sandbox"));
+  }
+}
