@@ -1,0 +1,149 @@
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { TRPCClientError } from "@trpc/client";
+import postgres from "postgres";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startTestBerth, type TestBerth } from "../helpers/berth";
+import { FakeKubeApi } from "../helpers/fake-kube-api";
+import { freePort, waitFor } from "../helpers/processes";
+
+const KEY = "kubernetes_test_key_0123456789abcdefg";
+const NAMESPACE = "berth-e2e";
+
+/**
+ * The whole platform with BERTH_SANDBOX_BACKEND=kubernetes against the stand-in API server: every
+ * sandbox is an agent-sandbox Sandbox whose "pod" is a real daemon, reached through client-node.
+ */
+describe("sessions on the kubernetes backend (stand-in API server)", () => {
+  let fake: FakeKubeApi;
+  let berth: TestBerth;
+  let api: ReturnType<TestBerth["client"]>;
+  let sql: postgres.Sql;
+  let kubeDir: string;
+  const previousKubeconfig = process.env.KUBECONFIG;
+
+  beforeAll(async () => {
+    fake = await new FakeKubeApi().start();
+    kubeDir = mkdtempSync(path.join(os.tmpdir(), "berth-kubeconfig-"));
+    writeFileSync(path.join(kubeDir, "config"), fake.kubeconfig(NAMESPACE), { mode: 0o600 });
+    process.env.KUBECONFIG = path.join(kubeDir, "config");
+    berth = await startTestBerth({
+      env: {
+        BERTH_ADMIN_API_KEY: KEY,
+        BERTH_SANDBOX_BACKEND: "kubernetes",
+        BERTH_SANDBOX_IMAGE: "berth:e2e",
+        BERTH_K8S_NAMESPACE: NAMESPACE,
+        BERTH_SANDBOX_DAEMON_PORT: String(await freePort()),
+        CONTAINER_ENV_PLATFORM_WIDE: "from-the-platform",
+      },
+    });
+    api = berth.client(KEY);
+    sql = postgres(berth.databaseUrl, { max: 2, onnotice: () => {} });
+  });
+
+  afterAll(async () => {
+    await sql?.end();
+    await berth?.close();
+    await fake?.stop();
+    if (previousKubeconfig === undefined) delete process.env.KUBECONFIG;
+    else process.env.KUBECONFIG = previousKubeconfig;
+    if (kubeDir) rmSync(kubeDir, { recursive: true, force: true });
+  });
+
+  async function readySession(agentId: string) {
+    const session = await api.sessions.create.mutate({ agentId });
+    await waitFor(`session ${session.id} ready`, async () => ((await api.sessions.get.query({ sessionId: session.id })).status === "ready" ? true : undefined), 30_000);
+    return api.sessions.get.query({ sessionId: session.id });
+  }
+
+  const exec = (sessionId: string, command: string) => api.sessions.exec.mutate({ sessionId, command, timeoutMs: 20_000 });
+
+  function statusPath(events: Array<{ type: string; payload: unknown }>) {
+    return events.filter((e) => e.type === "status").map((e) => (e.payload as { to: string }).to);
+  }
+
+  it("create → ready → exec, pod deleted → reconnect with workspace and history, suspend → resume, terminate", async () => {
+    expect((await api.system.health.query()).sandboxBackend).toBe("kubernetes");
+    const agent = await api.agents.create.mutate({ name: "on-kubernetes", model: "demo", idleTimeoutSeconds: 30 });
+    await api.secrets.set.mutate({ name: "AGENT_SECRET", value: "kube-secret-value-42", agentId: agent.id });
+    const session = await readySession(agent.id);
+    expect(session.sandbox).toMatchObject({ generation: 1, status: "ready", backend: "kubernetes", hostPid: null });
+    const firstName = session.sandbox!.name;
+
+    const sandbox = fake.get("sandboxes", NAMESPACE, firstName)!;
+    expect(sandbox.metadata.labels).toMatchObject({ "berth.dev/session": session.id, "berth.dev/agent": agent.id });
+    expect(JSON.stringify(sandbox)).not.toContain("kube-secret-value-42");
+    for (const template of fake.list("sandboxtemplates", NAMESPACE)) expect(JSON.stringify(template)).not.toContain("kube-secret-value-42");
+
+    const first = await exec(session.id, "echo $AGENT_SECRET $PLATFORM_WIDE; echo survives > kept.txt; pwd");
+    expect(first).toMatchObject({ exitCode: 0, stdout: `kube-secret-value-42 from-the-platform\n${fake.pod(firstName)!.workspace}\n` });
+
+    // A turn through the demo model: history to keep.
+    await api.sessions.send.mutate({ sessionId: session.id, text: "run: cat kept.txt" });
+    await waitFor("the demo answer", async () => {
+      const events = (await api.sessions.events.query({ sessionId: session.id, limit: 200 })).items;
+      return events.some((e) => e.type === "assistant_message") ? true : undefined;
+    }, 30_000);
+
+    // The pod goes away (node drain, eviction): the session reconnects to a new generation.
+    await fake.deletePod(firstName);
+    await waitFor("generation 2 ready", async () => {
+      const current = await api.sessions.get.query({ sessionId: session.id });
+      return current.status === "ready" && current.sandbox!.generation === 2 ? true : undefined;
+    }, 30_000);
+    const [lostRow] = await sql<{ status: string; end_reason: string }[]>`select status, end_reason from sandboxes where session_id = ${session.id} and generation = 1`;
+    expect(lostRow!.status).toBe("lost");
+    expect(lostRow!.end_reason).toMatch(/no longer ready/);
+    await waitFor("the lost Sandbox deleted", () => (fake.get("sandboxes", NAMESPACE, firstName) ? undefined : true));
+    expect((await exec(session.id, "cat kept.txt")).stdout).toBe("survives\n");
+    const events = (await api.sessions.events.query({ sessionId: session.id, limit: 200 })).items;
+    expect(events.filter((e) => e.type === "user_message")).toHaveLength(1);
+    expect(events.find((e) => e.type === "tool_result")).toBeDefined();
+    expect(statusPath(events)).toEqual(["provisioning", "ready", "running", "ready", "reconnecting", "provisioning", "ready"]);
+
+    // Idle: suspended (the Sandbox is deleted, the workspace claim kept), resumed on the next use.
+    const secondName = (await api.sessions.get.query({ sessionId: session.id })).sandbox!.name;
+    await sql`update sessions set last_activity_at = now() - interval '1 hour' where id = ${session.id}`;
+    expect(await berth.services.sandboxes.suspendIdle()).toBeGreaterThanOrEqual(1);
+    expect((await api.sessions.get.query({ sessionId: session.id })).status).toBe("suspended");
+    expect(fake.get("sandboxes", NAMESPACE, secondName)).toBeUndefined();
+    expect(fake.get("persistentvolumeclaims", NAMESPACE, `berth-ws-${session.id}`)).toBeDefined();
+    expect((await exec(session.id, "cat kept.txt")).stdout).toBe("survives\n");
+    expect(await api.sessions.get.query({ sessionId: session.id })).toMatchObject({ status: "ready", sandbox: { generation: 3 } });
+
+    // Terminate: the Sandbox and its env Secret are deleted; the session is final.
+    const thirdName = (await api.sessions.get.query({ sessionId: session.id })).sandbox!.name;
+    const terminated = await api.sessions.terminate.mutate({ sessionId: session.id });
+    expect(terminated.status).toBe("terminated");
+    expect(fake.get("sandboxes", NAMESPACE, thirdName)).toBeUndefined();
+    expect(fake.get("secrets", NAMESPACE, `${thirdName}-env`)).toBeUndefined();
+    const error = await exec(session.id, "true").catch((e: unknown) => e);
+    expect((error as TRPCClientError<never>).data).toMatchObject({ code: "CONFLICT" });
+
+    // Every object the platform sent passed the CRD schemas.
+    expect(fake.rejected).toEqual([]);
+    expect(fake.accepted.filter((a) => a.kind === "Sandbox").length).toBeGreaterThanOrEqual(3);
+    expect(berth.logs()).not.toContain("kube-secret-value-42");
+  });
+
+  it("a daemon killed inside its pod: the session reconnects", async () => {
+    const session = await readySession((await api.agents.create.mutate({ name: "killed-daemon", model: "demo" })).id);
+    await exec(session.id, "echo again > kept.txt");
+    fake.killDaemon(session.sandbox!.name);
+    await waitFor("generation 2 ready", async () => {
+      const current = await api.sessions.get.query({ sessionId: session.id });
+      return current.status === "ready" && current.sandbox!.generation === 2 ? true : undefined;
+    }, 30_000);
+    expect((await exec(session.id, "cat kept.txt")).stdout).toBe("again\n");
+  });
+
+  it("reconciliation removes Sandboxes no live session owns", async () => {
+    const session = await readySession((await api.agents.create.mutate({ name: "orphan", model: "demo" })).id);
+    await sql`update sessions set status = 'terminated' where id = ${session.id}`;
+    await sql`select graphile_worker.add_job('sandbox:reconcile', '{}'::json)`;
+    await waitFor("the orphaned Sandbox deleted", () => (fake.get("sandboxes", NAMESPACE, session.sandbox!.name) ? undefined : true), 30_000);
+    const [row] = await sql<{ status: string; end_reason: string }[]>`select status, end_reason from sandboxes where session_id = ${session.id}`;
+    expect(row).toEqual({ status: "stopped", end_reason: "orphan: no live session owns it" });
+  });
+});
