@@ -112,8 +112,8 @@ const environmentSchema = z.object({
     .refine((value) => /^\d+$/.test(value) && Number(value) <= 64, { message: "must be a whole number from 0 to 64" })
     .transform(Number),
   BERTH_UNSAFE_NO_SANDBOX_ISOLATION: z.enum(["0", "1", "true", "false"]).default("0").transform((value) => value === "1" || value === "true"),
-  BERTH_WORKER_CONCURRENCY: positiveInt(8, 256),
-  BERTH_DATABASE_POOL_SIZE: positiveInt(10, 500),
+  BERTH_WORKER_CONCURRENCY: positiveInt(32, 256),
+  BERTH_DATABASE_POOL_SIZE: positiveInt(20, 500),
   BERTH_SHUTDOWN_TIMEOUT_MS: positiveInt(10_000, 600_000),
   BERTH_METRICS_TOKEN: optionalString.pipe(z.string().min(16, "must be at least 16 characters").optional()),
   LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
