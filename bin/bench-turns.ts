@@ -12,20 +12,31 @@
  * Database: an embedded Postgres in a temporary directory, or, when DATABASE_URL is set, a fresh
  * database `berth_bench_<random>` on that server, dropped at the end. See ../shared/DESIGN.md "Targets".
  */
-import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, rmSync, chmodSync } from "node:fs";
-import net from "node:net";
+import { existsSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import pino from "pino";
-import postgres from "postgres";
+import type postgres from "postgres";
 import { connectDatabase, type DatabaseClient } from "../db/client";
-import { ensureApplicationDatabase, startEmbeddedPostgres, type EmbeddedPostgres } from "../db/embedded";
 import { migrateDatabase } from "../db/migrate";
 import { createBerthClient, type BerthClient } from "../server/client";
 import { appendEvents, type EventInput } from "../server/services/event-log";
+import {
+  createCleanups,
+  errorText,
+  makeTempRoot,
+  ms,
+  percentile,
+  prepareDatabase,
+  rate,
+  secs,
+  serverWarnings as warningLines,
+  startServer as startBuiltServer,
+  waitUntil,
+  withTimeout,
+  type RunningServer,
+} from "./lib/bench";
 
 // ---------------------------------------------------------------------------------------------- options
 
@@ -59,175 +70,14 @@ if (!existsSync(serverScript)) {
   process.exit(1);
 }
 
-// ---------------------------------------------------------------------------------------------- helpers
+// ---------------------------------------------------------------------------------------------- clean-up, database, server
 
-function percentile(samples: number[], p: number): number {
-  if (samples.length === 0) return Number.NaN;
-  const sorted = [...samples].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
-}
-
-const ms = (value: number) => (Number.isFinite(value) ? `${value.toFixed(1)} ms` : "n/a");
-const secs = (value: number) => `${(value / 1000).toFixed(2)} s`;
-const rate = (value: number) => `${Math.round(value).toLocaleString("en-US")}/s`;
-const sleep = (millis: number) => new Promise((resolve) => setTimeout(resolve, millis));
-const errorText = (error: unknown) => (error instanceof Error ? error.message : String(error));
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      server.close(() => resolve(typeof address === "object" && address ? address.port : 0));
-    });
-  });
-}
-
-/** Polls `check` until it returns true; throws after `timeoutMs`. */
-async function waitUntil(label: string, timeoutMs: number, intervalMs: number, check: () => Promise<boolean>): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await check()) return;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${label}`);
-    await sleep(intervalMs);
-  }
-}
-
-function withTimeout<T>(label: string, timeoutMs: number, promise: Promise<T>): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs / 1000} s: ${label}`)), timeoutMs);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-// ---------------------------------------------------------------------------------------------- clean-up
-
-const cleanups: Array<{ label: string; run: () => Promise<void> }> = [];
-let cleanedUp: Promise<void> | null = null;
-
-/** Runs the registered clean-ups, last registered first; safe to call twice. */
-function cleanUp(): Promise<void> {
-  cleanedUp ??= (async () => {
-    for (const { label, run } of [...cleanups].reverse()) {
-      try {
-        await run();
-      } catch (error) {
-        console.error(`clean-up (${label}) failed: ${errorText(error)}`);
-      }
-    }
-  })();
-  return cleanedUp;
-}
-
-for (const signal of ["SIGINT", "SIGTERM"] as const) {
-  process.once(signal, () => {
-    console.error(`\n${signal}: cleaning up`);
-    void cleanUp().finally(() => process.exit(130));
-  });
-}
-
-// ---------------------------------------------------------------------------------------------- database
-
-const tempRoot = mkdtempSync(path.join(os.tmpdir(), "berth-bench-turns-"));
-// As root the embedded Postgres runs as the `postgres` user, which must traverse this folder.
-chmodSync(tempRoot, 0o711);
-cleanups.push({ label: "temporary directory", run: async () => rmSync(tempRoot, { recursive: true, force: true }) });
-
-async function prepareDatabase(): Promise<{ url: string; description: string }> {
-  const external = process.env.DATABASE_URL;
-  if (external) {
-    const name = `berth_bench_${randomBytes(6).toString("hex")}`;
-    const admin = postgres(external, { max: 1, onnotice: () => {} });
-    try {
-      await admin.unsafe(`create database "${name}"`);
-    } finally {
-      await admin.end({ timeout: 5 });
-    }
-    cleanups.push({
-      label: `drop database ${name}`,
-      run: async () => {
-        const again = postgres(external, { max: 1, onnotice: () => {} });
-        try {
-          await again.unsafe(`drop database if exists "${name}" with (force)`);
-        } finally {
-          await again.end({ timeout: 5 });
-        }
-      },
-    });
-    const url = new URL(external);
-    url.pathname = `/${name}`;
-    return { url: url.toString(), description: `DATABASE_URL server, fresh database ${name}` };
-  }
-  const pgDataDir = path.join(tempRoot, "pg-data");
-  mkdirSync(pgDataDir, { mode: 0o700 });
-  const embedded: EmbeddedPostgres = await startEmbeddedPostgres({ dataDir: pgDataDir, logger: pino({ level: "warn" }) });
-  cleanups.push({ label: "embedded Postgres", run: () => embedded.stop() });
-  await ensureApplicationDatabase(embedded.url);
-  return { url: embedded.url, description: `embedded Postgres on 127.0.0.1:${embedded.port}` };
-}
-
-// ---------------------------------------------------------------------------------------------- server
-
-type RunningServer = { child: ChildProcess; url: string; logLines: string[]; stop(): Promise<{ exitCode: number | null; signal: string | null; millis: number }> };
+const cleanups = createCleanups();
+const cleanUp = () => cleanups.run();
+const tempRoot = makeTempRoot("berth-bench-turns-", cleanups);
 
 async function startServer(databaseUrl: string): Promise<RunningServer> {
-  const port = await freePort();
-  const dataDir = path.join(tempRoot, "server-data");
-  mkdirSync(dataDir, { mode: 0o700 });
-  const child = spawn(process.execPath, [serverScript], {
-    env: {
-      ...process.env,
-      DATABASE_URL: databaseUrl,
-      BERTH_DATA_DIR: dataDir,
-      PORT: String(port),
-      HOST: "127.0.0.1",
-      BERTH_ADMIN_API_KEY: ADMIN_API_KEY,
-      LOG_LEVEL: "warn",
-      BERTH_WARM_POOL_SIZE: "0",
-    },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  const logLines: string[] = [];
-  const collect = (chunk: string) => {
-    for (const line of chunk.split("\n")) if (line.trim() && logLines.length < 5000) logLines.push(line);
-  };
-  child.stdout!.setEncoding("utf8").on("data", collect);
-  child.stderr!.setEncoding("utf8").on("data", collect);
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-
-  let stopped: Promise<{ exitCode: number | null; signal: string | null; millis: number }> | null = null;
-  const stop = () => {
-    stopped ??= (async () => {
-      const started = performance.now();
-      if (child.exitCode === null && child.signalCode === null) {
-        child.kill("SIGTERM");
-        const inTime = await Promise.race([exited.then(() => true), sleep(20_000).then(() => false)]);
-        if (!inTime) {
-          console.error("the server did not exit within 20 s of SIGTERM: killing it");
-          child.kill("SIGKILL");
-          await exited;
-        }
-      }
-      return { exitCode: child.exitCode, signal: child.signalCode, millis: performance.now() - started };
-    })();
-    return stopped;
-  };
-  cleanups.push({ label: "server", run: async () => void (await stop()) });
-
-  const url = `http://127.0.0.1:${port}`;
-  try {
-    await waitUntil("GET /readyz to answer 200", 60_000, 100, async () => {
-      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`the server exited during start-up (${child.signalCode ?? `code ${child.exitCode}`})`);
-      const response = await fetch(`${url}/readyz`).catch(() => null);
-      return response?.status === 200;
-    });
-  } catch (error) {
-    console.error(`server output:\n${logLines.slice(-30).join("\n")}`);
-    throw error;
-  }
-  return { child, url, logLines, stop };
+  return startBuiltServer({ serverScript, databaseUrl, dataDir: path.join(tempRoot, "server-data"), adminApiKey: ADMIN_API_KEY, cleanups });
 }
 
 // ---------------------------------------------------------------------------------------------- 1. message accept latency
@@ -325,13 +175,7 @@ async function benchTurns(databaseUrl: string, sql: postgres.Sql): Promise<TurnF
     from turns where finished_at is not null`;
 
   const shutdown = await server.stop();
-  const serverWarnings = server.logLines.filter((line) => {
-    try {
-      return (JSON.parse(line) as { level?: number }).level! >= 40;
-    } catch {
-      return !line.includes("Admin password") && !line.includes("shown once");
-    }
-  });
+  const serverWarnings = warningLines(server.logLines);
   return {
     readyMillis,
     sendSamples,
@@ -437,13 +281,13 @@ try {
     `Turn and event-log benchmark: ${sessionCount} sessions x ${messageCount} messages, one per ${intervalMs} ms per session; ingest ${INGEST_WRITERS} writers x batches of ${INGEST_BATCH}, ` +
       `${INGEST_SECONDS} s or ${INGEST_MAX_EVENTS.toLocaleString("en-US")} events each; ${os.cpus().length} CPUs, ${process.release.name} ${process.version}`,
   );
-  const database = await prepareDatabase();
+  const database = await prepareDatabase({ tempRoot, namePrefix: "berth_bench_", cleanups });
   const migrateStarted = performance.now();
   await migrateDatabase(database.url);
   console.log(`database: ${database.description}; migrated in ${secs(performance.now() - migrateStarted)}`);
 
   const client = connectDatabase(database.url, { max: INGEST_WRITERS, applicationName: "berth-bench" });
-  cleanups.push({ label: "database pool", run: () => client.close() });
+  cleanups.push("database pool", () => client.close());
 
   console.log("\n== 1. message accept latency");
   const turns = await benchTurns(database.url, client.sql);
