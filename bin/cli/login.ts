@@ -29,7 +29,9 @@ export async function login(options: LoginOptions): Promise<void> {
         return { me, team };
       })
       .catch((error: unknown) => {
-        throw toCliError(error, url);
+        const failure = toCliError(error, url);
+        // Not "run berth login" again: this is berth login.
+        throw new CliError(failure.exitCode, failure.message.replace(/ \(run `berth login`\)$/, ""));
       });
     const file = configPath();
     writeConfig({ url, apiKey }, file);

@@ -152,7 +152,7 @@ export async function sendMessage(id: string, words: string[], options: SendOpti
     if (out.json) {
       out.document({ ...accepted, status: outcome.status, answer: answer.join("\n\n"), error: errorMessage ?? null, events: outcome.events });
     } else if (answer.length > 0) {
-      out.line(answer.join("\n\n"));
+      out.line(answer.map((text) => text.replace(/\s+$/, "")).join("\n\n"));
     }
     if (outcome.status === "failed") throw new CliError(EXIT.error, `the turn failed: ${errorMessage}`);
   });
