@@ -48,7 +48,7 @@ export async function startJobRunner(options: JobRunnerOptions): Promise<JobRunn
   events.on("job:error", ({ job, error }) => logger.warn({ jobId: job.id, task: job.task_identifier, attempt: job.attempts, err: error }, "job failed"));
 
   const runner: Runner = await run({
-    connectionString: options.databaseUrl,
+    connectionString: withApplicationName(options.databaseUrl, "berth-worker"),
     concurrency: options.concurrency,
     maxPoolSize: options.concurrency + 2,
     noHandleSignals: true,
@@ -79,4 +79,11 @@ export async function startJobRunner(options: JobRunnerOptions): Promise<JobRunn
       running = false;
     },
   };
+}
+
+/** Labels the job runner's connections in pg_stat_activity. */
+function withApplicationName(databaseUrl: string, name: string): string {
+  const url = new URL(databaseUrl);
+  if (!url.searchParams.has("application_name")) url.searchParams.set("application_name", name);
+  return url.toString();
 }

@@ -136,7 +136,9 @@ export class TurnStore {
       if (outcome.error) events.push({ type: "error", payload: { message: outcome.error } });
       await appendEvents(tx, turn.sessionId, events);
       await tx.update(turns).set({ status: outcome.status, error: outcome.error ?? null, finishedAt: new Date() }).where(eq(turns.id, turn.id));
-      if (session.status === "running") await transition(tx, session, "ready");
+      // With more messages queued the session stays `running`: no ready/running flip per turn.
+      const [queued] = await tx.select({ id: turns.id }).from(turns).where(and(eq(turns.sessionId, turn.sessionId), eq(turns.status, "queued"))).limit(1);
+      if (session.status === "running" && !queued) await transition(tx, session, "ready");
     });
   }
 }

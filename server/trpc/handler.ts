@@ -20,6 +20,7 @@ export function createTrpcHandler(services: Services, logger: Logger): TrpcReque
       createContext: ({ resHeaders }) => createContext(request, resHeaders),
       onError({ error, path }) {
         if (error.code === "INTERNAL_SERVER_ERROR") logger.error({ err: error.cause ?? error, path }, "tRPC procedure failed");
+        else if (error.code === "SERVICE_UNAVAILABLE") logger.warn({ path, reason: error.message }, "tRPC procedure unavailable");
       },
     });
 }
