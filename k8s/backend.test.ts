@@ -316,6 +316,29 @@ describe("Kubernetes API errors", () => {
     expect((error as Error).message).toContain("rejected as invalid by the Kubernetes API (Sandbox.agents.x-k8s.io \"x\" is invalid: spec.podTemplate: Required value)");
   });
 
+  it("a create that fails transiently is retried; an attempt that did land comes back as 409 and is adopted", async () => {
+    fake.injectFault({ status: 503, reason: "ServiceUnavailable", times: 2, match: (r) => r.method === "POST" && r.path.endsWith("/sandboxes") });
+    const s = spec();
+    await expect(backend.provision(s)).resolves.toMatchObject({ name: s.name });
+    await backend.stop(s.name, "done");
+
+    // The Sandbox and the Secret are created, but the answers are lost: the retries see 409s.
+    fake.injectFault({ status: 504, reason: "Timeout", afterDispatch: true, match: (r) => r.method === "POST" && r.path.endsWith("/sandboxes") });
+    fake.injectFault({ status: 504, reason: "Timeout", afterDispatch: true, match: (r) => r.method === "POST" && r.path.endsWith("/secrets") });
+    const t = spec();
+    const provisioned = await backend.provision(t);
+    expect((await run(backend, provisioned.address, "echo $GREETING")).stdout).toBe("hello from the agent\n");
+    const conflicts = fake.requests.filter((r) => r.method === "POST" && r.status === 409 && JSON.stringify(r.body).includes(t.name));
+    expect(conflicts.length).toBe(2);
+    await backend.stop(t.name, "done");
+  });
+
+  it("says so when the agent-sandbox CRDs are not installed", async () => {
+    fake.injectFault({ status: 404, reason: "NotFound", message: "the server could not find the requested resource", match: (r) => r.method === "GET" && r.path.endsWith("/sandboxes") });
+    const error = await makeBackend().catch((e: unknown) => e);
+    expect((error as Error).message).toBe("the agent-sandbox CRDs (sandboxes.agents.x-k8s.io v1beta1) are not installed in the cluster: install agent-sandbox (see docs/kubernetes.md)");
+  });
+
   it("404 from status and stop is no error: the sandbox is gone", async () => {
     expect(await backend.status("s-nothing-here")).toBe("gone");
     await expect(backend.stop("s-nothing-here", "test")).resolves.toBeUndefined();

@@ -111,7 +111,7 @@ export class KubernetesSandboxBackend implements SandboxBackend {
     } catch (error) {
       if (isNotFound(error)) {
         throw new Error(
-          `the agent-sandbox CRDs (sandboxes.${SANDBOX_GROUP} ${API_VERSION}) are not installed in the cluster, or namespace "${options.namespace}" does not exist: see docs/kubernetes.md`,
+          `the agent-sandbox CRDs (sandboxes.${SANDBOX_GROUP} ${API_VERSION}) are not installed in the cluster: install agent-sandbox (see docs/kubernetes.md)`,
         );
       }
       throw new Error(`the Kubernetes sandbox backend cannot start: ${(error as Error).message}`);

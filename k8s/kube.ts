@@ -192,11 +192,13 @@ export class KubeClient {
 
   /**
    * Creates an object with strict field validation, so a field the CRD does not know is an error
-   * rather than silently dropped. Not repeated by itself: the caller decides what a 409 means.
+   * rather than silently dropped. Transient failures are retried: an attempt that reached the server
+   * before failing shows up as a 409 on the next, and every caller handles 409 (reuse the template
+   * or claim, replace the Secret, adopt its own Sandbox).
    */
   createObject<T>(ref: ObjectRef, body: object): Promise<T> {
     const name = (body as { metadata?: { name?: string } }).metadata?.name ?? "";
-    return this.call(`create ${ref.plural}/${name}`, false, (options) =>
+    return this.call(`create ${ref.plural}/${name}`, true, (options) =>
       this.custom.createNamespacedCustomObject({ ...ref, namespace: this.namespace, body, fieldValidation: "Strict" }, options) as Promise<T>,
     );
   }
@@ -223,7 +225,7 @@ export class KubeClient {
 
   createSecret(body: object): Promise<unknown> {
     const name = (body as { metadata?: { name?: string } }).metadata?.name ?? "";
-    return this.call(`create secrets/${name}`, false, (options) => this.core.createNamespacedSecret({ namespace: this.namespace, body: body as never, fieldValidation: "Strict" }, options));
+    return this.call(`create secrets/${name}`, true, (options) => this.core.createNamespacedSecret({ namespace: this.namespace, body: body as never, fieldValidation: "Strict" }, options));
   }
 
   replaceSecret(name: string, body: object): Promise<unknown> {
@@ -252,7 +254,7 @@ export class KubeClient {
 
   createPersistentVolumeClaim(body: object): Promise<unknown> {
     const name = (body as { metadata?: { name?: string } }).metadata?.name ?? "";
-    return this.call(`create persistentvolumeclaims/${name}`, false, (options) =>
+    return this.call(`create persistentvolumeclaims/${name}`, true, (options) =>
       this.core.createNamespacedPersistentVolumeClaim({ namespace: this.namespace, body: body as never, fieldValidation: "Strict" }, options),
     );
   }

@@ -86,6 +86,8 @@ export type Fault = {
   delayMs?: number;
   /** How many matching requests get it (default 1). */
   times?: number;
+  /** Carry the request out first, then answer with the fault (the reply was lost on the way). */
+  afterDispatch?: boolean;
 };
 
 const OBJECT_META_FIELDS = new Set([
@@ -463,15 +465,16 @@ export class FakeKubeApi {
         throw new HttpError(401, "Unauthorized", "Unauthorized");
       }
       const fault = this.faults.find((f) => (f.times ?? 1) > 0 && (!f.match || f.match({ method, path: url.pathname })));
+      const route = this.route(url.pathname);
+      const body = raw.length ? (JSON.parse(raw) as unknown) : undefined;
+      record.body = body;
       if (fault) {
         fault.times = (fault.times ?? 1) - 1;
+        if (fault.afterDispatch) this.dispatch(method, route, body, query, req.headers["content-type"] ?? "");
         if (fault.delayMs) await new Promise((resolve) => setTimeout(resolve, fault.delayMs));
         if (res.destroyed) return;
         throw new HttpError(fault.status, fault.reason ?? "InternalError", fault.message ?? `injected ${fault.status}`);
       }
-      const route = this.route(url.pathname);
-      const body = raw.length ? (JSON.parse(raw) as unknown) : undefined;
-      record.body = body;
       if (method === "GET" && !route.name && (query.watch === "true" || query.watch === "1")) {
         this.watch(res, route.type, route.namespace, query);
         record.status = 200;
