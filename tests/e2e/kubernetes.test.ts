@@ -4,12 +4,19 @@ import path from "node:path";
 import { TRPCClientError } from "@trpc/client";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startTestBerth, type TestBerth } from "../helpers/berth";
+import type { ServerBuild } from "@remix-run/node";
+import { createBerthClient } from "../../server/client";
+import { loadConfig } from "../../server/config";
+import { createLogger } from "../../server/logger";
+import { startBerth } from "../../server/main";
+import { ROOT, startTestBerth, type TestBerth } from "../helpers/berth";
 import { FakeKubeApi } from "../helpers/fake-kube-api";
 import { freePort, waitFor } from "../helpers/processes";
 
 const KEY = "kubernetes_test_key_0123456789abcdefg";
 const NAMESPACE = "berth-e2e";
+/** Shared by every replica: it encrypts secrets and derives the daemons' tokens. */
+const SECRET_KEY = "5e".repeat(32);
 
 /**
  * The whole platform with BERTH_SANDBOX_BACKEND=kubernetes against the stand-in API server: every
@@ -21,6 +28,7 @@ describe("sessions on the kubernetes backend (stand-in API server)", () => {
   let api: ReturnType<TestBerth["client"]>;
   let sql: postgres.Sql;
   let kubeDir: string;
+  let kubeEnv: Record<string, string>;
   const previousKubeconfig = process.env.KUBECONFIG;
 
   beforeAll(async () => {
@@ -28,16 +36,16 @@ describe("sessions on the kubernetes backend (stand-in API server)", () => {
     kubeDir = mkdtempSync(path.join(os.tmpdir(), "berth-kubeconfig-"));
     writeFileSync(path.join(kubeDir, "config"), fake.kubeconfig(NAMESPACE), { mode: 0o600 });
     process.env.KUBECONFIG = path.join(kubeDir, "config");
-    berth = await startTestBerth({
-      env: {
-        BERTH_ADMIN_API_KEY: KEY,
-        BERTH_SANDBOX_BACKEND: "kubernetes",
-        BERTH_SANDBOX_IMAGE: "berth:e2e",
-        BERTH_K8S_NAMESPACE: NAMESPACE,
-        BERTH_SANDBOX_DAEMON_PORT: String(await freePort()),
-        CONTAINER_ENV_PLATFORM_WIDE: "from-the-platform",
-      },
-    });
+    kubeEnv = {
+      BERTH_ADMIN_API_KEY: KEY,
+      BERTH_SECRET_KEY: SECRET_KEY,
+      BERTH_SANDBOX_BACKEND: "kubernetes",
+      BERTH_SANDBOX_IMAGE: "berth:e2e",
+      BERTH_K8S_NAMESPACE: NAMESPACE,
+      BERTH_SANDBOX_DAEMON_PORT: String(await freePort()),
+      CONTAINER_ENV_PLATFORM_WIDE: "from-the-platform",
+    };
+    berth = await startTestBerth({ env: kubeEnv });
     api = berth.client(KEY);
     sql = postgres(berth.databaseUrl, { max: 2, onnotice: () => {} });
   });
@@ -136,6 +144,45 @@ describe("sessions on the kubernetes backend (stand-in API server)", () => {
       return current.status === "ready" && current.sandbox!.generation === 2 ? true : undefined;
     }, 30_000);
     expect((await exec(session.id, "cat kept.txt")).stdout).toBe("again\n");
+  });
+
+  it("two replicas share the sandboxes: either one reaches them, a lost pod reconnects once, a stopping replica leaves them running", async () => {
+    const dataDir = mkdtempSync(path.join(os.tmpdir(), "berth-replica-"));
+    const config = loadConfig({ ...kubeEnv, NODE_ENV: "test", PORT: "1", HOST: "127.0.0.1", DATABASE_URL: berth.databaseUrl, BERTH_DATA_DIR: dataDir, LOG_LEVEL: "warn", BERTH_WARM_POOL_SIZE: "0" });
+    config.port = 0;
+    const replica = await startBerth({
+      config,
+      logger: createLogger("silent"),
+      remixBuild: (await import(path.join(ROOT, "build/server/index.js"))) as ServerBuild,
+      clientAssetsDir: path.join(ROOT, "build/client"),
+      daemonScript: path.join(ROOT, "build/sandboxd.js"),
+    });
+    try {
+      const other = createBerthClient({ url: replica.url, apiKey: KEY });
+      const session = await readySession((await api.agents.create.mutate({ name: "replicated", model: "demo" })).id);
+      await exec(session.id, "echo from-replica-one > shared.txt");
+      expect(await other.sessions.exec.mutate({ sessionId: session.id, command: "cat shared.txt" })).toMatchObject({ exitCode: 0, stdout: "from-replica-one\n" });
+
+      // Both replicas watch; the database lets one of them handle the loss.
+      await fake.deletePod(session.sandbox!.name);
+      await waitFor("generation 2 ready", async () => {
+        const current = await api.sessions.get.query({ sessionId: session.id });
+        return current.status === "ready" && current.sandbox!.generation === 2 ? true : undefined;
+      }, 30_000);
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
+      const generations = await sql<{ generation: number }[]>`select generation from sandboxes where session_id = ${session.id} order by generation`;
+      expect(generations.map((g) => g.generation)).toEqual([1, 2]);
+      expect((await other.sessions.exec.mutate({ sessionId: session.id, command: "cat shared.txt" })).stdout).toBe("from-replica-one\n");
+
+      // A replica going away (rolling update) does not take sandboxes with it.
+      const name = (await api.sessions.get.query({ sessionId: session.id })).sandbox!.name;
+      await replica.stop();
+      expect(fake.get("sandboxes", NAMESPACE, name)).toBeDefined();
+      expect((await exec(session.id, "cat shared.txt")).stdout).toBe("from-replica-one\n");
+    } finally {
+      await replica.stop();
+      rmSync(dataDir, { recursive: true, force: true });
+    }
   });
 
   it("reconciliation removes Sandboxes no live session owns", async () => {
