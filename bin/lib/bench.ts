@@ -163,7 +163,9 @@ export async function startServer(options: {
 }): Promise<RunningServer> {
   const port = await freePort();
   mkdirSync(options.dataDir, { mode: 0o700 });
-  const child = spawn(process.execPath, [options.serverScript], {
+  // BENCH_SERVER_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" profiles the server under load.
+  const nodeArgs = (process.env.BENCH_SERVER_NODE_ARGS ?? "").split(" ").filter(Boolean);
+  const child = spawn(process.execPath, [...nodeArgs, options.serverScript], {
     env: {
       ...process.env,
       DATABASE_URL: options.databaseUrl,
