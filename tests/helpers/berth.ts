@@ -30,7 +30,7 @@ export type TestBerth = RunningBerth & {
  * the real composition root with the real built web app, job runner and HTTP server.
  */
 export async function startTestBerth(
-  options: { env?: Record<string, string>; extraTasks?: BerthTask[] } = {},
+  options: { env?: Record<string, string>; extraTasks?: BerthTask[]; /** Default: the built build/sandboxd.js. */ daemonScript?: string } = {},
 ): Promise<TestBerth> {
   const database = await createTestDatabase();
   const dataDir = mkdtempSync(path.join(os.tmpdir(), "berth-test-data-"));
@@ -63,7 +63,7 @@ export async function startTestBerth(
     remixBuild,
     clientAssetsDir: path.join(ROOT, "build/client"),
     extraTasks: options.extraTasks,
-    daemonScript: path.join(ROOT, "build/sandboxd.js"),
+    daemonScript: options.daemonScript ?? path.join(ROOT, "build/sandboxd.js"),
   });
   return {
     ...berth,
