@@ -280,16 +280,38 @@ describe("KubernetesSandboxBackend against the stand-in API server", () => {
     await backend.stop(s.name, "done");
   });
 
-  it("reports suspended sandboxes as suspended", async () => {
+  it("suspends through operatingMode: Suspended and resumes the same Sandbox as the next generation, with rotated env", async () => {
     const s = spec();
-    await backend.provision(s);
-    const api = kubeConfigFor(fake).makeApiClient(CustomObjectsApi);
-    await api.patchNamespacedCustomObject({ ...SANDBOX_REF, namespace: NAMESPACE, name: s.name, body: [{ op: "replace", path: "/spec/operatingMode", value: "Suspended" }] });
-    await waitFor("pod gone", () => fake.pod(s.name) === undefined);
+    const first = await backend.provision(s);
+    await run(backend, first.address, "echo before > suspended.txt");
+    await backend.suspend(s.name);
+    await waitFor("pod gone", () => (fake.pod(s.name) ? undefined : true));
+    const suspended = fake.get("sandboxes", NAMESPACE, s.name)!;
+    expect(suspended.spec!.operatingMode).toBe("Suspended");
     expect(await backend.status(s.name)).toBe("suspended");
     expect((await backend.list()).find((l) => l.name === s.name)?.state).toBe("suspended");
+
+    const next = spec({ sessionId: s.sessionId, generation: 2, env: { GREETING: "rotated" } });
+    const resumed = await backend.provision(next);
+    expect(resumed.name).toBe(s.name); // the same Sandbox, so the same token
+    expect(fake.get("sandboxes", NAMESPACE, next.name)).toBeUndefined();
+    expect(fake.get("sandboxes", NAMESPACE, s.name)!.metadata.labels!["berth.dev/generation"]).toBe("2");
+    expect((await run(backend, resumed.address, 'cat suspended.txt; echo "$GREETING"')).stdout).toBe("before\nrotated\n");
+    const secret = fake.get("secrets", NAMESPACE, envSecretName(s.name))!;
+    expect(secret.metadata.ownerReferences).toEqual([expect.objectContaining({ kind: "Sandbox", uid: suspended.metadata.uid })]);
     expect(losses.find((l) => l.name === s.name)).toBeUndefined();
     await backend.stop(s.name, "done");
+  });
+
+  it("a suspended Sandbox of another shape (e.g. the image changed) is replaced, not resumed", async () => {
+    const s = spec();
+    await backend.provision(s);
+    await backend.suspend(s.name);
+    const next = spec({ sessionId: s.sessionId, generation: 2, image: "berth:other" });
+    const provisioned = await backend.provision(next);
+    expect(provisioned.name).toBe(next.name);
+    await waitFor("old one deleted", () => (fake.get("sandboxes", NAMESPACE, s.name) ? undefined : true));
+    await backend.stop(next.name, "done");
   });
 });
 

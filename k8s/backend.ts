@@ -35,6 +35,7 @@ import {
   SANDBOX_SELECTOR,
   SANDBOX_TEMPLATES,
   SANDBOXES,
+  TEMPLATE_ANNOTATION,
   terminalReason,
   type KubeObject,
   type KubernetesSandboxSettings,
@@ -152,6 +153,8 @@ export class KubernetesSandboxBackend implements SandboxBackend {
     const settings = this.options;
     const template = await this.ensureTemplate(spec);
     await this.ensureWorkspace(spec);
+    const suspended = await this.suspendedSandboxOf(spec, template.metadata!.name!);
+    if (suspended) return this.resume(spec, suspended, started);
     const secret = buildEnvSecret(spec, settings, this.options.tokenFor(spec.name));
     await this.putEnvSecret(secret);
 
@@ -181,6 +184,57 @@ export class KubernetesSandboxBackend implements SandboxBackend {
       await this.stop(spec.name, "did not become ready").catch(() => {});
       if (error instanceof SandboxUnavailableError) throw error;
       throw new SandboxUnavailableError(`sandbox ${spec.name} did not become ready: ${(error as Error).message}`, { cause: error });
+    }
+  }
+
+  /** Idle suspension: `operatingMode: Suspended` stops the pod and keeps the Sandbox for a resume. */
+  async suspend(name: string): Promise<void> {
+    this.logger.debug({ sandbox: name }, "suspending sandbox");
+    try {
+      await this.kube.mergePatchObject(SANDBOX_REF, name, { spec: { operatingMode: "Suspended" } });
+    } catch (error) {
+      if (!isNotFound(error)) throw error;
+    }
+  }
+
+  /** The session's suspended Sandbox, when it can be resumed as this spec (same template); others are deleted. */
+  private async suspendedSandboxOf(spec: SandboxSpec, templateName: string): Promise<SandboxObject | null> {
+    const { items } = await this.kube.listObjects<SandboxObject>(SANDBOX_REF, `${SANDBOX_SELECTOR},${LABELS.session}=${spec.sessionId}`);
+    let found: SandboxObject | null = null;
+    for (const sandbox of items) {
+      if (sandbox.spec?.operatingMode !== "Suspended" || sandbox.metadata?.deletionTimestamp) continue;
+      const sameShape = sandbox.metadata?.annotations?.[TEMPLATE_ANNOTATION] === templateName && sandbox.metadata?.labels?.[LABELS.network] === spec.network;
+      if (sameShape && !found) found = sandbox;
+      else await this.stop(sandbox.metadata!.name!, "suspended with another shape: replaced");
+    }
+    return found;
+  }
+
+  /**
+   * Resumes a suspended Sandbox as the session's new generation: the env Secret gets this
+   * generation's values (rotation), then `operatingMode: Running` brings a new pod up on the same
+   * workspace. The Sandbox keeps its name, so the daemon token stays the same.
+   */
+  private async resume(spec: SandboxSpec, sandbox: SandboxObject, started: number): Promise<ProvisionedSandbox> {
+    const name = sandbox.metadata!.name!;
+    const secret = buildEnvSecret({ ...spec, name }, this.options, this.options.tokenFor(name));
+    secret.metadata!.ownerReferences = [{ apiVersion: `${SANDBOX_GROUP}/${API_VERSION}`, kind: "Sandbox", name, uid: sandbox.metadata!.uid!, blockOwnerDeletion: false }];
+    await this.putEnvSecret(secret);
+    this.logger.debug({ sandbox: name, generation: spec.generation }, "resuming suspended sandbox");
+    try {
+      const running = await this.kube.mergePatchObject<SandboxObject>(SANDBOX_REF, name, {
+        metadata: { labels: { [LABELS.generation]: String(spec.generation) } },
+        spec: { operatingMode: "Running" },
+      });
+      const deadline = Date.now() + (this.options.readyTimeoutMs ?? DEFAULT_READY_TIMEOUT_MS);
+      const ready = await this.waitForReady(name, running, deadline);
+      const address = this.addressOf(ready);
+      await this.waitForDaemon(name, address, deadline);
+      return { name, address, hostPid: null, fromWarmPool: false, startMs: performance.now() - started };
+    } catch (error) {
+      await this.stop(name, "did not resume").catch(() => {});
+      if (error instanceof SandboxUnavailableError) throw error;
+      throw new SandboxUnavailableError(`sandbox ${name} did not resume: ${(error as Error).message}`, { cause: error });
     }
   }
 

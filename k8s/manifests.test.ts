@@ -158,6 +158,9 @@ describe("the Role grants exactly what the backend calls", () => {
     await backend.provision(s); // a retried provision: Secret replaced, Sandbox adopted
     await backend.status(s.name);
     await backend.list();
+    await backend.suspend(s.name); // idle: operatingMode Suspended
+    await waitFor("pod gone", () => (fake.pod(s.name) ? undefined : true));
+    await backend.provision(spec({ name: "s-rbac-g2", generation: 2 })); // resumes s-rbac-g1
     fake.killDaemon(s.name);
     await waitFor("loss", () => (lost.includes(s.name) ? true : undefined));
     await backend.stop(s.name, "done");

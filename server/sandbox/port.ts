@@ -44,6 +44,12 @@ export interface SandboxBackend {
   provision(spec: SandboxSpec): Promise<ProvisionedSandbox>;
   /** Stops the sandbox and releases its compute; the session workspace is kept. Idempotent. */
   stop(name: string, reason: string): Promise<void>;
+  /**
+   * Optional: idle suspension that keeps the sandbox object for a later resume (Kubernetes:
+   * `operatingMode: Suspended`); the next `provision` of the same session resumes it. Backends
+   * without it are stopped instead.
+   */
+  suspend?(name: string): Promise<void>;
   /** Current state as the backend sees it. */
   status(name: string): Promise<SandboxState>;
   /** Every sandbox this backend runs for Berth (for reconciliation). */

@@ -244,7 +244,10 @@ export class SandboxLifecycle {
         await recordAudit(tx, { teamId: session.teamId, actor: SYSTEM_ACTOR, action: "session.suspend", targetType: "session", targetId: id, metadata: { reason: "idle" } });
         return rows;
       });
-      for (const row of stopped ?? []) await this.deps.backend.stop(row.name, "idle");
+      for (const row of stopped ?? []) {
+        if (this.deps.backend.suspend) await this.deps.backend.suspend(row.name);
+        else await this.deps.backend.stop(row.name, "idle");
+      }
       if (stopped) suspended++;
     }
     return suspended;
@@ -256,8 +259,10 @@ export class SandboxLifecycle {
       if (!session) throw notFound("session");
       if (session.status === "terminated") return [];
       const live = await tx.update(sandboxes).set({ status: "stopped", endedAt: new Date(), endReason: "terminated" }).where(and(eq(sandboxes.sessionId, sessionId), inArray(sandboxes.status, ["ready", "provisioning"]))).returning();
+      // A backend that keeps suspended sandboxes (Kubernetes) still holds the suspended session's one.
+      const kept = session.status === "suspended" ? await tx.select().from(sandboxes).where(and(eq(sandboxes.sessionId, sessionId), eq(sandboxes.status, "suspended"))).orderBy(desc(sandboxes.generation)).limit(1) : [];
       await transition(tx, session, "terminated");
-      return live;
+      return [...live, ...kept];
     });
     for (const row of rows) await this.deps.backend.stop(row.name, "terminated");
   }
@@ -287,9 +292,14 @@ export class SandboxLifecycle {
       .select({ sandbox: sandboxes, sessionStatus: sessions.status })
       .from(sandboxes)
       .innerJoin(sessions, eq(sessions.id, sandboxes.sessionId))
-      .where(and(eq(sandboxes.backend, backend.name), inArray(sandboxes.status, ["ready", "provisioning"])));
-    // A sandbox is owned only while its row is live and its session is not final.
-    const owned = new Set(rows.filter((row) => row.sessionStatus !== "terminated" && row.sessionStatus !== "failed").map((row) => row.sandbox.name));
+      .where(and(eq(sandboxes.backend, backend.name), inArray(sandboxes.status, ["ready", "provisioning", "suspended"])));
+    // A sandbox is owned only while its row is live and its session is not final, or while it is the
+    // suspended sandbox of a suspended session (backends that keep suspended sandboxes).
+    const owned = new Set(
+      rows
+        .filter((row) => (row.sandbox.status === "suspended" ? row.sessionStatus === "suspended" : row.sessionStatus !== "terminated" && row.sessionStatus !== "failed"))
+        .map((row) => row.sandbox.name),
+    );
     let stopped = 0;
     for (const sandbox of listed) {
       if (!owned.has(sandbox.name)) {
@@ -304,7 +314,7 @@ export class SandboxLifecycle {
     const listedNames = new Set(listed.map((sandbox) => sandbox.name));
     let lost = 0;
     for (const { sandbox: row } of rows) {
-      if (listedNames.has(row.name)) continue;
+      if (row.status === "suspended" || listedNames.has(row.name)) continue;
       if (row.status === "ready") {
         await this.handleLoss(row.name, "sandbox vanished");
         lost++;

@@ -110,15 +110,27 @@ describe("sessions on the kubernetes backend (stand-in API server)", () => {
     expect(events.find((e) => e.type === "tool_result")).toBeDefined();
     expect(statusPath(events)).toEqual(["provisioning", "ready", "running", "ready", "reconnecting", "provisioning", "ready"]);
 
-    // Idle: suspended (the Sandbox is deleted, the workspace claim kept), resumed on the next use.
+    // Idle: suspended through operatingMode (pod gone, Sandbox and workspace claim kept), resumed on
+    // the next use as generation 3 of the same Sandbox. Reconciliation leaves a suspended one alone.
     const secondName = (await api.sessions.get.query({ sessionId: session.id })).sandbox!.name;
     await sql`update sessions set last_activity_at = now() - interval '1 hour' where id = ${session.id}`;
     expect(await berth.services.sandboxes.suspendIdle()).toBeGreaterThanOrEqual(1);
     expect((await api.sessions.get.query({ sessionId: session.id })).status).toBe("suspended");
-    expect(fake.get("sandboxes", NAMESPACE, secondName)).toBeUndefined();
+    await waitFor("the pod to stop", () => (fake.pod(secondName) ? undefined : true));
+    expect(fake.get("sandboxes", NAMESPACE, secondName)!.spec!.operatingMode).toBe("Suspended");
     expect(fake.get("persistentvolumeclaims", NAMESPACE, `berth-ws-${session.id}`)).toBeDefined();
+    expect(await berth.services.sandboxes.reconcile()).toEqual({ stopped: 0, lost: 0 });
+    expect(fake.get("sandboxes", NAMESPACE, secondName)).toBeDefined();
     expect((await exec(session.id, "cat kept.txt")).stdout).toBe("survives\n");
-    expect(await api.sessions.get.query({ sessionId: session.id })).toMatchObject({ status: "ready", sandbox: { generation: 3 } });
+    expect(await api.sessions.get.query({ sessionId: session.id })).toMatchObject({ status: "ready", sandbox: { generation: 3, name: secondName } });
+    expect(fake.get("sandboxes", NAMESPACE, secondName)!.spec!.operatingMode).toBe("Running");
+
+    // Terminate while suspended: the kept Sandbox is deleted too.
+    const suspendedSession = await readySession(agent.id);
+    await sql`update sessions set last_activity_at = now() - interval '1 hour' where id = ${suspendedSession.id}`;
+    await berth.services.sandboxes.suspendIdle();
+    await api.sessions.terminate.mutate({ sessionId: suspendedSession.id });
+    expect(fake.get("sandboxes", NAMESPACE, suspendedSession.sandbox!.name)).toBeUndefined();
 
     // Terminate: the Sandbox and its env Secret are deleted; the session is final.
     const thirdName = (await api.sessions.get.query({ sessionId: session.id })).sandbox!.name;
