@@ -8,7 +8,8 @@ export default defineConfig({
     globalSetup: ["./tests/global-setup.ts"],
     setupFiles: ["./tests/setup-console.ts"],
     pool: "forks",
-    testTimeout: 60_000,
+    // End-to-end tests start processes, jails and browsers on a 2-core machine: generous bounds.
+    testTimeout: 120_000,
     hookTimeout: 120_000,
     fileParallelism: true,
     maxWorkers: 2,

@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 CLUSTER="${KIND_CLUSTER:-berth}"
 NAMESPACE=berth
-# Pinned: the CRDs in ../shared/reference/agent-sandbox-crds/ are this release's (v1beta1 storage).
+# Pinned: the CRDs vendored in k8s/crds/ are this release's (v1beta1 storage).
 AGENT_SANDBOX_VERSION="${AGENT_SANDBOX_VERSION:-v0.5.6}"
 AGENT_SANDBOX_MANIFEST="https://github.com/kubernetes-sigs/agent-sandbox/releases/download/${AGENT_SANDBOX_VERSION}/sandbox-with-extensions.yaml"
 IMAGE="${BERTH_IMAGE:-berth:dev}"

@@ -150,7 +150,7 @@ describe("the Role grants exactly what the backend calls", () => {
     await fake?.stop();
   });
 
-  it("every verb on every resource, and only those", async () => {
+  it("every verb on every resource, and only those", { timeout: 180_000 }, async () => {
     const lost: string[] = [];
     backend.onLost((loss) => lost.push(loss.name));
     const s = spec();

@@ -1,6 +1,6 @@
 /**
  * The Kubernetes objects the `kubernetes` sandbox backend writes, built as plain JSON in the
- * agent-sandbox v1beta1 wire format (field names from ../shared/reference/agent-sandbox-crds/).
+ * agent-sandbox v1beta1 wire format (field names from the vendored CRDs in k8s/crds/).
  * Pure functions: no API calls here, so the shapes are easy to test against the CRD schemas.
  */
 import { createHash } from "node:crypto";

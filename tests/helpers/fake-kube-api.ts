@@ -6,7 +6,7 @@
  * `?watch=true` streams of newline-delimited `{type, object}` events from a resourceVersion (410 Gone
  * once that version is compacted away), Status objects for 400/404/409/410/422, optimistic
  * concurrency on replace. Every Sandbox / SandboxTemplate / SandboxClaim / SandboxWarmPool body is
- * validated against the openAPIV3Schema of ../shared/reference/agent-sandbox-crds/ (with ajv): a
+ * validated against the openAPIV3Schema of k8s/crds/ (the vendored agent-sandbox CRDs) (with ajv): a
  * schema violation is a 422 Invalid, an unknown field is a 400 under `fieldValidation=Strict` and is
  * pruned (with a Warning header) otherwise, exactly as a real API server treats structural schemas.
  * Defaults from the schema are applied. CEL rules (x-kubernetes-validations) are not evaluated.
@@ -30,7 +30,7 @@ import Ajv, { type ValidateFunction } from "ajv";
 import YAML from "yaml";
 
 const ROOT = path.resolve(import.meta.dirname, "../..");
-export const CRD_DIR = path.resolve(ROOT, "../shared/reference/agent-sandbox-crds");
+export const CRD_DIR = path.resolve(ROOT, "k8s/crds");
 
 type Json = Record<string, unknown>;
 type Obj = Json & { apiVersion?: string; kind?: string; metadata: Meta; spec?: Json; status?: Json };
