@@ -15,6 +15,8 @@ import { SecretService } from "./secrets";
 export type SessionStatus = (typeof sessions.$inferSelect)["status"];
 
 const LIVE: SessionStatus[] = ["ready", "running", "idle"];
+/** Reconciliation's health check of each running daemon. */
+const HEALTH_TIMEOUT_MS = 3_000;
 const ALLOWED: Record<SessionStatus, SessionStatus[]> = {
   pending: ["provisioning", "failed", "terminated"],
   provisioning: ["ready", "failed", "terminated", "reconnecting"],
@@ -322,6 +324,27 @@ export class SandboxLifecycle {
         await db.update(sandboxes).set({ status: "failed", endedAt: new Date(), endReason: "abandoned while provisioning" }).where(eq(sandboxes.id, row.id));
       }
     }
+    // A daemon whose process lives but does not answer (hung, starved) is as lost as a dead one.
+    const running = rows.filter(({ sandbox: row }) => row.status === "ready" && row.address && listedNames.has(row.name) && owned.has(row.name));
+    const unhealthy = await Promise.all(running.map(({ sandbox: row }) => this.isUnresponsive(row.address!).then((bad) => (bad ? row.name : null))));
+    for (const name of unhealthy) {
+      if (!name) continue;
+      await this.handleLoss(name, "the sandbox daemon did not answer its health check");
+      await backend.stop(name, "unresponsive daemon");
+      lost++;
+    }
     return { stopped, lost };
+  }
+
+  /** Two health checks, HEALTH_TIMEOUT_MS each, both unanswered. */
+  private async isUnresponsive(address: string): Promise<boolean> {
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const answered = await Promise.race([
+        this.deps.backend.connect(address).health().then(() => true, () => false),
+        new Promise<boolean>((resolve) => setTimeout(() => resolve(false), HEALTH_TIMEOUT_MS).unref()),
+      ]);
+      if (answered) return false;
+    }
+    return true;
   }
 }

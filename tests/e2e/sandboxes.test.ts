@@ -1,4 +1,4 @@
-import { existsSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { TRPCClientError } from "@trpc/client";
@@ -9,6 +9,31 @@ import { startTestBerth, type TestBerth } from "../helpers/berth";
 import { waitFor } from "../helpers/processes";
 
 const KEY = "sandbox_test_key_0123456789abcdefghij";
+
+/** Every process below `root` (from /proc's parent links). */
+function descendants(root: number): number[] {
+  const parents = new Map<number, number>();
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      parents.set(Number(entry), Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]));
+    } catch {
+      // the process ended meanwhile
+    }
+  }
+  const found: number[] = [];
+  const queue = [root];
+  while (queue.length > 0) {
+    const parent = queue.shift()!;
+    for (const [pid, ppid] of parents) {
+      if (ppid !== parent) continue;
+      found.push(pid);
+      queue.push(pid);
+    }
+  }
+  return found;
+}
 
 /**
  * Real bubblewrap jails: isolation, secrets injection, network policy, loss detection,
@@ -224,6 +249,27 @@ describe("per-session sandboxes on the local backend", () => {
     expect(orphanRow).toEqual({ status: "stopped", end_reason: "orphan: no live session owns it" });
     const [vanishedRow] = await sql<{ status: string; end_reason: string }[]>`select status, end_reason from sandboxes where session_id = ${vanished.id} and generation = 1`;
     expect(vanishedRow).toEqual({ status: "lost", end_reason: "sandbox vanished" });
+  });
+
+  it("reconciliation treats a daemon that stopped answering as lost and reconnects the session", async () => {
+    const session = await readySession((await api.agents.create.mutate({ name: "hung", model: "demo" })).id);
+    await exec(session.id, "echo still-mine > hung.txt");
+    // Freeze the daemon inside the jail: its process lives, it answers nothing.
+    const daemonPid = descendants(session.sandbox!.hostPid!).find((pid) => {
+      const [program, script] = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
+      return !program!.endsWith("bwrap") && script === "/opt/berth/sandboxd.js";
+    });
+    expect(daemonPid).toBeDefined();
+    process.kill(daemonPid!, "SIGSTOP");
+    await sql`select graphile_worker.add_job('sandbox:reconcile', '{}'::json)`;
+    await waitFor("the session to be ready on generation 2", async () => {
+      const current = await api.sessions.get.query({ sessionId: session.id });
+      return current.status === "ready" && current.sandbox!.generation === 2 ? true : undefined;
+    }, 45_000);
+    const [old] = await sql<{ status: string; end_reason: string }[]>`select status, end_reason from sandboxes where session_id = ${session.id} and generation = 1`;
+    expect(old).toEqual({ status: "lost", end_reason: "the sandbox daemon did not answer its health check" });
+    await waitFor("the frozen jail to be gone", () => (isProcessAlive(session.sandbox!.hostPid!) ? undefined : true));
+    expect((await exec(session.id, "cat hung.txt")).stdout).toBe("still-mine\n");
   });
 
   it("terminates: the jail is stopped and the session is final", async () => {
