@@ -9,6 +9,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { KILL_GRACE_MS, type ExecChunk } from "./exec";
 import { MAX_BODY_BYTES } from "./server";
 import { MAX_FILE_BYTES } from "./workspace";
+import { isProcessAlive } from "../db/embedded";
+import { waitFor } from "../tests/helpers/processes";
 
 /**
  * The sandbox daemon's protocol, spoken as raw HTTP over its Unix socket to a real daemon process
@@ -102,28 +104,6 @@ async function stop(launched: Launched): Promise<void> {
   const timer = setTimeout(() => child.kill("SIGKILL"), 3_000);
   await launched.exited;
   clearTimeout(timer);
-}
-
-/** Alive and not a zombie (an orphan nobody reaps still answers kill -0). */
-function isRunning(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch {
-    return false;
-  }
-  try {
-    return !/^\d+ \(.*\) Z/s.test(fs.readFileSync(`/proc/${pid}/stat`, "utf8"));
-  } catch {
-    return false;
-  }
-}
-
-async function until(what: string, probe: () => boolean, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!probe()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(20);
-  }
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -486,7 +466,7 @@ describe("sandboxd (cold start, bound)", () => {
       expect(exit).toMatchObject({ exitCode: null, signal: "SIGTERM", timedOut: true });
       expect(exit.durationMs).toBeGreaterThanOrEqual(300);
       expect(exit.durationMs).toBeLessThan(1_500);
-      await until("the timed-out command and its background child to be gone", () => !isRunning(shell!) && !isRunning(background!), 1_000);
+      await waitFor("the timed-out command and its background child to be gone", () => !isProcessAlive(shell!) && !isProcessAlive(background!), 1_000);
     });
 
     it("SIGKILLs a timed-out group that ignores SIGTERM after the grace period", async () => {
@@ -496,9 +476,9 @@ describe("sandboxd (cold start, bound)", () => {
       strayPids.add(stubborn!);
       expect(exitOf(chunks)).toMatchObject({ signal: "SIGTERM", timedOut: true });
       // It survived the SIGTERM (so this test means something) ...
-      expect(isRunning(stubborn!)).toBe(true);
+      expect(isProcessAlive(stubborn!)).toBe(true);
       // ... and is SIGKILLed KILL_GRACE_MS after it.
-      await until("the SIGTERM-ignoring process to be killed", () => !isRunning(stubborn!), KILL_GRACE_MS + 1_500);
+      await waitFor("the SIGTERM-ignoring process to be killed", () => !isProcessAlive(stubborn!), KILL_GRACE_MS + 1_500);
       expect(performance.now() - started).toBeGreaterThanOrEqual(KILL_GRACE_MS);
     });
 
@@ -512,10 +492,10 @@ describe("sandboxd (cold start, bound)", () => {
       expect(first.type).toBe("stdout");
       const [shell, background] = pidsIn((first as { data: string }).data);
       strayPids.add(background!);
-      expect(isRunning(shell!) && isRunning(background!)).toBe(true);
+      expect(isProcessAlive(shell!) && isProcessAlive(background!)).toBe(true);
       const abortedAt = performance.now();
       req.destroy();
-      await until("the abandoned command to be killed", () => !isRunning(shell!) && !isRunning(background!), 1_000);
+      await waitFor("the abandoned command to be killed", () => !isProcessAlive(shell!) && !isProcessAlive(background!), 1_000);
       await sleep(Math.max(0, 800 - (performance.now() - abortedAt)));
       expect(fs.existsSync(marker)).toBe(false);
       expect((await call(daemon, "GET", "/v1/health")).status).toBe(200);
@@ -540,7 +520,7 @@ describe("sandboxd (cold start, bound)", () => {
         .filter((name) => /^early-\d\.pid$/.test(name))
         .map((name) => Number(fs.readFileSync(path.join(daemon.workspace, name), "utf8")));
       pids.forEach((pid) => strayPids.add(pid));
-      expect(pids.filter(isRunning)).toEqual([]);
+      expect(pids.filter(isProcessAlive)).toEqual([]);
       expect((await call(daemon, "GET", "/v1/health")).status).toBe(200);
     });
 
@@ -552,7 +532,7 @@ describe("sandboxd (cold start, bound)", () => {
       expect(exitOf(chunks)).toMatchObject({ exitCode: 0, timedOut: false });
       expect(performance.now() - started).toBeLessThan(2_000);
       // Background servers are allowed to keep running after the exec.
-      expect(isRunning(background!)).toBe(true);
+      expect(isProcessAlive(background!)).toBe(true);
       process.kill(background!, "SIGKILL");
     });
 
@@ -830,12 +810,12 @@ describe("sandboxd process", () => {
     const { res } = await send(daemon, "POST", "/v1/exec", { body: { command: "echo $$; sleep 30" } });
     const running = streamLines(res);
     const [shell] = pidsIn(((await running.next()).value as { data: string }).data);
-    expect(isRunning(background!) && isRunning(shell!)).toBe(true);
+    expect(isProcessAlive(background!) && isProcessAlive(shell!)).toBe(true);
 
     daemon.child.kill("SIGTERM");
     expect(await daemon.exited).toEqual({ code: 0, signal: null });
     expect(daemon.stderr()).toBe("");
     expect(fs.existsSync(daemon.socket)).toBe(false);
-    await until("the daemon's commands to be gone", () => !isRunning(background!) && !isRunning(shell!), 1_000);
+    await waitFor("the daemon's commands to be gone", () => !isProcessAlive(background!) && !isProcessAlive(shell!), 1_000);
   });
 });

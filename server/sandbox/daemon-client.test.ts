@@ -8,6 +8,8 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { collectExec, createDaemonClient, DaemonProtocolError } from "./daemon-client";
 import { DaemonRequestError, SandboxUnavailableError, type DaemonClient, type ExecChunk } from "./port";
+import { isProcessAlive } from "../../db/embedded";
+import { waitFor } from "../../tests/helpers/processes";
 
 /**
  * The platform's client for the sandbox daemon, against a real daemon process
@@ -84,28 +86,6 @@ async function kill(daemon: Daemon, signal: NodeJS.Signals): Promise<void> {
   if (daemon.child.exitCode !== null || daemon.child.signalCode !== null) return;
   daemon.child.kill(signal);
   await daemon.exited;
-}
-
-/** Alive and not a zombie. */
-function isRunning(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch {
-    return false;
-  }
-  try {
-    return !/^\d+ \(.*\) Z/s.test(fs.readFileSync(`/proc/${pid}/stat`, "utf8"));
-  } catch {
-    return false;
-  }
-}
-
-async function until(what: string, probe: () => boolean, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!probe()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(20);
-  }
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -198,7 +178,7 @@ describe("createDaemonClient against a real sandboxd", () => {
     const result = await collectExec(client.exec({ command: "echo $$; sleep 30", timeoutMs: 250 }));
     expect(result).toMatchObject({ exitCode: null, signal: "SIGTERM", timedOut: true });
     const shell = Number(result.stdout.trim());
-    await until("the timed-out command to be gone", () => !isRunning(shell), 1_000);
+    await waitFor("the timed-out command to be gone", () => !isProcessAlive(shell), 1_000);
   });
 
   it("aborting the signal kills the running command and rejects with the abort reason", async () => {
@@ -215,7 +195,7 @@ describe("createDaemonClient against a real sandboxd", () => {
           if (chunk.type === "stdout") {
             pids = chunk.data.trim().split(" ").map(Number);
             pids.forEach((pid) => strayPids.add(pid));
-            expect(pids.every(isRunning)).toBe(true);
+            expect(pids.every(isProcessAlive)).toBe(true);
             controller.abort(reason);
           }
         }
@@ -224,7 +204,7 @@ describe("createDaemonClient against a real sandboxd", () => {
     expect(error).toBe(reason);
     expect(seen.map((chunk) => chunk.type)).toEqual(["stdout"]);
     expect(pids).toHaveLength(2);
-    await until("the aborted command's processes to be gone", () => !pids.some(isRunning), 1_000);
+    await waitFor("the aborted command's processes to be gone", () => !pids.some(isProcessAlive), 1_000);
     await sleep(Math.max(0, 900 - (performance.now() - started)));
     expect(fs.existsSync(marker)).toBe(false);
     expect(daemon.stderr()).toBe("");
@@ -245,12 +225,12 @@ describe("createDaemonClient against a real sandboxd", () => {
       if (chunk.type === "stdout") {
         shell = Number(chunk.data.trim());
         strayPids.add(shell);
-        expect(isRunning(shell)).toBe(true);
+        expect(isProcessAlive(shell)).toBe(true);
         break;
       }
     }
     expect(shell).toBeGreaterThan(0);
-    await until("the abandoned command to be gone", () => !isRunning(shell), 1_000);
+    await waitFor("the abandoned command to be gone", () => !isProcessAlive(shell), 1_000);
   });
 
   it("reads, writes and lists files (utf8 and base64, nested directories)", async () => {
