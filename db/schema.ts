@@ -217,6 +217,11 @@ export const sessions = pgTable(
     promptTokens: bigint("prompt_tokens", { mode: "number" }).notNull().default(0),
     completionTokens: bigint("completion_tokens", { mode: "number" }).notNull().default(0),
     costUsd: numeric("cost_usd", { precision: 14, scale: 6 }).notNull().default("0"),
+    /**
+     * What an external harness keeps between turns, by harness name (opencode: its own session id),
+     * so a reconnect onto the same workspace resumes the harness's session.
+     */
+    harnessState: jsonb("harness_state").$type<Record<string, unknown>>().notNull().default({}),
     createdAt: createdAt(),
     updatedAt: timestamp("updated_at", { withTimezone: true }).notNull().defaultNow(),
     lastActivityAt: timestamp("last_activity_at", { withTimezone: true }).notNull().defaultNow(),

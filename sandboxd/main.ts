@@ -9,14 +9,18 @@
  *   BERTH_DAEMON_TOKEN    bearer token, at least 32 characters
  *   BERTH_WORKSPACE       workspace directory (default /workspace)
  *   BERTH_DAEMON_UNBOUND  1 = warm-pool mode: no session until POST /v1/bind
+ *   BERTH_DAEMON_MODEL_RELAY  optional unix:/abs/path.sock: the platform's model relay; commands then
+ *                         get BERTH_MODEL_BASE_URL (a loopback URL ending in /v1) and BERTH_MODEL_API_KEY
+ *   BERTH_DAEMON_MODEL_TOKEN  the token commands present to the model relay (with the relay)
  * Every other variable is the session's environment (cold start). Prints `READY <pid>` when listening.
  */
 import fs from "node:fs";
 import { ProcessGroups } from "./exec";
+import { startModelForwarder, type ModelForwarder } from "./model-forward";
 import { createDaemonServer, type DaemonState } from "./server";
 import { Workspace } from "./workspace";
 
-const CONFIG_KEYS = ["BERTH_DAEMON_LISTEN", "BERTH_DAEMON_TOKEN", "BERTH_WORKSPACE", "BERTH_DAEMON_UNBOUND"] as const;
+const CONFIG_KEYS = ["BERTH_DAEMON_LISTEN", "BERTH_DAEMON_TOKEN", "BERTH_WORKSPACE", "BERTH_DAEMON_UNBOUND", "BERTH_DAEMON_MODEL_RELAY", "BERTH_DAEMON_MODEL_TOKEN"] as const;
 
 type Listen = { kind: "unix"; path: string } | { kind: "tcp"; host: string; port: number };
 
@@ -57,10 +61,18 @@ function readConfig() {
     fail(`BERTH_WORKSPACE ${workspacePath} is not usable: ${(error as Error).message}`);
   }
   const unbound = env.BERTH_DAEMON_UNBOUND === "1";
+  let modelRelay: { socket: string; token: string } | null = null;
+  if (env.BERTH_DAEMON_MODEL_RELAY) {
+    const socket = env.BERTH_DAEMON_MODEL_RELAY.replace(/^unix:/, "");
+    if (!env.BERTH_DAEMON_MODEL_RELAY.startsWith("unix:/")) fail(`BERTH_DAEMON_MODEL_RELAY must be unix:/abs/path.sock, got ${env.BERTH_DAEMON_MODEL_RELAY}`);
+    const relayToken = env.BERTH_DAEMON_MODEL_TOKEN ?? "";
+    if (relayToken.length < 32) fail("BERTH_DAEMON_MODEL_TOKEN is required with BERTH_DAEMON_MODEL_RELAY and must be at least 32 characters");
+    modelRelay = { socket, token: relayToken };
+  }
   for (const key of CONFIG_KEYS) delete env[key];
   const sessionEnv: Record<string, string> = {};
   if (!unbound) for (const [key, value] of Object.entries(env)) if (value !== undefined) sessionEnv[key] = value;
-  return { listen, token, workspacePath, workspaceReal, unbound, sessionEnv };
+  return { listen, token, workspacePath, workspaceReal, unbound, sessionEnv, modelRelay };
 }
 
 function findShell(): string {
@@ -75,8 +87,16 @@ function findShell(): string {
   fail("neither /bin/bash nor /bin/sh is executable");
 }
 
-function main(): void {
+async function main(): Promise<void> {
   const config = readConfig();
+  let forwarder: ModelForwarder | null = null;
+  if (config.modelRelay) {
+    try {
+      forwarder = await startModelForwarder(config.modelRelay.socket);
+    } catch (error) {
+      fail(`cannot listen for model requests on 127.0.0.1: ${(error as Error).message}`);
+    }
+  }
   const groups = new ProcessGroups();
   const state: DaemonState = {
     token: config.token,
@@ -87,6 +107,10 @@ function main(): void {
     bound: !config.unbound,
     sessionId: null,
     env: config.sessionEnv,
+    platformEnv:
+      forwarder && config.modelRelay
+        ? { BERTH_MODEL_BASE_URL: `http://127.0.0.1:${forwarder.port}/v1`, BERTH_MODEL_API_KEY: config.modelRelay.token }
+        : {},
     groups,
   };
   const server = createDaemonServer(state);
@@ -107,6 +131,7 @@ function main(): void {
     stopping = true;
     server.close();
     server.closeAllConnections?.();
+    forwarder?.close();
     void groups.killAll(500).finally(() => {
       if (config.listen.kind === "unix") fs.rmSync(config.listen.path, { force: true });
       process.exit(0);
@@ -131,4 +156,4 @@ function describe(listen: Listen): string {
   return listen.kind === "unix" ? `unix:${listen.path}` : `tcp:${listen.host}:${listen.port}`;
 }
 
-main();
+void main();

@@ -21,6 +21,8 @@ export type DaemonState = {
   sessionId: string | null;
   /** The session's environment, passed to every command. */
   env: Record<string, string>;
+  /** Set by the platform for every command, after the session's own (model relay address and token). */
+  platformEnv: Record<string, string>;
   groups: ProcessGroups;
 };
 
@@ -78,7 +80,7 @@ const routes: Record<string, Partial<Record<string, Handler>>> = {
         shell: state.shell,
         command: body.command,
         cwd,
-        env: { HOME: state.workspacePath, PATH: DEFAULT_PATH, ...state.env },
+        env: { HOME: state.workspacePath, PATH: DEFAULT_PATH, ...state.env, ...state.platformEnv },
         timeoutMs: body.timeoutMs ?? DEFAULT_EXEC_TIMEOUT_MS,
         groups: state.groups,
       });

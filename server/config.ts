@@ -115,6 +115,13 @@ const environmentSchema = z.object({
   BERTH_WORKER_CONCURRENCY: positiveInt(32, 256),
   BERTH_DATABASE_POOL_SIZE: positiveInt(20, 500),
   BERTH_SHUTDOWN_TIMEOUT_MS: positiveInt(10_000, 600_000),
+  BERTH_OPENCODE_BINARY: optionalString.pipe(
+    z
+      .string()
+      .refine((value) => path.isAbsolute(value), { message: "must be an absolute path to the opencode binary" })
+      .optional(),
+  ),
+  BERTH_HARNESS_TURN_TIMEOUT_MS: positiveInt(1_800_000, 3_600_000),
   BERTH_METRICS_TOKEN: optionalString.pipe(z.string().min(16, "must be at least 16 characters").optional()),
   LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
 });
@@ -152,6 +159,10 @@ export type Config = {
   databasePoolSize: number;
   shutdownTimeoutMs: number;
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+  /** Local backend: the opencode binary bound into jails (default: the one the `opencode-ai` package installed). */
+  opencodeBinary: string | undefined;
+  /** Longest an external harness (opencode) may run one turn before it is stopped. */
+  harnessTurnTimeoutMs: number;
   /** When set, GET /metrics requires `Authorization: Bearer <token>`. */
   metricsToken: string | undefined;
   /** `CONTAINER_ENV_X=v` on the platform becomes `X=v` in every sandbox. */
@@ -225,6 +236,8 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     shutdownTimeoutMs: parsed.BERTH_SHUTDOWN_TIMEOUT_MS,
     logLevel: parsed.LOG_LEVEL,
     metricsToken: parsed.BERTH_METRICS_TOKEN,
+    opencodeBinary: parsed.BERTH_OPENCODE_BINARY,
+    harnessTurnTimeoutMs: parsed.BERTH_HARNESS_TURN_TIMEOUT_MS,
     containerEnv,
   };
 }

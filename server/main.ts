@@ -18,6 +18,7 @@ import { createTrpcCaller, createTrpcHandler } from "./trpc/handler";
 import { createGatewayClient } from "./gateway/client";
 import { createDemoModel, DEMO_MODEL } from "./gateway/demo";
 import type { ModelResolver } from "./harness/builtin";
+import { findOpencodeBinary } from "./harness/opencode-binary";
 import { EventBus } from "./services/event-bus";
 import { BerthMetrics } from "./metrics";
 
@@ -176,6 +177,16 @@ function createModelResolver(config: Config, logger: Logger, metrics: BerthMetri
   };
 }
 
+/** Harness binaries the local backend binds into jails. */
+function localSandboxTools(config: Config, logger: Logger): Record<string, string> {
+  const opencode = findOpencodeBinary(config.opencodeBinary);
+  if (!opencode) {
+    logger.warn({ configured: config.opencodeBinary ?? null }, "no opencode binary found (BERTH_OPENCODE_BINARY or the opencode-ai package): agents on the opencode harness will fail");
+    return {};
+  }
+  return { opencode };
+}
+
 async function createSandboxBackend(config: Config, secretKey: Buffer, daemonScript: string, logger: Logger): Promise<SandboxBackend> {
   // Derived, not stored: any process holding the secret key can reach a sandbox by its name.
   const tokenFor = (name: string) => createHmac("sha256", secretKey).update(`sandbox-daemon:${name}`).digest("base64url");
@@ -190,6 +201,8 @@ async function createSandboxBackend(config: Config, secretKey: Buffer, daemonScr
     daemonScript,
     warmPoolSize: config.warmPoolSize,
     unsafeNoIsolation: config.unsafeNoSandboxIsolation,
+    modelGateway: config.gateway,
+    tools: localSandboxTools(config, logger),
     tokenFor,
     logger,
   });

@@ -7,6 +7,7 @@ import { promisify } from "node:util";
 import type { Logger } from "../logger";
 import { Cgroups } from "./cgroups";
 import { createDaemonClient } from "./daemon-client";
+import { startModelRelay, type ModelRelay, type ModelRelayGateway } from "./model-relay";
 import {
   SandboxUnavailableError,
   type DaemonClient,
@@ -31,6 +32,13 @@ export type LocalBackendOptions = {
   warmPoolSize: number;
   /** Run daemons without bubblewrap. Only for machines where bwrap cannot work; unsafe. */
   unsafeNoIsolation: boolean;
+  /** The LiteLLM Gateway that each jail's model relay forwards to; without it jails get no relay. */
+  modelGateway?: ModelRelayGateway;
+  /**
+   * Host programs every jail sees read-only at /opt/berth/bin/<name> (the coding-agent harnesses'
+   * binaries, e.g. opencode). Missing files are skipped.
+   */
+  tools?: Record<string, string>;
   /** The daemon token of a sandbox: derived, so any process can reconnect to a sandbox by name. */
   tokenFor: (name: string) => string;
   logger: Logger;
@@ -44,6 +52,7 @@ type Jail = {
   sessionId: string | null;
   workspace: string;
   socketPath: string;
+  modelRelay: ModelRelay | null;
   stopping: boolean;
   exited: Promise<void>;
 };
@@ -51,6 +60,8 @@ type Jail = {
 const DAEMON_IN_JAIL = "/opt/berth/sandboxd.js";
 const WORKSPACE_IN_JAIL = "/workspace";
 const SOCKET_DIR_IN_JAIL = "/run/berth";
+/** Where harness binaries appear in a jail; Kubernetes sandbox images put them at the same place. */
+export const TOOLS_DIR_IN_JAIL = "/opt/berth/bin";
 const SANDBOX_UID = 1000;
 const READY_TIMEOUT_MS = 15_000;
 const PIDS_LIMIT = 512;
@@ -240,7 +251,13 @@ export class LocalSandboxBackend implements SandboxBackend {
     const socketDir = path.join(sandboxDir, "run");
     await fs.mkdir(socketDir, { recursive: true, mode: 0o700 });
     const procsFiles = await this.cgroups.create(input.name, { ...input.resources, pids: PIDS_LIMIT });
-    const addressSpace = (input.resources.memoryMb + 2048) * 1024 * 1024;
+    // A backstop for hosts without cgroups (the memory cgroup is the real limit): generous, because
+    // JavaScriptCore-based programs such as the opencode binary reserve several GiB of address space.
+    const addressSpace = (input.resources.memoryMb + 8192) * 1024 * 1024;
+    const modelToken = randomBytes(24).toString("hex");
+    const modelRelay = this.options.modelGateway
+      ? await startModelRelay({ socketPath: path.join(socketDir, "model.sock"), token: modelToken, gateway: this.options.modelGateway, logger: this.options.logger })
+      : null;
     const limits = ["prlimit", `--nofile=${OPEN_FILES_LIMIT}`, `--as=${addressSpace}`, "--core=0", "--"];
     const daemonEnv = {
       ...(input.env ?? {}),
@@ -248,6 +265,7 @@ export class LocalSandboxBackend implements SandboxBackend {
       BERTH_DAEMON_TOKEN: this.options.tokenFor(input.name),
       BERTH_WORKSPACE: this.bwrapPath ? WORKSPACE_IN_JAIL : input.workspace,
       ...(input.env ? {} : { BERTH_DAEMON_UNBOUND: "1" }),
+      ...(modelRelay ? { BERTH_DAEMON_MODEL_RELAY: `unix:${this.bwrapPath ? SOCKET_DIR_IN_JAIL : socketDir}/model.sock`, BERTH_DAEMON_MODEL_TOKEN: modelToken } : {}),
     };
     const jailCommand = this.bwrapPath
       ? [this.bwrapPath, ...(await this.bwrapArgs(input.network, input.workspace, socketDir, sandboxDir)), this.options.runtimePath, DAEMON_IN_JAIL]
@@ -260,7 +278,10 @@ export class LocalSandboxBackend implements SandboxBackend {
       stdio: ["ignore", "pipe", "pipe"],
       detached: !this.bwrapPath,
     });
-    if (!child.pid) throw new SandboxUnavailableError(`could not start sandbox ${input.name}`);
+    if (!child.pid) {
+      await modelRelay?.close();
+      throw new SandboxUnavailableError(`could not start sandbox ${input.name}`);
+    }
     const jail: Jail = {
       name: input.name,
       child,
@@ -269,6 +290,7 @@ export class LocalSandboxBackend implements SandboxBackend {
       sessionId: input.sessionId,
       workspace: input.workspace,
       socketPath: path.join(socketDir, "daemon.sock"),
+      modelRelay,
       stopping: false,
       exited: new Promise((resolve) => child.once("exit", () => resolve())),
     };
@@ -291,6 +313,7 @@ export class LocalSandboxBackend implements SandboxBackend {
 
   private async onJailExit(jail: Jail, code: number | null, signal: NodeJS.Signals | null, output: string) {
     this.jails.delete(jail.name);
+    await jail.modelRelay?.close();
     for (const network of ["none", "egress"] as const) this.warm[network] = this.warm[network].filter((j) => j !== jail);
     await fs.rm(path.join(this.options.dataDir, "sandboxes", jail.name), { recursive: true, force: true }).catch(() => {});
     if (!jail.sessionId) await fs.rm(jail.workspace, { recursive: true, force: true }).catch(() => {});
@@ -346,6 +369,7 @@ export class LocalSandboxBackend implements SandboxBackend {
       workspace,
       WORKSPACE_IN_JAIL,
       ...(runtime.startsWith("/usr/") ? [] : ["--ro-bind", runtime, runtime]),
+      ...Object.entries(this.options.tools ?? {}).flatMap(([name, hostPath]) => ["--ro-bind-try", hostPath, `${TOOLS_DIR_IN_JAIL}/${name}`]),
       "--ro-bind",
       this.options.daemonScript,
       DAEMON_IN_JAIL,

@@ -17,6 +17,7 @@ import { SecretService } from "./secrets";
 import { TeamService } from "./teams";
 import { WorkerLiveness } from "./worker-liveness";
 import { BuiltinHarness, type ModelResolver } from "../harness/builtin";
+import { OpencodeHarness } from "../harness/opencode";
 import type { EventBus } from "./event-bus";
 import type { BerthMetrics } from "../metrics";
 import { TurnRunner, TurnStore } from "./turns";
@@ -57,6 +58,13 @@ export function createServices(deps: ServiceDependencies) {
     logger: deps.logger.child({ component: "turns" }),
     harnesses: {
       builtin: new BuiltinHarness({ store: turnStore, lifecycle: sandboxes, bus: deps.bus, models: deps.models, logger: deps.logger.child({ component: "harness-builtin" }) }),
+      opencode: new OpencodeHarness({
+        store: turnStore,
+        lifecycle: sandboxes,
+        logger: deps.logger.child({ component: "harness-opencode" }),
+        unavailable: deps.config.gateway ? null : "the opencode harness reaches its model through the LiteLLM Gateway, and LITELLM_BASE_URL is not set",
+        turnTimeoutMs: deps.config.harnessTurnTimeoutMs,
+      }),
     },
   });
   return {

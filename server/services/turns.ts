@@ -96,6 +96,20 @@ export class TurnStore {
     return { events: events as HistoryEvent[], turns: turnRows };
   }
 
+  /** What an external harness stored for the session (e.g. opencode's own session id); {} when nothing. */
+  async harnessState(sessionId: string, harness: string): Promise<Record<string, unknown>> {
+    const [row] = await this.db.select({ state: sessions.harnessState }).from(sessions).where(eq(sessions.id, sessionId));
+    const state = row?.state?.[harness];
+    return state && typeof state === "object" ? (state as Record<string, unknown>) : {};
+  }
+
+  async setHarnessState(sessionId: string, harness: string, state: Record<string, unknown>): Promise<void> {
+    await this.db
+      .update(sessions)
+      .set({ harnessState: sql`jsonb_set(${sessions.harnessState}, ${sql`array[${harness}]::text[]`}, ${JSON.stringify(state)}::jsonb)` })
+      .where(eq(sessions.id, sessionId));
+  }
+
   /** The turn's own conversation events (after it started). */
   async turnEvents(turn: TurnRow): Promise<HistoryEvent[]> {
     const rows = await this.db
