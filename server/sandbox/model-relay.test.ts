@@ -75,7 +75,7 @@ describe("the model relay of a sandbox", () => {
 
   it("refuses a missing or wrong token without calling the gateway", async () => {
     const before = gateway.requests.length;
-    for (const headers of [{}, { authorization: "Bearer not-the-token" }, { authorization: `Bearer ${TOKEN}x` }, { "x-api-key": GATEWAY_KEY }]) {
+    for (const headers of [{}, { authorization: "Bearer not-the-token" }, { authorization: `Bearer ${TOKEN}x` }, { "x-api-key": GATEWAY_KEY }] as Record<string, string>[]) {
       const answer = await request(socket, { method: "POST", path: "/v1/chat/completions", headers, body: chat });
       expect(answer.status).toBe(401);
       expect(JSON.parse(answer.body)).toMatchObject({ error: { code: "invalid_api_key" } });
