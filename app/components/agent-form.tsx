@@ -176,13 +176,11 @@ export function AgentForm({
             </>
           )}
         </Field>
-        <Field label="Harness" error={problem("harness")} hint="The builtin harness runs the agent loop; the others are not available yet.">
+        <Field label="Harness" error={problem("harness")} hint="builtin: Berth's own agent loop. opencode: runs in the sandbox and reaches the model through the LiteLLM Gateway.">
           {(props) => (
             <select {...props} value={values.harness} onChange={(event) => set("harness")(event.target.value as Agent["harness"])}>
               <option value="builtin">builtin</option>
-              <option value="opencode" disabled>
-                opencode (not available yet)
-              </option>
+              <option value="opencode">opencode</option>
               <option value="claude-code" disabled>
                 claude-code (not available yet)
               </option>
