@@ -99,6 +99,7 @@ export default function Agents() {
                     </td>
                     <td>
                       <span className="mono">{agent.model}</span> {agent.isDemo ? <Badge tone="info">offline demo</Badge> : null}
+                      {agent.harness !== "builtin" ? <Badge tone="neutral">{agent.harness}</Badge> : null}
                     </td>
                     <td className="hide-sm">
                       {agent.cpuMillis / 1000} CPU · {agent.memoryMb} MiB · network {agent.network}

@@ -70,7 +70,7 @@ function Composer({ status, onSend }: { status: SessionStatus | undefined; onSen
         rows={2}
         value={text}
         disabled={closed}
-        placeholder={closed ? (status === "failed" ? "This session failed: restart it to send messages." : "This session is terminated.") : "Message the agent…  (try: run: ls -la)"}
+        placeholder={closed ? (status === "failed" ? "This session failed: restart it to send messages." : "This session is terminated.") : "Message the agent…"}
         onChange={(event) => setText(event.target.value)}
         onKeyDown={onKeyDown}
         aria-describedby="composer-hint"
