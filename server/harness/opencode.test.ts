@@ -47,12 +47,14 @@ describe("parseOpencodeLine", () => {
 
 describe("opencodeCommand", () => {
   it("quotes what comes from the agent and resumes only with a session id", () => {
-    const fresh = opencodeCommand({ model: "it's-a-model", maxSteps: 7, resumeId: undefined, instructions: false });
+    const fresh = opencodeCommand({ model: "it's-a-model", maxSteps: 7, resume: null, instructions: false });
     expect(fresh).toContain("'\\''");
     expect(fresh).not.toContain("--session");
+    expect(fresh).not.toContain("--continue");
     expect(fresh).toContain('"steps":7');
     expect(fresh).toContain("< .berth/opencode/prompt.txt");
-    expect(opencodeCommand({ model: "m", maxSteps: 1, resumeId: "ses_abc", instructions: true })).toContain("--session 'ses_abc'");
+    expect(opencodeCommand({ model: "m", maxSteps: 1, resume: { sessionId: "ses_abc" }, instructions: true })).toContain("--session 'ses_abc'");
+    expect(opencodeCommand({ model: "m", maxSteps: 1, resume: "last", instructions: true })).toContain(" --continue ");
   });
 });
 

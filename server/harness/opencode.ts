@@ -17,7 +17,10 @@ const DATABASE_FILE = `${STATE_DIR}/home/.local/share/opencode/opencode.db`;
 const REPLAY_OUTPUT_CHARS = 2_000;
 const ABORTED = "the turn was aborted by request";
 
-type OpencodeState = { sessionId?: string };
+/** Kept on the session: opencode's session id, and the turn an opencode process is working on. */
+type OpencodeState = { sessionId?: string; runningTurn?: string };
+/** Which opencode session a run continues: a known one, the workspace's last one, or a new one. */
+type OpencodeResume = { sessionId: string } | "last" | null;
 
 class HarnessSetupError extends Error {}
 
@@ -57,8 +60,10 @@ export class OpencodeHarness implements Harness {
       return;
     }
     if (signals.shutdown.aborted) throw new Error("shutting down");
-    if ((await store.turnEvents(turn)).length > 0) {
-      // opencode cannot pick a run up halfway: say so rather than run the message twice.
+    const saved = (await store.harnessState(turn.sessionId, this.name)) as OpencodeState;
+    if (saved.runningTurn === turn.id || (await store.turnEvents(turn)).length > 0) {
+      // opencode cannot pick a run up halfway: say so rather than run the message (and its commands) twice.
+      await store.setHarnessState(turn.sessionId, this.name, { sessionId: saved.sessionId });
       await store.finish(turn, {
         status: "failed",
         error: "the platform stopped while opencode worked on this message; what it did is recorded above. Send a message to continue (opencode keeps its session).",
@@ -72,30 +77,37 @@ export class OpencodeHarness implements Harness {
     const message = userEvent?.type === "user_message" ? userEvent.payload.text : "";
     const earlier = buildConversation(history.events, history.turns.filter((other) => other.userSeq !== turn.userSeq), "");
     const signal = AbortSignal.any([signals.abort, signals.shutdown]);
-    const run = new RunRecorder(store, turn);
+    const run = new RunRecorder(store, turn, async () => {
+      const current = (await store.harnessState(turn.sessionId, this.name)) as OpencodeState;
+      if (current.runningTurn === turn.id) await store.setHarnessState(turn.sessionId, this.name, { sessionId: current.sessionId });
+    });
 
     let exit: ExecChunk & { type: "exit" };
     try {
       exit = await this.deps.lifecycle.withSandbox(turn.sessionId, async (client) => {
         await checkSandbox(client);
         const state = (await store.harnessState(turn.sessionId, this.name)) as OpencodeState;
-        let resumeId = state.sessionId && (await exists(client, DATABASE_FILE)) ? state.sessionId : undefined;
-        if (state.sessionId && !resumeId) logger.info({ opencodeSession: state.sessionId }, "opencode's session is not in this workspace: replaying the conversation");
+        // Recorded before opencode starts: after a crash, the next process knows this message was under way.
+        await store.setHarnessState(turn.sessionId, this.name, { ...state, runningTurn: turn.id });
+        // The workspace keeps opencode's store: continue the session we know, or (a crash before
+        // opencode printed its id) the last one in this workspace, which can only be ours.
+        let resume: OpencodeResume = (await exists(client, DATABASE_FILE)) ? (state.sessionId ? { sessionId: state.sessionId } : "last") : null;
+        if (state.sessionId && !resume) logger.info({ opencodeSession: state.sessionId }, "opencode's session is not in this workspace: replaying the conversation");
         const instructions = agent.systemPrompt.trim() !== "";
         if (instructions) await client.writeFile(INSTRUCTIONS_FILE, agent.systemPrompt);
         for (;;) {
-          await client.writeFile(PROMPT_FILE, resumeId ? message : replayPrompt(earlier, message));
-          const command = opencodeCommand({ model: agent.model, maxSteps: agent.maxSteps, resumeId, instructions });
+          await client.writeFile(PROMPT_FILE, resume ? message : replayPrompt(earlier, message));
+          const command = opencodeCommand({ model: agent.model, maxSteps: agent.maxSteps, resume, instructions });
           const result = await run.follow(client.exec({ command, timeoutMs: this.deps.turnTimeoutMs }, signal), async (sessionId) => {
             if (sessionId !== state.sessionId) {
               state.sessionId = sessionId;
-              await store.setHarnessState(turn.sessionId, this.name, { sessionId });
+              await store.setHarnessState(turn.sessionId, this.name, { sessionId, runningTurn: turn.id });
             }
           });
-          // A session id opencode no longer knows: it ends before doing anything. Replay instead.
-          if (resumeId && !run.started && result.exitCode !== 0 && !signal.aborted) {
-            logger.warn({ opencodeSession: resumeId, stderr: run.stderrTail() }, "opencode could not resume its session: replaying the conversation");
-            resumeId = undefined;
+          // A session opencode no longer knows: it ends before doing anything. Replay instead.
+          if (resume && !run.started && result.exitCode !== 0 && !signal.aborted) {
+            logger.warn({ resume, stderr: run.stderrTail() }, "opencode could not resume its session: replaying the conversation");
+            resume = null;
             continue;
           }
           return result;
@@ -129,6 +141,7 @@ class RunRecorder {
   constructor(
     private readonly store: TurnStore,
     private readonly turn: TurnRow,
+    private readonly clearRunning: () => Promise<void>,
   ) {}
 
   async follow(chunks: AsyncIterable<ExecChunk>, onSession: (sessionId: string) => Promise<void>): Promise<ExecChunk & { type: "exit" }> {
@@ -168,6 +181,7 @@ class RunRecorder {
   }
 
   async finish(status: "completed" | "failed" | "aborted", error?: string): Promise<void> {
+    await this.clearRunning();
     await this.store.finish(this.turn, { status, error, usage: this.usage });
   }
 }
@@ -209,7 +223,7 @@ function shellQuote(value: string): string {
 }
 
 /** The whole opencode invocation; the message comes from a file (no argument length limit, no quoting). */
-export function opencodeCommand(input: { model: string; maxSteps: number; resumeId: string | undefined; instructions: boolean }): string {
+export function opencodeCommand(input: { model: string; maxSteps: number; resume: OpencodeResume; instructions: boolean }): string {
   const config = {
     $schema: "https://opencode.ai/config.json",
     provider: {
@@ -240,7 +254,7 @@ export function opencodeCommand(input: { model: string; maxSteps: number; resume
     "OPENCODE_DISABLE_DEFAULT_PLUGINS=1",
     "OPENCODE_DISABLE_LSP_DOWNLOAD=1",
   ];
-  const args = ["run", "--format", "json", "--auto", "--pure", "--title", shellQuote("Berth session"), ...(input.resumeId ? ["--session", shellQuote(input.resumeId)] : [])];
+  const args = ["run", "--format", "json", "--auto", "--pure", "--title", shellQuote("Berth session"), ...(input.resume === "last" ? ["--continue"] : input.resume ? ["--session", shellQuote(input.resume.sessionId)] : [])];
   return `mkdir -p "${STATE_DIR}/home" && exec env ${env.join(" ")} ${OPENCODE_IN_SANDBOX} ${args.join(" ")} < ${PROMPT_FILE}`;
 }
 
@@ -259,7 +273,7 @@ export function replayPrompt(earlier: ChatMessage[], message: string): string {
     }
   }
   return [
-    "This conversation started earlier in a workspace that is gone; the files you made then may be missing. Here it is, from the platform's log:",
+    "This conversation began earlier, and your own record of it is not available here (files made then may be missing too). Here it is, from the platform's log:",
     "",
     "<earlier-conversation>",
     ...lines,

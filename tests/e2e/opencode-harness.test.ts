@@ -1,7 +1,12 @@
+import { mkdtempSync, rmSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createBerthClient } from "../../server/client";
 import { startTestBerth, type TestBerth } from "../helpers/berth";
-import { waitFor } from "../helpers/processes";
+import { createTestDatabase, type TestDatabase } from "../helpers/database";
+import { freePort, readyzStatus, startProcess, waitFor, type BerthProcess } from "../helpers/processes";
 import { startTestGateway, type RecordedRequest, type TestGateway, type TestGatewayStep } from "../helpers/test-gateway";
 
 const KEY = "opencode_test_key_0123456789abcdefghijkl";
@@ -193,5 +198,78 @@ describe("the opencode harness", () => {
     const [row] = await sql<{ status: string }[]>`select status from turns where session_id = ${id}`;
     expect(row!.status).toBe("aborted");
     expect((await exec(id, "pgrep -x opencode || true")).stdout.trim()).toBe("");
+  });
+});
+
+describe("the opencode harness when the platform is killed", () => {
+  let database: TestDatabase;
+  let gateway: TestGateway;
+  let sql: postgres.Sql;
+  let dataDir: string;
+  let server: BerthProcess | undefined;
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    gateway = await startTestGateway({ apiKey: GATEWAY_KEY });
+    sql = postgres(database.url, { max: 2, onnotice: () => {} });
+    dataDir = mkdtempSync(path.join(os.tmpdir(), "berth-opencode-crash-"));
+  });
+  afterAll(async () => {
+    server?.child.kill("SIGKILL");
+    await sql?.end();
+    await gateway?.close();
+    await database?.drop();
+    rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  async function startServer() {
+    const port = await freePort();
+    server = startProcess(process.execPath, ["build/main.js"], {
+      DATABASE_URL: database.url,
+      BERTH_DATA_DIR: dataDir,
+      PORT: String(port),
+      HOST: "127.0.0.1",
+      BERTH_ADMIN_API_KEY: KEY,
+      LITELLM_BASE_URL: gateway.url,
+      LITELLM_API_KEY: GATEWAY_KEY,
+      BERTH_WARM_POOL_SIZE: "0",
+      LOG_LEVEL: "info",
+    });
+    await waitFor("/readyz", async () => ((await readyzStatus(port)) === 200 ? true : undefined), 60_000);
+    return createBerthClient({ url: `http://127.0.0.1:${port}`, apiKey: KEY });
+  }
+
+  async function turnStatuses(sessionId: string) {
+    return (await sql<{ status: string }[]>`select status::text from turns where session_id = ${sessionId} order by user_seq`).map((row) => row.status);
+  }
+
+  it("ends the interrupted message with an error instead of running it twice, and the next message continues opencode's session", async () => {
+    let api = await startServer();
+    const agent = await api.agents.create.mutate({ name: "opencode-crash", model: "test-model", harness: "opencode" });
+    const { id } = await api.sessions.create.mutate({ agentId: agent.id });
+    await waitFor("ready", async () => ((await api.sessions.get.query({ sessionId: id })).status === "ready" ? true : undefined), 30_000);
+
+    const before = gateway.completions.length;
+    gateway.script({ hang: true });
+    await api.sessions.send.mutate({ sessionId: id, text: "survive this" });
+    await waitFor("opencode to call the model", () => (gateway.completions.length > before ? true : undefined), 60_000);
+    server!.child.kill("SIGKILL");
+    await server!.exited;
+
+    api = await startServer();
+    await waitFor("the interrupted turn to end", async () => ((await turnStatuses(id))[0] === "failed" ? true : undefined), 60_000);
+    const log = await sql<Event[]>`select seq::int, type::text, payload from session_events where session_id = ${id} order by seq`;
+    expect(log.filter((event) => event.type === "error").map((event) => event.payload.message)).toEqual([expect.stringMatching(/^the platform stopped while opencode worked on this message/)]);
+    expect(gateway.completions.length).toBe(before + 1);
+
+    gateway.script({ text: "Back, with the first message in my history." });
+    await api.sessions.send.mutate({ sessionId: id, text: "are you there?" });
+    await waitFor("the second turn to complete", async () => ((await turnStatuses(id))[1] === "completed" ? true : undefined), 90_000);
+    const users = (gateway.completions.at(-1)!.body as ChatBody).messages.filter((message) => message.role === "user").map((message) => message.content);
+    expect(users).toEqual(["survive this", "are you there?"]);
+    expect(gateway.violations).toEqual([]);
+    server!.child.kill("SIGTERM");
+    expect(await server!.exited).toEqual({ code: 0, signal: null });
+    server = undefined;
   });
 });
