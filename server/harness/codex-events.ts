@@ -115,8 +115,8 @@ function itemEvents(raw: unknown, idPrefix: string): EventInput[] | null {
             callId: id,
             output: value.aggregated_output,
             ...(value.exit_code !== null ? { exitCode: value.exit_code } : {}),
-            // A command that ran reports its exit code; one that could not run (declined, failed to start) is an error.
-            isError: value.exit_code === null,
+            // As the builtin harness's bash: a non-zero exit is an error; so is a command that never ran (declined).
+            isError: value.exit_code !== 0,
           },
         },
       ];

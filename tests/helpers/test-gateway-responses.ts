@@ -134,10 +134,9 @@ type Request = z.infer<typeof requestSchema>;
 
 function conversationProblems(request: Request): string[] {
   const problems: string[] = [];
-  if (typeof request.input === "string") return problems;
   const calls = new Map<string, number>();
   const answered = new Set<string>();
-  request.input.forEach((item, index) => {
+  (typeof request.input === "string" ? [] : request.input).forEach((item, index) => {
     if (!("type" in item)) return;
     if (item.type === "function_call") {
       const callId = (item as { call_id: string }).call_id;
