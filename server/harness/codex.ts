@@ -226,7 +226,9 @@ async function exists(client: DaemonClient, file: string): Promise<boolean> {
 /**
  * codex's config.toml (in CODEX_HOME, rewritten every turn): the gateway as a Responses API
  * provider whose key codex reads from BERTH_MODEL_API_KEY (the sandbox's relay token), and nothing
- * that reaches for the internet (update check, analytics, feedback upload, web search). The
+ * that reaches for the internet (update check, analytics, feedback upload, web search, plugins and
+ * apps; checked through a logging proxy: with these off, codex 0.169 connects to nothing but the
+ * provider). The
  * relay's URL is only known inside the sandbox; the command passes it with `-c`.
  */
 export function codexConfig(input: { model: string; instructions: string }): string {
@@ -236,6 +238,12 @@ export function codexConfig(input: { model: string; instructions: string }): str
     ...(input.instructions.trim() ? [`developer_instructions = ${tomlString(input.instructions)}`] : []),
     "check_for_update_on_startup = false",
     `web_search = "disabled"`,
+    "",
+    // Plugins and apps (connectors) are fetched from github.com and chatgpt.com at startup.
+    "[features]",
+    "plugins = false",
+    "remote_plugin = false",
+    "apps = false",
     "",
     "[analytics]",
     "enabled = false",
