@@ -18,6 +18,7 @@ import { createTrpcCaller, createTrpcHandler } from "./trpc/handler";
 import { createGatewayClient } from "./gateway/client";
 import { createDemoModel, DEMO_MODEL } from "./gateway/demo";
 import type { ModelResolver } from "./harness/builtin";
+import { findCodexBinary } from "./harness/codex-binary";
 import { findOpencodeBinary } from "./harness/opencode-binary";
 import { EventBus } from "./services/event-bus";
 import { BerthMetrics } from "./metrics";
@@ -179,12 +180,14 @@ function createModelResolver(config: Config, logger: Logger, metrics: BerthMetri
 
 /** Harness binaries the local backend binds into jails. */
 function localSandboxTools(config: Config, logger: Logger): Record<string, string> {
+  const tools: Record<string, string> = {};
   const opencode = findOpencodeBinary(config.opencodeBinary);
-  if (!opencode) {
-    logger.warn({ configured: config.opencodeBinary ?? null }, "no opencode binary found (BERTH_OPENCODE_BINARY or the opencode-ai package): agents on the opencode harness will fail");
-    return {};
-  }
-  return { opencode };
+  if (opencode) tools.opencode = opencode;
+  else logger.warn({ configured: config.opencodeBinary ?? null }, "no opencode binary found (BERTH_OPENCODE_BINARY or the opencode-ai package): agents on the opencode harness will fail");
+  const codex = findCodexBinary(config.codexBinary);
+  if (codex) tools.codex = codex;
+  else logger.warn({ configured: config.codexBinary ?? null }, "no codex binary found (BERTH_CODEX_BINARY or the @openai/codex package): agents on the codex harness will fail");
+  return tools;
 }
 
 async function createSandboxBackend(config: Config, secretKey: Buffer, daemonScript: string, logger: Logger): Promise<SandboxBackend> {

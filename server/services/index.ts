@@ -17,6 +17,7 @@ import { SecretService } from "./secrets";
 import { TeamService } from "./teams";
 import { WorkerLiveness } from "./worker-liveness";
 import { BuiltinHarness, type ModelResolver } from "../harness/builtin";
+import { CodexHarness } from "../harness/codex";
 import { OpencodeHarness } from "../harness/opencode";
 import type { EventBus } from "./event-bus";
 import type { BerthMetrics } from "../metrics";
@@ -63,6 +64,13 @@ export function createServices(deps: ServiceDependencies) {
         lifecycle: sandboxes,
         logger: deps.logger.child({ component: "harness-opencode" }),
         unavailable: deps.config.gateway ? null : "the opencode harness reaches its model through the LiteLLM Gateway, and LITELLM_BASE_URL is not set",
+        turnTimeoutMs: deps.config.harnessTurnTimeoutMs,
+      }),
+      codex: new CodexHarness({
+        store: turnStore,
+        lifecycle: sandboxes,
+        logger: deps.logger.child({ component: "harness-codex" }),
+        unavailable: deps.config.gateway ? null : "the codex harness reaches its model through the LiteLLM Gateway, and LITELLM_BASE_URL is not set",
         turnTimeoutMs: deps.config.harnessTurnTimeoutMs,
       }),
     },
