@@ -1,13 +1,26 @@
 import type { Logger } from "../logger";
-import { DaemonRequestError, SandboxUnavailableError, type DaemonClient, type ExecChunk } from "../sandbox/port";
+import type { DaemonClient, ExecChunk } from "../sandbox/port";
 import type { SandboxLifecycle } from "../services/sandbox-lifecycle";
 import type { Harness, TurnRow, TurnStore, TurnToRun, TurnUsage } from "../services/turns";
 import { parseCodexLine, type CodexUsage } from "./codex-events";
-import { buildConversation } from "./history";
-import { replayPrompt } from "./opencode";
+import {
+  ABORTED,
+  beginExternalTurn,
+  checkSandbox,
+  clearRunning,
+  fileExists,
+  followLines,
+  HARNESS_BIN_DIR,
+  HarnessSetupError,
+  isSandboxGone,
+  markRunning,
+  replayPrompt,
+  sandboxLostMessage,
+  shellQuote,
+} from "./external";
 
 /** Where the local backend binds the binary, and where Kubernetes sandbox images must put it. */
-export const CODEX_IN_SANDBOX = "/opt/berth/bin/codex";
+export const CODEX_IN_SANDBOX = `${HARNESS_BIN_DIR}/codex`;
 /** codex's own state (CODEX_HOME: config, threads, its databases) lives in the workspace, so it survives a new sandbox. */
 const STATE_DIR = ".berth/codex";
 const CODEX_HOME = `${STATE_DIR}/home`;
@@ -16,12 +29,10 @@ const CONFIG_FILE = `${CODEX_HOME}/config.toml`;
 /** Where codex keeps its threads' rollouts: without it, no thread of this workspace can be resumed. */
 const THREADS_DIR = `${CODEX_HOME}/sessions`;
 const PROVIDER = "berth";
-const ABORTED = "the turn was aborted by request";
+const HARNESS = "codex";
 
 /** The codex thread of the session, and the token totals codex last reported for it. */
 type CodexState = { threadId?: string; usage?: CodexUsage };
-
-class HarnessSetupError extends Error {}
 
 /**
  * The `codex` harness: each user message becomes one `codex exec --json` inside the session's
@@ -50,31 +61,16 @@ export class CodexHarness implements Harness {
   async runTurn({ turn: initial, agent }: TurnToRun, signals: { abort: AbortSignal; shutdown: AbortSignal }): Promise<void> {
     const { store } = this.deps;
     const logger = this.deps.logger.child({ sessionId: initial.sessionId, turnId: initial.id, harness: "codex" });
-    const turn = await store.get(initial.id);
-    if (turn.status !== "running") return;
-    if (this.deps.unavailable) {
-      await store.finish(turn, { status: "failed", error: this.deps.unavailable });
-      return;
-    }
-    if (signals.abort.aborted || turn.abortRequestedAt) {
-      await store.finish(turn, { status: "aborted", error: ABORTED });
-      return;
-    }
-    if (signals.shutdown.aborted) throw new Error("shutting down");
-    if ((await store.turnEvents(turn)).length > 0) {
-      // codex cannot pick a run up halfway: say so rather than run the message twice.
-      await store.finish(turn, {
-        status: "failed",
-        error: "the platform stopped while codex worked on this message; what it did is recorded above. Send a message to continue (codex keeps its thread).",
-      });
-      return;
-    }
-    await store.markSessionRunning(turn.sessionId);
-
-    const history = await store.history(turn.sessionId);
-    const userEvent = history.events.find((event) => event.seq === turn.userSeq && event.type === "user_message");
-    const message = userEvent?.type === "user_message" ? userEvent.payload.text : "";
-    const earlier = buildConversation(history.events, history.turns.filter((other) => other.userSeq !== turn.userSeq), "");
+    const begun = await beginExternalTurn(store, {
+      turnId: initial.id,
+      harness: HARNESS,
+      label: "codex",
+      unavailable: this.deps.unavailable,
+      abortRequested: signals.abort.aborted,
+      shuttingDown: signals.shutdown.aborted,
+    });
+    if (!begun) return;
+    const { turn, message, earlier } = begun;
     const signal = AbortSignal.any([signals.abort, signals.shutdown]);
     const state = (await store.harnessState(turn.sessionId, this.name)) as CodexState;
     const run = new RunRecorder(store, turn, `codex_${turn.id.slice(0, 8)}_`);
@@ -82,18 +78,19 @@ export class CodexHarness implements Harness {
     let exit: ExecChunk & { type: "exit" };
     try {
       exit = await this.deps.lifecycle.withSandbox(turn.sessionId, async (client) => {
-        await checkSandbox(client);
-        let resumeId = state.threadId && (await exists(client, THREADS_DIR)) ? state.threadId : undefined;
+        await checkSandbox(client, { binary: CODEX_IN_SANDBOX, label: "codex", packageName: "@openai/codex" });
+        await markRunning(store, turn, HARNESS);
+        let resumeId = state.threadId && (await fileExists(client, THREADS_DIR)) ? state.threadId : undefined;
         if (state.threadId && !resumeId) logger.info({ codexThread: state.threadId }, "codex's thread is not in this workspace: replaying the conversation");
         await client.writeFile(CONFIG_FILE, codexConfig({ model: agent.model, instructions: agent.systemPrompt }));
         for (;;) {
           await client.writeFile(PROMPT_FILE, resumeId ? message : replayPrompt(earlier, message));
           const command = codexCommand({ resumeId });
-          const result = await run.follow(client.exec({ command, timeoutMs: this.deps.turnTimeoutMs }, signal), async (threadId) => {
+          const result = await run.follow(client, command, this.deps.turnTimeoutMs, signal, async (threadId) => {
             if (threadId === state.threadId) return;
             state.threadId = threadId;
             state.usage = { inputTokens: 0, outputTokens: 0 };
-            await store.setHarnessState(turn.sessionId, this.name, state);
+            await store.setHarnessState(turn.sessionId, HARNESS, state);
           });
           // A thread codex no longer knows: it exits before starting it. Replay instead.
           if (resumeId && !run.started && result.exitCode !== 0 && !signal.aborted) {
@@ -108,14 +105,12 @@ export class CodexHarness implements Harness {
       if (signals.shutdown.aborted) throw error;
       if (signals.abort.aborted) return run.finish("aborted", ABORTED);
       if (error instanceof HarnessSetupError) return run.finish("failed", error.message);
-      if (error instanceof SandboxUnavailableError || isDomainUnavailable(error)) {
-        return run.finish("failed", `the sandbox stopped while codex ran (${(error as Error).message}); it is being reconnected. Send a message to continue: codex resumes its thread on the same workspace.`);
-      }
+      if (isSandboxGone(error)) return run.finish("failed", sandboxLostMessage("codex", error));
       throw error;
     }
     // codex reports the thread's token totals at the end of a turn; the turn used the difference.
     const usage = run.usageSince(state.usage);
-    if (run.total) await store.setHarnessState(turn.sessionId, this.name, { ...state, usage: run.total });
+    if (run.total) await store.setHarnessState(turn.sessionId, HARNESS, { usage: run.total });
     if (signals.shutdown.aborted) throw new Error("the process is shutting down; codex was stopped");
     if (signals.abort.aborted) return run.finish("aborted", ABORTED, usage);
     if (exit.timedOut) return run.finish("failed", `codex did not finish within ${Math.round(this.deps.turnTimeoutMs / 1000)} s and was stopped`, usage);
@@ -131,7 +126,7 @@ class RunRecorder {
   failure: string | null = null;
   lastNotice: string | null = null;
   total: CodexUsage | null = null;
-  private stderr = "";
+  private readonly stderr = { text: "" };
 
   constructor(
     private readonly store: TurnStore,
@@ -139,42 +134,32 @@ class RunRecorder {
     private readonly idPrefix: string,
   ) {}
 
-  async follow(chunks: AsyncIterable<ExecChunk>, onThread: (threadId: string) => Promise<void>): Promise<ExecChunk & { type: "exit" }> {
-    let pending = "";
-    const handle = async (text: string) => {
-      const output = parseCodexLine(text, this.idPrefix);
-      switch (output.kind) {
-        case "ignored":
-          return;
-        case "thread":
-          this.started = true;
-          return onThread(output.threadId);
-        case "events":
-          return this.store.append(this.turn, output.events);
-        case "usage":
-          this.total = output.total;
-          return;
-        case "failed":
-          this.failure = output.message;
-          return;
-        case "notice":
-          this.lastNotice = output.message;
-          return;
-      }
-    };
-    for await (const chunk of chunks) {
-      if (chunk.type === "stderr") this.stderr = (this.stderr + chunk.data).slice(-4_000);
-      else if (chunk.type === "stdout") {
-        pending += chunk.data;
-        const lines = pending.split("\n");
-        pending = lines.pop()!;
-        for (const text of lines) if (text.trim()) await handle(text);
-      } else {
-        if (pending.trim()) await handle(pending);
-        return chunk;
-      }
-    }
-    throw new SandboxUnavailableError("the sandbox daemon ended the command without its exit status");
+  follow(client: DaemonClient, command: string, timeoutMs: number, signal: AbortSignal, onThread: (threadId: string) => Promise<void>): Promise<ExecChunk & { type: "exit" }> {
+    return followLines(
+      client.exec({ command, timeoutMs }, signal),
+      async (line) => {
+        const output = parseCodexLine(line, this.idPrefix);
+        switch (output.kind) {
+          case "ignored":
+            return;
+          case "thread":
+            this.started = true;
+            return onThread(output.threadId);
+          case "events":
+            return this.store.append(this.turn, output.events);
+          case "usage":
+            this.total = output.total;
+            return;
+          case "failed":
+            this.failure = output.message;
+            return;
+          case "notice":
+            this.lastNotice = output.message;
+            return;
+        }
+      },
+      this.stderr,
+    );
   }
 
   /** The tokens this run used: codex's new thread totals minus those it had reported before. */
@@ -186,40 +171,14 @@ class RunRecorder {
 
   stderrTail(): string {
     // codex prints a stack backtrace after its error line: keep the lines before it.
-    const lines = this.stderr.split("\n").filter((text) => text.trim() && !text.startsWith("WARNING: proceeding"));
+    const lines = this.stderr.text.split("\n").filter((text) => text.trim() && !text.startsWith("WARNING: proceeding"));
     const backtrace = lines.findIndex((text) => text.startsWith("Stack backtrace:"));
     return (backtrace >= 0 ? lines.slice(0, backtrace) : lines).slice(-3).join(" ").slice(-500);
   }
 
   async finish(status: "completed" | "failed" | "aborted", error?: string, usage?: TurnUsage | null): Promise<void> {
+    await clearRunning(this.store, this.turn, HARNESS);
     await this.store.finish(this.turn, { status, error, usage: usage ?? null });
-  }
-}
-
-async function checkSandbox(client: DaemonClient): Promise<void> {
-  let output = "";
-  let exitCode: number | null = null;
-  for await (const chunk of client.exec({ command: `test -x ${CODEX_IN_SANDBOX} || echo missing-binary; test -n "$BERTH_MODEL_BASE_URL" || echo missing-relay`, timeoutMs: 10_000 })) {
-    if (chunk.type === "stdout") output += chunk.data;
-    else if (chunk.type === "exit") exitCode = chunk.exitCode;
-  }
-  if (exitCode !== 0) throw new SandboxUnavailableError("the sandbox could not run a check command");
-  if (output.includes("missing-binary")) {
-    throw new HarnessSetupError(`codex is not installed in this sandbox (${CODEX_IN_SANDBOX}); the local backend binds the binary of the @openai/codex package, Kubernetes sandbox images must carry it there`);
-  }
-  if (output.includes("missing-relay")) {
-    throw new HarnessSetupError("this sandbox has no model relay (BERTH_MODEL_BASE_URL), which codex needs to reach the gateway; the Kubernetes backend does not provide one yet");
-  }
-}
-
-async function exists(client: DaemonClient, file: string): Promise<boolean> {
-  const slash = file.lastIndexOf("/");
-  try {
-    const entries = await client.listFiles(file.slice(0, slash));
-    return entries.some((entry) => entry.name === file.slice(slash + 1));
-  } catch (error) {
-    if (error instanceof DaemonRequestError) return false;
-    throw error;
   }
 }
 
@@ -285,12 +244,4 @@ export function codexCommand(input: { resumeId: string | undefined }): string {
 /** A TOML basic string: JSON's escapes are TOML's, except DEL and lone surrogates, which TOML does not allow raw. */
 function tomlString(value: string): string {
   return JSON.stringify(value.replace(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, "\uFFFD")).replaceAll("\u007f", "\\u007F");
-}
-
-function shellQuote(value: string): string {
-  return `'${value.replaceAll("'", `'\\''`)}'`;
-}
-
-function isDomainUnavailable(error: unknown): boolean {
-  return typeof error === "object" && error !== null && (error as { kind?: string }).kind === "unavailable";
 }

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { opencodeCommand, replayPrompt } from "./opencode";
+import { replayPrompt } from "./external";
+import { opencodeCommand } from "./opencode";
 import { parseOpencodeLine } from "./opencode-events";
 
 /** Lines printed by opencode-ai 1.18.33 (`opencode run --format json`) against the test gateway. */

@@ -103,10 +103,14 @@ export class TurnStore {
     return state && typeof state === "object" ? (state as Record<string, unknown>) : {};
   }
 
-  async setHarnessState(sessionId: string, harness: string, state: Record<string, unknown>): Promise<void> {
+  /** Merges `patch` into what the harness keeps for the session; a null value removes that key. */
+  async setHarnessState(sessionId: string, harness: string, patch: Record<string, unknown>): Promise<void> {
+    const key = sql`array[${harness}]::text[]`;
     await this.db
       .update(sessions)
-      .set({ harnessState: sql`jsonb_set(${sessions.harnessState}, ${sql`array[${harness}]::text[]`}, ${JSON.stringify(state)}::jsonb)` })
+      .set({
+        harnessState: sql`jsonb_set(${sessions.harnessState}, ${key}, jsonb_strip_nulls(coalesce(${sessions.harnessState} #> ${key}, '{}'::jsonb) || ${JSON.stringify(patch)}::jsonb))`,
+      })
       .where(eq(sessions.id, sessionId));
   }
 

@@ -210,6 +210,7 @@ describe("the codex harness", () => {
     expect(turn.at(-1)).toMatchObject({ type: "error", payload: { message: "the turn was aborted by request" } });
     const [row] = await sql<{ status: string }[]>`select status from turns where session_id = ${id}`;
     expect(row!.status).toBe("aborted");
-    expect((await exec(id, "pgrep codex || true")).stdout.trim()).toBe("");
+    // The daemon stops the process group (TERM, then KILL after 2 s) once the turn is recorded.
+    await waitFor("codex to exit", async () => ((await exec(id, "pgrep -x codex || true")).stdout.trim() === "" ? true : undefined), 10_000);
   });
 });

@@ -197,7 +197,8 @@ describe("the opencode harness", () => {
     expect(turn.at(-1)).toMatchObject({ type: "error", payload: { message: "the turn was aborted by request" } });
     const [row] = await sql<{ status: string }[]>`select status from turns where session_id = ${id}`;
     expect(row!.status).toBe("aborted");
-    expect((await exec(id, "pgrep -x opencode || true")).stdout.trim()).toBe("");
+    // The daemon stops the process group (TERM, then KILL after 2 s) once the turn is recorded.
+    await waitFor("opencode to exit", async () => ((await exec(id, "pgrep -x opencode || true")).stdout.trim() === "" ? true : undefined), 10_000);
   });
 });
 

@@ -1,0 +1,167 @@
+import type { ChatMessage } from "../gateway/client";
+import { DaemonRequestError, SandboxUnavailableError, type DaemonClient, type ExecChunk } from "../sandbox/port";
+import type { TurnRow, TurnStore } from "../services/turns";
+import { buildConversation } from "./history";
+
+/**
+ * What the external harnesses (coding-agent CLIs run inside the sandbox: opencode, codex, …) share:
+ * the start of a turn (including a message that was under way when the platform died), the check
+ * that the sandbox can run the CLI, reading its output line by line, and the replay of the
+ * conversation into a CLI session that does not have it.
+ */
+
+/** Where the local backend binds harness binaries, and where Kubernetes sandbox images must put them. */
+export const HARNESS_BIN_DIR = "/opt/berth/bin";
+export const ABORTED = "the turn was aborted by request";
+/** Replayed tool output is cut to this many characters each: the replay is context, not an archive. */
+const REPLAY_OUTPUT_CHARS = 2_000;
+
+/** The sandbox cannot run this harness (binary or model relay missing): the turn fails with this message. */
+export class HarnessSetupError extends Error {}
+
+export type ExternalTurn = {
+  turn: TurnRow;
+  /** The user message this turn answers. */
+  message: string;
+  /** The conversation before this turn, for a replay. */
+  earlier: ChatMessage[];
+};
+
+/**
+ * The common start of an external harness's turn. Returns null when the turn was ended here: not
+ * running any more, unavailable, aborted before it began, or under way when the platform stopped
+ * (a CLI cannot continue a run halfway, and running the message again would repeat its commands).
+ */
+export async function beginExternalTurn(
+  store: TurnStore,
+  input: { turnId: string; harness: string; label: string; unavailable: string | null; abortRequested: boolean; shuttingDown: boolean },
+): Promise<ExternalTurn | null> {
+  const turn = await store.get(input.turnId);
+  if (turn.status !== "running") return null;
+  if (input.unavailable) {
+    await store.finish(turn, { status: "failed", error: input.unavailable });
+    return null;
+  }
+  if (input.abortRequested || turn.abortRequestedAt) {
+    await store.finish(turn, { status: "aborted", error: ABORTED });
+    return null;
+  }
+  if (input.shuttingDown) throw new Error("shutting down");
+  const state = await store.harnessState(turn.sessionId, input.harness);
+  if (state.runningTurn === turn.id || (await store.turnEvents(turn)).length > 0) {
+    await store.setHarnessState(turn.sessionId, input.harness, { runningTurn: null });
+    await store.finish(turn, {
+      status: "failed",
+      error: `the platform stopped while ${input.label} worked on this message; what it did is recorded above. Send a message to continue (${input.label} keeps its session).`,
+    });
+    return null;
+  }
+  await store.markSessionRunning(turn.sessionId);
+  const history = await store.history(turn.sessionId);
+  const userEvent = history.events.find((event) => event.seq === turn.userSeq && event.type === "user_message");
+  return {
+    turn,
+    message: userEvent?.type === "user_message" ? userEvent.payload.text : "",
+    earlier: buildConversation(history.events, history.turns.filter((other) => other.userSeq !== turn.userSeq), ""),
+  };
+}
+
+/** Marks the turn as under way before the CLI starts, so the next process knows after a crash. */
+export async function markRunning(store: TurnStore, turn: TurnRow, harness: string): Promise<void> {
+  await store.setHarnessState(turn.sessionId, harness, { runningTurn: turn.id });
+}
+
+export async function clearRunning(store: TurnStore, turn: TurnRow, harness: string): Promise<void> {
+  await store.setHarnessState(turn.sessionId, harness, { runningTurn: null });
+}
+
+/** Checks the sandbox has the CLI at `binary` and a model relay; a HarnessSetupError says what is missing. */
+export async function checkSandbox(client: DaemonClient, input: { binary: string; label: string; packageName: string }): Promise<void> {
+  let output = "";
+  let exitCode: number | null = null;
+  for await (const chunk of client.exec({ command: `test -x ${input.binary} || echo missing-binary; test -n "$BERTH_MODEL_BASE_URL" || echo missing-relay`, timeoutMs: 10_000 })) {
+    if (chunk.type === "stdout") output += chunk.data;
+    else if (chunk.type === "exit") exitCode = chunk.exitCode;
+  }
+  if (exitCode !== 0) throw new SandboxUnavailableError("the sandbox could not run a check command");
+  if (output.includes("missing-binary")) {
+    throw new HarnessSetupError(`${input.label} is not installed in this sandbox (${input.binary}); the local backend binds the binary of the ${input.packageName} package, Kubernetes sandbox images must carry it there`);
+  }
+  if (output.includes("missing-relay")) {
+    throw new HarnessSetupError(`this sandbox has no model relay (BERTH_MODEL_BASE_URL), which ${input.label} needs to reach the gateway; the Kubernetes backend does not provide one yet`);
+  }
+}
+
+/** Whether a workspace path exists (relative to the workspace). */
+export async function fileExists(client: DaemonClient, file: string): Promise<boolean> {
+  const slash = file.lastIndexOf("/");
+  try {
+    const entries = await client.listFiles(slash >= 0 ? file.slice(0, slash) : ".");
+    return entries.some((entry) => entry.name === file.slice(slash + 1));
+  } catch (error) {
+    if (error instanceof DaemonRequestError) return false;
+    throw error;
+  }
+}
+
+/**
+ * Reads a command's output: each complete stdout line goes to `onLine` (awaited, in order), the
+ * last 4 KB of stderr are kept; returns the exit chunk.
+ */
+export async function followLines(chunks: AsyncIterable<ExecChunk>, onLine: (line: string) => Promise<void>, stderr: { text: string }): Promise<ExecChunk & { type: "exit" }> {
+  let pending = "";
+  for await (const chunk of chunks) {
+    if (chunk.type === "stderr") stderr.text = (stderr.text + chunk.data).slice(-4_000);
+    else if (chunk.type === "stdout") {
+      pending += chunk.data;
+      const lines = pending.split("\n");
+      pending = lines.pop()!;
+      for (const line of lines) if (line.trim()) await onLine(line);
+    } else {
+      if (pending.trim()) await onLine(pending);
+      return chunk;
+    }
+  }
+  throw new SandboxUnavailableError("the sandbox daemon ended the command without its exit status");
+}
+
+/** How a turn ends when the sandbox went away under the CLI. */
+export function sandboxLostMessage(label: string, error: unknown): string {
+  return `the sandbox stopped while ${label} ran (${(error as Error).message}); it is being reconnected. Send a message to continue: ${label} resumes its session on the same workspace.`;
+}
+
+/** A sandbox or a domain service reported it is unavailable (the session is being reconnected). */
+export function isSandboxGone(error: unknown): boolean {
+  return error instanceof SandboxUnavailableError || (typeof error === "object" && error !== null && (error as { kind?: string }).kind === "unavailable");
+}
+
+export function shellQuote(value: string): string {
+  return `'${value.replaceAll("'", `'\\''`)}'`;
+}
+
+/** The new message, preceded by the earlier conversation when the CLI starts without it. */
+export function replayPrompt(earlier: ChatMessage[], message: string): string {
+  if (earlier.length === 0) return message;
+  const lines: string[] = [];
+  for (const entry of earlier) {
+    if (entry.role === "user") lines.push(`User: ${entry.content}`);
+    else if (entry.role === "assistant") {
+      if (entry.content) lines.push(`Assistant: ${entry.content}`);
+      for (const call of entry.tool_calls ?? []) lines.push(`Assistant called ${call.function.name} ${call.function.arguments}`);
+    } else if (entry.role === "tool") {
+      const output = entry.content.length > REPLAY_OUTPUT_CHARS ? `${entry.content.slice(0, REPLAY_OUTPUT_CHARS)}… (cut)` : entry.content;
+      lines.push(`Tool result: ${output}`);
+    }
+  }
+  return [
+    "This conversation began earlier, and your own record of it is not available here (files made then may be missing too). Here it is, from the platform's log:",
+    "",
+    "<earlier-conversation>",
+    ...lines,
+    "</earlier-conversation>",
+    "",
+    "The new message:",
+    "",
+    message,
+  ].join("\n");
+}
