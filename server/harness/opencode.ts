@@ -1,8 +1,8 @@
-import type { ChatMessage } from "../gateway/client";
 import type { Logger } from "../logger";
-import { DaemonRequestError, SandboxUnavailableError, type DaemonClient, type ExecChunk } from "../sandbox/port";
+import { SandboxUnavailableError, type ExecChunk } from "../sandbox/port";
 import type { SandboxLifecycle } from "../services/sandbox-lifecycle";
 import type { Harness, TurnRow, TurnStore, TurnToRun, TurnUsage } from "../services/turns";
+import { ABORTED, addUsage, checkSandbox, exists, HarnessSetupError, isDomainUnavailable, replayPrompt, shellQuote } from "./external";
 import { buildConversation } from "./history";
 import { parseOpencodeLine } from "./opencode-events";
 
@@ -13,13 +13,8 @@ const STATE_DIR = ".berth/opencode";
 const PROMPT_FILE = `${STATE_DIR}/prompt.txt`;
 const INSTRUCTIONS_FILE = `${STATE_DIR}/instructions.md`;
 const DATABASE_FILE = `${STATE_DIR}/home/.local/share/opencode/opencode.db`;
-/** Replayed tool output is cut to this many characters each: the replay is context, not an archive. */
-const REPLAY_OUTPUT_CHARS = 2_000;
-const ABORTED = "the turn was aborted by request";
 
 type OpencodeState = { sessionId?: string };
-
-class HarnessSetupError extends Error {}
 
 /**
  * The `opencode` harness: each user message becomes one `opencode run --format json` inside the
@@ -77,7 +72,7 @@ export class OpencodeHarness implements Harness {
     let exit: ExecChunk & { type: "exit" };
     try {
       exit = await this.deps.lifecycle.withSandbox(turn.sessionId, async (client) => {
-        await checkSandbox(client);
+        await checkSandbox(client, { name: "opencode", binary: OPENCODE_IN_SANDBOX, source: "the opencode-ai package" });
         const state = (await store.harnessState(turn.sessionId, this.name)) as OpencodeState;
         let resumeId = state.sessionId && (await exists(client, DATABASE_FILE)) ? state.sessionId : undefined;
         if (state.sessionId && !resumeId) logger.info({ opencodeSession: state.sessionId }, "opencode's session is not in this workspace: replaying the conversation");
@@ -172,42 +167,6 @@ class RunRecorder {
   }
 }
 
-function addUsage(a: TurnUsage, b: TurnUsage): TurnUsage {
-  const cost = (a.cost ?? 0) + (b.cost ?? 0);
-  return { promptTokens: a.promptTokens + b.promptTokens, completionTokens: a.completionTokens + b.completionTokens, ...(cost ? { cost } : {}) };
-}
-
-async function checkSandbox(client: DaemonClient): Promise<void> {
-  let output = "";
-  let exitCode: number | null = null;
-  for await (const chunk of client.exec({ command: `test -x ${OPENCODE_IN_SANDBOX} || echo missing-binary; test -n "$BERTH_MODEL_BASE_URL" || echo missing-relay`, timeoutMs: 10_000 })) {
-    if (chunk.type === "stdout") output += chunk.data;
-    else if (chunk.type === "exit") exitCode = chunk.exitCode;
-  }
-  if (exitCode !== 0) throw new SandboxUnavailableError("the sandbox could not run a check command");
-  if (output.includes("missing-binary")) {
-    throw new HarnessSetupError(`opencode is not installed in this sandbox (${OPENCODE_IN_SANDBOX}); the local backend binds the binary of the opencode-ai package, Kubernetes sandbox images must carry it there`);
-  }
-  if (output.includes("missing-relay")) {
-    throw new HarnessSetupError("this sandbox has no model relay (BERTH_MODEL_BASE_URL), which opencode needs to reach the gateway; the Kubernetes backend does not provide one yet");
-  }
-}
-
-async function exists(client: DaemonClient, file: string): Promise<boolean> {
-  const slash = file.lastIndexOf("/");
-  try {
-    const entries = await client.listFiles(file.slice(0, slash));
-    return entries.some((entry) => entry.name === file.slice(slash + 1));
-  } catch (error) {
-    if (error instanceof DaemonRequestError) return false;
-    throw error;
-  }
-}
-
-function shellQuote(value: string): string {
-  return `'${value.replaceAll("'", `'\\''`)}'`;
-}
-
 /** The whole opencode invocation; the message comes from a file (no argument length limit, no quoting). */
 export function opencodeCommand(input: { model: string; maxSteps: number; resumeId: string | undefined; instructions: boolean }): string {
   const config = {
@@ -243,35 +202,3 @@ export function opencodeCommand(input: { model: string; maxSteps: number; resume
   const args = ["run", "--format", "json", "--auto", "--pure", "--title", shellQuote("Berth session"), ...(input.resumeId ? ["--session", shellQuote(input.resumeId)] : [])];
   return `mkdir -p "${STATE_DIR}/home" && exec env ${env.join(" ")} ${OPENCODE_IN_SANDBOX} ${args.join(" ")} < ${PROMPT_FILE}`;
 }
-
-/** The new message, preceded by the earlier conversation when opencode starts without it. */
-export function replayPrompt(earlier: ChatMessage[], message: string): string {
-  if (earlier.length === 0) return message;
-  const lines: string[] = [];
-  for (const entry of earlier) {
-    if (entry.role === "user") lines.push(`User: ${entry.content}`);
-    else if (entry.role === "assistant") {
-      if (entry.content) lines.push(`Assistant: ${entry.content}`);
-      for (const call of entry.tool_calls ?? []) lines.push(`Assistant called ${call.function.name} ${call.function.arguments}`);
-    } else if (entry.role === "tool") {
-      const output = entry.content.length > REPLAY_OUTPUT_CHARS ? `${entry.content.slice(0, REPLAY_OUTPUT_CHARS)}… (cut)` : entry.content;
-      lines.push(`Tool result: ${output}`);
-    }
-  }
-  return [
-    "This conversation started earlier in a workspace that is gone; the files you made then may be missing. Here it is, from the platform's log:",
-    "",
-    "<earlier-conversation>",
-    ...lines,
-    "</earlier-conversation>",
-    "",
-    "The new message:",
-    "",
-    message,
-  ].join("\n");
-}
-
-function isDomainUnavailable(error: unknown): boolean {
-  return typeof error === "object" && error !== null && (error as { kind?: string }).kind === "unavailable";
-}
-
