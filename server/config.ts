@@ -121,6 +121,12 @@ const environmentSchema = z.object({
       .refine((value) => path.isAbsolute(value), { message: "must be an absolute path to the opencode binary" })
       .optional(),
   ),
+  BERTH_CLAUDE_CODE_BINARY: optionalString.pipe(
+    z
+      .string()
+      .refine((value) => path.isAbsolute(value), { message: "must be an absolute path to the claude binary" })
+      .optional(),
+  ),
   BERTH_HARNESS_TURN_TIMEOUT_MS: positiveInt(1_800_000, 3_600_000),
   BERTH_METRICS_TOKEN: optionalString.pipe(z.string().min(16, "must be at least 16 characters").optional()),
   LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
@@ -161,6 +167,8 @@ export type Config = {
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
   /** Local backend: the opencode binary bound into jails (default: the one the `opencode-ai` package installed). */
   opencodeBinary: string | undefined;
+  /** Local backend: the Claude Code binary bound into jails (default: the one the `@anthropic-ai/claude-code` package installed). */
+  claudeCodeBinary: string | undefined;
   /** Longest an external harness (opencode) may run one turn before it is stopped. */
   harnessTurnTimeoutMs: number;
   /** When set, GET /metrics requires `Authorization: Bearer <token>`. */
@@ -237,6 +245,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     logLevel: parsed.LOG_LEVEL,
     metricsToken: parsed.BERTH_METRICS_TOKEN,
     opencodeBinary: parsed.BERTH_OPENCODE_BINARY,
+    claudeCodeBinary: parsed.BERTH_CLAUDE_CODE_BINARY,
     harnessTurnTimeoutMs: parsed.BERTH_HARNESS_TURN_TIMEOUT_MS,
     containerEnv,
   };

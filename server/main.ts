@@ -19,6 +19,7 @@ import { createGatewayClient } from "./gateway/client";
 import { createDemoModel, DEMO_MODEL } from "./gateway/demo";
 import type { ModelResolver } from "./harness/builtin";
 import { findOpencodeBinary } from "./harness/opencode-binary";
+import { findClaudeCodeBinary } from "./harness/claude-code-binary";
 import { EventBus } from "./services/event-bus";
 import { BerthMetrics } from "./metrics";
 
@@ -179,12 +180,16 @@ function createModelResolver(config: Config, logger: Logger, metrics: BerthMetri
 
 /** Harness binaries the local backend binds into jails. */
 function localSandboxTools(config: Config, logger: Logger): Record<string, string> {
+  const tools: Record<string, string> = {};
   const opencode = findOpencodeBinary(config.opencodeBinary);
   if (!opencode) {
     logger.warn({ configured: config.opencodeBinary ?? null }, "no opencode binary found (BERTH_OPENCODE_BINARY or the opencode-ai package): agents on the opencode harness will fail");
-    return {};
-  }
-  return { opencode };
+  } else tools.opencode = opencode;
+  const claude = findClaudeCodeBinary(config.claudeCodeBinary);
+  if (!claude) {
+    logger.warn({ configured: config.claudeCodeBinary ?? null }, "no Claude Code binary found (BERTH_CLAUDE_CODE_BINARY or the @anthropic-ai/claude-code package): agents on the claude-code harness will fail");
+  } else tools.claude = claude;
+  return tools;
 }
 
 async function createSandboxBackend(config: Config, secretKey: Buffer, daemonScript: string, logger: Logger): Promise<SandboxBackend> {

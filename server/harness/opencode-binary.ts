@@ -31,7 +31,7 @@ function candidatePackages(): string[] {
   return variants.map((variant) => `${base}${variant}${musl ? "-musl" : ""}`);
 }
 
-function isExecutableFile(file: string): boolean {
+export function isExecutableFile(file: string): boolean {
   try {
     const stat = statSync(file);
     return stat.isFile() && (stat.mode & 0o111) !== 0;
@@ -40,7 +40,7 @@ function isExecutableFile(file: string): boolean {
   }
 }
 
-function isMusl(): boolean {
+export function isMusl(): boolean {
   // Node reports the glibc version it runs on; none means musl (Alpine).
   const report = process.report?.getReport?.() as { header?: { glibcVersionRuntime?: string } } | undefined;
   return report ? !report.header?.glibcVersionRuntime : false;

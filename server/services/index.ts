@@ -18,6 +18,7 @@ import { TeamService } from "./teams";
 import { WorkerLiveness } from "./worker-liveness";
 import { BuiltinHarness, type ModelResolver } from "../harness/builtin";
 import { OpencodeHarness } from "../harness/opencode";
+import { ClaudeCodeHarness } from "../harness/claude-code";
 import type { EventBus } from "./event-bus";
 import type { BerthMetrics } from "../metrics";
 import { TurnRunner, TurnStore } from "./turns";
@@ -63,6 +64,13 @@ export function createServices(deps: ServiceDependencies) {
         lifecycle: sandboxes,
         logger: deps.logger.child({ component: "harness-opencode" }),
         unavailable: deps.config.gateway ? null : "the opencode harness reaches its model through the LiteLLM Gateway, and LITELLM_BASE_URL is not set",
+        turnTimeoutMs: deps.config.harnessTurnTimeoutMs,
+      }),
+      "claude-code": new ClaudeCodeHarness({
+        store: turnStore,
+        lifecycle: sandboxes,
+        logger: deps.logger.child({ component: "harness-claude-code" }),
+        unavailable: deps.config.gateway ? null : "the claude-code harness reaches its model through the LiteLLM Gateway, and LITELLM_BASE_URL is not set",
         turnTimeoutMs: deps.config.harnessTurnTimeoutMs,
       }),
     },

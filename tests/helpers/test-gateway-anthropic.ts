@@ -15,7 +15,8 @@ import { z } from "zod";
  *   expect(gateway.violations).toEqual([]);
  *
  * It accepts the key as LiteLLM does from Claude Code behind Berth's model relay: `Authorization:
- * Bearer <key>`. `POST /v1/messages/count_tokens` is answered with a rough count.
+ * Bearer <key>`. `POST /v1/messages/count_tokens` is answered with a rough count; like LiteLLM, it
+ * also answers `GET /v1/models` and `/health/liveliness` (Berth's health checks).
  */
 
 export type AnthropicUsage = { input: number; output: number; cacheRead?: number; cacheCreation?: number };
@@ -206,6 +207,12 @@ export async function startTestAnthropicGateway(options: { apiKey?: string } = {
       sendError(res, status, type, message);
     };
 
+    // What LiteLLM also serves, and Berth's health checks ask.
+    if (recorded.method === "GET" && recorded.path === "/health/liveliness") return void res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify("I'm alive!"));
+    if (recorded.method === "GET" && recorded.path === "/v1/models") {
+      if (options.apiKey && req.headers.authorization !== `Bearer ${options.apiKey}`) return reject(401, "authentication_error", "missing or wrong bearer token");
+      return void res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ object: "list", data: [{ id: "test-model", object: "model", created: 0, owned_by: "berth-test" }] }));
+    }
     if (recorded.path !== "/v1/messages" && recorded.path !== "/v1/messages/count_tokens") return reject(404, "not_found_error", `unknown path ${recorded.path}`);
     if (recorded.method !== "POST") return reject(405, "invalid_request_error", `method ${recorded.method} not allowed`);
     if (options.apiKey && req.headers.authorization !== `Bearer ${options.apiKey}`) return reject(401, "authentication_error", "missing or wrong bearer token");
