@@ -56,6 +56,13 @@ describe("Claude Code's stream-json output", () => {
     ]);
   });
 
+  it("reports the turn limit (--max-turns) as an error", () => {
+    // The result line of claude 2.1.331 run with --max-turns 1 (fields that matter here).
+    const line = '{"type":"result","subtype":"error_max_turns","is_error":true,"num_turns":2,"stop_reason":"tool_use","session_id":"4eda3f02-7f31-49cd-a654-bf5dd9b01e70","errors":["Reached maximum number of turns (1)"],"terminal_reason":"max_turns"}';
+    expect(new ClaudeCodeParser().parse(line)).toEqual({ kind: "result", sessionId: "4eda3f02-7f31-49cd-a654-bf5dd9b01e70", error: "Reached maximum number of turns (1)" });
+    expect(new ClaudeCodeParser().parse('{"type":"result","subtype":"error_during_execution","is_error":true,"session_id":"s","result":null}')).toEqual({ kind: "result", sessionId: "s", error: "Claude Code stopped (error_during_execution)" });
+  });
+
   it("reads a failed command's exit code, text parts of a result, and ignores subagents and noise", () => {
     const parser = new ClaudeCodeParser();
     const user = (content: unknown, extra: Record<string, unknown> = {}) => JSON.stringify({ type: "user", session_id: "s", parent_tool_use_id: null, message: { role: "user", content }, ...extra });

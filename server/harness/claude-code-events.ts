@@ -76,8 +76,8 @@ const line = z.discriminatedUnion("type", [
       session_id: z.string(),
       subtype: z.string().optional(),
       is_error: z.boolean(),
-      result: z.string().optional(),
-      errors: z.array(z.string()).optional(),
+      result: z.string().nullish(),
+      errors: z.array(z.string()).nullish(),
     })
     .loose(),
 ]);
