@@ -63,6 +63,15 @@ const secretKey = z.string().transform((value, ctx) => {
   return bytes;
 });
 
+/** An optional absolute path to a harness binary the local backend binds into jails. */
+const binaryPath = (name: string) =>
+  optionalString.pipe(
+    z
+      .string()
+      .refine((value) => path.isAbsolute(value), { message: `must be an absolute path to the ${name} binary` })
+      .optional(),
+  );
+
 const environmentSchema = z.object({
   NODE_ENV: z.enum(["development", "production", "test"]).default("production"),
   PORT: port(3000),
@@ -115,18 +124,9 @@ const environmentSchema = z.object({
   BERTH_WORKER_CONCURRENCY: positiveInt(32, 256),
   BERTH_DATABASE_POOL_SIZE: positiveInt(20, 500),
   BERTH_SHUTDOWN_TIMEOUT_MS: positiveInt(10_000, 600_000),
-  BERTH_OPENCODE_BINARY: optionalString.pipe(
-    z
-      .string()
-      .refine((value) => path.isAbsolute(value), { message: "must be an absolute path to the opencode binary" })
-      .optional(),
-  ),
-  BERTH_CODEX_BINARY: optionalString.pipe(
-    z
-      .string()
-      .refine((value) => path.isAbsolute(value), { message: "must be an absolute path to the codex binary" })
-      .optional(),
-  ),
+  BERTH_OPENCODE_BINARY: binaryPath("opencode"),
+  BERTH_CODEX_BINARY: binaryPath("codex"),
+  BERTH_CLAUDE_CODE_BINARY: binaryPath("claude"),
   BERTH_HARNESS_TURN_TIMEOUT_MS: positiveInt(1_800_000, 3_600_000),
   BERTH_METRICS_TOKEN: optionalString.pipe(z.string().min(16, "must be at least 16 characters").optional()),
   LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
@@ -169,6 +169,8 @@ export type Config = {
   opencodeBinary: string | undefined;
   /** Local backend: the codex binary bound into jails (default: the one the `@openai/codex` package installed). */
   codexBinary: string | undefined;
+  /** Local backend: the Claude Code binary bound into jails (default: the one the `@anthropic-ai/claude-code` package installed). */
+  claudeCodeBinary: string | undefined;
   /** Longest an external harness (opencode) may run one turn before it is stopped. */
   harnessTurnTimeoutMs: number;
   /** When set, GET /metrics requires `Authorization: Bearer <token>`. */
@@ -246,6 +248,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     metricsToken: parsed.BERTH_METRICS_TOKEN,
     opencodeBinary: parsed.BERTH_OPENCODE_BINARY,
     codexBinary: parsed.BERTH_CODEX_BINARY,
+    claudeCodeBinary: parsed.BERTH_CLAUDE_CODE_BINARY,
     harnessTurnTimeoutMs: parsed.BERTH_HARNESS_TURN_TIMEOUT_MS,
     containerEnv,
   };

@@ -18,8 +18,7 @@ import { createTrpcCaller, createTrpcHandler } from "./trpc/handler";
 import { createGatewayClient } from "./gateway/client";
 import { createDemoModel, DEMO_MODEL } from "./gateway/demo";
 import type { ModelResolver } from "./harness/builtin";
-import { findCodexBinary } from "./harness/codex-binary";
-import { findOpencodeBinary } from "./harness/opencode-binary";
+import { findClaudeCodeBinary, findCodexBinary, findOpencodeBinary } from "./harness/binaries";
 import { EventBus } from "./services/event-bus";
 import { BerthMetrics } from "./metrics";
 
@@ -180,13 +179,16 @@ function createModelResolver(config: Config, logger: Logger, metrics: BerthMetri
 
 /** Harness binaries the local backend binds into jails. */
 function localSandboxTools(config: Config, logger: Logger): Record<string, string> {
+  const harnesses = [
+    { tool: "opencode", harness: "opencode", path: findOpencodeBinary(config.opencodeBinary), source: "BERTH_OPENCODE_BINARY or the opencode-ai package" },
+    { tool: "codex", harness: "codex", path: findCodexBinary(config.codexBinary), source: "BERTH_CODEX_BINARY or the @openai/codex package" },
+    { tool: "claude", harness: "claude-code", path: findClaudeCodeBinary(config.claudeCodeBinary), source: "BERTH_CLAUDE_CODE_BINARY or the @anthropic-ai/claude-code package" },
+  ];
   const tools: Record<string, string> = {};
-  const opencode = findOpencodeBinary(config.opencodeBinary);
-  if (opencode) tools.opencode = opencode;
-  else logger.warn({ configured: config.opencodeBinary ?? null }, "no opencode binary found (BERTH_OPENCODE_BINARY or the opencode-ai package): agents on the opencode harness will fail");
-  const codex = findCodexBinary(config.codexBinary);
-  if (codex) tools.codex = codex;
-  else logger.warn({ configured: config.codexBinary ?? null }, "no codex binary found (BERTH_CODEX_BINARY or the @openai/codex package): agents on the codex harness will fail");
+  for (const { tool, harness, path, source } of harnesses) {
+    if (path) tools[tool] = path;
+    else logger.warn({ tool }, `no ${tool} binary found (${source}): agents on the ${harness} harness will fail`);
+  }
   return tools;
 }
 

@@ -1,6 +1,6 @@
 import type { ChatMessage } from "../gateway/client";
 import { DaemonRequestError, SandboxUnavailableError, type DaemonClient, type ExecChunk } from "../sandbox/port";
-import type { TurnRow, TurnStore } from "../services/turns";
+import type { TurnRow, TurnStore, TurnUsage } from "../services/turns";
 import { buildConversation } from "./history";
 
 /**
@@ -133,6 +133,11 @@ export function sandboxLostMessage(label: string, error: unknown): string {
 /** A sandbox or a domain service reported it is unavailable (the session is being reconnected). */
 export function isSandboxGone(error: unknown): boolean {
   return error instanceof SandboxUnavailableError || (typeof error === "object" && error !== null && (error as { kind?: string }).kind === "unavailable");
+}
+
+export function addUsage(a: TurnUsage, b: TurnUsage): TurnUsage {
+  const cost = (a.cost ?? 0) + (b.cost ?? 0);
+  return { promptTokens: a.promptTokens + b.promptTokens, completionTokens: a.completionTokens + b.completionTokens, ...(cost ? { cost } : {}) };
 }
 
 export function shellQuote(value: string): string {

@@ -4,6 +4,7 @@ import type { SandboxLifecycle } from "../services/sandbox-lifecycle";
 import type { Harness, TurnRow, TurnStore, TurnToRun, TurnUsage } from "../services/turns";
 import {
   ABORTED,
+  addUsage,
   beginExternalTurn,
   checkSandbox,
   clearRunning,
@@ -157,11 +158,6 @@ class RunRecorder {
     await clearRunning(this.store, this.turn, HARNESS);
     await this.store.finish(this.turn, { status, error, usage: this.usage });
   }
-}
-
-function addUsage(a: TurnUsage, b: TurnUsage): TurnUsage {
-  const cost = (a.cost ?? 0) + (b.cost ?? 0);
-  return { promptTokens: a.promptTokens + b.promptTokens, completionTokens: a.completionTokens + b.completionTokens, ...(cost ? { cost } : {}) };
 }
 
 /** The whole opencode invocation; the message comes from a file (no argument length limit, no quoting). */

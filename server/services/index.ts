@@ -19,6 +19,7 @@ import { WorkerLiveness } from "./worker-liveness";
 import { BuiltinHarness, type ModelResolver } from "../harness/builtin";
 import { CodexHarness } from "../harness/codex";
 import { OpencodeHarness } from "../harness/opencode";
+import { ClaudeCodeHarness } from "../harness/claude-code";
 import type { EventBus } from "./event-bus";
 import type { BerthMetrics } from "../metrics";
 import { TurnRunner, TurnStore } from "./turns";
@@ -53,26 +54,22 @@ export function createServices(deps: ServiceDependencies) {
     logger: deps.logger.child({ component: "sandboxes" }),
   });
   const turnStore = new TurnStore(deps.db);
+  const externalHarness = (name: string) => ({
+    store: turnStore,
+    lifecycle: sandboxes,
+    logger: deps.logger.child({ component: `harness-${name}` }),
+    unavailable: deps.config.gateway ? null : `the ${name} harness reaches its model through the LiteLLM Gateway, and LITELLM_BASE_URL is not set`,
+    turnTimeoutMs: deps.config.harnessTurnTimeoutMs,
+  });
   const turns = new TurnRunner({
     store: turnStore,
     bus: deps.bus,
     logger: deps.logger.child({ component: "turns" }),
     harnesses: {
       builtin: new BuiltinHarness({ store: turnStore, lifecycle: sandboxes, bus: deps.bus, models: deps.models, logger: deps.logger.child({ component: "harness-builtin" }) }),
-      opencode: new OpencodeHarness({
-        store: turnStore,
-        lifecycle: sandboxes,
-        logger: deps.logger.child({ component: "harness-opencode" }),
-        unavailable: deps.config.gateway ? null : "the opencode harness reaches its model through the LiteLLM Gateway, and LITELLM_BASE_URL is not set",
-        turnTimeoutMs: deps.config.harnessTurnTimeoutMs,
-      }),
-      codex: new CodexHarness({
-        store: turnStore,
-        lifecycle: sandboxes,
-        logger: deps.logger.child({ component: "harness-codex" }),
-        unavailable: deps.config.gateway ? null : "the codex harness reaches its model through the LiteLLM Gateway, and LITELLM_BASE_URL is not set",
-        turnTimeoutMs: deps.config.harnessTurnTimeoutMs,
-      }),
+      opencode: new OpencodeHarness(externalHarness("opencode")),
+      codex: new CodexHarness(externalHarness("codex")),
+      "claude-code": new ClaudeCodeHarness(externalHarness("claude-code")),
     },
   });
   return {
