@@ -174,7 +174,7 @@ export type Config = {
   shutdownTimeoutMs: number;
   /**
    * How long this process reuses an API key lookup (0: never). Revocations reach this process and,
-   * through NOTIFY, every replica at once; the lifetime bounds a missed notification (decision 012).
+   * through NOTIFY, every replica at once; the lifetime bounds a missed notification (decision 013).
    */
   authCacheMs: number;
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";

@@ -70,8 +70,8 @@ export function createHttpApp(options: HttpServerOptions): express.Express {
     res.status(ready ? 200 : 503).json({ ...readiness, ready, draining });
   });
 
-  // tRPC is answered here, before Remix (same path as the resource route app/routes/api.trpc.$.ts,
-  // which stays for the Vite dev server's own fallback); see docs/decisions/012-*.md.
+  // tRPC is answered here, before Remix, with the same handler the resource route
+  // app/routes/api.trpc.$.ts delegates to (kept as a fallback); see docs/decisions/013-accept-hot-path.md.
   const handleTrpc = options.loadContext.handleTrpc;
   app.use((req, res, next) => {
     if (!isTrpcPath(req.path)) return next();

@@ -11,7 +11,7 @@ import { EventBus } from "./event-bus";
 const logger = createLogger("silent");
 
 /**
- * The API-key lookup cache (BERTH_AUTH_CACHE_MS, decision 012). A key deleted "behind the cache's back"
+ * The API-key lookup cache (BERTH_AUTH_CACHE_MS, decision 013). A key deleted "behind the cache's back"
  * (plain SQL, no revocation, no notification) shows whether a lookup reached the database.
  */
 describe("API key lookup cache", () => {

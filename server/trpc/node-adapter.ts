@@ -9,7 +9,7 @@ export function isTrpcPath(path: string): boolean {
 
 /**
  * Serves tRPC straight from Node's request and response (Express answers before Remix), through the
- * same fetch-API handler the Remix resource route delegates to; see docs/decisions/012-*.md. Bodies
+ * same fetch-API handler the Remix resource route delegates to; see docs/decisions/013-accept-hot-path.md. Bodies
  * are streamed, so `sessions.follow` (SSE) works; a client that disconnects aborts the Request's
  * signal, which ends the stream.
  */
