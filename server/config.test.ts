@@ -80,6 +80,13 @@ describe("loadConfig", () => {
     expect(problemsOf({ LITELLM_BASE_URL: "ftp://x" })).toContain("LITELLM_BASE_URL must be an http");
   });
 
+  it("reads the API key cache lifetime, 0 turning the cache off", () => {
+    expect(loadConfig({}).authCacheMs).toBe(5_000);
+    expect(loadConfig({ BERTH_AUTH_CACHE_MS: "0" }).authCacheMs).toBe(0);
+    expect(problemsOf({ BERTH_AUTH_CACHE_MS: "-1" })).toContain("BERTH_AUTH_CACHE_MS must be a whole number from 0 to 60000");
+    expect(problemsOf({ BERTH_AUTH_CACHE_MS: "90000" })).toContain("BERTH_AUTH_CACHE_MS");
+  });
+
   it("treats empty optional variables as unset", () => {
     expect(loadConfig({ DATABASE_URL: "", BERTH_ADMIN_API_KEY: " " }).databaseUrl).toBeUndefined();
   });

@@ -26,6 +26,13 @@ const port = (fallback: number) =>
     })
     .transform(Number);
 
+const wholeNumber = (fallback: number, max: number) =>
+  z
+    .string()
+    .default(String(fallback))
+    .refine((value) => /^\d+$/.test(value) && Number(value) <= max, { message: `must be a whole number from 0 to ${max}` })
+    .transform(Number);
+
 const positiveInt = (fallback: number, max: number) =>
   z
     .string()
@@ -128,6 +135,7 @@ const environmentSchema = z.object({
   BERTH_CODEX_BINARY: binaryPath("codex"),
   BERTH_CLAUDE_CODE_BINARY: binaryPath("claude"),
   BERTH_HARNESS_TURN_TIMEOUT_MS: positiveInt(1_800_000, 3_600_000),
+  BERTH_AUTH_CACHE_MS: wholeNumber(5_000, 60_000),
   BERTH_METRICS_TOKEN: optionalString.pipe(z.string().min(16, "must be at least 16 characters").optional()),
   LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
 });
@@ -164,6 +172,11 @@ export type Config = {
   workerConcurrency: number;
   databasePoolSize: number;
   shutdownTimeoutMs: number;
+  /**
+   * How long this process reuses an API key lookup (0: never). Revocations reach this process and,
+   * through NOTIFY, every replica at once; the lifetime bounds a missed notification (decision 013).
+   */
+  authCacheMs: number;
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
   /** Local backend: the opencode binary bound into jails (default: the one the `opencode-ai` package installed). */
   opencodeBinary: string | undefined;
@@ -244,6 +257,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     workerConcurrency: parsed.BERTH_WORKER_CONCURRENCY,
     databasePoolSize: parsed.BERTH_DATABASE_POOL_SIZE,
     shutdownTimeoutMs: parsed.BERTH_SHUTDOWN_TIMEOUT_MS,
+    authCacheMs: parsed.BERTH_AUTH_CACHE_MS,
     logLevel: parsed.LOG_LEVEL,
     metricsToken: parsed.BERTH_METRICS_TOKEN,
     opencodeBinary: parsed.BERTH_OPENCODE_BINARY,

@@ -7,6 +7,7 @@ import type { Logger } from "./logger";
 import type { BerthLoadContext } from "./load-context";
 import type { Services } from "./services";
 import { routeLabel } from "./metrics";
+import { isTrpcPath, serveTrpc } from "./trpc/node-adapter";
 import { createHash, timingSafeEqual } from "node:crypto";
 
 function safeEqual(given: string, expected: string): boolean {
@@ -67,6 +68,18 @@ export function createHttpApp(options: HttpServerOptions): express.Express {
     const readiness = await options.services.health.readiness();
     const ready = readiness.ready && !draining;
     res.status(ready ? 200 : 503).json({ ...readiness, ready, draining });
+  });
+
+  // tRPC is answered here, before Remix, with the same handler the resource route
+  // app/routes/api.trpc.$.ts delegates to (kept as a fallback); see docs/decisions/013-accept-hot-path.md.
+  const handleTrpc = options.loadContext.handleTrpc;
+  app.use((req, res, next) => {
+    if (!isTrpcPath(req.path)) return next();
+    serveTrpc(handleTrpc, req, res).catch((error: unknown) => {
+      options.logger.error({ err: error }, "tRPC request failed");
+      if (!res.headersSent) res.status(500).json({ error: "internal error" });
+      else res.destroy();
+    });
   });
 
   if (options.devMiddleware) app.use(options.devMiddleware);

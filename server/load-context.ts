@@ -4,7 +4,7 @@ type AppCaller = ReturnType<ReturnType<typeof createTrpcCaller>>;
 
 /** What the HTTP layer hands every Remix loader and action: the API, and nothing else of the server. */
 export type BerthLoadContext = {
-  /** Serves /api/trpc (the resource route delegates here). */
+  /** Serves /api/trpc (Express calls it before Remix; the resource route delegates here too). */
   handleTrpc: TrpcRequestHandler;
   /** Calls procedures server-side, as the given request's caller, for loaders that render data. */
   trpcCaller(request: Request): AppCaller;

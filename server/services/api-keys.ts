@@ -1,8 +1,9 @@
-import { and, desc, eq, isNull } from "drizzle-orm";
+import { and, desc, eq, isNull, sql } from "drizzle-orm";
 import type { Database } from "../../db/client";
 import { apiKeys } from "../../db/schema";
 import { generateApiKey, hashApiKey, visiblePrefix } from "../auth/api-keys";
 import { recordAudit } from "./audit";
+import { API_KEY_REVOKED_CHANNEL } from "./event-bus";
 import { notFound } from "./errors";
 import { before, cursorAt, toPage, type Page } from "./pagination";
 import { hasRole, requireRole, type Principal, type Role } from "./principal";
@@ -32,6 +33,8 @@ export class ApiKeyService {
   constructor(
     private readonly db: Database,
     private readonly principal: Principal,
+    /** Drops a revoked key from this process's lookup cache (other replicas hear the NOTIFY). */
+    private readonly forgetKey: (keyId: string) => void = () => {},
   ) {}
 
   /** The key itself is in this return value and nowhere else, ever. */
@@ -68,15 +71,26 @@ export class ApiKeyService {
 
   async revoke(input: { keyId: string }): Promise<ApiKeyView> {
     requireRole(this.principal, "admin", "revoking API keys");
+    try {
+      return await this.revokeInTransaction(input.keyId);
+    } finally {
+      // Also after a failure: a commit whose reply was lost may have revoked it.
+      this.forgetKey(input.keyId);
+    }
+  }
+
+  private async revokeInTransaction(keyId: string): Promise<ApiKeyView> {
     return this.db.transaction(async (tx) => {
       const [row] = await tx
         .select()
         .from(apiKeys)
-        .where(and(eq(apiKeys.teamId, this.principal.teamId), eq(apiKeys.id, input.keyId)))
+        .where(and(eq(apiKeys.teamId, this.principal.teamId), eq(apiKeys.id, keyId)))
         .for("update");
       if (!row) throw notFound("API key");
       if (row.revokedAt) return view(row);
       const [revoked] = await tx.update(apiKeys).set({ revokedAt: new Date() }).where(eq(apiKeys.id, row.id)).returning();
+      // Delivered at commit: every replica drops the key from its lookup cache.
+      await tx.execute(sql`select pg_notify(${API_KEY_REVOKED_CHANNEL}, ${row.id}::text)`);
       await recordAudit(tx, { teamId: this.principal.teamId, actor: this.principal.actor, action: "api_key.revoke", targetType: "api_key", targetId: row.id, metadata: { name: row.name } });
       return view(revoked!);
     });

@@ -7,7 +7,7 @@ import { hashPassword, verifyPassword } from "../auth/passwords";
 import type { Logger } from "../logger";
 import { recordAudit } from "./audit";
 import { DomainError, notFound } from "./errors";
-import type { Principal } from "./principal";
+import type { Principal, Role } from "./principal";
 
 const LOGIN_SESSION_DAYS = 7;
 const LAST_USED_RESOLUTION = sql`interval '1 minute'`;
@@ -21,24 +21,77 @@ export class AuthService {
   /** Verified against when the email is unknown, so both failures take the same time. */
   private readonly dummyHash = hashPassword(randomBytes(16).toString("hex"));
 
+  /**
+   * Valid keys this process looked up recently, by key hash, in insertion order (the oldest is
+   * dropped first). Only valid keys are kept: an unknown or revoked key is looked up every time.
+   */
+  private readonly keyCache = new Map<string, { keyId: string; teamId: string; role: Role; expiresAt: number }>();
+
+  /**
+   * @param options.cacheMs how long a valid key's lookup is reused (0: never). A revocation removes it
+   *   at once in this process (`forgetApiKey`, also reached from other replicas through the event bus);
+   *   the lifetime only bounds how long a revocation whose notification was missed goes unseen.
+   */
   constructor(
     private readonly db: Database,
     private readonly logger: Logger,
-  ) {}
-
-  async authenticateApiKey(key: string): Promise<Principal | null> {
-    const [row] = await this.db
+    private readonly options: { cacheMs: number; cacheSize?: number } = { cacheMs: 0 },
+  ) {
+    // Built once: the hottest query of the API (every request with a key not in the cache).
+    this.lookupKeyQuery = db
       .select({ id: apiKeys.id, teamId: apiKeys.teamId, role: apiKeys.role })
       .from(apiKeys)
-      .where(and(eq(apiKeys.hash, hashApiKey(key)), isNull(apiKeys.revokedAt)));
-    if (!row) return null;
-    // At most one write a minute per key: "last used" does not need to cost a write per request.
+      .where(and(eq(apiKeys.hash, sql.placeholder("hash")), isNull(apiKeys.revokedAt)))
+      .prepare("berth_auth_api_key");
+  }
+
+  private readonly lookupKeyQuery;
+
+  async authenticateApiKey(key: string): Promise<Principal | null> {
+    const hash = hashApiKey(key);
     const now = Date.now();
-    if (now - (this.lastUseRecorded.get(row.id) ?? 0) > 60_000) {
-      this.lastUseRecorded.set(row.id, now);
-      void this.recordUse(row.id);
+    let row = this.cachedKey(hash, now);
+    if (!row) {
+      const forgetsBefore = this.forgets;
+      const [found] = await this.lookupKeyQuery.execute({ hash });
+      if (!found) return null;
+      row = { keyId: found.id, teamId: found.teamId, role: found.role, expiresAt: now + this.options.cacheMs };
+      // A revocation during the lookup may not be in what it read: such a row is used once, not kept.
+      if (this.options.cacheMs > 0 && this.forgets === forgetsBefore) this.remember(hash, row);
     }
-    return { teamId: row.teamId, role: row.role, actor: { type: "api_key", id: row.id }, userId: null, via: "api_key" };
+    // At most one write a minute per key: "last used" does not need to cost a write per request.
+    if (now - (this.lastUseRecorded.get(row.keyId) ?? 0) > 60_000) {
+      this.lastUseRecorded.set(row.keyId, now);
+      void this.recordUse(row.keyId);
+    }
+    return { teamId: row.teamId, role: row.role, actor: { type: "api_key", id: row.keyId }, userId: null, via: "api_key" };
+  }
+
+  /** Drops a key from this process's lookup cache (called on revocation, here and from other replicas). */
+  forgetApiKey(keyId: string): void {
+    this.forgets++;
+    for (const [hash, entry] of this.keyCache) if (entry.keyId === keyId) this.keyCache.delete(hash);
+  }
+
+  /** Counts `forgetApiKey` calls, so a lookup that overlapped one is not cached. */
+  private forgets = 0;
+
+  private cachedKey(hash: string, now: number) {
+    const entry = this.keyCache.get(hash);
+    if (!entry) return undefined;
+    if (entry.expiresAt > now) return entry;
+    this.keyCache.delete(hash);
+    return undefined;
+  }
+
+  private remember(hash: string, entry: { keyId: string; teamId: string; role: Role; expiresAt: number }) {
+    this.keyCache.delete(hash);
+    this.keyCache.set(hash, entry);
+    const limit = this.options.cacheSize ?? 10_000;
+    for (const oldest of this.keyCache.keys()) {
+      if (this.keyCache.size <= limit) break;
+      this.keyCache.delete(oldest);
+    }
   }
 
   /** When this process last recorded each key's use (bounded by the number of keys). */

@@ -7,6 +7,9 @@ export const DELTAS_CHANNEL = "berth_session_deltas";
 /** Abort requests for running turns: the payload is the turn id. */
 export const TURN_ABORT_CHANNEL = "berth_turn_abort";
 
+/** Revoked API keys, so every replica drops them from its lookup cache: the payload is the key id. */
+export const API_KEY_REVOKED_CHANNEL = "berth_api_key_revoked";
+
 /** pg_notify payloads must stay under 8000 bytes; deltas are cut into pieces below that. */
 const MAX_DELTA_CHARS = 1_000;
 
@@ -20,6 +23,7 @@ type SessionListener = { onEvents: (lastSeq: number) => void; onDelta: (text: st
 export class EventBus {
   private readonly sessions = new Map<string, Set<SessionListener>>();
   private readonly abortListeners = new Set<(turnId: string) => void>();
+  private readonly revokedKeyListeners = new Set<(keyId: string) => void>();
   private readonly unlisteners: Array<() => Promise<void>> = [];
 
   constructor(
@@ -51,6 +55,9 @@ export class EventBus {
     await listen(TURN_ABORT_CHANNEL, (turnId) => {
       for (const listener of this.abortListeners) listener(turnId);
     });
+    await listen(API_KEY_REVOKED_CHANNEL, (keyId) => {
+      for (const listener of this.revokedKeyListeners) listener(keyId);
+    });
   }
 
   async stop(): Promise<void> {
@@ -71,6 +78,12 @@ export class EventBus {
   onTurnAbort(listener: (turnId: string) => void): () => void {
     this.abortListeners.add(listener);
     return () => this.abortListeners.delete(listener);
+  }
+
+  /** Calls the listener with the id of every API key revoked by any replica (sent by ApiKeyService.revoke). */
+  onApiKeyRevoked(listener: (keyId: string) => void): () => void {
+    this.revokedKeyListeners.add(listener);
+    return () => this.revokedKeyListeners.delete(listener);
   }
 
   async publishDelta(sessionId: string, text: string): Promise<void> {

@@ -72,6 +72,9 @@ export function createServices(deps: ServiceDependencies) {
       "claude-code": new ClaudeCodeHarness(externalHarness("claude-code")),
     },
   });
+  const auth = new AuthService(deps.db, deps.logger.child({ component: "auth" }), { cacheMs: deps.config.authCacheMs });
+  // Revocations by any replica (including this one, again) drop the key from this one's cache.
+  deps.bus.onApiKeyRevoked((keyId) => auth.forgetApiKey(keyId));
   return {
     config: deps.config,
     metrics: deps.metrics,
@@ -83,14 +86,14 @@ export function createServices(deps: ServiceDependencies) {
       isWorkerRunning: deps.isWorkerRunning,
       sandboxBackend: () => deps.sandboxBackend.name,
     }),
-    auth: new AuthService(deps.db, deps.logger.child({ component: "auth" })),
+    auth,
     sandboxes,
     workerLiveness: new WorkerLiveness(deps.sql, deps.logger.child({ component: "worker-liveness" }), { databaseUrl: deps.databaseUrl }),
     forTeam(principal: Principal) {
       return {
         principal,
         team: new TeamService(deps.db, principal),
-        apiKeys: new ApiKeyService(deps.db, principal),
+        apiKeys: new ApiKeyService(deps.db, principal, (keyId) => auth.forgetApiKey(keyId)),
         agents: new AgentService(deps.db, principal),
         secrets: new SecretService(deps.db, principal, deps.secretBox),
         audit: new AuditService(deps.db, principal),

@@ -9,7 +9,7 @@ export const TRPC_ENDPOINT = "/api/trpc";
 
 export type TrpcRequestHandler = (request: Request) => Promise<Response>;
 
-/** The fetch-API handler the Remix resource route at /api/trpc delegates to. */
+/** The fetch-API handler for /api/trpc: Express calls it (server/trpc/node-adapter.ts), so does the Remix resource route. */
 export function createTrpcHandler(services: Services, logger: Logger): TrpcRequestHandler {
   const createContext = createContextFactory(services);
   return (request) =>
