@@ -176,17 +176,13 @@ export function AgentForm({
             </>
           )}
         </Field>
-        <Field label="Harness" error={problem("harness")} hint="builtin: Berth's own agent loop. opencode: runs in the sandbox and reaches the model through the LiteLLM Gateway.">
+        <Field label="Harness" error={problem("harness")} hint="builtin: Berth's own agent loop. opencode, codex, claude-code: that coding agent runs in the sandbox and reaches the model through the LiteLLM Gateway.">
           {(props) => (
             <select {...props} value={values.harness} onChange={(event) => set("harness")(event.target.value as Agent["harness"])}>
               <option value="builtin">builtin</option>
               <option value="opencode">opencode</option>
-              <option value="claude-code" disabled>
-                claude-code (not available yet)
-              </option>
-              <option value="codex" disabled>
-                codex (not available yet)
-              </option>
+              <option value="codex">codex</option>
+              <option value="claude-code">claude-code</option>
             </select>
           )}
         </Field>
