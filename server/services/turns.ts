@@ -72,6 +72,10 @@ export class TurnStore {
 
   /** Shows the session as `running` while a turn works (it may have started before the sandbox was ready). */
   async markSessionRunning(sessionId: string): Promise<void> {
+    // Every step calls this and the session is nearly always `running` already: look before locking
+    // the row that message accepts also need.
+    const [current] = await this.db.select({ status: sessions.status }).from(sessions).where(eq(sessions.id, sessionId));
+    if (current?.status !== "ready" && current?.status !== "idle") return;
     await this.db.transaction(async (tx) => {
       const session = await lockSession(tx, sessionId);
       if (session && (session.status === "ready" || session.status === "idle")) await transition(tx, session, "running");
