@@ -3,12 +3,13 @@ import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestBerth, type TestBerth } from "../helpers/berth";
 import { waitFor } from "../helpers/processes";
+import { sessionProbe, type LoggedEvent } from "../helpers/sessions";
 import { startTestGateway, type TestGateway } from "../helpers/test-gateway";
 
 const KEY = "turns_test_key_0123456789abcdefghijkl";
 const GATEWAY_KEY = "sk-gateway-secret-for-tests-9f8e7d";
 
-type Event = { seq: number; type: string; payload: Record<string, unknown> };
+type Event = LoggedEvent;
 
 /**
  * Agent turns end to end: the builtin harness against a scripted OpenAI-compatible gateway (real
@@ -20,6 +21,7 @@ describe("agent turns through the gateway", () => {
   let gateway: TestGateway;
   let api: ReturnType<TestBerth["client"]>;
   let sql: postgres.Sql;
+  let probe: ReturnType<typeof sessionProbe>;
 
   beforeAll(async () => {
     gateway = await startTestGateway({ apiKey: GATEWAY_KEY });
@@ -35,6 +37,7 @@ describe("agent turns through the gateway", () => {
     });
     api = berth.client(KEY);
     sql = postgres(berth.databaseUrl, { max: 2, onnotice: () => {} });
+    probe = sessionProbe(api, sql);
   });
   afterAll(async () => {
     await sql?.end();
@@ -49,28 +52,9 @@ describe("agent turns through the gateway", () => {
     return { id };
   }
 
-  async function events(sessionId: string): Promise<Event[]> {
-    const all: Event[] = [];
-    let afterSeq = 0;
-    for (;;) {
-      const page = await api.sessions.events.query({ sessionId, afterSeq, limit: 100 });
-      all.push(...(page.items as Event[]));
-      if (page.nextCursor === null) return all;
-      afterSeq = page.nextCursor;
-    }
-  }
-
+  const events = (sessionId: string) => probe.events(sessionId);
   /** Waits until every turn of the session has ended, then returns the log. */
-  async function settled(sessionId: string, turnCount: number): Promise<Event[]> {
-    await waitFor(`${turnCount} finished turns`, async () => {
-      const [row] = await sql<{ open: number; done: number }[]>`
-        select count(*) filter (where status in ('queued','running'))::int as open,
-               count(*) filter (where status not in ('queued','running'))::int as done
-        from turns where session_id = ${sessionId}`;
-      return row!.open === 0 && row!.done >= turnCount ? true : undefined;
-    }, 60_000);
-    return events(sessionId);
-  }
+  const settled = (sessionId: string, turnCount: number) => probe.settled(sessionId, turnCount, 60_000);
 
   const conversation = (log: Event[]) => log.filter((event) => event.type !== "status");
 

@@ -2,12 +2,12 @@ import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestBerth, type TestBerth } from "../helpers/berth";
 import { waitFor } from "../helpers/processes";
+import { lastTurn, recordingScript, sessionProbe } from "../helpers/sessions";
 import { startTestAnthropicGateway, type AnthropicRequest, type AnthropicStep, type MessagesBody, type TestAnthropicGateway } from "../helpers/test-gateway-anthropic";
 
 const KEY = "claude_code_test_key_0123456789abcdefghij";
 const GATEWAY_KEY = "sk-gateway-secret-for-claude-code-4d3e2f";
 
-type Event = { seq: number; type: string; payload: Record<string, unknown> };
 type Block = { type: string; text?: string; id?: string; tool_use_id?: string; content?: unknown };
 
 /**
@@ -20,12 +20,14 @@ describe("the claude-code harness", () => {
   let gateway: TestAnthropicGateway;
   let api: ReturnType<TestBerth["client"]>;
   let sql: postgres.Sql;
+  let probe: ReturnType<typeof sessionProbe>;
 
   beforeAll(async () => {
     gateway = await startTestAnthropicGateway({ apiKey: GATEWAY_KEY });
     berth = await startTestBerth({ env: { BERTH_ADMIN_API_KEY: KEY, LITELLM_BASE_URL: gateway.url, LITELLM_API_KEY: GATEWAY_KEY } });
     api = berth.client(KEY);
     sql = postgres(berth.databaseUrl, { max: 2, onnotice: () => {} });
+    probe = sessionProbe(api, sql);
   });
   afterAll(async () => {
     await sql?.end();
@@ -33,58 +35,12 @@ describe("the claude-code harness", () => {
     await gateway?.close();
   });
 
-  async function session(name: string, options: { maxSteps?: number; systemPrompt?: string } = {}) {
-    const agent = await api.agents.create.mutate({ name, model: "test-model", harness: "claude-code", ...options });
-    const { id } = await api.sessions.create.mutate({ agentId: agent.id });
-    await waitFor("the session to be ready", async () => ((await api.sessions.get.query({ sessionId: id })).status === "ready" ? true : undefined), 30_000);
-    return id;
-  }
-
-  async function events(sessionId: string): Promise<Event[]> {
-    const all: Event[] = [];
-    let afterSeq = 0;
-    for (;;) {
-      const page = await api.sessions.events.query({ sessionId, afterSeq, limit: 100 });
-      all.push(...(page.items as Event[]));
-      if (page.nextCursor === null) return all;
-      afterSeq = page.nextCursor;
-    }
-  }
-
-  async function settled(sessionId: string, turnCount: number): Promise<Event[]> {
-    await waitFor(`${turnCount} finished turns`, async () => {
-      const [row] = await sql<{ open: number; done: number }[]>`
-        select count(*) filter (where status in ('queued','running'))::int as open,
-               count(*) filter (where status not in ('queued','running'))::int as done
-        from turns where session_id = ${sessionId}`;
-      return row!.open === 0 && row!.done >= turnCount ? true : undefined;
-    }, 90_000);
-    return events(sessionId);
-  }
-
-  /** The events of the last turn (after its user message), without status changes. */
-  const lastTurn = (log: Event[]) => log.slice(log.findLastIndex((event) => event.type === "user_message")).filter((event) => event.type !== "status");
-
-  async function claudeSession(sessionId: string): Promise<string | undefined> {
-    const [row] = await sql<{ id: string | null }[]>`select harness_state->'claude-code'->>'sessionId' as id from sessions where id = ${sessionId}`;
-    return row?.id ?? undefined;
-  }
-
-  async function exec(sessionId: string, command: string) {
-    return api.sessions.exec.mutate({ sessionId, command });
-  }
-
-  /** Answers Claude Code's model requests in order, and keeps them. */
-  function script(...steps: AnthropicStep[]) {
-    const seen: AnthropicRequest[] = [];
-    for (const step of steps) {
-      gateway.script((request) => {
-        seen.push(request);
-        return step;
-      });
-    }
-    return seen;
-  }
+  const session = (name: string, options: { maxSteps?: number; systemPrompt?: string } = {}) => probe.readySession({ name, model: "test-model", harness: "claude-code", ...options });
+  const settled = (sessionId: string, turnCount: number) => probe.settled(sessionId, turnCount);
+  const exec = (sessionId: string, command: string) => probe.exec(sessionId, command);
+  const claudeSession = (sessionId: string) => probe.harnessValue(sessionId, "claude-code", "sessionId");
+  /** Queues replies for the CLI's model requests, in order; returns the requests as they come. */
+  const script = (...steps: AnthropicStep[]) => recordingScript<AnthropicStep, AnthropicRequest>(gateway, steps);
 
   const body = (request: AnthropicRequest) => request.body as MessagesBody;
   /** The user's own words in a request (Claude Code adds <system-reminder> blocks, and sends tool results as user messages). */

@@ -2,12 +2,12 @@ import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestBerth, type TestBerth } from "../helpers/berth";
 import { waitFor } from "../helpers/processes";
+import { lastTurn, recordingScript, sessionProbe } from "../helpers/sessions";
 import { startTestResponsesGateway, type ResponsesRequest, type ResponsesStep, type TestResponsesGateway } from "../helpers/test-gateway-responses";
 
 const KEY = "codex_test_key_0123456789abcdefghijklmno";
 const GATEWAY_KEY = "sk-gateway-secret-for-codex-3e2d1c";
 
-type Event = { seq: number; type: string; payload: Record<string, unknown> };
 type InputItem = { type?: string; role?: string; content?: unknown; call_id?: string; name?: string; arguments?: string; output?: unknown };
 type ResponsesBody = { model: string; input: InputItem[]; tools?: { type: string; name?: string }[] };
 
@@ -25,12 +25,14 @@ describe("the codex harness", () => {
   let gateway: TestResponsesGateway;
   let api: ReturnType<TestBerth["client"]>;
   let sql: postgres.Sql;
+  let probe: ReturnType<typeof sessionProbe>;
 
   beforeAll(async () => {
     gateway = await startTestResponsesGateway({ apiKey: GATEWAY_KEY });
     berth = await startTestBerth({ env: { BERTH_ADMIN_API_KEY: KEY, LITELLM_BASE_URL: gateway.url, LITELLM_API_KEY: GATEWAY_KEY } });
     api = berth.client(KEY);
     sql = postgres(berth.databaseUrl, { max: 2, onnotice: () => {} });
+    probe = sessionProbe(api, sql);
   });
   afterAll(async () => {
     await sql?.end();
@@ -38,58 +40,12 @@ describe("the codex harness", () => {
     await gateway?.close();
   });
 
-  async function session(name: string, options: { systemPrompt?: string } = {}) {
-    const agent = await api.agents.create.mutate({ name, model: "test-model", harness: "codex", ...options });
-    const { id } = await api.sessions.create.mutate({ agentId: agent.id });
-    await waitFor("the session to be ready", async () => ((await api.sessions.get.query({ sessionId: id })).status === "ready" ? true : undefined), 30_000);
-    return id;
-  }
-
-  async function events(sessionId: string): Promise<Event[]> {
-    const all: Event[] = [];
-    let afterSeq = 0;
-    for (;;) {
-      const page = await api.sessions.events.query({ sessionId, afterSeq, limit: 100 });
-      all.push(...(page.items as Event[]));
-      if (page.nextCursor === null) return all;
-      afterSeq = page.nextCursor;
-    }
-  }
-
-  async function settled(sessionId: string, turnCount: number): Promise<Event[]> {
-    await waitFor(`${turnCount} finished turns`, async () => {
-      const [row] = await sql<{ open: number; done: number }[]>`
-        select count(*) filter (where status in ('queued','running'))::int as open,
-               count(*) filter (where status not in ('queued','running'))::int as done
-        from turns where session_id = ${sessionId}`;
-      return row!.open === 0 && row!.done >= turnCount ? true : undefined;
-    }, 90_000);
-    return events(sessionId);
-  }
-
-  /** The events of the last turn (after its user message), without status changes. */
-  const lastTurn = (log: Event[]) => log.slice(log.findLastIndex((event) => event.type === "user_message")).filter((event) => event.type !== "status");
-
-  async function codexThread(sessionId: string): Promise<string | undefined> {
-    const [row] = await sql<{ id: string | null }[]>`select harness_state->'codex'->>'threadId' as id from sessions where id = ${sessionId}`;
-    return row?.id ?? undefined;
-  }
-
-  async function exec(sessionId: string, command: string) {
-    return api.sessions.exec.mutate({ sessionId, command });
-  }
-
-  /** Answers codex's model requests in order, keeping each request for the test to look at. */
-  function script(...steps: ResponsesStep[]) {
-    const seen: ResponsesRequest[] = [];
-    for (const step of steps) {
-      gateway.script((request) => {
-        seen.push(request);
-        return step;
-      });
-    }
-    return seen;
-  }
+  const session = (name: string, options: { systemPrompt?: string } = {}) => probe.readySession({ name, model: "test-model", harness: "codex", ...options });
+  const settled = (sessionId: string, turnCount: number) => probe.settled(sessionId, turnCount);
+  const exec = (sessionId: string, command: string) => probe.exec(sessionId, command);
+  const codexThread = (sessionId: string) => probe.harnessValue(sessionId, "codex", "threadId");
+  /** Queues replies for the CLI's model requests, in order; returns the requests as they come. */
+  const script = (...steps: ResponsesStep[]) => recordingScript<ResponsesStep, ResponsesRequest>(gateway, steps);
 
   it("runs a turn that writes a file in the workspace, records it, and continues the same thread after the sandbox is killed", async () => {
     const id = await session("codex-writer", { systemPrompt: "Always answer in one short sentence." });

@@ -7,12 +7,13 @@ import { createBerthClient } from "../../server/client";
 import { startTestBerth, type TestBerth } from "../helpers/berth";
 import { createTestDatabase, type TestDatabase } from "../helpers/database";
 import { freePort, readyzStatus, startProcess, waitFor, type BerthProcess } from "../helpers/processes";
+import { lastTurn, recordingScript, sessionProbe, type LoggedEvent } from "../helpers/sessions";
 import { startTestGateway, type RecordedRequest, type TestGateway, type TestGatewayStep } from "../helpers/test-gateway";
 
 const KEY = "opencode_test_key_0123456789abcdefghijkl";
 const GATEWAY_KEY = "sk-gateway-secret-for-opencode-7c6b5a";
 
-type Event = { seq: number; type: string; payload: Record<string, unknown> };
+type Event = LoggedEvent;
 type ChatBody = { model: string; messages: { role: string; content: unknown; tool_calls?: { id: string; function: { name: string } }[]; tool_call_id?: string }[]; tools?: { function: { name: string } }[] };
 
 /**
@@ -25,12 +26,14 @@ describe("the opencode harness", () => {
   let gateway: TestGateway;
   let api: ReturnType<TestBerth["client"]>;
   let sql: postgres.Sql;
+  let probe: ReturnType<typeof sessionProbe>;
 
   beforeAll(async () => {
     gateway = await startTestGateway({ apiKey: GATEWAY_KEY });
     berth = await startTestBerth({ env: { BERTH_ADMIN_API_KEY: KEY, LITELLM_BASE_URL: gateway.url, LITELLM_API_KEY: GATEWAY_KEY } });
     api = berth.client(KEY);
     sql = postgres(berth.databaseUrl, { max: 2, onnotice: () => {} });
+    probe = sessionProbe(api, sql);
   });
   afterAll(async () => {
     await sql?.end();
@@ -38,58 +41,12 @@ describe("the opencode harness", () => {
     await gateway?.close();
   });
 
-  async function session(name: string, options: { maxSteps?: number; systemPrompt?: string } = {}) {
-    const agent = await api.agents.create.mutate({ name, model: "test-model", harness: "opencode", ...options });
-    const { id } = await api.sessions.create.mutate({ agentId: agent.id });
-    await waitFor("the session to be ready", async () => ((await api.sessions.get.query({ sessionId: id })).status === "ready" ? true : undefined), 30_000);
-    return id;
-  }
-
-  async function events(sessionId: string): Promise<Event[]> {
-    const all: Event[] = [];
-    let afterSeq = 0;
-    for (;;) {
-      const page = await api.sessions.events.query({ sessionId, afterSeq, limit: 100 });
-      all.push(...(page.items as Event[]));
-      if (page.nextCursor === null) return all;
-      afterSeq = page.nextCursor;
-    }
-  }
-
-  async function settled(sessionId: string, turnCount: number): Promise<Event[]> {
-    await waitFor(`${turnCount} finished turns`, async () => {
-      const [row] = await sql<{ open: number; done: number }[]>`
-        select count(*) filter (where status in ('queued','running'))::int as open,
-               count(*) filter (where status not in ('queued','running'))::int as done
-        from turns where session_id = ${sessionId}`;
-      return row!.open === 0 && row!.done >= turnCount ? true : undefined;
-    }, 90_000);
-    return events(sessionId);
-  }
-
-  /** The events of the last turn (after its user message), without status changes. */
-  const lastTurn = (log: Event[]) => log.slice(log.findLastIndex((event) => event.type === "user_message")).filter((event) => event.type !== "status");
-
-  async function opencodeSession(sessionId: string): Promise<string | undefined> {
-    const [row] = await sql<{ id: string | null }[]>`select harness_state->'opencode'->>'sessionId' as id from sessions where id = ${sessionId}`;
-    return row?.id ?? undefined;
-  }
-
-  async function exec(sessionId: string, command: string) {
-    return api.sessions.exec.mutate({ sessionId, command });
-  }
-
-  /** Answers opencode's main requests (those with tools) in order; anything else gets a plain text. */
-  function script(...steps: (TestGatewayStep | ((request: RecordedRequest) => TestGatewayStep))[]) {
-    const seen: RecordedRequest[] = [];
-    for (const step of steps) {
-      gateway.script((request) => {
-        seen.push(request);
-        return typeof step === "function" ? step(request) : step;
-      });
-    }
-    return seen;
-  }
+  const session = (name: string, options: { maxSteps?: number; systemPrompt?: string } = {}) => probe.readySession({ name, model: "test-model", harness: "opencode", ...options });
+  const settled = (sessionId: string, turnCount: number) => probe.settled(sessionId, turnCount);
+  const exec = (sessionId: string, command: string) => probe.exec(sessionId, command);
+  const opencodeSession = (sessionId: string) => probe.harnessValue(sessionId, "opencode", "sessionId");
+  /** Queues replies for the CLI's model requests, in order; returns the requests as they come. */
+  const script = (...steps: TestGatewayStep[]) => recordingScript<TestGatewayStep, RecordedRequest>(gateway, steps);
 
   it("runs a turn that writes a file in the workspace, records it, and continues the conversation after the sandbox is killed", async () => {
     const id = await session("opencode-writer", { systemPrompt: "Always answer in one short sentence." });
