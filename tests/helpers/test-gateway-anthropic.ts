@@ -1,6 +1,6 @@
 import http from "node:http";
-import type { AddressInfo } from "node:net";
 import { z } from "zod";
+import { sleep, startRecordingServer, type ReceivedRequest } from "./recording-server";
 
 /**
  * A scripted Anthropic Messages API for tests (what LiteLLM serves at `/v1/messages`): a real HTTP
@@ -51,13 +51,7 @@ export type AnthropicStep = {
   | { hang: true }
 );
 
-export type AnthropicRequest = {
-  method: string;
-  path: string;
-  query: string;
-  headers: http.IncomingHttpHeaders;
-  body: unknown;
-};
+export type AnthropicRequest = ReceivedRequest;
 
 export type MessagesBody = z.infer<typeof requestSchema>;
 
@@ -168,39 +162,11 @@ function conversationProblems(request: MessagesBody): string[] {
 
 export async function startTestAnthropicGateway(options: { apiKey?: string } = {}): Promise<TestAnthropicGateway> {
   const queue: { entry: AnthropicScriptEntry; left: number }[] = [];
-  const requests: AnthropicRequest[] = [];
   const violations: string[] = [];
-  const live = new Set<AbortController>();
   let count = 0;
 
-  const server = http.createServer((req, res) => {
-    const controller = new AbortController();
-    live.add(controller);
-    res.on("close", () => {
-      live.delete(controller);
-      controller.abort();
-    });
-    res.on("error", () => {});
-    handle(req, res, controller.signal).catch((error: unknown) => {
-      violations.push(`test gateway crashed: ${error instanceof Error ? error.message : String(error)}`);
-      if (!res.headersSent && !res.destroyed) sendError(res, 500, "api_error", "test gateway crashed");
-      else res.destroy();
-    });
-  });
-
-  async function handle(req: http.IncomingMessage, res: http.ServerResponse, signal: AbortSignal) {
-    const text = await readBody(req);
-    const url = new URL(req.url ?? "/", "http://127.0.0.1");
-    let body: unknown = undefined;
-    if (text !== "") {
-      try {
-        body = JSON.parse(text);
-      } catch {
-        body = text;
-      }
-    }
-    const recorded: AnthropicRequest = { method: req.method ?? "", path: url.pathname, query: url.search, headers: req.headers, body };
-    requests.push(recorded);
+  async function handle(recorded: AnthropicRequest, res: http.ServerResponse, signal: AbortSignal) {
+    const { body } = recorded;
     const where = `${recorded.method} ${recorded.path}`;
     const reject = (status: number, type: string, message: string) => {
       violations.push(`${where}: ${status} ${message}`);
@@ -210,19 +176,19 @@ export async function startTestAnthropicGateway(options: { apiKey?: string } = {
     // What LiteLLM also serves, and Berth's health checks ask.
     if (recorded.method === "GET" && recorded.path === "/health/liveliness") return void res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify("I'm alive!"));
     if (recorded.method === "GET" && recorded.path === "/v1/models") {
-      if (options.apiKey && req.headers.authorization !== `Bearer ${options.apiKey}`) return reject(401, "authentication_error", "missing or wrong bearer token");
+      if (options.apiKey && recorded.headers.authorization !== `Bearer ${options.apiKey}`) return reject(401, "authentication_error", "missing or wrong bearer token");
       return void res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ object: "list", data: [{ id: "test-model", object: "model", created: 0, owned_by: "berth-test" }] }));
     }
     if (recorded.path !== "/v1/messages" && recorded.path !== "/v1/messages/count_tokens") return reject(404, "not_found_error", `unknown path ${recorded.path}`);
     if (recorded.method !== "POST") return reject(405, "invalid_request_error", `method ${recorded.method} not allowed`);
-    if (options.apiKey && req.headers.authorization !== `Bearer ${options.apiKey}`) return reject(401, "authentication_error", "missing or wrong bearer token");
-    if (!String(req.headers["content-type"] ?? "").includes("application/json")) return reject(400, "invalid_request_error", "content-type must be application/json");
+    if (options.apiKey && recorded.headers.authorization !== `Bearer ${options.apiKey}`) return reject(401, "authentication_error", "missing or wrong bearer token");
+    if (!String(recorded.headers["content-type"] ?? "").includes("application/json")) return reject(400, "invalid_request_error", "content-type must be application/json");
     if (typeof body !== "object" || body === null) return reject(400, "invalid_request_error", "the body is not a JSON object");
 
     if (recorded.path === "/v1/messages/count_tokens") {
       const parsed = requestSchema.omit({ max_tokens: true }).safeParse(body);
       if (!parsed.success) return reject(400, "invalid_request_error", issues(parsed.error));
-      res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ input_tokens: Math.ceil(text.length / 4) }));
+      res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ input_tokens: Math.ceil(JSON.stringify(body).length / 4) }));
       return;
     }
     const parsed = requestSchema.safeParse(body);
@@ -241,14 +207,14 @@ export async function startTestAnthropicGateway(options: { apiKey?: string } = {
     await reply(res, step, parsed.data, count, signal);
   }
 
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => resolve());
+  const server = await startRecordingServer(handle, (res, message) => {
+    violations.push(`test gateway crashed: ${message}`);
+    sendError(res, 500, "api_error", "test gateway crashed");
   });
-  const { port } = server.address() as AddressInfo;
+  const requests = server.requests;
 
   return {
-    url: `http://127.0.0.1:${port}`,
+    url: server.url,
     script: (...steps) => {
       for (const entry of steps) queue.push({ entry, left: typeof entry === "object" && "status" in entry ? (entry.times ?? 1) : 1 });
     },
@@ -261,12 +227,7 @@ export async function startTestAnthropicGateway(options: { apiKey?: string } = {
     get pending() {
       return queue.length;
     },
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const controller of live) controller.abort();
-        server.close(() => resolve());
-        server.closeAllConnections();
-      }),
+    close: server.close,
   };
 }
 
@@ -350,24 +311,4 @@ function sendError(res: http.ServerResponse, status: number, type: string, messa
   res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify({ type: "error", error: { type, message } }));
 }
 
-function readBody(req: http.IncomingMessage): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const parts: Buffer[] = [];
-    req.on("data", (part: Buffer) => parts.push(part));
-    req.on("end", () => resolve(Buffer.concat(parts).toString("utf8")));
-    req.on("error", reject);
-  });
-}
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const timer = setTimeout(done, ms);
-    function done() {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-    signal.addEventListener("abort", done, { once: true });
-  });
-}

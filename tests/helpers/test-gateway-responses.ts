@@ -1,6 +1,6 @@
 import http from "node:http";
-import type { AddressInfo } from "node:net";
 import { z } from "zod";
+import { sleep, startRecordingServer, type ReceivedRequest } from "./recording-server";
 
 /**
  * A scripted stand-in for OpenAI's Responses API (`POST /v1/responses`), for clients that speak
@@ -45,13 +45,7 @@ export type ResponsesStep = Timing &
     | { hang: true }
   );
 
-export type ResponsesRequest = {
-  method: string;
-  path: string;
-  headers: http.IncomingHttpHeaders;
-  /** Parsed JSON body, the raw text when it was not JSON, undefined when empty. */
-  body: unknown;
-};
+export type ResponsesRequest = ReceivedRequest;
 
 export type ResponsesScriptEntry = ResponsesStep | ((request: ResponsesRequest) => ResponsesStep | Promise<ResponsesStep>);
 
@@ -164,40 +158,12 @@ function conversationProblems(request: Request): string[] {
 
 export async function startTestResponsesGateway(options: { apiKey?: string } = {}): Promise<TestResponsesGateway> {
   const queue: ResponsesScriptEntry[] = [];
-  const requests: ResponsesRequest[] = [];
   const accepted: ResponsesRequest[] = [];
   const violations: string[] = [];
-  const live = new Set<AbortController>();
   let count = 0;
 
-  const server = http.createServer((req, res) => {
-    const controller = new AbortController();
-    live.add(controller);
-    res.on("close", () => {
-      live.delete(controller);
-      controller.abort();
-    });
-    res.on("error", () => {});
-    handle(req, res, controller.signal).catch((error: unknown) => {
-      violations.push(`test gateway crashed: ${error instanceof Error ? error.message : String(error)}`);
-      if (!res.headersSent && !res.destroyed) sendError(res, 500, "test gateway crashed", "server_error");
-      else res.destroy();
-    });
-  });
-
-  async function handle(req: http.IncomingMessage, res: http.ServerResponse, signal: AbortSignal) {
-    const text = await readBody(req);
-    const url = new URL(req.url ?? "/", "http://127.0.0.1");
-    let body: unknown = undefined;
-    if (text !== "") {
-      try {
-        body = JSON.parse(text);
-      } catch {
-        body = text;
-      }
-    }
-    const recorded: ResponsesRequest = { method: req.method ?? "", path: url.pathname, headers: req.headers, body };
-    requests.push(recorded);
+  async function handle(recorded: ResponsesRequest, res: http.ServerResponse, signal: AbortSignal) {
+    const { body } = recorded;
     const where = `${recorded.method} ${recorded.path}`;
     const reject = (status: number, message: string, type = "invalid_request_error") => {
       violations.push(`${where}: ${status} ${message}`);
@@ -206,9 +172,9 @@ export async function startTestResponsesGateway(options: { apiKey?: string } = {
 
     if (recorded.path !== "/v1/responses") return reject(404, `unknown path ${recorded.path}`);
     if (recorded.method !== "POST") return reject(405, `method ${recorded.method} not allowed`);
-    if (options.apiKey && req.headers.authorization !== `Bearer ${options.apiKey}`) return reject(401, "missing or wrong bearer token", "authentication_error");
-    if (req.headers["content-encoding"]) return reject(400, `unsupported content-encoding ${String(req.headers["content-encoding"])}`);
-    if (!String(req.headers["content-type"] ?? "").includes("application/json")) return reject(400, "content-type must be application/json");
+    if (options.apiKey && recorded.headers.authorization !== `Bearer ${options.apiKey}`) return reject(401, "missing or wrong bearer token", "authentication_error");
+    if (recorded.headers["content-encoding"]) return reject(400, `unsupported content-encoding ${String(recorded.headers["content-encoding"])}`);
+    if (!String(recorded.headers["content-type"] ?? "").includes("application/json")) return reject(400, "content-type must be application/json");
     if (typeof body !== "object" || body === null) return reject(400, "the body is not a JSON object");
     const parsed = requestSchema.safeParse(body);
     if (!parsed.success) return reject(400, parsed.error.issues.map((issue) => `${issue.path.join(".") || "body"}: ${issue.message}`).join("; "));
@@ -226,13 +192,13 @@ export async function startTestResponsesGateway(options: { apiKey?: string } = {
     await reply(res, step, parsed.data, count, signal);
   }
 
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => resolve());
+  const server = await startRecordingServer(handle, (res, message) => {
+    violations.push(`test gateway crashed: ${message}`);
+    sendError(res, 500, "test gateway crashed", "server_error");
   });
-  const { port } = server.address() as AddressInfo;
+  const requests = server.requests;
   return {
-    url: `http://127.0.0.1:${port}`,
+    url: server.url,
     script: (...steps) => void queue.push(...steps),
     requests,
     get responses() {
@@ -242,12 +208,7 @@ export async function startTestResponsesGateway(options: { apiKey?: string } = {
     get pending() {
       return queue.length;
     },
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const controller of live) controller.abort();
-        server.close(() => resolve());
-        server.closeAllConnections();
-      }),
+    close: server.close,
   };
 }
 
@@ -357,24 +318,4 @@ function sendError(res: http.ServerResponse, status: number, message: string, ty
   res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify({ error: { message, type, param: null, code: null } }));
 }
 
-function readBody(req: http.IncomingMessage): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const parts: Buffer[] = [];
-    req.on("data", (part: Buffer) => parts.push(part));
-    req.on("end", () => resolve(Buffer.concat(parts).toString("utf8")));
-    req.on("error", reject);
-  });
-}
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const timer = setTimeout(done, ms);
-    function done() {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-    signal.addEventListener("abort", done, { once: true });
-  });
-}

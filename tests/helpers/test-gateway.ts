@@ -1,6 +1,6 @@
 import http from "node:http";
-import type { AddressInfo } from "node:net";
 import { z } from "zod";
+import { sleep, startRecordingServer, type ReceivedRequest } from "./recording-server";
 
 /**
  * A scripted OpenAI-compatible gateway for tests: a real HTTP server on 127.0.0.1 that speaks the
@@ -69,13 +69,7 @@ export type TestGatewayStep = StepTiming &
     | { hang: true }
   );
 
-export type RecordedRequest = {
-  method: string;
-  path: string;
-  headers: http.IncomingHttpHeaders;
-  /** Parsed JSON body, the raw text when it was not JSON, undefined when empty. */
-  body: unknown;
-};
+export type RecordedRequest = ReceivedRequest;
 
 export type TestGatewayScriptEntry = TestGatewayStep | ((request: RecordedRequest) => TestGatewayStep | Promise<TestGatewayStep>);
 
@@ -209,39 +203,11 @@ function conversationProblems(request: ChatRequest): string[] {
 
 export async function startTestGateway(options: TestGatewayOptions = {}): Promise<TestGateway> {
   const queue: TestGatewayScriptEntry[] = [];
-  const requests: RecordedRequest[] = [];
   const violations: string[] = [];
-  const live = new Set<AbortController>();
   let completionCount = 0;
 
-  const server = http.createServer((req, res) => {
-    const controller = new AbortController();
-    live.add(controller);
-    res.on("close", () => {
-      live.delete(controller);
-      controller.abort();
-    });
-    res.on("error", () => {});
-    handle(req, res, controller.signal).catch((error: unknown) => {
-      violations.push(`test gateway crashed: ${error instanceof Error ? error.message : String(error)}`);
-      if (!res.headersSent && !res.destroyed) sendError(res, 500, "test gateway crashed", "server_error");
-      else res.destroy();
-    });
-  });
-
-  async function handle(req: http.IncomingMessage, res: http.ServerResponse, signal: AbortSignal) {
-    const text = await readBody(req);
-    const url = new URL(req.url ?? "/", "http://127.0.0.1");
-    let body: unknown = undefined;
-    if (text !== "") {
-      try {
-        body = JSON.parse(text);
-      } catch {
-        body = text;
-      }
-    }
-    const recorded: RecordedRequest = { method: req.method ?? "", path: url.pathname, headers: req.headers, body };
-    requests.push(recorded);
+  async function handle(recorded: RecordedRequest, res: http.ServerResponse, signal: AbortSignal) {
+    const { body } = recorded;
     const where = `${recorded.method} ${recorded.path}`;
 
     if (recorded.method === "GET" && recorded.path === "/health/liveliness") {
@@ -251,7 +217,7 @@ export async function startTestGateway(options: TestGatewayOptions = {}): Promis
       return;
     }
     if (recorded.method === "GET" && recorded.path === "/v1/models") {
-      if (!authorized(req)) return reject(res, where, 401, "missing or wrong bearer token", "authentication_error");
+      if (!authorized(recorded)) return reject(res, where, 401, "missing or wrong bearer token", "authentication_error");
       const data = (options.models ?? ["test-model"]).map((id) => ({ id, object: "model", created: 0, owned_by: "berth-test" }));
       res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ object: "list", data }));
       return;
@@ -260,8 +226,8 @@ export async function startTestGateway(options: TestGatewayOptions = {}): Promis
       return reject(res, where, 404, `unknown path ${recorded.path}`, "invalid_request_error");
     }
     if (recorded.method !== "POST") return reject(res, where, 405, `method ${recorded.method} not allowed`, "invalid_request_error");
-    if (!authorized(req)) return reject(res, where, 401, "missing or wrong bearer token", "authentication_error");
-    if (!String(req.headers["content-type"] ?? "").includes("application/json")) {
+    if (!authorized(recorded)) return reject(res, where, 401, "missing or wrong bearer token", "authentication_error");
+    if (!String(recorded.headers["content-type"] ?? "").includes("application/json")) {
       return reject(res, where, 400, "content-type must be application/json", "invalid_request_error");
     }
     if (typeof body !== "object" || body === null) return reject(res, where, 400, "the body is not a JSON object", "invalid_request_error");
@@ -284,8 +250,8 @@ export async function startTestGateway(options: TestGatewayOptions = {}): Promis
     await reply(res, step, parsed.data, completionCount, signal);
   }
 
-  function authorized(req: http.IncomingMessage): boolean {
-    return !options.apiKey || req.headers.authorization === `Bearer ${options.apiKey}`;
+  function authorized(request: RecordedRequest): boolean {
+    return !options.apiKey || request.headers.authorization === `Bearer ${options.apiKey}`;
   }
 
   function reject(res: http.ServerResponse, where: string, status: number, message: string, type: string) {
@@ -293,14 +259,14 @@ export async function startTestGateway(options: TestGatewayOptions = {}): Promis
     sendError(res, status, message, type);
   }
 
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => resolve());
+  const server = await startRecordingServer(handle, (res, message) => {
+    violations.push(`test gateway crashed: ${message}`);
+    sendError(res, 500, "test gateway crashed", "server_error");
   });
-  const { port } = server.address() as AddressInfo;
+  const requests = server.requests;
 
   return {
-    url: `http://127.0.0.1:${port}`,
+    url: server.url,
     script: (...steps) => void queue.push(...steps),
     requests,
     get completions() {
@@ -310,12 +276,7 @@ export async function startTestGateway(options: TestGatewayOptions = {}): Promis
     get pending() {
       return queue.length;
     },
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const controller of live) controller.abort();
-        server.close(() => resolve());
-        server.closeAllConnections();
-      }),
+    close: server.close,
   };
 }
 
@@ -482,24 +443,4 @@ function sendError(res: http.ServerResponse, status: number, message: string, ty
   res.writeHead(status, { "content-type": "application/json" }).end(errorBody(message, type, status));
 }
 
-function readBody(req: http.IncomingMessage): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const parts: Buffer[] = [];
-    req.on("data", (part: Buffer) => parts.push(part));
-    req.on("end", () => resolve(Buffer.concat(parts).toString("utf8")));
-    req.on("error", reject);
-  });
-}
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const timer = setTimeout(done, ms);
-    function done() {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-    signal.addEventListener("abort", done, { once: true });
-  });
-}
