@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { parseJsonLine } from "./external";
 import type { EventInput } from "../services/event-log";
 import type { TurnUsage } from "../services/turns";
 
@@ -97,15 +98,8 @@ export class ClaudeCodeParser {
   private callInput: { input: number; cache: number } | null = null;
 
   parse(text: string): ClaudeCodeOutput {
-    let json: unknown;
-    try {
-      json = JSON.parse(text);
-    } catch {
-      return { kind: "ignored" };
-    }
-    const parsed = line.safeParse(json);
-    if (!parsed.success) return { kind: "ignored" };
-    const value = parsed.data;
+    const value = parseJsonLine(line, text);
+    if (!value) return { kind: "ignored" };
     switch (value.type) {
       case "system":
         return value.subtype === "init" ? { kind: "session", sessionId: value.session_id } : { kind: "ignored" };

@@ -1,10 +1,9 @@
-import type { Logger } from "../logger";
 import type { DaemonClient, ExecChunk } from "../sandbox/port";
-import type { SandboxLifecycle } from "../services/sandbox-lifecycle";
 import type { Harness, TurnRow, TurnStore, TurnToRun, TurnUsage } from "../services/turns";
 import { ClaudeCodeParser } from "./claude-code-events";
 import {
   ABORTED,
+  type ExternalHarnessDeps,
   addUsage,
   beginExternalTurn,
   checkSandbox,
@@ -43,16 +42,7 @@ type ClaudeCodeState = { sessionId?: string };
 export class ClaudeCodeHarness implements Harness {
   readonly name = HARNESS;
 
-  constructor(
-    private readonly deps: {
-      store: TurnStore;
-      lifecycle: SandboxLifecycle;
-      logger: Logger;
-      /** Why Claude Code cannot run on this installation (no gateway), or null. */
-      unavailable: string | null;
-      turnTimeoutMs: number;
-    },
-  ) {}
+  constructor(private readonly deps: ExternalHarnessDeps) {}
 
   async runTurn({ turn: initial, agent }: TurnToRun, signals: { abort: AbortSignal; shutdown: AbortSignal }): Promise<void> {
     const { store } = this.deps;

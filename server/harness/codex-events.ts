@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { parseJsonLine } from "./external";
 import type { EventInput } from "../services/event-log";
 
 /**
@@ -73,15 +74,8 @@ export type CodexOutput =
   | { kind: "ignored" };
 
 export function parseCodexLine(text: string, idPrefix: string): CodexOutput {
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    return { kind: "ignored" };
-  }
-  const parsed = line.safeParse(json);
-  if (!parsed.success) return { kind: "ignored" };
-  const value = parsed.data;
+  const value = parseJsonLine(line, text);
+  if (!value) return { kind: "ignored" };
   switch (value.type) {
     case "thread.started":
       return { kind: "thread", threadId: value.thread_id };

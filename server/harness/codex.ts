@@ -1,10 +1,9 @@
-import type { Logger } from "../logger";
 import type { DaemonClient, ExecChunk } from "../sandbox/port";
-import type { SandboxLifecycle } from "../services/sandbox-lifecycle";
 import type { Harness, TurnRow, TurnStore, TurnToRun, TurnUsage } from "../services/turns";
 import { parseCodexLine, type CodexUsage } from "./codex-events";
 import {
   ABORTED,
+  type ExternalHarnessDeps,
   beginExternalTurn,
   checkSandbox,
   clearRunning,
@@ -47,16 +46,7 @@ type CodexState = { threadId?: string; usage?: CodexUsage };
 export class CodexHarness implements Harness {
   readonly name = "codex";
 
-  constructor(
-    private readonly deps: {
-      store: TurnStore;
-      lifecycle: SandboxLifecycle;
-      logger: Logger;
-      /** Why codex cannot run on this installation (no gateway), or null. */
-      unavailable: string | null;
-      turnTimeoutMs: number;
-    },
-  ) {}
+  constructor(private readonly deps: ExternalHarnessDeps) {}
 
   async runTurn({ turn: initial, agent }: TurnToRun, signals: { abort: AbortSignal; shutdown: AbortSignal }): Promise<void> {
     const { store } = this.deps;

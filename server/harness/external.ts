@@ -1,4 +1,7 @@
+import type { z } from "zod";
 import type { ChatMessage } from "../gateway/client";
+import type { Logger } from "../logger";
+import type { SandboxLifecycle } from "../services/sandbox-lifecycle";
 import { DaemonRequestError, SandboxUnavailableError, type DaemonClient, type ExecChunk } from "../sandbox/port";
 import type { TurnRow, TurnStore, TurnUsage } from "../services/turns";
 import { buildConversation } from "./history";
@@ -15,6 +18,29 @@ export const HARNESS_BIN_DIR = "/opt/berth/bin";
 export const ABORTED = "the turn was aborted by request";
 /** Replayed tool output is cut to this many characters each: the replay is context, not an archive. */
 const REPLAY_OUTPUT_CHARS = 2_000;
+
+/** What every external harness is built with (by the composition root). */
+export type ExternalHarnessDeps = {
+  store: TurnStore;
+  lifecycle: SandboxLifecycle;
+  logger: Logger;
+  /** Why the harness cannot run on this installation (no gateway), or null. */
+  unavailable: string | null;
+  /** Longest one message may take before the CLI is stopped. */
+  turnTimeoutMs: number;
+};
+
+/** One line of a CLI's JSON output checked against `schema`; null for anything else (blank, not JSON, a shape Berth does not read). */
+export function parseJsonLine<T>(schema: z.ZodType<T>, text: string): T | null {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  const parsed = schema.safeParse(json);
+  return parsed.success ? parsed.data : null;
+}
 
 /** The sandbox cannot run this harness (binary or model relay missing): the turn fails with this message. */
 export class HarnessSetupError extends Error {}

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { parseJsonLine } from "./external";
 import type { EventInput } from "../services/event-log";
 import type { TurnUsage } from "../services/turns";
 
@@ -51,15 +52,8 @@ export type OpencodeOutput =
   | { kind: "ignored" };
 
 export function parseOpencodeLine(text: string): OpencodeOutput {
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    return { kind: "ignored" };
-  }
-  const parsed = line.safeParse(json);
-  if (!parsed.success) return { kind: "ignored" };
-  const value = parsed.data;
+  const value = parseJsonLine(line, text);
+  if (!value) return { kind: "ignored" };
   switch (value.type) {
     case "step_start":
       return { kind: "session", sessionId: value.sessionID };

@@ -1,9 +1,8 @@
-import type { Logger } from "../logger";
 import type { DaemonClient, ExecChunk } from "../sandbox/port";
-import type { SandboxLifecycle } from "../services/sandbox-lifecycle";
 import type { Harness, TurnRow, TurnStore, TurnToRun, TurnUsage } from "../services/turns";
 import {
   ABORTED,
+  type ExternalHarnessDeps,
   addUsage,
   beginExternalTurn,
   checkSandbox,
@@ -44,16 +43,7 @@ type OpencodeResume = { sessionId: string } | "last" | null;
 export class OpencodeHarness implements Harness {
   readonly name = HARNESS;
 
-  constructor(
-    private readonly deps: {
-      store: TurnStore;
-      lifecycle: SandboxLifecycle;
-      logger: Logger;
-      /** Why opencode cannot run on this installation (no gateway), or null. */
-      unavailable: string | null;
-      turnTimeoutMs: number;
-    },
-  ) {}
+  constructor(private readonly deps: ExternalHarnessDeps) {}
 
   async runTurn({ turn: initial, agent }: TurnToRun, signals: { abort: AbortSignal; shutdown: AbortSignal }): Promise<void> {
     const { store } = this.deps;
