@@ -178,7 +178,7 @@ export type Config = {
    */
   authCacheMs: number;
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
-  /** Local backend: the opencode binary bound into jails (default: the one the `opencode-ai` package installed). */
+  /** Local backend: the opencode binary bound into jails (default: the one npm installed, opencode-linux-x64[-baseline]). */
   opencodeBinary: string | undefined;
   /** Local backend: the codex binary bound into jails (default: the one the `@openai/codex` package installed). */
   codexBinary: string | undefined;

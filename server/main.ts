@@ -180,7 +180,7 @@ function createModelResolver(config: Config, logger: Logger, metrics: BerthMetri
 /** Harness binaries the local backend binds into jails. */
 function localSandboxTools(config: Config, logger: Logger): Record<string, string> {
   const harnesses = [
-    { tool: "opencode", harness: "opencode", path: findOpencodeBinary(config.opencodeBinary), source: "BERTH_OPENCODE_BINARY or the opencode-ai package" },
+    { tool: "opencode", harness: "opencode", path: findOpencodeBinary(config.opencodeBinary), source: "BERTH_OPENCODE_BINARY or the opencode-linux-x64 packages" },
     { tool: "codex", harness: "codex", path: findCodexBinary(config.codexBinary), source: "BERTH_CODEX_BINARY or the @openai/codex package" },
     { tool: "claude", harness: "claude-code", path: findClaudeCodeBinary(config.claudeCodeBinary), source: "BERTH_CLAUDE_CODE_BINARY or the @anthropic-ai/claude-code package" },
   ];

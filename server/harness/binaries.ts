@@ -8,7 +8,10 @@ import path from "node:path";
  * no install script is needed. An explicit path (BERTH_*_BINARY) wins when it is an executable file.
  */
 
-/** opencode-ai: `opencode-<os>-<cpu>[-baseline][-musl]/bin/opencode` (baseline: CPUs without AVX2). */
+/**
+ * opencode (the binary packages of `opencode-ai`): `opencode-<os>-<cpu>[-baseline][-musl]/bin/opencode`
+ * (baseline: CPUs without AVX2). Berth depends on the linux-x64 ones directly (see decision 012).
+ */
 export function findOpencodeBinary(override?: string): string | null {
   if (override) return executableOrNull(override);
   const platform = process.platform === "win32" ? "windows" : process.platform;

@@ -64,7 +64,7 @@ export class OpencodeHarness implements Harness {
     let exit: ExecChunk & { type: "exit" };
     try {
       exit = await this.deps.lifecycle.withSandbox(turn.sessionId, async (client) => {
-        await checkSandbox(client, { binary: OPENCODE_IN_SANDBOX, label: "opencode", packageName: "opencode-ai" });
+        await checkSandbox(client, { binary: OPENCODE_IN_SANDBOX, label: "opencode", packageName: "opencode-linux-x64" });
         const state = (await store.harnessState(turn.sessionId, HARNESS)) as OpencodeState;
         await markRunning(store, turn, HARNESS);
         // The workspace keeps opencode's store: continue the session we know, or (a crash before

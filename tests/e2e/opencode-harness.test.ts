@@ -17,7 +17,7 @@ type Event = LoggedEvent;
 type ChatBody = { model: string; messages: { role: string; content: unknown; tool_calls?: { id: string; function: { name: string } }[]; tool_call_id?: string }[]; tools?: { function: { name: string } }[] };
 
 /**
- * The opencode harness end to end: the real opencode binary (from the opencode-ai package) runs in
+ * The opencode harness end to end: the real opencode binary (npm's opencode-linux-x64 package) runs in
  * a real bubblewrap jail with no network, reaches the scripted OpenAI-compatible gateway only
  * through the sandbox's model relay, and what it does is recorded as Berth events.
  */
