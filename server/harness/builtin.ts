@@ -2,14 +2,16 @@ import { GatewayError, type ModelGateway, type ToolCall } from "../gateway/clien
 import type { Logger } from "../logger";
 import { SandboxUnavailableError } from "../sandbox/port";
 import type { EventBus } from "../services/event-bus";
-import type { EventInput } from "../services/event-log";
+import type { EventInput, StoredEvent } from "../services/event-log";
 import type { SandboxLifecycle } from "../services/sandbox-lifecycle";
 import type { Harness, TurnStore, TurnToRun, TurnUsage } from "../services/turns";
-import { buildConversation, unansweredCalls } from "./history";
+import { buildConversation, unansweredCalls, type HistoryEvent, type HistoryTurn } from "./history";
 import { BUILTIN_TOOLS, parseToolInput, runTool, type ToolOutcome } from "./tools";
 
 /** Resolves an agent's model name to the gateway that serves it (the demo model, or the LiteLLM Gateway). */
 export type ModelResolver = (model: string) => ModelGateway | { unavailable: string };
+
+const CONVERSATION = new Set<string>(["user_message", "assistant_message", "tool_call", "tool_result"]);
 
 const INTERRUPTED =
   "interrupted: this tool call was started but its result was never recorded (the platform or the sandbox stopped). It was not run again; check the workspace before repeating it.";
@@ -37,6 +39,10 @@ export class BuiltinHarness implements Harness {
     }
     const signal = AbortSignal.any([signals.abort, signals.shutdown]);
 
+    // The conversation is read from the log once per run of the turn (a resume reads it again) and
+    // then kept in step with what this run records: a step does not re-read the whole session.
+    let history: { events: HistoryEvent[]; turns: HistoryTurn[] } | undefined;
+    const remember = (stored: StoredEvent[]) => history?.events.push(...(stored.filter((event) => CONVERSATION.has(event.type)) as HistoryEvent[]));
     for (;;) {
       const turn = await store.get(initial.id);
       if (turn.status !== "running") return;
@@ -48,17 +54,20 @@ export class BuiltinHarness implements Harness {
       await store.markSessionRunning(turn.sessionId);
 
       // A call recorded without its result was cut off by a crash: say so, never run it twice.
-      const interrupted = unansweredCalls(await store.turnEvents(turn));
-      if (interrupted.length > 0) {
-        logger.warn({ calls: interrupted.map((call) => call.id) }, "recording interrupted tool calls");
-        await store.append(turn, interrupted.map((call) => ({ type: "tool_result", payload: { callId: call.id, output: INTERRUPTED, isError: true } })));
+      // Only a resumed turn can have one, and this run records every result it starts.
+      if (!history) {
+        const interrupted = unansweredCalls(await store.turnEvents(turn));
+        if (interrupted.length > 0) {
+          logger.warn({ calls: interrupted.map((call) => call.id) }, "recording interrupted tool calls");
+          await store.append(turn, interrupted.map((call) => ({ type: "tool_result", payload: { callId: call.id, output: INTERRUPTED, isError: true } })));
+        }
       }
       if (turn.steps >= agent.maxSteps) {
         await store.finish(turn, { status: "failed", error: `the turn stopped after ${turn.steps} tool steps, the agent's limit (maxSteps ${agent.maxSteps})` });
         return;
       }
 
-      const history = await store.history(turn.sessionId);
+      history ??= await store.history(turn.sessionId);
       const deltas = new DeltaPublisher(this.deps.bus, turn.sessionId, logger);
       let completion;
       try {
@@ -93,7 +102,7 @@ export class BuiltinHarness implements Harness {
       const stepEvents: EventInput[] = [];
       if (completion.text.trim()) stepEvents.push({ type: "assistant_message", payload: { text: completion.text } });
       for (const { call, parsed } of calls) stepEvents.push({ type: "tool_call", payload: { id: call.id, name: call.name, input: parsed.input } });
-      await store.recordStep(turn, stepEvents, usage);
+      remember(await store.recordStep(turn, stepEvents, usage));
 
       for (const [index, { call, parsed }] of calls.entries()) {
         let outcome: ToolOutcome;
@@ -112,7 +121,7 @@ export class BuiltinHarness implements Harness {
             outcome = { output: `the sandbox stopped while this tool call ran (${(error as Error).message}); it is being reconnected. The call was not retried.`, isError: true };
           }
         }
-        await store.append(turn, [{ type: "tool_result", payload: { callId: call.id, output: outcome.output, exitCode: outcome.exitCode, isError: outcome.isError } }]);
+        remember(await store.append(turn, [{ type: "tool_result", payload: { callId: call.id, output: outcome.output, exitCode: outcome.exitCode, isError: outcome.isError } }]));
       }
     }
   }

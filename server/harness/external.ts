@@ -134,7 +134,7 @@ export async function fileExists(client: DaemonClient, file: string): Promise<bo
  * Reads a command's output: each complete stdout line goes to `onLine` (awaited, in order), the
  * last 4 KB of stderr are kept; returns the exit chunk.
  */
-export async function followLines(chunks: AsyncIterable<ExecChunk>, onLine: (line: string) => Promise<void>, stderr: { text: string }): Promise<ExecChunk & { type: "exit" }> {
+export async function followLines(chunks: AsyncIterable<ExecChunk>, onLine: (line: string) => Promise<unknown>, stderr: { text: string }): Promise<ExecChunk & { type: "exit" }> {
   let pending = "";
   for await (const chunk of chunks) {
     if (chunk.type === "stderr") stderr.text = (stderr.text + chunk.data).slice(-4_000);

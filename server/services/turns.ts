@@ -3,7 +3,7 @@ import type { Database, DatabaseOrTransaction } from "../../db/client";
 import { agentVersions, sessionEvents, sessions, turns } from "../../db/schema";
 import type { HistoryEvent, HistoryTurn } from "../harness/history";
 import type { Logger } from "../logger";
-import { appendEvents, type EventInput } from "./event-log";
+import { appendEvents, type EventInput, type StoredEvent } from "./event-log";
 import type { EventBus } from "./event-bus";
 import { transition } from "./sandbox-lifecycle";
 
@@ -129,15 +129,16 @@ export class TurnStore {
   }
 
   /** Records a model step that asked for tools: its events, one more step, and its usage. */
-  async recordStep(turn: TurnRow, events: EventInput[], usage: TurnUsage | null): Promise<void> {
-    await this.db.transaction(async (tx) => {
-      await appendEvents(tx, turn.sessionId, events);
+  async recordStep(turn: TurnRow, events: EventInput[], usage: TurnUsage | null): Promise<StoredEvent[]> {
+    return this.db.transaction(async (tx) => {
+      const stored = await appendEvents(tx, turn.sessionId, events);
       await addUsage(tx, turn, usage, 1);
+      return stored;
     });
   }
 
-  async append(turn: TurnRow, events: EventInput[]): Promise<void> {
-    await this.db.transaction((tx) => appendEvents(tx, turn.sessionId, events));
+  async append(turn: TurnRow, events: EventInput[]): Promise<StoredEvent[]> {
+    return this.db.transaction((tx) => appendEvents(tx, turn.sessionId, events));
   }
 
   /**
