@@ -17,6 +17,11 @@ export type SandboxSpec = {
   env: Record<string, string>;
   resources: { cpuMillis: number; memoryMb: number };
   image: string | null;
+  /**
+   * The agent version's warm pool (Kubernetes: SandboxWarmPool replicas; 0 or absent = none). The
+   * local backend ignores it: its pool is BERTH_WARM_POOL_SIZE for every agent.
+   */
+  warmPoolSize?: number;
 };
 
 /** How to reach a sandbox's daemon: backend-specific, opaque to the platform, stored on the row. */

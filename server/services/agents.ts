@@ -34,6 +34,7 @@ function configOf(version: VersionRow): AgentConfig {
     idleTimeoutSeconds: version.idleTimeoutSeconds,
     maxSteps: version.maxSteps,
     busyPolicy: version.busyPolicy,
+    warmPoolSize: version.warmPoolSize,
     env: version.env,
   };
 }

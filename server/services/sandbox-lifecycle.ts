@@ -114,6 +114,7 @@ export class SandboxLifecycle {
         env: await this.environmentFor(session.teamId, session.agentId, version.env),
         resources: { cpuMillis: version.cpuMillis, memoryMb: version.memoryMb },
         image: version.sandboxImage,
+        warmPoolSize: version.warmPoolSize,
       });
     } catch (error) {
       const reason = `sandbox could not start: ${(error as Error).message}`;
