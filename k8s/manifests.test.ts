@@ -14,7 +14,7 @@ import type { SandboxSpec } from "../server/sandbox/port";
 import { CrdSchemas, FakeKubeApi } from "../tests/helpers/fake-kube-api";
 import { freePort, waitFor } from "../tests/helpers/processes";
 import { KubernetesSandboxBackend } from "./backend";
-import { buildSandbox, buildSandboxTemplate, type KubernetesSandboxSettings } from "./resources";
+import { buildSandbox, buildSandboxTemplate, buildWarmPoolTemplate, type KubernetesSandboxSettings } from "./resources";
 
 const DIR = path.join(import.meta.dirname, "manifests");
 type Doc = { apiVersion: string; kind: string; metadata: { name: string; namespace?: string; labels?: Record<string, string> }; [key: string]: unknown };
@@ -106,6 +106,11 @@ describe("k8s/manifests", () => {
     expect(selects(deny, podLabels("egress"))).toBe(true);
     expect(selects(egress, podLabels("none"))).toBe(false);
     expect(selects(egress, podLabels("egress"))).toBe(true);
+    // Pooled pods (warm pools) are selected the same way.
+    const pooledLabels = (network: "none" | "egress") => (buildWarmPoolTemplate(spec({ network }), settings).spec as { podTemplate: { metadata: { labels: Record<string, string> } } }).podTemplate.metadata.labels;
+    expect(selects(deny, pooledLabels("none"))).toBe(true);
+    expect(selects(egress, pooledLabels("none"))).toBe(false);
+    expect(selects(egress, pooledLabels("egress"))).toBe(true);
     expect(deny.spec.policyTypes).toEqual(["Ingress", "Egress"]);
     expect(deny.spec.egress).toEqual([]);
     const blocked = egress.spec.egress.flatMap((rule) => rule.to ?? []).flatMap((peer) => peer.ipBlock?.except ?? []);
@@ -164,6 +169,16 @@ describe("the Role grants exactly what the backend calls", () => {
     fake.killDaemon(s.name);
     await waitFor("loss", () => (lost.includes(s.name) ? true : undefined));
     await backend.stop(s.name, "done");
+
+    // An agent with a warm pool: pool made, resized, a session claims from it, stops, pool removed.
+    const p = spec({ name: "s-rbacpool-g1", sessionId: "22222222-2222-4222-8222-222222222222", warmPoolSize: 1 });
+    const wanted = { teamId: p.teamId, agentId: p.agentId, network: p.network, resources: p.resources, image: p.image };
+    await backend.syncWarmPools([{ ...wanted, size: 1 }]);
+    await backend.syncWarmPools([{ ...wanted, size: 2 }]);
+    const pooled = await backend.provision(p);
+    await backend.list();
+    await backend.stop(pooled.name, "done");
+    await backend.syncWarmPools([]);
 
     const used = new Set<string>();
     for (const request of fake.requests) {

@@ -24,6 +24,9 @@ export type SandboxSpec = {
   warmPoolSize?: number;
 };
 
+/** The warm pool one agent's current version wants: the shape of its sandboxes and how many to keep ready. */
+export type WarmPoolSpec = Pick<SandboxSpec, "teamId" | "agentId" | "network" | "resources" | "image"> & { size: number };
+
 /** How to reach a sandbox's daemon: backend-specific, opaque to the platform, stored on the row. */
 export type SandboxAddress = string;
 
@@ -55,6 +58,11 @@ export interface SandboxBackend {
    * without it are stopped instead.
    */
   suspend?(name: string): Promise<void>;
+  /**
+   * Optional: makes the backend's per-agent warm pools match these (create, resize, delete the ones
+   * not listed). Kubernetes: SandboxWarmPools. The local backend has one pool of its own instead.
+   */
+  syncWarmPools?(pools: WarmPoolSpec[]): Promise<void>;
   /** Current state as the backend sees it. */
   status(name: string): Promise<SandboxState>;
   /** Every sandbox this backend runs for Berth (for reconciliation). */
