@@ -363,7 +363,8 @@ describe("warm pools: SandboxWarmPool + SandboxClaim", () => {
     console.log(`claim to ready (adopted from the pool): ${claimMs.toFixed(0)} ms`);
 
     const claim = fake.get("sandboxclaims", NAMESPACE, s.name)!;
-    expect(claim.spec).toEqual({ warmPoolRef: { name: pool().metadata.name }, additionalPodMetadata: { labels: expect.objectContaining({ "berth.dev/session": s.sessionId }) } });
+    expect(claim.spec).toEqual({ warmPoolRef: { name: pool().metadata.name } });
+    expect(claim.metadata.labels).toMatchObject({ "berth.dev/session": s.sessionId, "berth.dev/team": s.teamId, "berth.dev/agent": agentId });
     expect(claim.status).toMatchObject({ sandbox: { name: provisioned.name } });
     expect(JSON.stringify(claim)).not.toContain(SECRET_VALUE);
     const sandbox = fake.get("sandboxes", NAMESPACE, provisioned.name)!;
@@ -439,6 +440,15 @@ describe("warm pools: SandboxWarmPool + SandboxClaim", () => {
     const invalid = await api.createNamespacedCustomObject({ ...CLAIM_REF, namespace: NAMESPACE, body: missing }).catch((error: unknown) => error);
     expect((invalid as { code: number }).code).toBe(422);
     expect(String((invalid as { body: string }).body)).toContain("warmPoolRef");
+    // Valid to the API server, refused by the controller: pod labels outside its allowlisted domains.
+    const labelled = buildSandboxClaim(s, settings(), "some-pool");
+    (labelled.spec as Record<string, unknown>).additionalPodMetadata = { labels: { "berth.dev/session": s.sessionId } };
+    await api.createNamespacedCustomObject({ ...CLAIM_REF, namespace: NAMESPACE, body: labelled });
+    await waitFor("the claim refused by the controller", () => {
+      const conditions = (fake.get("sandboxclaims", NAMESPACE, s.name)?.status as { conditions?: Array<{ type: string; status: string; reason: string }> } | undefined)?.conditions;
+      return conditions?.some((c) => c.type === "Ready" && c.status === "False" && c.reason === "InvalidMetadata") ? true : undefined;
+    });
+    await backend.stop(s.name, "test");
     expect(fake.controllerErrors).toEqual([]);
     // Only these two were refused (the "sent only valid objects" check above ran before them).
     expect(fake.rejected.map((r) => [r.kind, r.code])).toEqual([["SandboxClaim", 400], ["SandboxClaim", 422]]);

@@ -403,17 +403,17 @@ export function buildWarmPool(spec: WarmPoolShape, settings: KubernetesSandboxSe
 /**
  * A session generation's claim on the pool. No `env` and no `volumeClaimTemplates`: either makes
  * the controller skip the pool (cold start); the session's env is bound through the daemon instead.
+ * No `additionalPodMetadata` either: the controller accepts only labels of its allowlisted domains
+ * there (default `sandbox.users.io`, from /etc/sandbox-config/allowed-label-domains) and fails the
+ * claim otherwise; the identity labels go on the claim, and Berth labels the adopted Sandbox itself.
  */
 export function buildSandboxClaim(spec: SandboxSpec, settings: KubernetesSandboxSettings, poolName: string): KubeObject {
-  const identity = { [LABELS.team]: spec.teamId, [LABELS.agent]: spec.agentId, [LABELS.session]: spec.sessionId, [LABELS.generation]: String(spec.generation) };
+  const identity = { [LABELS.session]: spec.sessionId, [LABELS.generation]: String(spec.generation) };
   return {
     apiVersion: `${EXTENSIONS_GROUP}/${API_VERSION}`,
     kind: "SandboxClaim",
     metadata: { name: spec.name, namespace: settings.namespace, labels: { ...baseLabels(spec, "sandbox-claim"), ...identity } },
-    spec: {
-      warmPoolRef: { name: poolName },
-      additionalPodMetadata: { labels: identity },
-    },
+    spec: { warmPoolRef: { name: poolName } },
   };
 }
 

@@ -983,7 +983,10 @@ export class FakeKubeApi {
     const extraLabels = spec.additionalPodMetadata?.labels ?? {};
     let sandbox = this.ownedBy(claim)[0];
     let problem: { reason: string; message: string } | null = null;
-    if (!sandbox && !spec.env?.length && !spec.volumeClaimTemplates?.length && pool) {
+    // As the controller: additionalPodMetadata labels only from allowlisted domains (default sandbox.users.io).
+    const badLabel = Object.keys(extraLabels).find((key) => !/^([a-z0-9.-]+\.)?sandbox\.users\.io\//.test(key));
+    if (badLabel) problem = { reason: "InvalidMetadata", message: `failed to validate label "${badLabel}": label domain "${badLabel.split("/")[0]}" is not in the allowlist` };
+    if (!problem && !sandbox && !spec.env?.length && !spec.volumeClaimTemplates?.length && pool) {
       const candidate = this.ownedBy(pool)
         .filter((s) => this.isSandboxReady(s))
         .sort((a, b) => a.metadata.creationTimestamp!.localeCompare(b.metadata.creationTimestamp!) || a.metadata.name!.localeCompare(b.metadata.name!))[0];
@@ -1003,7 +1006,7 @@ export class FakeKubeApi {
         this.adoptions.push({ claim: claim.metadata.name!, sandbox: candidate.metadata.name! });
       }
     }
-    if (!sandbox && !this.objects.has(`sandboxes/${namespace}/${claim.metadata.name}`)) {
+    if (!problem && !sandbox && !this.objects.has(`sandboxes/${namespace}/${claim.metadata.name}`)) {
       const envPolicy = (template?.spec as { envVarsInjectionPolicy?: string } | undefined)?.envVarsInjectionPolicy ?? "Disallowed";
       const vctPolicy = (template?.spec as { volumeClaimTemplatesPolicy?: string } | undefined)?.volumeClaimTemplatesPolicy ?? "Disallowed";
       if (!template) problem = { reason: "TemplateNotFound", message: `the warm pool ${spec.warmPoolRef?.name} or its template was not found` };
