@@ -14,7 +14,7 @@ import type { SandboxSpec } from "../server/sandbox/port";
 import { CrdSchemas, FakeKubeApi } from "../tests/helpers/fake-kube-api";
 import { freePort, waitFor } from "../tests/helpers/processes";
 import { KubernetesSandboxBackend } from "./backend";
-import { buildSandbox, buildSandboxTemplate, buildWarmPoolTemplate, type KubernetesSandboxSettings } from "./resources";
+import { buildSandbox, buildSandboxClaim, buildSandboxTemplate, buildWarmPool, buildWarmPoolTemplate, type KubernetesSandboxSettings } from "./resources";
 
 const DIR = path.join(import.meta.dirname, "manifests");
 type Doc = { apiVersion: string; kind: string; metadata: { name: string; namespace?: string; labels?: Record<string, string> }; [key: string]: unknown };
@@ -77,6 +77,22 @@ describe("k8s/manifests", () => {
     const broken = structuredClone(template) as Doc & { spec: Record<string, unknown> };
     broken.spec.envVarsInjectionPolicy = "Sometimes";
     expect(schemas.validate("SandboxTemplate", "v1beta1", broken).join()).toContain("spec.envVarsInjectionPolicy");
+  });
+
+  it("the example warm pool (template, SandboxWarmPool, SandboxClaim) passes the CRD schemas and matches what the backend builds", () => {
+    const schemas = new CrdSchemas();
+    const docs = all.filter((d) => d.file === "sandbox-warm-pool.example.yaml").map((d) => d.doc);
+    expect(docs.map((d) => d.kind)).toEqual(["SandboxTemplate", "SandboxWarmPool", "SandboxClaim"]);
+    const s = spec({ name: "s-0000000a-g1-x7k2p", sessionId: "00000000-0000-4000-8000-00000000000a", network: "none", resources: { cpuMillis: 1000, memoryMb: 1024 }, teamId: "00000000-0000-4000-8000-000000000001", agentId: "00000000-0000-4000-8000-000000000002", env: {}, warmPoolSize: 2 });
+    const settings = { namespace: "berth", image: "berth:latest", runtimeClassName: undefined, daemonPort: 8080, workspaceSize: "5Gi", storageClassName: undefined };
+    const pool = buildWarmPool(s, settings, 2);
+    const built = [buildWarmPoolTemplate(s, settings), pool, buildSandboxClaim(s, settings, pool.metadata!.name!)];
+    for (const [index, doc] of docs.entries()) {
+      expect(schemas.unknownFields(doc.kind, "v1beta1", doc)).toEqual([]);
+      expect(schemas.validate(doc.kind, "v1beta1", doc)).toEqual([]);
+      expect(doc).toEqual(built[index]);
+    }
+    expect(JSON.stringify(docs)).toContain("BERTH_DAEMON_UNBOUND");
   });
 
   it("the Deployment runs several replicas under the berth ServiceAccount with the kubernetes backend", () => {
