@@ -9,6 +9,7 @@
 import type { KubeConfig } from "@kubernetes/client-node";
 import { createDaemonClient } from "../server/sandbox/daemon-client";
 import {
+  DaemonRequestError,
   SandboxUnavailableError,
   type DaemonClient,
   type ListedSandbox,
@@ -398,7 +399,12 @@ export class KubernetesSandboxBackend implements SandboxBackend {
       const ready = await this.waitForReady(sandboxName, initial, deadline);
       const address = this.addressOf(ready);
       const poolToken = this.options.tokenFor(pool);
-      await this.waitForDaemon(sandboxName, address, deadline, poolToken);
+      try {
+        await this.waitForDaemon(sandboxName, address, deadline, poolToken);
+      } catch (error) {
+        // 401: it answers, but no longer to the pool's token (bound already); bindPooled checks whose.
+        if (!(error instanceof SandboxUnavailableError && error.cause instanceof DaemonRequestError && error.cause.status === 401)) throw error;
+      }
       await this.bindPooled(sandboxName, address, spec, poolToken);
       // The workspace the controller made for this Sandbox is the session's from now on.
       const workspace = pooledWorkspaceClaimName(sandboxName);
