@@ -173,6 +173,8 @@ export const agentVersions = pgTable(
     idleTimeoutSeconds: integer("idle_timeout_seconds").notNull().default(900),
     maxSteps: integer("max_steps").notNull().default(20),
     busyPolicy: busyPolicy("busy_policy").notNull().default("queue"),
+    /** Kubernetes backend: SandboxWarmPool replicas for this version (0 = no pool). */
+    warmPoolSize: integer("warm_pool_size").notNull().default(0),
     /** Non-secret environment; secrets live in `secrets`, encrypted. */
     env: jsonb("env").$type<Record<string, string>>().notNull().default({}),
     createdAt: createdAt(),

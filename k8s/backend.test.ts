@@ -10,9 +10,10 @@ import { createLogger } from "../server/logger";
 import { SandboxUnavailableError, type SandboxLoss, type SandboxSpec } from "../server/sandbox/port";
 import { FakeKubeApi } from "../tests/helpers/fake-kube-api";
 import { freePort, waitFor } from "../tests/helpers/processes";
-import { KubernetesSandboxBackend, SANDBOX_REF } from "./backend";
+import { createDaemonClient } from "../server/sandbox/daemon-client";
+import { CLAIM_REF, KubernetesSandboxBackend, SANDBOX_REF } from "./backend";
 import { KubeApiError } from "./kube";
-import { buildSandbox, buildSandboxTemplate, envSecretName, workspaceClaimName, type KubernetesSandboxSettings } from "./resources";
+import { buildSandbox, buildSandboxClaim, buildSandboxTemplate, envSecretName, workspaceClaimName, type KubernetesSandboxSettings } from "./resources";
 
 const NAMESPACE = "berth-test";
 const SECRET_VALUE = "sk-test-7f3a9c1e5b-do-not-leak";
@@ -312,6 +313,165 @@ describe("KubernetesSandboxBackend against the stand-in API server", () => {
     expect(provisioned.name).toBe(next.name);
     await waitFor("old one deleted", () => (fake.get("sandboxes", NAMESPACE, s.name) ? undefined : true));
     await backend.stop(next.name, "done");
+  });
+});
+
+describe("warm pools: SandboxWarmPool + SandboxClaim", () => {
+  let backend: KubernetesSandboxBackend;
+  const losses: SandboxLoss[] = [];
+  const agentId = "77777777-8888-4777-8666-555555555555";
+  const pooled = (overrides: Partial<SandboxSpec> = {}) => spec({ agentId, warmPoolSize: 2, ...overrides });
+  const pool = () => fake.list("sandboxwarmpools", NAMESPACE).find((p) => p.metadata.labels?.["berth.dev/agent"] === agentId)!;
+  const members = () => fake.list("sandboxes", NAMESPACE).filter((s) => s.metadata.ownerReferences?.some((ref) => ref.uid === pool()?.metadata.uid));
+  const readyMembers = () => members().filter((m) => (m.status as { conditions?: Array<{ type: string; status: string }> } | undefined)?.conditions?.some((c) => c.type === "Ready" && c.status === "True"));
+
+  beforeAll(async () => {
+    backend = await makeBackend();
+    backend.onLost((loss) => losses.push(loss));
+  });
+  afterAll(async () => {
+    await backend?.shutdown();
+  });
+  afterEach(() => {
+    expect(logs).not.toContain(SECRET_VALUE);
+  });
+
+  it("syncWarmPools makes a pool of unbound daemons with the pool's token and no session data", async () => {
+    const shape = pooled();
+    await backend.syncWarmPools([{ teamId: shape.teamId, agentId, network: "none", resources: shape.resources, image: null, size: 2 }]);
+    await waitFor("two ready pooled sandboxes", () => (readyMembers().length === 2 ? true : undefined), 20_000);
+    const name = pool().metadata.name!;
+    expect(pool().spec).toMatchObject({ replicas: 2, sandboxTemplateRef: { name } });
+    const template = fake.get("sandboxtemplates", NAMESPACE, name)!;
+    expect(JSON.stringify(template)).not.toContain(tokenFor(name));
+    expect(JSON.stringify(template)).toContain("BERTH_DAEMON_UNBOUND");
+    const member = readyMembers()[0]!;
+    expect(fake.pod(member.metadata.name!)!.env.BERTH_DAEMON_TOKEN).toBe(tokenFor(name));
+    expect(fake.pod(member.metadata.name!)!.env.API_TOKEN).toBeUndefined();
+    // Not Berth's yet: neither the watch nor reconciliation sees pooled Sandboxes.
+    expect((await backend.list()).map((l) => l.name)).not.toContain(member.metadata.name);
+  });
+
+  it("provisions a session's first sandbox by claiming a ready pooled one: env bound, token rotated, pool refilled", async () => {
+    const s = pooled();
+    const started = performance.now();
+    const provisioned = await backend.provision(s);
+    const claimMs = performance.now() - started;
+    expect(provisioned.fromWarmPool).toBe(true);
+    expect(provisioned.name).not.toBe(s.name);
+    expect(provisioned.name.startsWith(`${pool().metadata.name}-`)).toBe(true);
+    console.log(`claim to ready (adopted from the pool): ${claimMs.toFixed(0)} ms`);
+
+    const claim = fake.get("sandboxclaims", NAMESPACE, s.name)!;
+    expect(claim.spec).toEqual({ warmPoolRef: { name: pool().metadata.name } });
+    expect(claim.metadata.labels).toMatchObject({ "berth.dev/session": s.sessionId, "berth.dev/team": s.teamId, "berth.dev/agent": agentId });
+    expect(claim.status).toMatchObject({ sandbox: { name: provisioned.name } });
+    expect(JSON.stringify(claim)).not.toContain(SECRET_VALUE);
+    const sandbox = fake.get("sandboxes", NAMESPACE, provisioned.name)!;
+    expect(sandbox.metadata.labels).toMatchObject({ "berth.dev/session": s.sessionId, "berth.dev/claim": s.name, "app.kubernetes.io/managed-by": "berth", "agents.x-k8s.io/launch-type": "warm" });
+    expect(sandbox.metadata.ownerReferences).toEqual([expect.objectContaining({ kind: "SandboxClaim", name: s.name })]);
+    expect(JSON.stringify(sandbox)).not.toContain(SECRET_VALUE);
+
+    // The session's env arrived through bind; the pool's token no longer opens this daemon.
+    expect((await run(backend, provisioned.address, 'echo "$API_TOKEN"; echo pooled > notes.txt')).stdout).toBe(`${SECRET_VALUE}\n`);
+    const poolClient = createDaemonClient({ address: provisioned.address, token: tokenFor(pool().metadata.name!) });
+    await expect(poolClient.health()).rejects.toThrow(/401|token/);
+
+    expect((await backend.list()).find((l) => l.name === provisioned.name)).toMatchObject({ sessionId: s.sessionId, state: "running" });
+    await waitFor("the pool refilled", () => (readyMembers().length === 2 ? true : undefined), 20_000);
+
+    // Pod lost: the next generation is a plain Sandbox on the same workspace PVC.
+    await fake.deletePod(provisioned.name);
+    await waitFor("loss", () => (losses.some((l) => l.name === provisioned.name) ? true : undefined));
+    await waitFor("claim deleted", () => (fake.get("sandboxclaims", NAMESPACE, s.name) ? undefined : true));
+    const workspace = `workspace-${provisioned.name}`;
+    expect(fake.get("persistentvolumeclaims", NAMESPACE, workspace)!.metadata.ownerReferences ?? []).toEqual([]);
+    const second = pooled({ sessionId: s.sessionId, generation: 2 });
+    const next = await backend.provision(second);
+    expect(next.fromWarmPool).toBe(false);
+    expect(next.name).toBe(second.name);
+    expect(fake.get("sandboxclaims", NAMESPACE, second.name)).toBeUndefined();
+    expect((await run(backend, next.address, "cat notes.txt; echo $API_TOKEN")).stdout).toBe(`pooled\n${SECRET_VALUE}\n`);
+    expect(fake.get("sandboxes", NAMESPACE, next.name)!.metadata.annotations).toMatchObject({ "berth.dev/workspace": workspace });
+    await backend.stop(next.name, "done");
+    expect(fake.get("persistentvolumeclaims", NAMESPACE, workspace)).toBeDefined();
+  });
+
+  it("a suspended pooled sandbox is not resumed in place: the next generation starts cold on its workspace", async () => {
+    const s = pooled();
+    const provisioned = await backend.provision(s);
+    expect(provisioned.fromWarmPool).toBe(true);
+    await run(backend, provisioned.address, "echo before-suspend > state.txt");
+    await backend.suspend(provisioned.name);
+    await waitFor("pod gone", () => (fake.pod(provisioned.name) ? undefined : true));
+    expect((await backend.list()).find((l) => l.name === provisioned.name)).toMatchObject({ state: "suspended" });
+
+    const next = await backend.provision(pooled({ sessionId: s.sessionId, generation: 2 }));
+    expect(next.fromWarmPool).toBe(false);
+    expect(fake.get("sandboxclaims", NAMESPACE, s.name)).toBeUndefined();
+    expect(fake.get("sandboxes", NAMESPACE, provisioned.name)).toBeUndefined();
+    expect((await run(backend, next.address, "cat state.txt; echo $GREETING")).stdout).toBe("before-suspend\nhello from the agent\n");
+    await backend.stop(next.name, "done");
+  });
+
+  it("terminate deletes the claim and its Sandbox; a claim left by a dead provision is listed for reconciliation", async () => {
+    const s = pooled();
+    const provisioned = await backend.provision(s);
+    await backend.stop(provisioned.name, "terminated");
+    expect(fake.get("sandboxclaims", NAMESPACE, s.name)).toBeUndefined();
+    expect(fake.get("sandboxes", NAMESPACE, provisioned.name)).toBeUndefined();
+    expect(fake.get("persistentvolumeclaims", NAMESPACE, `workspace-${provisioned.name}`)).toBeDefined();
+
+    const api = kubeConfigFor(fake).makeApiClient(CustomObjectsApi);
+    const orphan = pooled();
+    await api.createNamespacedCustomObject({ ...CLAIM_REF, namespace: NAMESPACE, body: buildSandboxClaim(orphan, settings(), pool().metadata.name!) });
+    await waitFor("the orphan claim listed", async () => ((await backend.list()).some((l) => l.name === orphan.name && l.sessionId === orphan.sessionId) ? true : undefined));
+    await backend.stop(orphan.name, "orphan");
+    expect(fake.get("sandboxclaims", NAMESPACE, orphan.name)).toBeUndefined();
+    await waitFor("its Sandbox gone", () => (fake.list("sandboxes", NAMESPACE).some((x) => x.metadata.ownerReferences?.some((r) => r.name === orphan.name)) ? undefined : true));
+  });
+
+  it("an empty pool: the claim cold-starts from the pool's template, and is still bound the same way", async () => {
+    const shape = pooled();
+    await backend.syncWarmPools([{ teamId: shape.teamId, agentId, network: "none", resources: shape.resources, image: null, size: 0 }]);
+    await waitFor("the pool deleted", () => (pool() ? undefined : true));
+    const s = pooled({ warmPoolSize: 1 });
+    const started = performance.now();
+    const provisioned = await backend.provision(s); // makes the pool, whose first sandbox is not ready yet: the claim's cold path
+    console.log(`claim to ready (cold, pool empty): ${(performance.now() - started).toFixed(0)} ms`);
+    expect(provisioned).toMatchObject({ name: s.name, fromWarmPool: false });
+    expect(fake.get("sandboxes", NAMESPACE, s.name)!.metadata.labels).toMatchObject({ "agents.x-k8s.io/launch-type": "cold", "berth.dev/claim": s.name });
+    expect((await run(backend, provisioned.address, 'echo "$GREETING"')).stdout).toBe("hello from the agent\n");
+    await backend.stop(provisioned.name, "done");
+    await backend.syncWarmPools([]);
+  });
+
+  it("the stand-in rejects an invalid claim (unknown field, missing warmPoolRef) and a claim with env is not adopted", async () => {
+    const api = kubeConfigFor(fake).makeApiClient(CustomObjectsApi);
+    const s = pooled();
+    const unknown = buildSandboxClaim(s, settings(), "some-pool");
+    (unknown.spec as Record<string, unknown>).sandboxTemplateRef = { name: "x" };
+    const strict = await api.createNamespacedCustomObject({ ...CLAIM_REF, namespace: NAMESPACE, body: unknown, fieldValidation: "Strict" }).catch((error: unknown) => error);
+    expect((strict as { code: number }).code).toBe(400);
+    expect(String((strict as { body: string }).body)).toContain("sandboxTemplateRef");
+    const missing = buildSandboxClaim(s, settings(), "some-pool");
+    delete (missing.spec as Record<string, unknown>).warmPoolRef;
+    const invalid = await api.createNamespacedCustomObject({ ...CLAIM_REF, namespace: NAMESPACE, body: missing }).catch((error: unknown) => error);
+    expect((invalid as { code: number }).code).toBe(422);
+    expect(String((invalid as { body: string }).body)).toContain("warmPoolRef");
+    // Valid to the API server, refused by the controller: pod labels outside its allowlisted domains.
+    const labelled = buildSandboxClaim(s, settings(), "some-pool");
+    (labelled.spec as Record<string, unknown>).additionalPodMetadata = { labels: { "berth.dev/session": s.sessionId } };
+    await api.createNamespacedCustomObject({ ...CLAIM_REF, namespace: NAMESPACE, body: labelled });
+    await waitFor("the claim refused by the controller", () => {
+      const conditions = (fake.get("sandboxclaims", NAMESPACE, s.name)?.status as { conditions?: Array<{ type: string; status: string; reason: string }> } | undefined)?.conditions;
+      return conditions?.some((c) => c.type === "Ready" && c.status === "False" && c.reason === "InvalidMetadata") ? true : undefined;
+    });
+    await backend.stop(s.name, "test");
+    expect(fake.controllerErrors).toEqual([]);
+    // Only these two were refused (the "sent only valid objects" check above ran before them).
+    expect(fake.rejected.map((r) => [r.kind, r.code])).toEqual([["SandboxClaim", 400], ["SandboxClaim", 422]]);
+    fake.rejected.length = 0;
   });
 });
 

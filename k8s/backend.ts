@@ -9,6 +9,7 @@
 import type { KubeConfig } from "@kubernetes/client-node";
 import { createDaemonClient } from "../server/sandbox/daemon-client";
 import {
+  DaemonRequestError,
   SandboxUnavailableError,
   type DaemonClient,
   type ListedSandbox,
@@ -17,12 +18,30 @@ import {
   type SandboxLoss,
   type SandboxSpec,
   type SandboxState,
+  type WarmPoolSpec,
 } from "../server/sandbox/port";
 import type { Logger } from "../server/logger";
 import { isConflict, isNotFound, KubeApiError, KubeClient, type ObjectRef } from "./kube";
 import {
   API_VERSION,
   buildEnvSecret,
+  buildPoolTokenSecret,
+  buildSandboxClaim,
+  buildWarmPool,
+  buildWarmPoolTemplate,
+  CLAIM_LABEL,
+  CLAIM_SELECTOR,
+  CONTROLLER_LABELS,
+  pooledWorkspaceClaimName,
+  POOLED_LABEL,
+  SANDBOX_CLAIMS,
+  SANDBOX_WARM_POOLS,
+  WARM_POOL_SELECTOR,
+  warmPoolNameFor,
+  WORKSPACE_ANNOTATION,
+  WORKSPACE_SELECTOR,
+  type SandboxClaimObject,
+  type WarmPoolShape,
   buildSandbox,
   buildSandboxTemplate,
   buildWorkspaceClaim,
@@ -45,6 +64,8 @@ import { ListWatch, watchOnce } from "./watch";
 
 export const SANDBOX_REF: ObjectRef = { group: SANDBOX_GROUP, version: API_VERSION, plural: SANDBOXES };
 export const TEMPLATE_REF: ObjectRef = { group: EXTENSIONS_GROUP, version: API_VERSION, plural: SANDBOX_TEMPLATES };
+export const CLAIM_REF: ObjectRef = { group: EXTENSIONS_GROUP, version: API_VERSION, plural: SANDBOX_CLAIMS };
+export const WARM_POOL_REF: ObjectRef = { group: EXTENSIONS_GROUP, version: API_VERSION, plural: SANDBOX_WARM_POOLS };
 
 export type KubernetesBackendOptions = KubernetesSandboxSettings & {
   kubeConfig: KubeConfig;
@@ -79,7 +100,9 @@ export class KubernetesSandboxBackend implements SandboxBackend {
   private readonly stopping = new Set<string>();
   private readonly reported = new Set<string>();
   private readonly templatesSeen = new Set<string>();
-  private readonly workspacesSeen = new Set<string>();
+  /** Session id -> the name of its workspace PVC, once known. */
+  private readonly workspaces = new Map<string, string>();
+  private readonly poolsSeen = new Set<string>();
   private readonly watch: ListWatch<SandboxObject>;
 
   constructor(private readonly options: KubernetesBackendOptions) {
@@ -152,7 +175,10 @@ export class KubernetesSandboxBackend implements SandboxBackend {
     const started = performance.now();
     const settings = this.options;
     const template = await this.ensureTemplate(spec);
-    await this.ensureWorkspace(spec);
+    const existingWorkspace = await this.workspaceOf(spec.sessionId);
+    // Only a session's first sandbox can come from the pool: later generations need its workspace.
+    if (!existingWorkspace && (spec.warmPoolSize ?? 0) > 0) return this.provisionFromPool(spec, started);
+    const workspace = existingWorkspace ?? (await this.ensureWorkspace(spec));
     const suspended = await this.suspendedSandboxOf(spec, template.metadata!.name!);
     if (suspended) return this.resume(spec, suspended, started);
     const secret = buildEnvSecret(spec, settings, this.options.tokenFor(spec.name));
@@ -160,7 +186,7 @@ export class KubernetesSandboxBackend implements SandboxBackend {
 
     let created: SandboxObject;
     try {
-      created = await this.createSandbox(spec, buildSandbox(spec, settings, template));
+      created = await this.createSandbox(spec, buildSandbox(spec, settings, template, workspace));
     } catch (error) {
       await this.kube.deleteSecret(secret.metadata!.name!).catch(() => {});
       throw error;
@@ -203,7 +229,10 @@ export class KubernetesSandboxBackend implements SandboxBackend {
     let found: SandboxObject | null = null;
     for (const sandbox of items) {
       if (sandbox.spec?.operatingMode !== "Suspended" || sandbox.metadata?.deletionTimestamp) continue;
-      const sameShape = sandbox.metadata?.annotations?.[TEMPLATE_ANNOTATION] === templateName && sandbox.metadata?.labels?.[LABELS.network] === spec.network;
+      // A pooled Sandbox (its daemon was bound through the API, not its pod's env) is not resumed: a
+      // new pod would start unbound. The session goes on cold on the same workspace.
+      const sameShape =
+        sandbox.metadata?.annotations?.[TEMPLATE_ANNOTATION] === templateName && sandbox.metadata?.labels?.[LABELS.network] === spec.network && !sandbox.metadata?.labels?.[CLAIM_LABEL];
       if (sameShape && !found) found = sandbox;
       else await this.stop(sandbox.metadata!.name!, "suspended with another shape: replaced");
     }
@@ -252,16 +281,244 @@ export class KubernetesSandboxBackend implements SandboxBackend {
     return wanted;
   }
 
-  private async ensureWorkspace(spec: SandboxSpec): Promise<void> {
+  private async ensureWorkspace(spec: SandboxSpec): Promise<string> {
     const claim = buildWorkspaceClaim(spec, this.options);
     const name = claim.metadata!.name!;
-    if (this.workspacesSeen.has(name)) return;
     try {
       await this.kube.createPersistentVolumeClaim(claim);
     } catch (error) {
       if (!isConflict(error)) throw error; // kept from an earlier generation: that is the point
     }
-    this.workspacesSeen.add(name);
+    this.workspaces.set(spec.sessionId, name);
+    return name;
+  }
+
+  /**
+   * The session's workspace PVC, if it has one: `berth-ws-<session>`, or the PVC the pooled Sandbox
+   * of its first generation got from the pool's volumeClaimTemplate (labelled for the session at
+   * adoption). Found by label, so any replica knows it.
+   */
+  private async workspaceOf(sessionId: string): Promise<string | null> {
+    const known = this.workspaces.get(sessionId);
+    if (known) return known;
+    const claims = (await this.kube.listPersistentVolumeClaims(`${WORKSPACE_SELECTOR},${LABELS.session}=${sessionId}`))
+      .filter((claim) => claim.metadata?.name && !claim.metadata.deletionTimestamp)
+      .sort((a, b) => new Date(b.metadata!.creationTimestamp ?? 0).getTime() - new Date(a.metadata!.creationTimestamp ?? 0).getTime());
+    const name = claims[0]?.metadata?.name ?? null;
+    if (name) this.workspaces.set(sessionId, name);
+    return name;
+  }
+
+  // ---- warm pools
+
+  /**
+   * Creates what a warm pool needs if it is missing: its SandboxTemplate (unbound daemon, the pool's
+   * token, a workspace volumeClaimTemplate), the token Secret, the SandboxWarmPool. With `replicas`
+   * set, an existing pool is scaled to it.
+   */
+  private async ensureWarmPool(shape: WarmPoolShape, size: number, scale: boolean): Promise<string> {
+    const name = warmPoolNameFor(shape, this.options);
+    if (this.poolsSeen.has(name) && !scale) return name;
+    const token = buildPoolTokenSecret(shape, this.options, this.options.tokenFor(name));
+    try {
+      await this.kube.createSecret(token);
+    } catch (error) {
+      if (!isConflict(error)) throw error; // same name, same derived value
+    }
+    try {
+      await this.kube.createObject(TEMPLATE_REF, buildWarmPoolTemplate(shape, this.options));
+    } catch (error) {
+      if (!isConflict(error)) throw error;
+    }
+    try {
+      await this.kube.createObject(WARM_POOL_REF, buildWarmPool(shape, this.options, size));
+      this.logger.info({ pool: name, replicas: size }, "created warm pool");
+    } catch (error) {
+      if (!isConflict(error)) throw error;
+      if (scale) {
+        const pool = await this.kube.getObject<KubeObject>(WARM_POOL_REF, name);
+        if ((pool.spec as { replicas?: number } | undefined)?.replicas !== size) {
+          await this.kube.mergePatchObject(WARM_POOL_REF, name, { spec: { replicas: size } });
+          this.logger.info({ pool: name, replicas: size }, "scaled warm pool");
+        }
+      }
+    }
+    this.poolsSeen.add(name);
+    return name;
+  }
+
+  /**
+   * Makes the warm pools match the agents' current versions: each wanted pool exists with its size;
+   * Berth's pools nobody wants any more (an agent changed shape, its pool size went to 0, it was
+   * deleted) are deleted with their template and token Secret. Their unclaimed Sandboxes go with them;
+   * claimed ones belong to their claims and are not touched.
+   */
+  async syncWarmPools(wanted: WarmPoolSpec[]): Promise<void> {
+    const names = new Set<string>();
+    for (const pool of wanted) {
+      if (pool.size <= 0) continue;
+      names.add(await this.ensureWarmPool(pool, pool.size, true));
+    }
+    const { items } = await this.kube.listObjects<KubeObject>(WARM_POOL_REF, WARM_POOL_SELECTOR);
+    for (const pool of items) {
+      const name = pool.metadata?.name;
+      if (!name || names.has(name) || pool.metadata?.deletionTimestamp) continue;
+      this.logger.info({ pool: name }, "deleting warm pool no agent version wants");
+      this.poolsSeen.delete(name);
+      await this.kube.deleteObject(WARM_POOL_REF, name);
+      await this.kube.deleteObject(TEMPLATE_REF, name);
+      await this.kube.deleteSecret(`${name}-token`);
+    }
+  }
+
+  /**
+   * A session's first sandbox through a SandboxClaim on the agent's SandboxWarmPool: the controller
+   * adopts a ready pooled Sandbox (or, with none ready, creates one from the pool's template); Berth
+   * then binds the session's env through the daemon with the pool's token, rotating it to the
+   * sandbox's own in the same call, and labels the Sandbox and its workspace PVC for the session.
+   */
+  private async provisionFromPool(spec: SandboxSpec, started: number): Promise<ProvisionedSandbox> {
+    const pool = await this.ensureWarmPool(spec, spec.warmPoolSize!, false);
+    const claim = buildSandboxClaim(spec, this.options, pool);
+    let created: SandboxClaimObject;
+    try {
+      created = await this.kube.createObject<SandboxClaimObject>(CLAIM_REF, claim);
+    } catch (error) {
+      if (!isConflict(error)) throw error;
+      created = await this.kube.getObject<SandboxClaimObject>(CLAIM_REF, spec.name);
+      if (created.metadata?.labels?.[LABELS.session] !== spec.sessionId) {
+        throw new KubeApiError(409, "AlreadyExists", `create sandboxclaims/${spec.name}: a SandboxClaim of that name exists and belongs to another session`);
+      }
+    }
+    let sandboxName: string | null = null;
+    try {
+      const deadline = Date.now() + (this.options.readyTimeoutMs ?? DEFAULT_READY_TIMEOUT_MS);
+      sandboxName = await this.waitForClaim(spec.name, created, deadline);
+      this.stopping.delete(sandboxName);
+      const initial = await this.kube.getObject<SandboxObject>(SANDBOX_REF, sandboxName);
+      const ready = await this.waitForReady(sandboxName, initial, deadline);
+      const address = this.addressOf(ready);
+      const poolToken = this.options.tokenFor(pool);
+      try {
+        await this.waitForDaemon(sandboxName, address, deadline, poolToken);
+      } catch (error) {
+        // 401: it answers, but no longer to the pool's token (bound already); bindPooled checks whose.
+        if (!(error instanceof SandboxUnavailableError && error.cause instanceof DaemonRequestError && error.cause.status === 401)) throw error;
+      }
+      await this.bindPooled(sandboxName, address, spec, poolToken);
+      // The workspace the controller made for this Sandbox is the session's from now on.
+      const workspace = pooledWorkspaceClaimName(sandboxName);
+      await this.kube.patchPersistentVolumeClaim(workspace, {
+        metadata: { labels: { [LABELS.managedBy]: "berth", [LABELS.component]: "workspace", [LABELS.team]: spec.teamId, [LABELS.agent]: spec.agentId, [LABELS.session]: spec.sessionId } },
+      });
+      this.workspaces.set(spec.sessionId, workspace);
+      // Now Berth's: the watch (loss) and reconciliation see it under this name.
+      await this.kube.mergePatchObject(SANDBOX_REF, sandboxName, {
+        metadata: {
+          labels: {
+            [LABELS.managedBy]: "berth",
+            [LABELS.component]: "sandbox",
+            [LABELS.team]: spec.teamId,
+            [LABELS.agent]: spec.agentId,
+            [LABELS.session]: spec.sessionId,
+            [LABELS.generation]: String(spec.generation),
+            [LABELS.network]: spec.network,
+            [CLAIM_LABEL]: spec.name,
+            [POOLED_LABEL]: "true",
+          },
+          annotations: { [WORKSPACE_ANNOTATION]: workspace },
+        },
+      });
+      const fromWarmPool = sandboxName !== spec.name;
+      this.logger.debug({ sandbox: sandboxName, claim: spec.name, fromWarmPool }, "claimed sandbox from warm pool");
+      return { name: sandboxName, address, hostPid: null, fromWarmPool, startMs: performance.now() - started };
+    } catch (error) {
+      await this.stopClaim(spec.name, sandboxName, "did not become ready").catch(() => {});
+      if (error instanceof SandboxUnavailableError) throw error;
+      throw new SandboxUnavailableError(`sandbox claim ${spec.name} did not become ready: ${(error as Error).message}`, { cause: error });
+    }
+  }
+
+  /** Watches a SandboxClaim until the controller names its Sandbox (status.sandbox.name). */
+  private async waitForClaim(name: string, initial: SandboxClaimObject, deadline: number): Promise<string> {
+    let version = initial.metadata?.resourceVersion;
+    let found: string | null = initial.status?.sandbox?.name || null;
+    let failure: Error | null = null;
+    const path = `/apis/${EXTENSIONS_GROUP}/${API_VERSION}/namespaces/${encodeURIComponent(this.options.namespace)}/${SANDBOX_CLAIMS}`;
+    while (!found && !failure) {
+      const remaining = deadline - Date.now();
+      if (remaining <= 0) throw new SandboxUnavailableError(`sandbox claim ${name} got no Sandbox within ${this.options.readyTimeoutMs ?? DEFAULT_READY_TIMEOUT_MS} ms`);
+      if (!version) {
+        try {
+          const current = await this.kube.getObject<SandboxClaimObject>(CLAIM_REF, name);
+          found = current.status?.sandbox?.name || null;
+          version = current.metadata?.resourceVersion;
+          if (found) break;
+        } catch (error) {
+          if (isNotFound(error)) throw new SandboxUnavailableError(`sandbox claim ${name} was deleted while starting`);
+          throw error;
+        }
+      }
+      try {
+        const outcome = await watchOnce<SandboxClaimObject>(
+          this.options.kubeConfig,
+          path,
+          { fieldSelector: `metadata.name=${name}`, resourceVersion: version, allowWatchBookmarks: true, timeoutSeconds: Math.ceil(Math.min(remaining, 60_000) / 1000) },
+          (type, claim) => {
+            if (claim?.metadata?.resourceVersion) version = claim.metadata.resourceVersion;
+            if (type === "BOOKMARK") return;
+            if (type === "DELETED" || claim.metadata?.deletionTimestamp) failure = new SandboxUnavailableError(`sandbox claim ${name} was deleted while starting`);
+            else found = claim.status?.sandbox?.name || null;
+            return Boolean(found || failure);
+          },
+          AbortSignal.timeout(Math.min(remaining, 60_000)),
+        );
+        if (outcome === "expired") version = undefined;
+      } catch (error) {
+        this.logger.debug({ claim: name, error: (error as Error).message }, "claim watch failed; checking again");
+        version = undefined;
+        await new Promise((resolve) => setTimeout(resolve, 250));
+      }
+    }
+    if (failure) throw failure;
+    return found!;
+  }
+
+  /** Gives a pooled daemon its session: env, and its own token in place of the pool's. */
+  private async bindPooled(name: string, address: string, spec: SandboxSpec, poolToken: string): Promise<void> {
+    const env = Object.fromEntries(Object.entries(spec.env).filter(([key]) => !key.startsWith("BERTH_DAEMON_")));
+    const own = this.options.tokenFor(name);
+    try {
+      await createDaemonClient({ address, token: poolToken, timeoutMs: 10_000 }).bind({ sessionId: spec.sessionId, env, token: own });
+    } catch (error) {
+      // A retried provision may find it bound already, by this session, with its own token.
+      const health = await createDaemonClient({ address, token: own, timeoutMs: 5_000 })
+        .health()
+        .catch(() => null);
+      if (!health?.bound) throw new SandboxUnavailableError(`could not bind the pooled sandbox ${name}: ${(error as Error).message}`, { cause: error });
+    }
+  }
+
+  /**
+   * Ends a claimed sandbox: its workspace PVC is released first (owner reference and the
+   * controller's tracking label removed), so deleting the claim and its Sandbox keeps the session's
+   * workspace, as `stop` does for cold sandboxes.
+   */
+  private async stopClaim(claimName: string, sandboxName: string | null, reason: string): Promise<void> {
+    this.logger.debug({ claim: claimName, sandbox: sandboxName, reason }, "deleting sandbox claim");
+    if (sandboxName) {
+      this.stopping.add(sandboxName);
+      setTimeout(() => this.stopping.delete(sandboxName), 60_000).unref();
+      try {
+        await this.kube.patchPersistentVolumeClaim(pooledWorkspaceClaimName(sandboxName), {
+          metadata: { ownerReferences: null, labels: { [CONTROLLER_LABELS.sandboxNameHash]: null } },
+        });
+      } catch (error) {
+        if (!isNotFound(error)) throw error;
+      }
+    }
+    await this.kube.deleteObject(CLAIM_REF, claimName);
+    if (sandboxName) await this.kube.deleteObject(SANDBOX_REF, sandboxName);
   }
 
   private async putEnvSecret(secret: KubeObject): Promise<void> {
@@ -356,8 +613,8 @@ export class KubernetesSandboxBackend implements SandboxBackend {
   }
 
   /** Ready means the pod is up; the Service's DNS name may still be propagating: ask the daemon itself. */
-  private async waitForDaemon(name: string, address: string, deadline: number): Promise<void> {
-    const client = createDaemonClient({ address, token: this.options.tokenFor(name), timeoutMs: 5_000 });
+  private async waitForDaemon(name: string, address: string, deadline: number, token = this.options.tokenFor(name)): Promise<void> {
+    const client = createDaemonClient({ address, token, timeoutMs: 5_000 });
     let delay = 100;
     for (;;) {
       try {
@@ -375,6 +632,17 @@ export class KubernetesSandboxBackend implements SandboxBackend {
 
   async stop(name: string, reason: string): Promise<void> {
     this.stopping.add(name);
+    // A claimed sandbox: the name is its Sandbox's (labelled with its claim), or, for a claim that
+    // never got that far, the claim's own.
+    const claimed = await this.claimOf(name);
+    if (claimed) {
+      try {
+        await this.stopClaim(claimed.claim, claimed.sandbox, reason);
+      } finally {
+        setTimeout(() => this.stopping.delete(name), 60_000).unref();
+      }
+      return;
+    }
     this.logger.debug({ sandbox: name, reason }, "deleting sandbox");
     try {
       await this.kube.deleteObject(SANDBOX_REF, name);
@@ -382,6 +650,25 @@ export class KubernetesSandboxBackend implements SandboxBackend {
     } finally {
       // Keep the mark a while: the watch may deliver the deletion after this returns.
       setTimeout(() => this.stopping.delete(name), 60_000).unref();
+    }
+  }
+
+  private async claimOf(name: string): Promise<{ claim: string; sandbox: string | null } | null> {
+    try {
+      const sandbox = await this.kube.getObject<SandboxObject>(SANDBOX_REF, name);
+      const claim = sandbox.metadata?.labels?.[CLAIM_LABEL];
+      if (claim) return { claim, sandbox: name };
+      if (sandbox.metadata?.labels?.[LABELS.managedBy] === "berth") return null; // a cold one
+    } catch (error) {
+      if (!isNotFound(error)) throw error;
+    }
+    try {
+      const claim = await this.kube.getObject<SandboxClaimObject>(CLAIM_REF, name);
+      if (claim.metadata?.labels?.[LABELS.managedBy] !== "berth") return null;
+      return { claim: name, sandbox: claim.status?.sandbox?.name || null };
+    } catch (error) {
+      if (!isNotFound(error)) throw error;
+      return null;
     }
   }
 
@@ -410,6 +697,15 @@ export class KubernetesSandboxBackend implements SandboxBackend {
     await this.removeOrphanSecrets(new Set(items.map((sandbox) => sandbox.metadata?.name ?? ""))).catch((error: unknown) =>
       this.logger.warn({ error: (error as Error).message }, "could not clean up env Secrets of deleted sandboxes"),
     );
+    // Claims whose Sandbox is not (yet) labelled as Berth's: in flight (the session's row still has
+    // the claim's name) or left by a provision that died half-way (reconciliation removes those).
+    const claimedBy = new Set(items.map((sandbox) => sandbox.metadata?.labels?.[CLAIM_LABEL]).filter(Boolean));
+    const claims = await this.kube.listObjects<SandboxClaimObject>(CLAIM_REF, CLAIM_SELECTOR);
+    for (const claim of claims.items) {
+      const name = claim.metadata?.name;
+      if (!name || claim.metadata?.deletionTimestamp || claimedBy.has(name)) continue;
+      listed.push({ name, sessionId: claim.metadata?.labels?.[LABELS.session] ?? null, state: "running" });
+    }
     return listed;
   }
 

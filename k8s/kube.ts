@@ -252,6 +252,18 @@ export class KubeClient {
     return list.items;
   }
 
+  /** Workspace claims of a session (metadata is all callers use). */
+  async listPersistentVolumeClaims(labelSelector: string): Promise<Array<{ metadata?: { name?: string; creationTimestamp?: Date | string; deletionTimestamp?: Date | string } }>> {
+    const list = await this.call(`list persistentvolumeclaims`, true, (options) => this.core.listNamespacedPersistentVolumeClaim({ namespace: this.namespace, labelSelector }, options));
+    return list.items;
+  }
+
+  patchPersistentVolumeClaim(name: string, patch: object): Promise<unknown> {
+    return this.call(`patch persistentvolumeclaims/${name}`, true, (options) =>
+      this.core.patchNamespacedPersistentVolumeClaim({ namespace: this.namespace, name, body: patch }, setHeaderOptions("Content-Type", PatchStrategy.MergePatch, options)),
+    );
+  }
+
   createPersistentVolumeClaim(body: object): Promise<unknown> {
     const name = (body as { metadata?: { name?: string } }).metadata?.name ?? "";
     return this.call(`create persistentvolumeclaims/${name}`, true, (options) =>

@@ -14,7 +14,7 @@ import type { SandboxSpec } from "../server/sandbox/port";
 import { CrdSchemas, FakeKubeApi } from "../tests/helpers/fake-kube-api";
 import { freePort, waitFor } from "../tests/helpers/processes";
 import { KubernetesSandboxBackend } from "./backend";
-import { buildSandbox, buildSandboxTemplate, type KubernetesSandboxSettings } from "./resources";
+import { buildSandbox, buildSandboxClaim, buildSandboxTemplate, buildWarmPool, buildWarmPoolTemplate, type KubernetesSandboxSettings } from "./resources";
 
 const DIR = path.join(import.meta.dirname, "manifests");
 type Doc = { apiVersion: string; kind: string; metadata: { name: string; namespace?: string; labels?: Record<string, string> }; [key: string]: unknown };
@@ -79,6 +79,22 @@ describe("k8s/manifests", () => {
     expect(schemas.validate("SandboxTemplate", "v1beta1", broken).join()).toContain("spec.envVarsInjectionPolicy");
   });
 
+  it("the example warm pool (template, SandboxWarmPool, SandboxClaim) passes the CRD schemas and matches what the backend builds", () => {
+    const schemas = new CrdSchemas();
+    const docs = all.filter((d) => d.file === "sandbox-warm-pool.example.yaml").map((d) => d.doc);
+    expect(docs.map((d) => d.kind)).toEqual(["SandboxTemplate", "SandboxWarmPool", "SandboxClaim"]);
+    const s = spec({ name: "s-0000000a-g1-x7k2p", sessionId: "00000000-0000-4000-8000-00000000000a", network: "none", resources: { cpuMillis: 1000, memoryMb: 1024 }, teamId: "00000000-0000-4000-8000-000000000001", agentId: "00000000-0000-4000-8000-000000000002", env: {}, warmPoolSize: 2 });
+    const settings = { namespace: "berth", image: "berth:latest", runtimeClassName: undefined, daemonPort: 8080, workspaceSize: "5Gi", storageClassName: undefined };
+    const pool = buildWarmPool(s, settings, 2);
+    const built = [buildWarmPoolTemplate(s, settings), pool, buildSandboxClaim(s, settings, pool.metadata!.name!)];
+    for (const [index, doc] of docs.entries()) {
+      expect(schemas.unknownFields(doc.kind, "v1beta1", doc)).toEqual([]);
+      expect(schemas.validate(doc.kind, "v1beta1", doc)).toEqual([]);
+      expect(doc).toEqual(built[index]);
+    }
+    expect(JSON.stringify(docs)).toContain("BERTH_DAEMON_UNBOUND");
+  });
+
   it("the Deployment runs several replicas under the berth ServiceAccount with the kubernetes backend", () => {
     const deployment = find("Deployment", "berth") as Doc & { spec: { replicas: number; template: { spec: { serviceAccountName: string; containers: Array<{ env: Array<{ name: string; value?: string }> }> } } } };
     expect(deployment.spec.replicas).toBeGreaterThan(1);
@@ -106,6 +122,11 @@ describe("k8s/manifests", () => {
     expect(selects(deny, podLabels("egress"))).toBe(true);
     expect(selects(egress, podLabels("none"))).toBe(false);
     expect(selects(egress, podLabels("egress"))).toBe(true);
+    // Pooled pods (warm pools) are selected the same way.
+    const pooledLabels = (network: "none" | "egress") => (buildWarmPoolTemplate(spec({ network }), settings).spec as { podTemplate: { metadata: { labels: Record<string, string> } } }).podTemplate.metadata.labels;
+    expect(selects(deny, pooledLabels("none"))).toBe(true);
+    expect(selects(egress, pooledLabels("none"))).toBe(false);
+    expect(selects(egress, pooledLabels("egress"))).toBe(true);
     expect(deny.spec.policyTypes).toEqual(["Ingress", "Egress"]);
     expect(deny.spec.egress).toEqual([]);
     const blocked = egress.spec.egress.flatMap((rule) => rule.to ?? []).flatMap((peer) => peer.ipBlock?.except ?? []);
@@ -164,6 +185,16 @@ describe("the Role grants exactly what the backend calls", () => {
     fake.killDaemon(s.name);
     await waitFor("loss", () => (lost.includes(s.name) ? true : undefined));
     await backend.stop(s.name, "done");
+
+    // An agent with a warm pool: pool made, resized, a session claims from it, stops, pool removed.
+    const p = spec({ name: "s-rbacpool-g1", sessionId: "22222222-2222-4222-8222-222222222222", warmPoolSize: 1 });
+    const wanted = { teamId: p.teamId, agentId: p.agentId, network: p.network, resources: p.resources, image: p.image };
+    await backend.syncWarmPools([{ ...wanted, size: 1 }]);
+    await backend.syncWarmPools([{ ...wanted, size: 2 }]);
+    const pooled = await backend.provision(p);
+    await backend.list();
+    await backend.stop(pooled.name, "done");
+    await backend.syncWarmPools([]);
 
     const used = new Set<string>();
     for (const request of fake.requests) {

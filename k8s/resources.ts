@@ -24,6 +24,8 @@ export const LABELS = {
 } as const;
 export const MANAGED_BY = "berth";
 export const TEMPLATE_ANNOTATION = "berth.dev/sandbox-template";
+/** The session's workspace PVC a Sandbox mounts (berth-ws-<session>, or the PVC its pooled first generation got). */
+export const WORKSPACE_ANNOTATION = "berth.dev/workspace";
 
 /** Selects every Sandbox this backend made. */
 export const SANDBOX_SELECTOR = `${LABELS.managedBy}=${MANAGED_BY},${LABELS.component}=sandbox`;
@@ -236,7 +238,7 @@ export function buildWorkspaceClaim(spec: SandboxSpec, settings: KubernetesSandb
  * The Sandbox of one session generation: the template's pod, plus the session's env (from its own
  * Secret, never the shared template) and its workspace claim.
  */
-export function buildSandbox(spec: SandboxSpec, settings: KubernetesSandboxSettings, template: KubeObject): SandboxObject {
+export function buildSandbox(spec: SandboxSpec, settings: KubernetesSandboxSettings, template: KubeObject, workspaceClaim = workspaceClaimName(spec.sessionId)): SandboxObject {
   const templateSpec = (template.spec ?? {}) as { podTemplate?: ReturnType<typeof buildPodTemplate> };
   const podTemplate = structuredClone(templateSpec.podTemplate ?? buildPodTemplate(spec, settings));
   const labels = { ...baseLabels(spec, "sandbox"), [LABELS.session]: spec.sessionId, [LABELS.generation]: String(spec.generation), [LABELS.network]: spec.network };
@@ -245,7 +247,7 @@ export function buildSandbox(spec: SandboxSpec, settings: KubernetesSandboxSetti
     (container as Record<string, unknown>).envFrom = [{ secretRef: { name: envSecretName(spec.name) } }];
   }
   podTemplate.spec.volumes = podTemplate.spec.volumes.map((volume) =>
-    volume.name === WORKSPACE_VOLUME ? ({ name: WORKSPACE_VOLUME, persistentVolumeClaim: { claimName: workspaceClaimName(spec.sessionId) } } as never) : volume,
+    volume.name === WORKSPACE_VOLUME ? ({ name: WORKSPACE_VOLUME, persistentVolumeClaim: { claimName: workspaceClaim } } as never) : volume,
   );
   return {
     apiVersion: `${SANDBOX_GROUP}/${API_VERSION}`,
@@ -254,7 +256,7 @@ export function buildSandbox(spec: SandboxSpec, settings: KubernetesSandboxSetti
       name: spec.name,
       namespace: settings.namespace,
       labels,
-      annotations: { [TEMPLATE_ANNOTATION]: template.metadata?.name ?? "" },
+      annotations: { [TEMPLATE_ANNOTATION]: template.metadata?.name ?? "", [WORKSPACE_ANNOTATION]: workspaceClaim },
     },
     spec: {
       podTemplate,
@@ -282,3 +284,139 @@ export function terminalReason(sandbox: SandboxObject): string | null {
   }
   return null;
 }
+
+// ---------------------------------------------------------------- warm pools (SandboxWarmPool + SandboxClaim)
+
+export const SANDBOX_CLAIMS = "sandboxclaims";
+export const SANDBOX_WARM_POOLS = "sandboxwarmpools";
+/** The agent-sandbox controller's labels (api/v1beta1/sandbox_types.go, sandbox_controller.go). */
+export const CONTROLLER_LABELS = {
+  launchType: "agents.x-k8s.io/launch-type",
+  warmPoolSandbox: "agents.x-k8s.io/warm-pool-sandbox",
+  /** On a PVC made from a volumeClaimTemplate: the Sandbox controller re-adopts an unowned PVC carrying it. */
+  sandboxNameHash: "agents.x-k8s.io/sandbox-name-hash",
+} as const;
+/** On a Sandbox Berth adopted through a claim: the claim's name (stop deletes the claim, not just the Sandbox). */
+export const CLAIM_LABEL = "berth.dev/claim";
+export const POOLED_LABEL = "berth.dev/pooled";
+export const CLAIM_SELECTOR = `${LABELS.managedBy}=${MANAGED_BY},${LABELS.component}=sandbox-claim`;
+export const WARM_POOL_SELECTOR = `${LABELS.managedBy}=${MANAGED_BY},${LABELS.component}=warm-pool`;
+export const WORKSPACE_SELECTOR = `${LABELS.managedBy}=${MANAGED_BY},${LABELS.component}=workspace`;
+
+/** What a warm pool's pods share: the template's shape plus the workspace volume each pooled Sandbox gets. */
+export type WarmPoolShape = Pick<SandboxSpec, "teamId" | "agentId" | "network" | "resources" | "image">;
+
+/**
+ * One SandboxWarmPool (and its own SandboxTemplate and token Secret, all of the same name) per
+ * pod shape of an agent: the cold template's name plus `-pool` when the workspace settings are the
+ * ones the pool was made with.
+ */
+export function warmPoolNameFor(spec: WarmPoolShape, settings: KubernetesSandboxSettings): string {
+  const base = templateNameFor(spec as SandboxSpec, settings);
+  const workspace = createHash("sha256").update(JSON.stringify([settings.workspaceSize, settings.storageClassName ?? null])).digest("hex").slice(0, 4);
+  return `${base}-p${workspace}`;
+}
+
+export function poolTokenSecretName(poolName: string): string {
+  return `${poolName}-token`;
+}
+
+/** The PVC the Sandbox controller makes for a pooled Sandbox's workspace volumeClaimTemplate. */
+export function pooledWorkspaceClaimName(sandboxName: string): string {
+  return `${WORKSPACE_VOLUME}-${sandboxName}`;
+}
+
+/**
+ * The pool's template: the same pod, but the daemon starts unbound (no session until POST /v1/bind)
+ * with the pool's token from the pool's own Secret, and the workspace is a volumeClaimTemplate so
+ * every pooled Sandbox gets its own PVC. Nothing of any session is in it.
+ */
+export function buildWarmPoolTemplate(spec: WarmPoolShape, settings: KubernetesSandboxSettings): KubeObject {
+  const name = warmPoolNameFor(spec, settings);
+  const podTemplate = buildPodTemplate(spec as SandboxSpec, settings);
+  podTemplate.metadata.labels[LABELS.team] = spec.teamId;
+  podTemplate.metadata.labels[LABELS.agent] = spec.agentId;
+  podTemplate.metadata.labels[POOLED_LABEL] = "true";
+  for (const container of podTemplate.spec.containers) {
+    (container.env as Array<Record<string, unknown>>).push(
+      { name: "BERTH_DAEMON_UNBOUND", value: "1" },
+      { name: "BERTH_DAEMON_TOKEN", valueFrom: { secretKeyRef: { name: poolTokenSecretName(name), key: "BERTH_DAEMON_TOKEN" } } },
+    );
+  }
+  // The controller mounts the volumeClaimTemplate of the same name in its place.
+  podTemplate.spec.volumes = podTemplate.spec.volumes.filter((volume) => volume.name !== WORKSPACE_VOLUME);
+  return {
+    apiVersion: `${EXTENSIONS_GROUP}/${API_VERSION}`,
+    kind: "SandboxTemplate",
+    metadata: {
+      name,
+      namespace: settings.namespace,
+      labels: { ...baseLabels(spec as SandboxSpec, "template"), [LABELS.network]: spec.network, [POOLED_LABEL]: "true" },
+    },
+    spec: {
+      podTemplate,
+      volumeClaimTemplates: [
+        {
+          metadata: { name: WORKSPACE_VOLUME, labels: { ...baseLabels(spec as SandboxSpec, "pooled-workspace") } },
+          spec: {
+            accessModes: ["ReadWriteOnce"],
+            resources: { requests: { storage: settings.workspaceSize } },
+            ...(settings.storageClassName ? { storageClassName: settings.storageClassName } : {}),
+          },
+        },
+      ],
+      service: true,
+      networkPolicyManagement: "Unmanaged",
+      networkPolicy: { egress: egressRules(spec.network) },
+      // A claim carrying env (or volumeClaimTemplates) would bypass the pool: Berth binds env through the daemon.
+      envVarsInjectionPolicy: "Disallowed",
+      volumeClaimTemplatesPolicy: "Disallowed",
+    },
+  };
+}
+
+/** The pool's daemon token: a platform value derived for the pool, never a session's. */
+export function buildPoolTokenSecret(spec: WarmPoolShape, settings: KubernetesSandboxSettings, token: string): KubeObject {
+  return {
+    apiVersion: "v1",
+    kind: "Secret",
+    metadata: {
+      name: poolTokenSecretName(warmPoolNameFor(spec, settings)),
+      namespace: settings.namespace,
+      labels: { ...baseLabels(spec as SandboxSpec, "warm-pool-token") },
+    },
+    type: "Opaque",
+    stringData: { BERTH_DAEMON_TOKEN: token },
+  };
+}
+
+export function buildWarmPool(spec: WarmPoolShape, settings: KubernetesSandboxSettings, replicas: number): KubeObject {
+  const name = warmPoolNameFor(spec, settings);
+  return {
+    apiVersion: `${EXTENSIONS_GROUP}/${API_VERSION}`,
+    kind: "SandboxWarmPool",
+    metadata: { name, namespace: settings.namespace, labels: { ...baseLabels(spec as SandboxSpec, "warm-pool"), [LABELS.network]: spec.network } },
+    spec: { replicas, sandboxTemplateRef: { name } },
+  };
+}
+
+/**
+ * A session generation's claim on the pool. No `env` and no `volumeClaimTemplates`: either makes
+ * the controller skip the pool (cold start); the session's env is bound through the daemon instead.
+ * No `additionalPodMetadata` either: the controller accepts only labels of its allowlisted domains
+ * there (default `sandbox.users.io`, from /etc/sandbox-config/allowed-label-domains) and fails the
+ * claim otherwise; the identity labels go on the claim, and Berth labels the adopted Sandbox itself.
+ */
+export function buildSandboxClaim(spec: SandboxSpec, settings: KubernetesSandboxSettings, poolName: string): KubeObject {
+  const identity = { [LABELS.session]: spec.sessionId, [LABELS.generation]: String(spec.generation) };
+  return {
+    apiVersion: `${EXTENSIONS_GROUP}/${API_VERSION}`,
+    kind: "SandboxClaim",
+    metadata: { name: spec.name, namespace: settings.namespace, labels: { ...baseLabels(spec, "sandbox-claim"), ...identity } },
+    spec: { warmPoolRef: { name: poolName } },
+  };
+}
+
+export type SandboxClaimObject = KubeObject & {
+  status?: { sandbox?: { name?: string; podIPs?: string[] }; conditions?: Condition[] };
+};

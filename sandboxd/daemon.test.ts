@@ -749,6 +749,36 @@ describe("sandboxd (unbound, warm pool)", () => {
   });
 });
 
+describe("sandboxd (unbound, bind rotates the token)", () => {
+  let daemon: Daemon;
+  beforeAll(async () => {
+    daemon = await startDaemon({ unbound: true });
+  });
+  afterEach(() => {
+    expect(daemon.stderr()).toBe("");
+  });
+
+  it("a bind with a token makes it the only token from then on; a short one is refused and changes nothing", async () => {
+    const poolToken = daemon.token;
+    const own = newToken();
+    expectError(await call(daemon, "POST", "/v1/bind", { body: { sessionId: "s1", env: {}, token: "too-short" } }), 400, "bad_request", /^token: /);
+    expect((await call(daemon, "GET", "/v1/health")).json).toMatchObject({ bound: false });
+
+    const bound = await call(daemon, "POST", "/v1/bind", { body: { sessionId: "s1", env: { ROTATED: "yes" }, token: own } });
+    expect(bound.status).toBe(204);
+    // The pool's token is refused now, on every route; the new one works.
+    expectError(await call(daemon, "GET", "/v1/health", { token: poolToken }), 401, "unauthorized");
+    expectError(await call(daemon, "POST", "/v1/exec", { token: poolToken, body: { command: "true" } }), 401, "unauthorized");
+    expectError(await call(daemon, "POST", "/v1/bind", { token: poolToken, body: { sessionId: "s2", env: {}, token: newToken() } }), 401, "unauthorized");
+    const rotated = { ...daemon, token: own };
+    expect((await call(rotated, "GET", "/v1/health")).json).toMatchObject({ ok: true, bound: true });
+    expect(output(await exec(rotated, { command: "echo $ROTATED" }), "stdout")).toBe("yes\n");
+    // Bound once: a second bind, even with the right token, cannot rotate again.
+    expectError(await call(rotated, "POST", "/v1/bind", { body: { sessionId: "s2", env: {}, token: newToken() } }), 409, "already_bound");
+    expect((await call(rotated, "GET", "/v1/health")).status).toBe(200);
+  });
+});
+
 // ---- process lifecycle and configuration ---------------------------------------------------------
 
 describe("sandboxd process", () => {

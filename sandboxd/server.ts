@@ -32,6 +32,8 @@ const envValue = z.string().refine((value) => !value.includes("\0"), "environmen
 const bindBody = z.strictObject({
   sessionId: z.string().min(1).max(256),
   env: z.record(envName, envValue),
+  /** The bearer token from now on (a warm-pool daemon starts with the pool's token; the claimed one gets its own). */
+  token: z.string().min(32).max(1024).optional(),
 });
 
 const execBody = z.strictObject({
@@ -68,6 +70,8 @@ const routes: Record<string, Partial<Record<string, Handler>>> = {
       state.bound = true;
       state.sessionId = body.sessionId;
       state.env = { ...body.env };
+      // The pool's token stops working as soon as this answer is sent: only the claimant knows the new one.
+      if (body.token) state.token = body.token;
       res.writeHead(204).end();
     },
   },
@@ -118,7 +122,9 @@ const routes: Record<string, Partial<Record<string, Handler>>> = {
 };
 
 export function createDaemonServer(state: DaemonState): http.Server {
-  const expected = digest(`Bearer ${state.token}`);
+  // Recomputed when bind rotates the token.
+  let expectedFor = state.token;
+  let expected = digest(`Bearer ${state.token}`);
   const server = http.createServer({ noDelay: true }, (req, res) => {
     void handle(req, res).catch((error: unknown) => {
       if (error instanceof HttpError) {
@@ -134,6 +140,10 @@ export function createDaemonServer(state: DaemonState): http.Server {
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const authorization = req.headers.authorization ?? "";
+    if (expectedFor !== state.token) {
+      expectedFor = state.token;
+      expected = digest(`Bearer ${state.token}`);
+    }
     if (!timingSafeEqual(digest(authorization), expected)) {
       throw new HttpError(401, "unauthorized", "missing or wrong bearer token", { "www-authenticate": "Bearer" });
     }

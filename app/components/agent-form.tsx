@@ -16,6 +16,7 @@ type FormValues = {
   idleTimeoutSeconds: string;
   maxSteps: string;
   busyPolicy: Agent["busyPolicy"];
+  warmPoolSize: string;
   env: string;
 };
 
@@ -31,6 +32,7 @@ export type AgentInput = {
   idleTimeoutSeconds: number;
   maxSteps: number;
   busyPolicy: Agent["busyPolicy"];
+  warmPoolSize: number;
   env: Record<string, string>;
 };
 
@@ -46,6 +48,7 @@ const DEFAULTS: FormValues = {
   idleTimeoutSeconds: "900",
   maxSteps: "20",
   busyPolicy: "queue",
+  warmPoolSize: "0",
   env: "",
 };
 
@@ -62,6 +65,7 @@ function valuesOf(agent: Agent): FormValues {
     idleTimeoutSeconds: String(agent.idleTimeoutSeconds),
     maxSteps: String(agent.maxSteps),
     busyPolicy: agent.busyPolicy,
+    warmPoolSize: String(agent.warmPoolSize),
     env: Object.entries(agent.env)
       .map(([key, value]) => `${key}=${value}`)
       .join("\n"),
@@ -88,6 +92,7 @@ const NUMBERS = {
   memoryMb: [128, 262_144],
   idleTimeoutSeconds: [30, 7 * 24 * 3600],
   maxSteps: [1, 500],
+  warmPoolSize: [0, 50],
 } as const;
 
 function toInput(values: FormValues): { input?: AgentInput; errors: Record<string, string> } {
@@ -213,6 +218,9 @@ export function AgentForm({
               <option value="reject">reject</option>
             </select>
           )}
+        </Field>
+        <Field label="Warm pool (Kubernetes)" error={problem("warmPoolSize")} hint="Sandboxes kept started in a SandboxWarmPool, so a new session skips the pod start. 0: none. The local backend ignores it (BERTH_WARM_POOL_SIZE).">
+          {(props) => <input {...props} type="number" inputMode="numeric" min={0} max={50} value={values.warmPoolSize} onChange={(event) => set("warmPoolSize")(event.target.value)} />}
         </Field>
         <Field label="Sandbox image" error={problem("sandboxImage")} hint="Kubernetes backend; empty uses the default image.">
           {(props) => <input {...props} value={values.sandboxImage} placeholder="default" maxLength={300} onChange={(event) => set("sandboxImage")(event.target.value)} />}

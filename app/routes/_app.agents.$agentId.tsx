@@ -27,6 +27,7 @@ function Config({ config }: { config: Agent | AgentVersion }) {
       <Detail label="Idle timeout">{formatDuration(config.idleTimeoutSeconds)}</Detail>
       <Detail label="Max steps">{config.maxSteps}</Detail>
       <Detail label="While busy">{config.busyPolicy}</Detail>
+      <Detail label="Warm pool">{config.warmPoolSize > 0 ? `${config.warmPoolSize} sandboxes (Kubernetes)` : <span className="muted">none</span>}</Detail>
       <Detail label="Sandbox image">{config.sandboxImage ?? <span className="muted">default</span>}</Detail>
       <Detail label="Environment">
         {env.length === 0 ? (
@@ -60,6 +61,7 @@ const FIELD_LABEL: Record<string, string> = {
   idleTimeoutSeconds: "idle timeout",
   maxSteps: "max steps",
   busyPolicy: "while busy",
+  warmPoolSize: "warm pool",
   env: "environment",
 };
 

@@ -40,6 +40,7 @@ type CreateOptions = GlobalOptions & {
   idleTimeout?: string;
   harness?: string;
   maxSteps?: string;
+  warmPool?: string;
 };
 
 export async function createAgent(options: CreateOptions): Promise<void> {
@@ -59,6 +60,7 @@ export async function createAgent(options: CreateOptions): Promise<void> {
     ...(options.idleTimeout !== undefined ? { idleTimeoutSeconds: positiveInt("--idle-timeout", options.idleTimeout) } : {}),
     ...(options.harness !== undefined ? { harness: options.harness as (typeof harnesses)[number] } : {}),
     ...(options.maxSteps !== undefined ? { maxSteps: positiveInt("--max-steps", options.maxSteps) } : {}),
+    ...(options.warmPool !== undefined ? { warmPoolSize: positiveInt("--warm-pool", options.warmPool, { min: 0, max: 50 }) } : {}),
   };
   try {
     const agent = await client.agents.create.mutate(input);

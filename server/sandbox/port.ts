@@ -17,7 +17,15 @@ export type SandboxSpec = {
   env: Record<string, string>;
   resources: { cpuMillis: number; memoryMb: number };
   image: string | null;
+  /**
+   * The agent version's warm pool (Kubernetes: SandboxWarmPool replicas; 0 or absent = none). The
+   * local backend ignores it: its pool is BERTH_WARM_POOL_SIZE for every agent.
+   */
+  warmPoolSize?: number;
 };
+
+/** The warm pool one agent's current version wants: the shape of its sandboxes and how many to keep ready. */
+export type WarmPoolSpec = Pick<SandboxSpec, "teamId" | "agentId" | "network" | "resources" | "image"> & { size: number };
 
 /** How to reach a sandbox's daemon: backend-specific, opaque to the platform, stored on the row. */
 export type SandboxAddress = string;
@@ -50,6 +58,11 @@ export interface SandboxBackend {
    * without it are stopped instead.
    */
   suspend?(name: string): Promise<void>;
+  /**
+   * Optional: makes the backend's per-agent warm pools match these (create, resize, delete the ones
+   * not listed). Kubernetes: SandboxWarmPools. The local backend has one pool of its own instead.
+   */
+  syncWarmPools?(pools: WarmPoolSpec[]): Promise<void>;
   /** Current state as the backend sees it. */
   status(name: string): Promise<SandboxState>;
   /** Every sandbox this backend runs for Berth (for reconciliation). */
@@ -82,8 +95,8 @@ export type FileEntry = { name: string; type: "file" | "directory" | "symlink" |
 
 export interface DaemonClient {
   health(): Promise<{ ok: true; pid: number; uptimeMs: number; bound: boolean }>;
-  /** Warm-pool claim: gives an unbound daemon its session's environment. Once only. */
-  bind(input: { sessionId: string; env: Record<string, string> }): Promise<void>;
+  /** Warm-pool claim: gives an unbound daemon its session's environment (and, optionally, its own token from then on). Once only. */
+  bind(input: { sessionId: string; env: Record<string, string>; token?: string }): Promise<void>;
   /** Runs `bash -lc command` (or sh) and streams its output; the last chunk is `exit`. */
   exec(request: ExecRequest, signal?: AbortSignal): AsyncIterable<ExecChunk>;
   readFile(path: string): Promise<{ content: string; encoding: "utf8" | "base64"; size: number }>;

@@ -19,6 +19,8 @@ export const agentConfigFields = {
   idleTimeoutSeconds: z.number().int().min(30).max(7 * 24 * 3600),
   maxSteps: z.number().int().min(1).max(500),
   busyPolicy: z.enum(["queue", "reject"]),
+  /** Kubernetes backend: ready sandboxes kept in a SandboxWarmPool for this version (0 = none). The local backend ignores it. */
+  warmPoolSize: z.number().int().min(0).max(50),
   env: z
     .record(envName, z.string().max(8_192))
     .refine((env) => Object.keys(env).length <= 100, "at most 100 variables"),
@@ -36,6 +38,7 @@ export const AGENT_DEFAULTS = {
   idleTimeoutSeconds: 900,
   maxSteps: 20,
   busyPolicy: "queue",
+  warmPoolSize: 0,
   env: {},
 } as const;
 

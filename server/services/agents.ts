@@ -4,6 +4,7 @@ import { agents, agentVersions, secrets } from "../../db/schema";
 import { AGENT_DEFAULTS, DEMO_MODEL, type AgentConfig } from "./agent-config";
 import { recordAudit } from "./audit";
 import { conflict, isUniqueViolation, notFound } from "./errors";
+import { enqueueJob } from "./job-queue";
 import { before, cursorAt, toPage, type Page } from "./pagination";
 import { requireRole, type Principal } from "./principal";
 
@@ -34,6 +35,7 @@ function configOf(version: VersionRow): AgentConfig {
     idleTimeoutSeconds: version.idleTimeoutSeconds,
     maxSteps: version.maxSteps,
     busyPolicy: version.busyPolicy,
+    warmPoolSize: version.warmPoolSize,
     env: version.env,
   };
 }
@@ -48,6 +50,11 @@ function view(agent: AgentRow, version: VersionRow): AgentView {
     createdAt: agent.createdAt,
     updatedAt: agent.updatedAt,
   };
+}
+
+/** The reconciliation job brings the backend's per-agent warm pools in line (now, not at the next minute). */
+function syncWarmPoolsSoon(tx: Parameters<typeof enqueueJob>[0]) {
+  return enqueueJob(tx, "sandbox:reconcile", {}, { jobKey: "reconcile" });
 }
 
 /** Agents of the caller's team. Every change writes a new immutable version. */
@@ -70,6 +77,7 @@ export class AgentService {
         const [agent] = await tx.insert(agents).values({ teamId: this.principal.teamId, name, currentVersion: 1 }).returning();
         const [version] = await tx.insert(agentVersions).values({ agentId: agent!.id, teamId: this.principal.teamId, version: 1, ...full }).returning();
         await recordAudit(tx, { teamId: this.principal.teamId, actor: this.principal.actor, action: "agent.create", targetType: "agent", targetId: agent!.id, metadata: { name, model: full.model } });
+        if (full.warmPoolSize > 0) await syncWarmPoolsSoon(tx);
         return view(agent!, version!);
       });
     } catch (error) {
@@ -131,6 +139,7 @@ export class AgentService {
           .insert(agentVersions)
           .values({ agentId, teamId: this.principal.teamId, version: next, ...configOf(current!), ...changes })
           .returning();
+        if (current!.warmPoolSize > 0 || version!.warmPoolSize > 0) await syncWarmPoolsSoon(tx);
         const [updated] = await tx
           .update(agents)
           .set({ currentVersion: next, updatedAt: new Date(), ...(name === undefined ? {} : { name }) })
@@ -158,6 +167,7 @@ export class AgentService {
     return this.db.transaction(async (tx) => {
       const [agent] = await tx.update(agents).set({ deletedAt: new Date() }).where(this.ownAgent(input.agentId)).returning();
       if (!agent) throw notFound("agent");
+      await syncWarmPoolsSoon(tx);
       await tx.delete(secrets).where(and(eq(secrets.teamId, this.principal.teamId), eq(secrets.agentId, agent.id)));
       await recordAudit(tx, { teamId: this.principal.teamId, actor: this.principal.actor, action: "agent.delete", targetType: "agent", targetId: agent.id, metadata: { name: agent.name } });
       return { id: agent.id };

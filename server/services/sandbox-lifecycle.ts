@@ -1,6 +1,6 @@
-import { and, desc, eq, inArray, lt, sql } from "drizzle-orm";
+import { and, desc, eq, gt, inArray, isNull, lt, sql } from "drizzle-orm";
 import type { Database, DatabaseOrTransaction } from "../../db/client";
-import { agentVersions, sandboxes, sessions } from "../../db/schema";
+import { agents, agentVersions, sandboxes, sessions } from "../../db/schema";
 import type { Config } from "../config";
 import type { Logger } from "../logger";
 import { SandboxUnavailableError, type DaemonClient, type SandboxBackend } from "../sandbox/port";
@@ -114,6 +114,7 @@ export class SandboxLifecycle {
         env: await this.environmentFor(session.teamId, session.agentId, version.env),
         resources: { cpuMillis: version.cpuMillis, memoryMb: version.memoryMb },
         image: version.sandboxImage,
+        warmPoolSize: version.warmPoolSize,
       });
     } catch (error) {
       const reason = `sandbox could not start: ${(error as Error).message}`;
@@ -289,6 +290,7 @@ export class SandboxLifecycle {
    */
   async reconcile(): Promise<{ stopped: number; lost: number }> {
     const { db, backend } = this.deps;
+    await this.syncWarmPools().catch((error: unknown) => this.deps.logger.warn({ err: error }, "could not sync the warm pools"));
     const listed = await backend.list();
     const rows = await db
       .select({ sandbox: sandboxes, sessionStatus: sessions.status })
@@ -334,6 +336,30 @@ export class SandboxLifecycle {
       lost++;
     }
     return { stopped, lost };
+  }
+
+  /**
+   * Per-agent warm pools (backends that have them): one per agent whose current version asks for
+   * one, sized as it says; pools of older versions and deleted agents go away.
+   */
+  async syncWarmPools(): Promise<void> {
+    const { db, backend } = this.deps;
+    if (!backend.syncWarmPools) return;
+    const rows = await db
+      .select({ version: agentVersions })
+      .from(agents)
+      .innerJoin(agentVersions, and(eq(agentVersions.agentId, agents.id), eq(agentVersions.version, agents.currentVersion)))
+      .where(and(isNull(agents.deletedAt), gt(agentVersions.warmPoolSize, 0)));
+    await backend.syncWarmPools(
+      rows.map(({ version }) => ({
+        teamId: version.teamId,
+        agentId: version.agentId,
+        network: version.network,
+        resources: { cpuMillis: version.cpuMillis, memoryMb: version.memoryMb },
+        image: version.sandboxImage,
+        size: version.warmPoolSize,
+      })),
+    );
   }
 
   /** Two health checks, HEALTH_TIMEOUT_MS each, both unanswered. */

@@ -34,6 +34,8 @@ describe("malformed input is refused at the edge with field errors, and writes n
     expect(await fieldErrorsOf(api.agents.create.mutate({ name: 42, model: "demo" }))).toHaveProperty("name");
     expect(await fieldErrorsOf(api.agents.create.mutate({ name: "a", model: "demo", idleTimeoutSeconds: "soon" }))).toHaveProperty("idleTimeoutSeconds");
     expect(await fieldErrorsOf(api.agents.create.mutate({ name: "a", model: "demo", network: "internet" }))).toHaveProperty("network");
+    expect(await fieldErrorsOf(api.agents.create.mutate({ name: "a", model: "demo", warmPoolSize: 51 }))).toHaveProperty("warmPoolSize");
+    expect(await fieldErrorsOf(api.agents.create.mutate({ name: "a", model: "demo", warmPoolSize: 1.5 }))).toHaveProperty("warmPoolSize");
     expect(await fieldErrorsOf(api.agents.get.query({ agentId: "not-a-uuid" }))).toEqual({ agentId: "must be a UUID" });
     expect(await fieldErrorsOf(api.agents.list.query({ limit: 1000 }))).toHaveProperty("limit");
     expect(await fieldErrorsOf(api.apiKeys.create.mutate({ name: "k", role: "superuser" }))).toHaveProperty("role");

@@ -154,6 +154,8 @@ describe("the berth CLI", () => {
       ["agents", "create", "--name", "no-model"],
       ["agents", "create", "--name", "x", "--model", "demo", "--network", "everywhere"],
       ["agents", "create", "--name", "x", "--model", "demo", "--idle-timeout", "soon"],
+      ["agents", "create", "--name", "x", "--model", "demo", "--warm-pool", "51"],
+      ["agents", "create", "--name", "x", "--model", "demo", "--warm-pool", "-1"],
       ["sessions", "send"],
       ["sessions", "send", MISSING],
       ["sessions", "exec", MISSING],
@@ -174,8 +176,8 @@ describe("the berth CLI", () => {
     const created = await cli(["agents", "create", "--name", "cli-demo", "--model", "demo", "--system-prompt", "Be brief.", "--network", "none", "--idle-timeout", "600"]);
     expect(created, created.stderr).toMatchObject({ code: 0 });
     expect(created.stdout).toMatch(/Created agent cli-demo [0-9a-f-]{36} \(model demo, offline demo\)/);
-    const agent = await json<{ id: string; name: string; systemPrompt: string; idleTimeoutSeconds: number; network: string }>(["agents", "create", "--name", "cli-json", "--model", "demo", "--idle-timeout", "120"]);
-    expect(agent).toMatchObject({ name: "cli-json", idleTimeoutSeconds: 120, network: "none" });
+    const agent = await json<{ id: string; name: string; systemPrompt: string; idleTimeoutSeconds: number; network: string; warmPoolSize: number }>(["agents", "create", "--name", "cli-json", "--model", "demo", "--idle-timeout", "120", "--warm-pool", "3"]);
+    expect(agent).toMatchObject({ name: "cli-json", idleTimeoutSeconds: 120, network: "none", warmPoolSize: 3 });
 
     const listed = await cli(["agents", "ls"]);
     expect(listed.code).toBe(0);

@@ -622,6 +622,7 @@ export class FakeKubeApi {
     this.objects.set(key, object);
     this.emit("ADDED", key, object);
     if (type.kind === "Sandbox") queueMicrotask(() => this.reconcileSandbox(object.metadata.name!));
+    this.scheduleExtensions(type);
     return { code: 201, body: object, warning };
   }
 
@@ -639,6 +640,7 @@ export class FakeKubeApi {
     this.objects.set(key, next);
     this.emit("MODIFIED", key, next);
     if (type.kind === "Sandbox" && !statusOnly) queueMicrotask(() => this.reconcileSandbox(name));
+    this.scheduleExtensions(type);
     return { code: 200, body: next, warning };
   }
 
@@ -650,6 +652,7 @@ export class FakeKubeApi {
     const gone = { ...existing, metadata: { ...existing.metadata, resourceVersion: String(++this.rv) } };
     this.emit("DELETED", key, gone);
     if (type.kind === "Sandbox") void this.endPod(name, "sandbox deleted");
+    this.scheduleExtensions(type);
     // Garbage collection: whatever this object owned goes too.
     for (const [otherKey, other] of [...this.objects.entries()]) {
       if (other.metadata.ownerReferences?.some((ref) => ref.uid === existing.metadata.uid)) {
@@ -749,6 +752,7 @@ export class FakeKubeApi {
     this.pods.set(name, pod);
     this.setSandboxStatus(name, (status) => ({ ...status, conditions: [condition("Ready", "False", "DependenciesNotReady", "Pod is not ready")] }));
     try {
+      this.reconcileVolumeClaims(sandbox, namespace);
       const { env, workspace, port } = await this.resolvePod(sandbox, namespace);
       if (pod.ending) return;
       pod.env = env;
@@ -846,7 +850,9 @@ export class FakeKubeApi {
     if (!port) throw new Error("the container has no port to listen on");
     const mountPath = env.BERTH_WORKSPACE ?? "/workspace";
     const mount = container.volumeMounts?.find((m) => m.mountPath === mountPath);
-    const volume = podSpec.volumes?.find((v) => v.name === mount?.name);
+    const vct = ((sandbox.spec as Json).volumeClaimTemplates as Array<{ metadata?: { name?: string } }> | undefined)?.find((t) => t.metadata?.name === mount?.name);
+    // The controller mounts a volumeClaimTemplate's PVC in place of a volume of the same name.
+    const volume = vct ? { name: mount!.name, persistentVolumeClaim: { claimName: `${mount!.name}-${sandbox.metadata.name}` } } : podSpec.volumes?.find((v) => v.name === mount?.name);
     let workspace: string;
     if (volume?.persistentVolumeClaim) {
       const claim = volume.persistentVolumeClaim.claimName;
@@ -858,6 +864,221 @@ export class FakeKubeApi {
     mkdirSync(workspace, { recursive: true });
     for (const [key, value] of Object.entries(env)) if (value === mountPath) env[key] = workspace;
     return { env, workspace, port };
+  }
+
+  // ---- the extensions controller: SandboxWarmPool and SandboxClaim (extensions/controllers/)
+
+  private extensionsQueued = false;
+
+  private scheduleExtensions(type: ResourceType): void {
+    if (!["Sandbox", "SandboxClaim", "SandboxWarmPool", "SandboxTemplate"].includes(type.kind) || this.extensionsQueued) return;
+    this.extensionsQueued = true;
+    setImmediate(() => {
+      this.extensionsQueued = false;
+      try {
+        for (const pool of this.ofKind("SandboxWarmPool")) this.reconcileWarmPool(pool);
+        for (const claim of this.ofKind("SandboxClaim")) this.reconcileClaim(claim);
+      } catch (error) {
+        // A controller error is logged and retried, never fatal.
+        this.controllerErrors.push((error as Error).message);
+        setTimeout(() => this.scheduleExtensions(type), 200).unref();
+      }
+    });
+  }
+
+  /** Errors the stand-in controller hit (a real controller would log and requeue). */
+  readonly controllerErrors: string[] = [];
+
+  private ofKind(kind: string): Obj[] {
+    return [...this.objects.values()].filter((o) => o.kind === kind && !o.metadata.deletionTimestamp);
+  }
+
+  private typeOf(kind: string): ResourceType {
+    return this.types.find((t) => t.kind === kind)!;
+  }
+
+  private controllerRef(owner: Obj) {
+    return { apiVersion: owner.apiVersion, kind: owner.kind, name: owner.metadata.name, uid: owner.metadata.uid, controller: true, blockOwnerDeletion: true };
+  }
+
+  private ownedBy(owner: Obj): Obj[] {
+    return this.ofKind("Sandbox").filter((sandbox) => sandbox.metadata.ownerReferences?.some((ref) => ref.uid === owner.metadata.uid && (ref as { controller?: boolean }).controller));
+  }
+
+  private isSandboxReady(sandbox: Obj): boolean {
+    const conditions = ((sandbox.status ?? {}) as { conditions?: Array<{ type: string; status: string }> }).conditions ?? [];
+    return conditions.some((c) => c.type === "Ready" && c.status === "True");
+  }
+
+  /** A Sandbox built from a template's blueprint (podTemplate, service, volumeClaimTemplates). */
+  private blueprint(template: Obj): Json {
+    const spec = structuredClone(template.spec ?? {}) as Json;
+    return {
+      podTemplate: spec.podTemplate,
+      ...(spec.service !== undefined ? { service: spec.service } : {}),
+      ...(spec.volumeClaimTemplates ? { volumeClaimTemplates: spec.volumeClaimTemplates } : {}),
+    };
+  }
+
+  private shortHash(value: string): string {
+    let hash = 0;
+    for (const char of value) hash = (hash * 31 + char.charCodeAt(0)) >>> 0;
+    return hash.toString(16);
+  }
+
+  /** Keeps `replicas` Sandboxes owned by the pool (made from its template); the status says how many are ready. */
+  private reconcileWarmPool(pool: Obj): void {
+    const namespace = pool.metadata.namespace!;
+    const spec = (pool.spec ?? {}) as { replicas?: number; sandboxTemplateRef?: { name?: string } };
+    const template = this.objects.get(`sandboxtemplates/${namespace}/${spec.sandboxTemplateRef?.name}`);
+    const members = this.ownedBy(pool);
+    const replicas = spec.replicas ?? 1;
+    if (template && members.length < replicas) {
+      const podTemplate = structuredClone((template.spec as Json).podTemplate as { metadata?: { labels?: Record<string, string> } });
+      const poolLabels = {
+        "agents.x-k8s.io/warm-pool-sandbox": this.shortHash(pool.metadata.name!),
+        "agents.x-k8s.io/sandbox-template-ref-hash": this.shortHash(template.metadata.name!),
+      };
+      podTemplate.metadata = { ...podTemplate.metadata, labels: { ...podTemplate.metadata?.labels, ...poolLabels } };
+      for (let i = members.length; i < replicas; i++) {
+        this.create(this.sandboxType(), "v1beta1", namespace, {
+          apiVersion: "agents.x-k8s.io/v1beta1",
+          kind: "Sandbox",
+          metadata: {
+            generateName: `${pool.metadata.name}-`,
+            labels: { ...poolLabels, "agents.x-k8s.io/launch-type": "warm", "agents.x-k8s.io/created-by": "controller" },
+            annotations: { "agents.x-k8s.io/sandbox-template-ref": template.metadata.name! },
+            ownerReferences: [this.controllerRef(pool)],
+          },
+          spec: { ...this.blueprint(template), podTemplate },
+        } as Obj, "Strict");
+      }
+    } else if (members.length > replicas) {
+      const extra = [...members].sort((a, b) => Number(this.isSandboxReady(a)) - Number(this.isSandboxReady(b))).slice(0, members.length - replicas);
+      for (const sandbox of extra) this.remove(this.sandboxType(), namespace, sandbox.metadata.name!);
+    }
+    const current = this.ownedBy(pool);
+    const status = { replicas: current.length, readyReplicas: current.filter((s) => this.isSandboxReady(s)).length, selector: `agents.x-k8s.io/warm-pool-sandbox=${this.shortHash(pool.metadata.name!)}`, observedGeneration: pool.metadata.generation ?? 1 };
+    if (JSON.stringify(status) !== JSON.stringify(pool.status ?? {})) {
+      this.update(this.typeOf("SandboxWarmPool"), "v1beta1", namespace, pool, { ...structuredClone(pool), status }, true, "Strict");
+    }
+  }
+
+  /**
+   * A claim gets a Sandbox: one it owns already; else (no env, no volumeClaimTemplates) a Ready
+   * Sandbox of its warm pool, adopted (relabelled, owner moved to the claim); else a new one named
+   * after the claim from the pool's template. Its status names the Sandbox and mirrors Ready.
+   */
+  private reconcileClaim(claim: Obj): void {
+    const namespace = claim.metadata.namespace!;
+    const spec = (claim.spec ?? {}) as {
+      warmPoolRef?: { name?: string };
+      env?: Array<{ name: string; value: string; containerName?: string }>;
+      volumeClaimTemplates?: unknown[];
+      additionalPodMetadata?: { labels?: Record<string, string>; annotations?: Record<string, string> };
+    };
+    const pool = this.objects.get(`sandboxwarmpools/${namespace}/${spec.warmPoolRef?.name}`);
+    const template = pool ? this.objects.get(`sandboxtemplates/${namespace}/${(pool.spec as { sandboxTemplateRef?: { name?: string } }).sandboxTemplateRef?.name}`) : undefined;
+    const identity = { "agents.x-k8s.io/claim-uid": claim.metadata.uid! };
+    const extraLabels = spec.additionalPodMetadata?.labels ?? {};
+    let sandbox = this.ownedBy(claim)[0];
+    let problem: { reason: string; message: string } | null = null;
+    // As the controller: additionalPodMetadata labels only from allowlisted domains (default sandbox.users.io).
+    const badLabel = Object.keys(extraLabels).find((key) => !/^([a-z0-9.-]+\.)?sandbox\.users\.io\//.test(key));
+    if (badLabel) problem = { reason: "InvalidMetadata", message: `failed to validate label "${badLabel}": label domain "${badLabel.split("/")[0]}" is not in the allowlist` };
+    if (!problem && !sandbox && !spec.env?.length && !spec.volumeClaimTemplates?.length && pool) {
+      const candidate = this.ownedBy(pool)
+        .filter((s) => this.isSandboxReady(s))
+        .sort((a, b) => a.metadata.creationTimestamp!.localeCompare(b.metadata.creationTimestamp!) || a.metadata.name!.localeCompare(b.metadata.name!))[0];
+      if (candidate) {
+        const adopted = structuredClone(candidate);
+        const labels = { ...adopted.metadata.labels };
+        delete labels["agents.x-k8s.io/warm-pool-sandbox"];
+        delete labels["agents.x-k8s.io/created-by"];
+        adopted.metadata.labels = { ...labels, ...identity, "agents.x-k8s.io/launch-type": "warm" };
+        adopted.metadata.ownerReferences = [this.controllerRef(claim)];
+        adopted.metadata.annotations = { ...adopted.metadata.annotations, "agents.x-k8s.io/pod-name": adopted.metadata.name! };
+        const podTemplate = (adopted.spec as { podTemplate: { metadata?: { labels?: Record<string, string> } } }).podTemplate;
+        const podLabels = { ...podTemplate.metadata?.labels };
+        delete podLabels["agents.x-k8s.io/warm-pool-sandbox"];
+        podTemplate.metadata = { ...podTemplate.metadata, labels: { ...podLabels, ...identity, ...extraLabels } };
+        sandbox = this.update(this.sandboxType(), "v1beta1", namespace, candidate, adopted, false, "Strict").body;
+        this.adoptions.push({ claim: claim.metadata.name!, sandbox: candidate.metadata.name! });
+      }
+    }
+    if (!problem && !sandbox && !this.objects.has(`sandboxes/${namespace}/${claim.metadata.name}`)) {
+      const envPolicy = (template?.spec as { envVarsInjectionPolicy?: string } | undefined)?.envVarsInjectionPolicy ?? "Disallowed";
+      const vctPolicy = (template?.spec as { volumeClaimTemplatesPolicy?: string } | undefined)?.volumeClaimTemplatesPolicy ?? "Disallowed";
+      if (!template) problem = { reason: "TemplateNotFound", message: `the warm pool ${spec.warmPoolRef?.name} or its template was not found` };
+      else if (spec.env?.length && envPolicy !== "Allowed" && envPolicy !== "Overrides") problem = { reason: "EnvVarsInjectionRejected", message: "environment variable injection is not allowed by the template policy" };
+      else if (spec.volumeClaimTemplates?.length && vctPolicy === "Disallowed") problem = { reason: "VolumeClaimTemplatesError", message: "volume claim templates are disallowed by the template" };
+      else {
+        const blueprint = this.blueprint(template) as { podTemplate: { metadata?: { labels?: Record<string, string> }; spec: { containers: Array<{ env?: Array<{ name: string; value?: string }> }> } }; volumeClaimTemplates?: unknown[] };
+        blueprint.podTemplate.metadata = { ...blueprint.podTemplate.metadata, labels: { ...blueprint.podTemplate.metadata?.labels, ...identity, ...extraLabels } };
+        for (const variable of spec.env ?? []) {
+          const container = blueprint.podTemplate.spec.containers[0]!;
+          container.env = [...(container.env ?? []).filter((e) => e.name !== variable.name), { name: variable.name, value: variable.value }];
+        }
+        if (spec.volumeClaimTemplates?.length) blueprint.volumeClaimTemplates = [...((blueprint.volumeClaimTemplates as unknown[]) ?? []), ...spec.volumeClaimTemplates];
+        sandbox = this.create(this.sandboxType(), "v1beta1", namespace, {
+          apiVersion: "agents.x-k8s.io/v1beta1",
+          kind: "Sandbox",
+          metadata: {
+            name: claim.metadata.name,
+            labels: { ...identity, "agents.x-k8s.io/launch-type": "cold" },
+            annotations: { "agents.x-k8s.io/sandbox-template-ref": template.metadata.name! },
+            ownerReferences: [this.controllerRef(claim)],
+          },
+          spec: blueprint as Json,
+        } as Obj, "Strict").body;
+      }
+    }
+    const ready = sandbox ? this.isSandboxReady(sandbox) : false;
+    const status: Json = {
+      ...(sandbox ? { sandbox: { name: sandbox.metadata.name, ...((sandbox.status as { podIPs?: string[] } | undefined)?.podIPs ? { podIPs: (sandbox.status as { podIPs: string[] }).podIPs } : {}) } } : {}),
+      conditions: [
+        problem
+          ? condition("Ready", "False", problem.reason, problem.message)
+          : condition("Ready", ready ? "True" : "False", ready ? "SandboxReady" : "SandboxNotReady", ready ? "Sandbox is ready" : "Sandbox is not ready"),
+      ],
+    };
+    const comparable = (value: unknown) => JSON.stringify(value, (key, v: unknown) => (key === "lastTransitionTime" ? undefined : v));
+    if (comparable(status) !== comparable(claim.status ?? {})) {
+      this.update(this.typeOf("SandboxClaim"), "v1beta1", namespace, claim, { ...structuredClone(claim), status }, true, "Strict");
+    }
+  }
+
+  /** Which pooled Sandbox each claim adopted, in order (tests). */
+  readonly adoptions: Array<{ claim: string; sandbox: string }> = [];
+
+  /**
+   * The Sandbox controller's PVCs for volumeClaimTemplates: `<template name>-<sandbox name>`, owned
+   * by the Sandbox and carrying its tracking label; an unowned one with that label is adopted again,
+   * an unowned one without it (or one another object owns) is refused.
+   */
+  private reconcileVolumeClaims(sandbox: Obj, namespace: string): void {
+    const templates = ((sandbox.spec as Json).volumeClaimTemplates as Array<{ metadata?: { name?: string; labels?: Record<string, string> }; spec?: Json }> | undefined) ?? [];
+    const tracking = this.shortHash(sandbox.metadata.name!);
+    const pvcType = this.typeOf("PersistentVolumeClaim");
+    for (const template of templates) {
+      const name = `${template.metadata?.name}-${sandbox.metadata.name}`;
+      const existing = this.objects.get(`persistentvolumeclaims/${namespace}/${name}`);
+      if (!existing) {
+        this.create(pvcType, "v1", namespace, {
+          apiVersion: "v1",
+          kind: "PersistentVolumeClaim",
+          metadata: { name, labels: { ...template.metadata?.labels, "agents.x-k8s.io/sandbox-name-hash": tracking }, ownerReferences: [this.controllerRef(sandbox)] },
+          spec: structuredClone(template.spec ?? {}),
+        } as Obj, "Strict");
+        continue;
+      }
+      const controller = existing.metadata.ownerReferences?.find((ref) => (ref as { controller?: boolean }).controller);
+      if (controller && controller.uid !== sandbox.metadata.uid) throw new Error(`PVC "${name}" is owned by ${controller.kind}/${controller.name}, not by sandbox "${sandbox.metadata.name}"`);
+      if (!controller) {
+        if (existing.metadata.labels?.["agents.x-k8s.io/sandbox-name-hash"] !== tracking) throw new Error(`cannot adopt unowned PVC "${name}": missing the sandbox tracking label`);
+        this.update(pvcType, "v1", namespace, existing, { ...structuredClone(existing), metadata: { ...structuredClone(existing.metadata), ownerReferences: [this.controllerRef(sandbox)] } }, false, "Strict");
+      }
+    }
   }
 
   private allocateIp(): string {

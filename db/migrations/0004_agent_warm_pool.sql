@@ -1,0 +1,1 @@
+ALTER TABLE "agent_versions" ADD COLUMN "warm_pool_size" integer DEFAULT 0 NOT NULL;
