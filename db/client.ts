@@ -12,9 +12,10 @@ export type DatabaseClient = {
   close(): Promise<void>;
 };
 
-export function connectDatabase(url: string, options: { max: number; applicationName?: string }): DatabaseClient {
+export function connectDatabase(url: string, options: { max: number; applicationName?: string; /** A Unix socket of the same server, used instead of the URL's host. */ socketPath?: string | null }): DatabaseClient {
   const sql = postgres(url, {
     max: options.max,
+    ...(options.socketPath ? { path: options.socketPath } : {}),
     onnotice: () => {},
     connect_timeout: 5,
     // Reconnect quickly after an outage (the driver's default waits up to 20 s between attempts,
