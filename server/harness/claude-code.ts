@@ -2,7 +2,6 @@ import type { DaemonClient, ExecChunk } from "../sandbox/port";
 import type { Harness, TurnRow, TurnStore, TurnToRun, TurnUsage } from "../services/turns";
 import { ClaudeCodeParser } from "./claude-code-events";
 import {
-  ABORTED,
   type ExternalHarnessDeps,
   addUsage,
   beginExternalTurn,
@@ -11,11 +10,10 @@ import {
   fileExists,
   followLines,
   HARNESS_BIN_DIR,
-  HarnessSetupError,
-  isSandboxGone,
   markRunning,
+  outcomeOfError,
+  outcomeOfExit,
   replayPrompt,
-  sandboxLostMessage,
   shellQuote,
 } from "./external";
 
@@ -89,18 +87,11 @@ export class ClaudeCodeHarness implements Harness {
         }
       });
     } catch (error) {
-      if (signals.shutdown.aborted) throw error;
-      if (signals.abort.aborted) return run.finish("aborted", ABORTED);
-      if (error instanceof HarnessSetupError) return run.finish("failed", error.message);
-      if (isSandboxGone(error)) return run.finish("failed", sandboxLostMessage("Claude Code", error));
-      throw error;
+      const outcome = outcomeOfError("Claude Code", error, signals);
+      return run.finish(outcome.status, outcome.error);
     }
-    if (signals.shutdown.aborted) throw new Error("the process is shutting down; Claude Code was stopped");
-    if (signals.abort.aborted) return run.finish("aborted", ABORTED);
-    if (exit.timedOut) return run.finish("failed", `Claude Code did not finish within ${Math.round(this.deps.turnTimeoutMs / 1000)} s and was stopped`);
-    if (exit.exitCode === 0 && !run.error) return run.finish("completed");
-    const detail = run.error ?? `exit ${exit.signal ?? exit.exitCode}${run.stderrTail() ? `: ${run.stderrTail()}` : ""}`;
-    return run.finish("failed", `Claude Code failed: ${detail}`);
+    const outcome = outcomeOfExit("Claude Code", exit, signals, { timeoutMs: this.deps.turnTimeoutMs, failure: run.error, detail: null, stderrTail: run.stderrTail() });
+    return run.finish(outcome.status, outcome.error);
   }
 }
 

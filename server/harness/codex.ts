@@ -2,7 +2,6 @@ import type { DaemonClient, ExecChunk } from "../sandbox/port";
 import type { Harness, TurnRow, TurnStore, TurnToRun, TurnUsage } from "../services/turns";
 import { parseCodexLine, type CodexUsage } from "./codex-events";
 import {
-  ABORTED,
   type ExternalHarnessDeps,
   beginExternalTurn,
   checkSandbox,
@@ -10,11 +9,10 @@ import {
   fileExists,
   followLines,
   HARNESS_BIN_DIR,
-  HarnessSetupError,
-  isSandboxGone,
   markRunning,
+  outcomeOfError,
+  outcomeOfExit,
   replayPrompt,
-  sandboxLostMessage,
   shellQuote,
 } from "./external";
 
@@ -92,21 +90,14 @@ export class CodexHarness implements Harness {
         }
       });
     } catch (error) {
-      if (signals.shutdown.aborted) throw error;
-      if (signals.abort.aborted) return run.finish("aborted", ABORTED);
-      if (error instanceof HarnessSetupError) return run.finish("failed", error.message);
-      if (isSandboxGone(error)) return run.finish("failed", sandboxLostMessage("codex", error));
-      throw error;
+      const outcome = outcomeOfError("codex", error, signals);
+      return run.finish(outcome.status, outcome.error);
     }
     // codex reports the thread's token totals at the end of a turn; the turn used the difference.
     const usage = run.usageSince(state.usage);
     if (run.total) await store.setHarnessState(turn.sessionId, HARNESS, { usage: run.total });
-    if (signals.shutdown.aborted) throw new Error("the process is shutting down; codex was stopped");
-    if (signals.abort.aborted) return run.finish("aborted", ABORTED, usage);
-    if (exit.timedOut) return run.finish("failed", `codex did not finish within ${Math.round(this.deps.turnTimeoutMs / 1000)} s and was stopped`, usage);
-    if (exit.exitCode === 0 && !run.failure) return run.finish("completed", undefined, usage);
-    const detail = run.failure ?? run.lastNotice ?? `exit ${exit.signal ?? exit.exitCode}${run.stderrTail() ? `: ${run.stderrTail()}` : ""}`;
-    return run.finish("failed", `codex failed: ${detail}`, usage);
+    const outcome = outcomeOfExit("codex", exit, signals, { timeoutMs: this.deps.turnTimeoutMs, failure: run.failure, detail: run.lastNotice, stderrTail: run.stderrTail() });
+    return run.finish(outcome.status, outcome.error, usage);
   }
 }
 

@@ -151,9 +151,40 @@ export async function followLines(chunks: AsyncIterable<ExecChunk>, onLine: (lin
   throw new SandboxUnavailableError("the sandbox daemon ended the command without its exit status");
 }
 
-/** How a turn ends when the sandbox went away under the CLI. */
-export function sandboxLostMessage(label: string, error: unknown): string {
-  return `the sandbox stopped while ${label} ran (${(error as Error).message}); it is being reconnected. Send a message to continue: ${label} resumes its session on the same workspace.`;
+export type TurnOutcome = { status: "completed" | "failed" | "aborted"; error?: string };
+type RunSignals = { abort: AbortSignal; shutdown: AbortSignal };
+
+/**
+ * How the turn ends when running the CLI threw. Rethrows what is not the turn's to record: a
+ * shutdown (the job runs again) and errors the harness does not know.
+ */
+export function outcomeOfError(label: string, error: unknown, signals: RunSignals): TurnOutcome {
+  if (signals.shutdown.aborted) throw error;
+  if (signals.abort.aborted) return { status: "aborted", error: ABORTED };
+  if (error instanceof HarnessSetupError) return { status: "failed", error: error.message };
+  if (isSandboxGone(error)) {
+    const reason = (error as Error).message;
+    return { status: "failed", error: `the sandbox stopped while ${label} ran (${reason}); it is being reconnected. Send a message to continue: ${label} resumes its session on the same workspace.` };
+  }
+  throw error;
+}
+
+/**
+ * How the turn ends once the CLI exited. `failure` is an error the CLI reported (the turn fails even
+ * on exit 0); `detail` says why it failed when it did not report one.
+ */
+export function outcomeOfExit(
+  label: string,
+  exit: ExecChunk & { type: "exit" },
+  signals: RunSignals,
+  input: { timeoutMs: number; failure: string | null; detail: string | null; stderrTail: string },
+): TurnOutcome {
+  if (signals.shutdown.aborted) throw new Error(`the process is shutting down; ${label} was stopped`);
+  if (signals.abort.aborted) return { status: "aborted", error: ABORTED };
+  if (exit.timedOut) return { status: "failed", error: `${label} did not finish within ${Math.round(input.timeoutMs / 1000)} s and was stopped` };
+  if (exit.exitCode === 0 && !input.failure) return { status: "completed" };
+  const detail = input.failure ?? input.detail ?? `exit ${exit.signal ?? exit.exitCode}${input.stderrTail ? `: ${input.stderrTail}` : ""}`;
+  return { status: "failed", error: `${label} failed: ${detail}` };
 }
 
 /** A sandbox or a domain service reported it is unavailable (the session is being reconnected). */

@@ -1,7 +1,6 @@
 import type { DaemonClient, ExecChunk } from "../sandbox/port";
 import type { Harness, TurnRow, TurnStore, TurnToRun, TurnUsage } from "../services/turns";
 import {
-  ABORTED,
   type ExternalHarnessDeps,
   addUsage,
   beginExternalTurn,
@@ -10,11 +9,10 @@ import {
   fileExists,
   followLines,
   HARNESS_BIN_DIR,
-  HarnessSetupError,
-  isSandboxGone,
   markRunning,
+  outcomeOfError,
+  outcomeOfExit,
   replayPrompt,
-  sandboxLostMessage,
   shellQuote,
 } from "./external";
 import { parseOpencodeLine } from "./opencode-events";
@@ -91,18 +89,11 @@ export class OpencodeHarness implements Harness {
         }
       });
     } catch (error) {
-      if (signals.shutdown.aborted) throw error;
-      if (signals.abort.aborted) return run.finish("aborted", ABORTED);
-      if (error instanceof HarnessSetupError) return run.finish("failed", error.message);
-      if (isSandboxGone(error)) return run.finish("failed", sandboxLostMessage("opencode", error));
-      throw error;
+      const outcome = outcomeOfError("opencode", error, signals);
+      return run.finish(outcome.status, outcome.error);
     }
-    if (signals.shutdown.aborted) throw new Error("the process is shutting down; opencode was stopped");
-    if (signals.abort.aborted) return run.finish("aborted", ABORTED);
-    if (exit.timedOut) return run.finish("failed", `opencode did not finish within ${Math.round(this.deps.turnTimeoutMs / 1000)} s and was stopped`);
-    if (exit.exitCode === 0 && !run.error) return run.finish("completed");
-    const detail = run.error ?? `exit ${exit.signal ?? exit.exitCode}${run.stderrTail() ? `: ${run.stderrTail()}` : ""}`;
-    return run.finish("failed", `opencode failed: ${detail}`);
+    const outcome = outcomeOfExit("opencode", exit, signals, { timeoutMs: this.deps.turnTimeoutMs, failure: run.error, detail: null, stderrTail: run.stderrTail() });
+    return run.finish(outcome.status, outcome.error);
   }
 }
 
