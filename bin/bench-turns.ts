@@ -102,9 +102,10 @@ async function benchTurns(databaseUrl: string, sql: postgres.Sql): Promise<TurnF
 
   const admin = createBerthClient({ url: server.url, apiKey: ADMIN_API_KEY });
   const agent = await admin.agents.create.mutate({ name: `bench-${randomBytes(4).toString("hex")}`, model: "demo" });
-  // One client per session: httpBatchLink would otherwise merge concurrent calls of different
-  // sessions into one HTTP request, and each send would wait for the slowest of its batch.
-  const clients: BerthClient[] = Array.from({ length: sessionCount }, () => createBerthClient({ url: server.url, apiKey: ADMIN_API_KEY }));
+  // One unbatched client per session: a batching client would merge concurrent calls of different
+  // sessions into one HTTP request (each send waiting for the slowest of its batch), and holds every
+  // call until the next timer tick before sending it.
+  const clients: BerthClient[] = Array.from({ length: sessionCount }, () => createBerthClient({ url: server.url, apiKey: ADMIN_API_KEY, batch: false }));
   const created = performance.now();
   const sessionIds = await Promise.all(clients.map(async (client, index) => (await client.sessions.create.mutate({ agentId: agent.id, title: `bench ${index}` })).id));
 

@@ -1,4 +1,4 @@
-import { createTRPCClient, httpBatchLink, httpSubscriptionLink, splitLink, TRPCClientError } from "@trpc/client";
+import { createTRPCClient, httpBatchLink, httpLink, httpSubscriptionLink, splitLink, TRPCClientError } from "@trpc/client";
 import { EventSource } from "eventsource";
 import superjson from "superjson";
 import type { AppRouter } from "./trpc/router";
@@ -16,6 +16,12 @@ export type BerthClientOptions = {
   apiKey: string;
   /** A fetch implementation (defaults to the global one). */
   fetch?: typeof fetch;
+  /**
+   * true (default): queries and mutations issued in the same tick share one HTTP request, which waits
+   * for the next timer tick. false: every call is its own request, sent at once; the lower latency for
+   * a client that makes one call at a time (a chat backend sending messages, a benchmark).
+   */
+  batch?: boolean;
 };
 
 export function createBerthClient(options: BerthClientOptions) {
@@ -35,12 +41,10 @@ export function createBerthClient(options: BerthClientOptions) {
             fetch: (input, init) => fetchImpl(input, { ...init, headers: { ...(init?.headers as Record<string, string>), authorization } }),
           },
         }),
-        false: httpBatchLink({
-          url: `${base}/api/trpc`,
-          transformer: superjson,
-          headers: { authorization },
-          fetch: options.fetch,
-        }),
+        false:
+          options.batch === false
+            ? httpLink({ url: `${base}/api/trpc`, transformer: superjson, headers: { authorization }, fetch: options.fetch })
+            : httpBatchLink({ url: `${base}/api/trpc`, transformer: superjson, headers: { authorization }, fetch: options.fetch }),
       }),
     ],
   });

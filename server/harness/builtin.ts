@@ -29,7 +29,7 @@ export class BuiltinHarness implements Harness {
     private readonly deps: { store: TurnStore; lifecycle: SandboxLifecycle; bus: EventBus; models: ModelResolver; logger: Logger },
   ) {}
 
-  async runTurn({ turn: initial, agent }: TurnToRun, signals: { abort: AbortSignal; shutdown: AbortSignal }): Promise<void> {
+  async runTurn({ turn: initial, agent, resumed, sessionStatus }: TurnToRun, signals: { abort: AbortSignal; shutdown: AbortSignal }): Promise<void> {
     const { store } = this.deps;
     const logger = this.deps.logger.child({ sessionId: initial.sessionId, turnId: initial.id });
     const model = this.deps.models(agent.model);
@@ -43,19 +43,21 @@ export class BuiltinHarness implements Harness {
     // then kept in step with what this run records: a step does not re-read the whole session.
     let history: { events: HistoryEvent[]; turns: HistoryTurn[] } | undefined;
     const remember = (stored: StoredEvent[]) => history?.events.push(...(stored.filter((event) => CONVERSATION.has(event.type)) as HistoryEvent[]));
-    for (;;) {
-      const turn = await store.get(initial.id);
+    // The first step works from the rows the turn was just started with; later steps re-read the
+    // turn (an abort request, the step count) and the session (it may have become ready meanwhile).
+    for (let step = 0; ; step++) {
+      const turn = step === 0 ? initial : await store.get(initial.id);
       if (turn.status !== "running") return;
       if (signals.abort.aborted || turn.abortRequestedAt) {
         await this.abort(turn, []);
         return;
       }
       if (signals.shutdown.aborted) throw new Error("shutting down");
-      await store.markSessionRunning(turn.sessionId);
+      if (step > 0 || sessionStatus !== "running") await store.markSessionRunning(turn.sessionId);
 
       // A call recorded without its result was cut off by a crash: say so, never run it twice.
       // Only a resumed turn can have one, and this run records every result it starts.
-      if (!history) {
+      if (resumed && !history) {
         const interrupted = unansweredCalls(await store.turnEvents(turn));
         if (interrupted.length > 0) {
           logger.warn({ calls: interrupted.map((call) => call.id) }, "recording interrupted tool calls");

@@ -1,7 +1,7 @@
 import { and, asc, eq, gt, sql } from "drizzle-orm";
 import { z } from "zod";
 import type { DatabaseOrTransaction } from "../../db/client";
-import { sessionEvents } from "../../db/schema";
+import { sessionEvents, sessions } from "../../db/schema";
 
 /** The typed payloads of the public event shape (see the README's API section). */
 export const eventPayloads = {
@@ -22,18 +22,38 @@ export type StoredEvent = { seq: number; type: EventType; payload: unknown; crea
 export const EVENTS_CHANNEL = "berth_session_events";
 
 /**
+ * What changes on the session row together with the events appended to it: its status, and the
+ * token usage of a model call. Writing them in the same statement as the events saves a round trip
+ * per step, which is most of a turn's cost (see docs/decisions/015-turn-round-trips.md).
+ */
+export type SessionChanges = {
+  status?: { to: SessionStatus; reason: string | null };
+  usage?: { promptTokens: number; completionTokens: number; cost: number } | null;
+};
+
+type SessionStatus = (typeof sessions.$inferSelect)["status"];
+
+/**
  * Appends events to a session's log in the caller's transaction. Sequence numbers come from the
  * session row (locked by the update), so they are gap-free and strictly increasing per session, and
- * the NOTIFY is delivered only if the transaction commits.
+ * the NOTIFY is delivered only if the transaction commits. `changes` are applied to the session row
+ * by the same update.
  */
-export async function appendEvents(tx: DatabaseOrTransaction, sessionId: string, events: EventInput[]): Promise<StoredEvent[]> {
-  if (events.length === 0) return [];
+export async function appendEvents(tx: DatabaseOrTransaction, sessionId: string, events: EventInput[], changes: SessionChanges = {}): Promise<StoredEvent[]> {
+  if (events.length === 0) {
+    if (changes.status || changes.usage) throw new Error("session changes are written with the events they belong to");
+    return [];
+  }
   for (const event of events) eventPayloads[event.type].parse(event.payload);
   const batch = JSON.stringify(events.map((event) => ({ type: event.type, payload: event.payload, key: event.idempotencyKey ?? null })));
-  // One statement: take the seqs, insert the rows, queue the notification (sent at commit).
+  const status = changes.status ? sql`, status = ${changes.status.to}::session_status, status_reason = ${changes.status.reason}::text` : sql``;
+  const usage = changes.usage
+    ? sql`, prompt_tokens = prompt_tokens + ${changes.usage.promptTokens}::bigint, completion_tokens = completion_tokens + ${changes.usage.completionTokens}::bigint, cost_usd = cost_usd + ${changes.usage.cost}::numeric`
+    : sql``;
+  // One statement: take the seqs, apply the session changes, insert the rows, queue the notification (sent at commit).
   const rows = await tx.execute<{ seq: string; created_at: string | Date }>(sql`
     with advanced as (
-      update sessions set last_seq = last_seq + ${events.length}, updated_at = now(), last_activity_at = now()
+      update sessions set last_seq = last_seq + ${events.length}, updated_at = now(), last_activity_at = now()${status}${usage}
       where id = ${sessionId}::uuid returning last_seq, team_id
     ), notified as (
       select pg_notify(${EVENTS_CHANNEL}, ${sessionId} || ':' || (select last_seq from advanced)::text)

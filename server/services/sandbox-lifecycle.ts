@@ -6,7 +6,7 @@ import type { Logger } from "../logger";
 import { SandboxUnavailableError, type DaemonClient, type SandboxBackend } from "../sandbox/port";
 import { recordAudit, SYSTEM_ACTOR } from "./audit";
 import { conflict, DomainError, notFound } from "./errors";
-import { appendEvents } from "./event-log";
+import { appendEvents, type EventInput } from "./event-log";
 import { enqueueJob } from "./job-queue";
 import type { SecretBox } from "./secret-box";
 import type { BerthMetrics } from "../metrics";
@@ -32,10 +32,17 @@ const ALLOWED: Record<SessionStatus, SessionStatus[]> = {
 /** Moves a locked session to a new status and records the `status` event, in the caller's transaction. */
 export async function transition(tx: DatabaseOrTransaction, session: { id: string; status: SessionStatus }, to: SessionStatus, reason?: string): Promise<boolean> {
   if (session.status === to) return false;
-  if (!ALLOWED[session.status].includes(to)) throw conflict(`a ${session.status} session cannot become ${to}`);
-  await tx.update(sessions).set({ status: to, statusReason: reason ?? null }).where(eq(sessions.id, session.id));
-  await appendEvents(tx, session.id, [{ type: "status", payload: { from: session.status, to, ...(reason ? { reason } : {}) } }]);
+  await appendEvents(tx, session.id, [statusEvent(session, to, reason)], { status: { to, reason: reason ?? null } });
   return true;
+}
+
+/**
+ * The `status` event of a move the caller writes itself, with other events, through `appendEvents`'s
+ * session changes. Throws if the move is not allowed.
+ */
+export function statusEvent(session: { status: SessionStatus }, to: SessionStatus, reason?: string): EventInput {
+  if (!ALLOWED[session.status].includes(to)) throw conflict(`a ${session.status} session cannot become ${to}`);
+  return { type: "status", payload: { from: session.status, to, ...(reason ? { reason } : {}) } };
 }
 
 async function lockSession(tx: DatabaseOrTransaction, sessionId: string) {

@@ -5,14 +5,18 @@ import type { HistoryEvent, HistoryTurn } from "../harness/history";
 import type { Logger } from "../logger";
 import { appendEvents, type EventInput, type StoredEvent } from "./event-log";
 import type { EventBus } from "./event-bus";
-import { transition } from "./sandbox-lifecycle";
+import { statusEvent, transition, type SessionStatus } from "./sandbox-lifecycle";
 
 export type TurnRow = typeof turns.$inferSelect;
 export type AgentVersionRow = typeof agentVersions.$inferSelect;
 export type TurnUsage = { promptTokens: number; completionTokens: number; cost?: number };
 
-/** What a harness needs to run one turn. */
-export type TurnToRun = { turn: TurnRow; agent: AgentVersionRow };
+/**
+ * What a harness needs to run one turn. `resumed`: the turn was already running when this run picked
+ * it up (a crash or a shutdown interrupted it), so its log may hold a call without a result.
+ * `sessionStatus`: the session's status once the turn started.
+ */
+export type TurnToRun = { turn: TurnRow; agent: AgentVersionRow; resumed: boolean; sessionStatus: SessionStatus };
 
 export interface Harness {
   readonly name: string;
@@ -36,6 +40,9 @@ async function lockSession(tx: DatabaseOrTransaction, sessionId: string) {
  * one transaction, so the log and the turn's counters never disagree.
  */
 export class TurnStore {
+  /** Agent versions never change once written: a turn reads its agent's from here after the first time. */
+  private readonly agentVersions = new Map<string, AgentVersionRow>();
+
   constructor(private readonly db: Database) {}
 
   /** Resumes the session's running turn, or starts its oldest queued one; null when none is left. */
@@ -57,17 +64,38 @@ export class TurnStore {
         return null;
       }
       let turn = open.find((candidate) => candidate.status === "running") ?? open[0]!;
+      const resumed = turn.status === "running";
+      let sessionStatus = session.status;
       if (turn.status === "queued") {
-        if (session.status === "ready" || session.status === "idle") await transition(tx, session, "running");
+        if (session.status === "ready" || session.status === "idle") {
+          await transition(tx, session, "running");
+          sessionStatus = "running";
+        }
         const [started] = await tx.update(turns).set({ status: "running", startSeq: session.lastSeq, startedAt: new Date() }).where(eq(turns.id, turn.id)).returning();
         turn = started!;
       }
-      const [agent] = await tx
-        .select()
-        .from(agentVersions)
-        .where(and(eq(agentVersions.agentId, session.agentId), eq(agentVersions.version, session.agentVersion)));
-      return { turn, agent: agent! };
+      const agent = await this.agentVersion(tx, session.agentId, session.agentVersion);
+      return { turn, agent, resumed, sessionStatus };
     });
+  }
+
+  /**
+   * Whether the session has a turn to start or resume, without locking anything: after a turn ends
+   * there nearly never is, and a message accepted after this look queues a job of its own.
+   */
+  async hasOpenTurns(sessionId: string): Promise<boolean> {
+    const [row] = await this.db.select({ id: turns.id }).from(turns).where(and(eq(turns.sessionId, sessionId), inArray(turns.status, ["running", "queued"]))).limit(1);
+    return row !== undefined;
+  }
+
+  private async agentVersion(tx: DatabaseOrTransaction, agentId: string, version: number): Promise<AgentVersionRow> {
+    const key = `${agentId}:${version}`;
+    const cached = this.agentVersions.get(key);
+    if (cached) return cached;
+    const [row] = await tx.select().from(agentVersions).where(and(eq(agentVersions.agentId, agentId), eq(agentVersions.version, version)));
+    if (this.agentVersions.size >= AGENT_VERSION_CACHE_SIZE) this.agentVersions.delete(this.agentVersions.keys().next().value!);
+    this.agentVersions.set(key, row!);
+    return row!;
   }
 
   /** Shows the session as `running` while a turn works (it may have started before the sandbox was ready). */
@@ -131,8 +159,8 @@ export class TurnStore {
   /** Records a model step that asked for tools: its events, one more step, and its usage. */
   async recordStep(turn: TurnRow, events: EventInput[], usage: TurnUsage | null): Promise<StoredEvent[]> {
     return this.db.transaction(async (tx) => {
-      const stored = await appendEvents(tx, turn.sessionId, events);
-      await addUsage(tx, turn, usage, 1);
+      const stored = await appendEvents(tx, turn.sessionId, events, { usage: usageChange(usage) });
+      await tx.update(turns).set(addedUsage(usage, 1)).where(eq(turns.id, turn.id));
       return stored;
     });
   }
@@ -143,55 +171,55 @@ export class TurnStore {
 
   /**
    * Ends the turn: its last events, the `usage` event with the turn's totals, and the session back
-   * to `ready` if it was `running`. For a failure, the `error` event comes last.
+   * to `ready` if it was `running`. For a failure, the `error` event comes last. Nothing happens if
+   * the turn is no longer running.
    */
   async finish(turn: TurnRow, outcome: { status: "completed" | "failed" | "aborted"; events?: EventInput[]; error?: string; usage?: TurnUsage | null }): Promise<void> {
+    const usage = outcome.usage ?? null;
     await this.db.transaction(async (tx) => {
-      const session = await lockSession(tx, turn.sessionId);
-      const [current] = await tx.select().from(turns).where(eq(turns.id, turn.id)).for("update");
-      if (!session || !current || current.status !== "running") return;
-      const totals = await addUsage(tx, current, outcome.usage ?? null, 0);
+      // The session row first (as a message accept does), with whether another message waits.
+      const [locked] = await tx
+        .select({ session: sessions, hasQueued: sql<boolean>`exists (select 1 from ${turns} where ${turns.sessionId} = ${sessions.id} and ${turns.status} = 'queued')` })
+        .from(sessions)
+        .where(eq(sessions.id, turn.sessionId))
+        .for("update");
+      if (!locked) return;
+      const [totals] = await tx
+        .update(turns)
+        .set({ ...addedUsage(usage, 0), status: outcome.status, error: outcome.error ?? null, finishedAt: new Date() })
+        .where(and(eq(turns.id, turn.id), eq(turns.status, "running")))
+        .returning({ promptTokens: turns.promptTokens, completionTokens: turns.completionTokens, costUsd: turns.costUsd });
+      if (!totals) return;
+      const cost = Number(totals.costUsd);
       const events: EventInput[] = [...(outcome.events ?? [])];
       // A completed turn always reports its usage (zero when the gateway reported none).
       if (outcome.status === "completed" || totals.promptTokens > 0 || totals.completionTokens > 0) {
-        events.push({ type: "usage", payload: { promptTokens: totals.promptTokens, completionTokens: totals.completionTokens, ...(totals.cost > 0 ? { cost: totals.cost } : {}) } });
+        events.push({ type: "usage", payload: { promptTokens: totals.promptTokens, completionTokens: totals.completionTokens, ...(cost > 0 ? { cost } : {}) } });
       }
       if (outcome.error) events.push({ type: "error", payload: { message: outcome.error } });
-      await appendEvents(tx, turn.sessionId, events);
-      await tx.update(turns).set({ status: outcome.status, error: outcome.error ?? null, finishedAt: new Date() }).where(eq(turns.id, turn.id));
       // With more messages queued the session stays `running`: no ready/running flip per turn.
-      const [queued] = await tx.select({ id: turns.id }).from(turns).where(and(eq(turns.sessionId, turn.sessionId), eq(turns.status, "queued"))).limit(1);
-      if (session.status === "running" && !queued) await transition(tx, session, "ready");
+      const toReady = locked.session.status === "running" && !locked.hasQueued;
+      if (toReady) events.push(statusEvent(locked.session, "ready"));
+      await appendEvents(tx, turn.sessionId, events, { usage: usageChange(usage), ...(toReady ? { status: { to: "ready" as const, reason: null } } : {}) });
     });
   }
 }
 
-/** Adds one model call's usage to the turn and the session; returns the turn's new totals. */
-async function addUsage(tx: DatabaseOrTransaction, turn: TurnRow, usage: TurnUsage | null, steps: number) {
-  const promptTokens = usage?.promptTokens ?? 0;
-  const completionTokens = usage?.completionTokens ?? 0;
-  const cost = usage?.cost ?? 0;
-  const [totals] = await tx
-    .update(turns)
-    .set({
-      steps: sql`${turns.steps} + ${steps}`,
-      promptTokens: sql`${turns.promptTokens} + ${promptTokens}`,
-      completionTokens: sql`${turns.completionTokens} + ${completionTokens}`,
-      costUsd: sql`${turns.costUsd} + ${cost}`,
-    })
-    .where(eq(turns.id, turn.id))
-    .returning({ promptTokens: turns.promptTokens, completionTokens: turns.completionTokens, costUsd: turns.costUsd });
-  if (promptTokens || completionTokens || cost) {
-    await tx
-      .update(sessions)
-      .set({
-        promptTokens: sql`${sessions.promptTokens} + ${promptTokens}`,
-        completionTokens: sql`${sessions.completionTokens} + ${completionTokens}`,
-        costUsd: sql`${sessions.costUsd} + ${cost}`,
-      })
-      .where(eq(sessions.id, turn.sessionId));
-  }
-  return { promptTokens: totals!.promptTokens, completionTokens: totals!.completionTokens, cost: Number(totals!.costUsd) };
+const AGENT_VERSION_CACHE_SIZE = 1000;
+
+function usageChange(usage: TurnUsage | null) {
+  if (!usage || (!usage.promptTokens && !usage.completionTokens && !usage.cost)) return null;
+  return { promptTokens: usage.promptTokens, completionTokens: usage.completionTokens, cost: usage.cost ?? 0 };
+}
+
+/** The turn columns that add one model call's usage (and `steps` more steps). */
+function addedUsage(usage: TurnUsage | null, steps: number) {
+  return {
+    steps: sql`${turns.steps} + ${steps}`,
+    promptTokens: sql`${turns.promptTokens} + ${usage?.promptTokens ?? 0}`,
+    completionTokens: sql`${turns.completionTokens} + ${usage?.completionTokens ?? 0}`,
+    costUsd: sql`${turns.costUsd} + ${usage?.cost ?? 0}`,
+  };
 }
 
 /**
@@ -209,8 +237,10 @@ export class TurnRunner {
   }
 
   async runPending(sessionId: string, shutdown: AbortSignal): Promise<void> {
-    for (;;) {
+    for (let first = true; ; first = false) {
       if (shutdown.aborted) throw new Error("the process is shutting down; the turn resumes in the next one");
+      // The job exists because a message came; after a turn, look before taking the session's lock.
+      if (!first && !(await this.deps.store.hasOpenTurns(sessionId))) return;
       const next = await this.deps.store.startNext(sessionId);
       if (!next) return;
       const harness = this.deps.harnesses[next.agent.harness];
