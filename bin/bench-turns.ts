@@ -4,7 +4,9 @@
  * Prints figures (no assertions), measured in one run on this machine, everything on 127.0.0.1:
  *   1. message accept latency: the built server (`node build/main.js`) on a fresh database; N sessions
  *      of a `demo` agent each send M messages one after another, all sessions at once; every
- *      `sessions.send` round-trip (returns once the message is durable) is timed client-side. Then the
+ *      `sessions.send` round-trip (returns once the message is durable) is timed client-side, over one
+ *      keep-alive HTTP connection per session. The CPU the server, Postgres and this client use while
+ *      sending is printed beside it (Linux). Then the
  *      time until every turn finished, and the turn latency (finished_at - created_at) from SQL.
  *   2. event-log ingest: `appendEvents` in a transaction (batches of 100, 10 writers each on its own
  *      session) against a raw batched INSERT of the same rows with precomputed seqs.
@@ -14,6 +16,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
+import http from "node:http";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
@@ -23,6 +26,8 @@ import { migrateDatabase } from "../db/migrate";
 import { createBerthClient, type BerthClient } from "../server/client";
 import { appendEvents, type EventInput } from "../server/services/event-log";
 import {
+  cpuFigures,
+  cpuSnapshot,
   createCleanups,
   errorText,
   makeTempRoot,
@@ -82,11 +87,44 @@ async function startServer(databaseUrl: string): Promise<RunningServer> {
 
 // ---------------------------------------------------------------------------------------------- 1. message accept latency
 
+/**
+ * `sessions.send` as one HTTP request in tRPC's wire format (what any HTTP client sends), on a
+ * keep-alive connection; resolves once the answer says the message is durable. The typed client
+ * would measure more of itself: it holds each call to the next timer tick to batch it, and fetch
+ * costs about 2 ms of CPU per call on the two cores the server shares with this process.
+ */
+function sendMessage(agent: http.Agent, baseUrl: string, sessionId: string, text: string): Promise<void> {
+  const body = JSON.stringify({ json: { sessionId, text } });
+  return new Promise((resolve, reject) => {
+    const request = http.request(
+      `${baseUrl}/api/trpc/sessions.send`,
+      { method: "POST", agent, headers: { authorization: `Bearer ${ADMIN_API_KEY}`, "content-type": "application/json", "content-length": Buffer.byteLength(body) } },
+      (response) => {
+        let answer = "";
+        response.setEncoding("utf8");
+        response.on("data", (chunk: string) => (answer += chunk));
+        response.on("end", () => {
+          const seq = (JSON.parse(answer) as { result?: { data?: { json?: { seq?: unknown } } } }).result?.data?.json?.seq;
+          if (response.statusCode === 200 && typeof seq === "number") resolve();
+          else reject(new Error(`sessions.send answered ${response.statusCode}: ${answer.slice(0, 200)}`));
+        });
+        response.on("error", reject);
+      },
+    );
+    request.on("error", reject);
+    request.end(body);
+  });
+}
+
+
+
 type TurnFigures = {
   readyMillis: number;
   sendSamples: number[];
   sendErrors: string[];
   sendWallMillis: number;
+  /** Where the CPU went while messages were sent (their turns ran alongside). */
+  sendCpu: string;
   drainAfterLastSendMillis: number;
   drainTotalMillis: number;
   turns: { status: string; count: number }[];
@@ -102,9 +140,6 @@ async function benchTurns(databaseUrl: string, sql: postgres.Sql): Promise<TurnF
 
   const admin = createBerthClient({ url: server.url, apiKey: ADMIN_API_KEY });
   const agent = await admin.agents.create.mutate({ name: `bench-${randomBytes(4).toString("hex")}`, model: "demo" });
-  // One unbatched client per session: a batching client would merge concurrent calls of different
-  // sessions into one HTTP request (each send waiting for the slowest of its batch), and holds every
-  // call until the next timer tick before sending it.
   const clients: BerthClient[] = Array.from({ length: sessionCount }, () => createBerthClient({ url: server.url, apiKey: ADMIN_API_KEY, batch: false }));
   const created = performance.now();
   const sessionIds = await Promise.all(clients.map(async (client, index) => (await client.sessions.create.mutate({ agentId: agent.id, title: `bench ${index}` })).id));
@@ -128,19 +163,22 @@ async function benchTurns(databaseUrl: string, sql: postgres.Sql): Promise<TurnF
 
   const sendSamples: number[] = [];
   const sendErrors: string[] = [];
+  // One keep-alive connection per session, like one user's client; see sendMessage.
+  const sendAgent = new http.Agent({ keepAlive: true, maxSockets: sessionCount });
+  cleanups.push("send agent", async () => sendAgent.destroy());
+  const cpuBefore = cpuSnapshot(server.child.pid);
   const sendStarted = performance.now();
   await withTimeout(
     "the send phase",
     SEND_TIMEOUT_MS,
     Promise.all(
-      sessionIds.map(async (sessionId, index) => {
-        const client = clients[index]!;
+      sessionIds.map(async (sessionId) => {
         if (intervalMs > 0) await new Promise((resolve) => setTimeout(resolve, Math.random() * intervalMs));
         for (let i = 0; i < messageCount; i++) {
           if (intervalMs > 0 && i > 0) await new Promise((resolve) => setTimeout(resolve, intervalMs));
           const started = performance.now();
           try {
-            await client.sessions.send.mutate({ sessionId, text: `hello ${i}` });
+            await sendMessage(sendAgent, server.url, sessionId, `hello ${i}`);
             sendSamples.push(performance.now() - started);
           } catch (error) {
             sendErrors.push(errorText(error));
@@ -150,6 +188,7 @@ async function benchTurns(databaseUrl: string, sql: postgres.Sql): Promise<TurnF
     ),
   );
   const lastSendAt = performance.now();
+  const cpuAfter = cpuSnapshot(server.child.pid);
   const sendWallMillis = lastSendAt - sendStarted;
   console.log(`${sendSamples.length} messages accepted in ${secs(sendWallMillis)} (${sendErrors.length} errors)`);
 
@@ -182,6 +221,7 @@ async function benchTurns(databaseUrl: string, sql: postgres.Sql): Promise<TurnF
     sendSamples,
     sendErrors,
     sendWallMillis,
+    sendCpu: cpuFigures(cpuBefore, cpuAfter, sendWallMillis, Math.max(1, sendSamples.length), "message"),
     drainAfterLastSendMillis: drainedAt - lastSendAt,
     drainTotalMillis: drainedAt - sendStarted,
     turns,
@@ -304,6 +344,7 @@ try {
     `send accepted      n=${sends.length} errors=${turns.sendErrors.length}  p50 ${ms(percentile(sends, 50))}  p95 ${ms(percentile(sends, 95))}  ` +
       `p99 ${ms(percentile(sends, 99))}  max ${ms(sends.length ? Math.max(...sends) : Number.NaN)}`,
     `send throughput    ${rate((sends.length / turns.sendWallMillis) * 1000)} messages (${sessionCount} concurrent sessions, wall ${secs(turns.sendWallMillis)})`,
+    `send-phase CPU     ${turns.sendCpu}`,
     `turn drain         ${secs(turns.drainAfterLastSendMillis)} after the last send (${secs(turns.drainTotalMillis)} from the first)`,
     `turns              ${turns.turns.map((row) => `${row.status}=${row.count}`).join(" ")}`,
     `turn latency       avg ${ms(turns.turnLatency.avg)}  p50 ${ms(turns.turnLatency.p50)}  p95 ${ms(turns.turnLatency.p95)}  max ${ms(turns.turnLatency.max)}  ` +

@@ -48,7 +48,7 @@ export async function startJobRunner(options: JobRunnerOptions): Promise<JobRunn
   events.on("job:error", ({ job, error }) => logger.warn({ jobId: job.id, task: job.task_identifier, attempt: job.attempts, err: error }, "job failed"));
 
   const runner: Runner = await run({
-    connectionString: withApplicationName(options.databaseUrl, "berth-worker"),
+    connectionString: workerConnectionString(options.databaseUrl),
     concurrency: options.concurrency,
     maxPoolSize: options.concurrency + 2,
     noHandleSignals: true,
@@ -81,9 +81,17 @@ export async function startJobRunner(options: JobRunnerOptions): Promise<JobRunn
   };
 }
 
-/** Labels the job runner's connections in pg_stat_activity. */
-function withApplicationName(databaseUrl: string, name: string): string {
+/**
+ * The job runner's own connections: labelled in pg_stat_activity, and committing without waiting for
+ * the WAL flush. They only write graphile-worker's bookkeeping (take a job, complete it, schedule a
+ * retry), and a Postgres crash that loses the last of those is the case graphile-worker's
+ * at-least-once delivery already covers: a job runs again, and every task is written to be re-run.
+ * Jobs, events and turns written by services go through the service pool and stay synchronous
+ * (docs/decisions/015-turn-round-trips.md).
+ */
+export function workerConnectionString(databaseUrl: string): string {
   const url = new URL(databaseUrl);
-  if (!url.searchParams.has("application_name")) url.searchParams.set("application_name", name);
+  if (!url.searchParams.has("application_name")) url.searchParams.set("application_name", "berth-worker");
+  if (!url.searchParams.has("options")) url.searchParams.set("options", "-c synchronous_commit=off");
   return url.toString();
 }

@@ -3,9 +3,9 @@
  * polling, clean-up on exit and on signals, a throwaway database (embedded Postgres, or a fresh
  * database on the DATABASE_URL server), and the built server (`node build/main.js`) as a child process.
  */
-import { spawn, type ChildProcess } from "node:child_process";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { chmodSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -27,6 +27,73 @@ export const secs = (value: number) => `${(value / 1000).toFixed(2)} s`;
 export const rate = (value: number) => `${Math.round(value).toLocaleString("en-US")}/s`;
 export const sleep = (millis: number) => new Promise<void>((resolve) => setTimeout(resolve, millis));
 export const errorText = (error: unknown) => (error instanceof Error ? error.message : String(error));
+
+// ---------------------------------------------------------------------------------------------- CPU accounting
+
+/**
+ * CPU time (ms) used so far by the server process, every `postgres` process on the machine, this
+ * process, and the whole machine (busy and elapsed over all cores). Linux only (/proc); null elsewhere.
+ * Two snapshots around a phase tell where its CPU went.
+ */
+export type CpuSnapshot = { serverMs: number; postgresMs: number; benchMs: number; machineBusyMs: number; machineTotalMs: number };
+
+export function cpuSnapshot(serverPid: number | undefined): CpuSnapshot | null {
+  if (process.platform !== "linux" || !existsSync("/proc/stat")) return null;
+  const tickMs = 1000 / clockTicksPerSecond();
+  const processMs = (pid: string) => {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after "pid (comm) ".
+      return { comm: stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")")), ms: (Number(fields[11]) + Number(fields[12])) * tickMs };
+    } catch {
+      return null;
+    }
+  };
+  let postgresMs = 0;
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    const usage = processMs(entry);
+    if (usage?.comm === "postgres") postgresMs += usage.ms;
+  }
+  const cpu = readFileSync("/proc/stat", "utf8").split("\n")[0]!.trim().split(/\s+/).slice(1, 9).map(Number);
+  const machineTotalMs = cpu.reduce((sum, value) => sum + value, 0) * tickMs;
+  const machineIdleMs = (cpu[3]! + cpu[4]!) * tickMs;
+  const own = process.cpuUsage();
+  return {
+    serverMs: serverPid === undefined ? 0 : (processMs(String(serverPid))?.ms ?? 0),
+    postgresMs,
+    benchMs: (own.user + own.system) / 1000,
+    machineBusyMs: machineTotalMs - machineIdleMs,
+    machineTotalMs,
+  };
+}
+
+/** `before` to `after` as "server 41% · postgres 30% · …" of one core over `wallMs`, and per `perCount` item. */
+export function cpuFigures(before: CpuSnapshot | null, after: CpuSnapshot | null, wallMs: number, perCount: number, perLabel: string): string {
+  if (!before || !after) return "n/a (needs Linux /proc)";
+  const part = (label: string, used: number) => `${label} ${((used / wallMs) * 100).toFixed(0)}% (${(used / perCount).toFixed(1)} ms/${perLabel})`;
+  const machine = after.machineBusyMs - before.machineBusyMs;
+  const cores = (after.machineTotalMs - before.machineTotalMs) / wallMs;
+  return [
+    part("server", after.serverMs - before.serverMs),
+    part("postgres", after.postgresMs - before.postgresMs),
+    part("bench client", after.benchMs - before.benchMs),
+    `machine ${((machine / (after.machineTotalMs - before.machineTotalMs)) * 100).toFixed(0)}% busy of ${cores.toFixed(1)} cores`,
+  ].join(" · ");
+}
+
+let clockTicks: number | undefined;
+function clockTicksPerSecond(): number {
+  if (clockTicks === undefined) {
+    try {
+      clockTicks = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
+    } catch {
+      clockTicks = 100;
+    }
+  }
+  return clockTicks;
+}
 
 // ---------------------------------------------------------------------------------------------- waiting
 

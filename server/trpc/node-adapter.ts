@@ -26,6 +26,14 @@ export async function serveTrpc(handle: TrpcRequestHandler, req: IncomingMessage
     res.end();
     return;
   }
+  // A plain JSON answer goes out whole with its length (one write, no chunked framing); streams
+  // (SSE, JSON lines) are relayed as they come.
+  if (response.headers.get("content-type")?.startsWith("application/json") && !response.headers.has("transfer-encoding")) {
+    const body = Buffer.from(await response.arrayBuffer());
+    res.setHeader("content-length", body.length);
+    res.end(body);
+    return;
+  }
   const reader = response.body.getReader();
   const stop = () => void reader.cancel().catch(() => {});
   res.once("close", stop);
