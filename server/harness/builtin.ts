@@ -81,7 +81,6 @@ export class BuiltinHarness implements Harness {
           onTextDelta: (text) => deltas.push(text),
         });
       } catch (error) {
-        await deltas.flush();
         if (signals.shutdown.aborted) throw error;
         if (signals.abort.aborted) {
           await this.abort(turn, []);
@@ -91,10 +90,9 @@ export class BuiltinHarness implements Harness {
         logger.warn({ err: error }, "model call failed");
         await store.finish(turn, { status: "failed", error: message });
         return;
+      } finally {
+        await deltas.flush();
       }
-      // The stored message or call that follows holds the whole text: text not yet broadcast is
-      // dropped (followers replace the live text with it), which spares a fast model's turn a NOTIFY.
-      await deltas.settle();
 
       const usage: TurnUsage | null = completion.usage;
       if (completion.toolCalls.length === 0) {
@@ -162,14 +160,6 @@ class DeltaPublisher {
 
   async flush(): Promise<void> {
     this.send();
-    await this.sending;
-  }
-
-  /** Drops what was not broadcast yet and waits for what is being sent. */
-  async settle(): Promise<void> {
-    clearTimeout(this.timer);
-    this.timer = undefined;
-    this.buffer = "";
     await this.sending;
   }
 

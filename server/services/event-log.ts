@@ -40,16 +40,17 @@ type SessionStatus = (typeof sessions.$inferSelect)["status"];
  * by the same update.
  */
 export async function appendEvents(tx: DatabaseOrTransaction, sessionId: string, events: EventInput[], changes: SessionChanges = {}): Promise<StoredEvent[]> {
-  if (events.length === 0) {
-    if (changes.status || changes.usage) throw new Error("session changes are written with the events they belong to");
-    return [];
-  }
-  for (const event of events) eventPayloads[event.type].parse(event.payload);
-  const batch = JSON.stringify(events.map((event) => ({ type: event.type, payload: event.payload, key: event.idempotencyKey ?? null })));
   const status = changes.status ? sql`, status = ${changes.status.to}::session_status, status_reason = ${changes.status.reason}::text` : sql``;
   const usage = changes.usage
     ? sql`, prompt_tokens = prompt_tokens + ${changes.usage.promptTokens}::bigint, completion_tokens = completion_tokens + ${changes.usage.completionTokens}::bigint, cost_usd = cost_usd + ${changes.usage.cost}::numeric`
     : sql``;
+  if (events.length === 0) {
+    // A model step with nothing to record (an external harness reports a step's usage on its own).
+    if (changes.status || changes.usage) await tx.execute(sql`update sessions set updated_at = now()${status}${usage} where id = ${sessionId}::uuid`);
+    return [];
+  }
+  for (const event of events) eventPayloads[event.type].parse(event.payload);
+  const batch = JSON.stringify(events.map((event) => ({ type: event.type, payload: event.payload, key: event.idempotencyKey ?? null })));
   // One statement: take the seqs, apply the session changes, insert the rows, queue the notification (sent at commit).
   const rows = await tx.execute<{ seq: string; created_at: string | Date }>(sql`
     with advanced as (
