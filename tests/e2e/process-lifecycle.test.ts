@@ -104,7 +104,7 @@ describe("a Berth process under signals", () => {
     expect(await lockedJobs()).toBe(0);
 
     second.child.kill("SIGTERM");
-    expect(await second.exited).toEqual({ code: 0, signal: null });
+    expect(await second.exited, `the server's output:\n${second.output()}`).toEqual({ code: 0, signal: null });
   });
 
   it("refuses bad configuration with one clear line naming the variable", async () => {
@@ -139,7 +139,7 @@ describe("the built server on its embedded database", () => {
       const apiKey = readFileSync(path.join(dataDir, "admin-api-key"), "utf8").trim();
       expect(first.output()).toContain(apiKey); // printed once, on first start
       first.child.kill("SIGTERM");
-      expect(await first.exited).toEqual({ code: 0, signal: null });
+      expect(await first.exited, `the server's output:\n${first.output()}`).toEqual({ code: 0, signal: null });
 
       const second = startProcess(process.execPath, ["build/main.js"], env);
       await waitFor("/readyz after restart", async () => ((await readyzStatus(port)) === 200 ? true : undefined), 60_000);
@@ -147,7 +147,7 @@ describe("the built server on its embedded database", () => {
       expect(second.output()).not.toContain(apiKey);
       expect(readFileSync(path.join(dataDir, "admin-api-key"), "utf8").trim()).toBe(apiKey);
       second.child.kill("SIGINT");
-      expect(await second.exited).toEqual({ code: 0, signal: null });
+      expect(await second.exited, `the server's output:\n${second.output()}`).toEqual({ code: 0, signal: null });
     } finally {
       rmSync(dataDir, { recursive: true, force: true });
     }
@@ -170,7 +170,7 @@ describe("the built server on its embedded database", () => {
       expect(isProcessAlive(orphanPid)).toBe(false);
       expect(second.output()).toContain("stopping an embedded Postgres left running by a previous Berth process");
       second.child.kill("SIGTERM");
-      expect(await second.exited).toEqual({ code: 0, signal: null });
+      expect(await second.exited, `the server's output:\n${second.output()}`).toEqual({ code: 0, signal: null });
       // A clean database shutdown removes its pid file: nothing is left running.
       expect(existsSync(path.join(dataDir, "pg", "postmaster.pid"))).toBe(false);
     } finally {
@@ -192,7 +192,7 @@ describe("the built server on its embedded database", () => {
       );
       await waitFor("/readyz as nobody", async () => ((await readyzStatus(port)) === 200 ? true : undefined), 60_000);
       berth.child.kill("SIGTERM");
-      expect(await berth.exited).toEqual({ code: 0, signal: null });
+      expect(await berth.exited, `the server's output:\n${berth.output()}`).toEqual({ code: 0, signal: null });
     } finally {
       rmSync(dataDir, { recursive: true, force: true });
     }
