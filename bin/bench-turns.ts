@@ -11,6 +11,7 @@
  *   2. event-log ingest: `appendEvents` in a transaction (batches of 100, 10 writers each on its own
  *      session) against a raw batched INSERT of the same rows with precomputed seqs.
  *
+ * The server runs on this Node, or on BENCH_SERVER_RUNTIME (e.g. a Bun binary: Berth also runs on Bun).
  * Database: an embedded Postgres in a temporary directory, or, when DATABASE_URL is set, a fresh
  * database `berth_bench_<random>` on that server, dropped at the end. See ../shared/DESIGN.md "Targets".
  */
@@ -340,6 +341,7 @@ try {
     "",
     "================================ summary ================================",
     `machine            ${os.cpus().length} CPUs, ${process.release.name} ${process.version}; ${database.description}`,
+    `server runtime     ${process.env.BENCH_SERVER_RUNTIME ? `${process.env.BENCH_SERVER_RUNTIME} (BENCH_SERVER_RUNTIME)` : `${process.release.name} ${process.version}`}`,
     `sessions ready     ${sessionCount} in ${secs(turns.readyMillis)}`,
     `send accepted      n=${sends.length} errors=${turns.sendErrors.length}  p50 ${ms(percentile(sends, 50))}  p95 ${ms(percentile(sends, 95))}  ` +
       `p99 ${ms(percentile(sends, 99))}  max ${ms(sends.length ? Math.max(...sends) : Number.NaN)}`,

@@ -230,9 +230,11 @@ export async function startServer(options: {
 }): Promise<RunningServer> {
   const port = await freePort();
   mkdirSync(options.dataDir, { mode: 0o700 });
-  // BENCH_SERVER_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" profiles the server under load.
+  // BENCH_SERVER_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" profiles the server under load;
+  // BENCH_SERVER_RUNTIME=/path/to/bun runs it on another runtime (default: this Node).
   const nodeArgs = (process.env.BENCH_SERVER_NODE_ARGS ?? "").split(" ").filter(Boolean);
-  const child = spawn(process.execPath, [...nodeArgs, options.serverScript], {
+  const runtime = process.env.BENCH_SERVER_RUNTIME || process.execPath;
+  const child = spawn(runtime, [...nodeArgs, options.serverScript], {
     env: {
       ...process.env,
       DATABASE_URL: options.databaseUrl,
