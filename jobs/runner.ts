@@ -92,6 +92,8 @@ export async function startJobRunner(options: JobRunnerOptions): Promise<JobRunn
 export function workerConnectionString(databaseUrl: string): string {
   const url = new URL(databaseUrl);
   if (!url.searchParams.has("application_name")) url.searchParams.set("application_name", "berth-worker");
-  if (!url.searchParams.has("options")) url.searchParams.set("options", "-c synchronous_commit=off");
+  // Added to the operator's own `options`, unless those already choose synchronous_commit.
+  const options = url.searchParams.get("options") ?? "";
+  if (!options.includes("synchronous_commit")) url.searchParams.set("options", `${options} -c synchronous_commit=off`.trim());
   return url.toString();
 }
