@@ -53,7 +53,7 @@ export class TurnStore {
       const open = await tx
         .select()
         .from(turns)
-        .where(and(eq(turns.sessionId, sessionId), inArray(turns.status, ["running", "queued"])))
+        .where(openTurnsOf(sessionId))
         .orderBy(asc(turns.userSeq));
       if (open.length === 0) return null;
       if (session.status === "terminated" || session.status === "failed") {
@@ -84,7 +84,7 @@ export class TurnStore {
    * there nearly never is, and a message accepted after this look queues a job of its own.
    */
   async hasOpenTurns(sessionId: string): Promise<boolean> {
-    const [row] = await this.db.select({ id: turns.id }).from(turns).where(and(eq(turns.sessionId, sessionId), inArray(turns.status, ["running", "queued"]))).limit(1);
+    const [row] = await this.db.select({ id: turns.id }).from(turns).where(openTurnsOf(sessionId)).limit(1);
     return row !== undefined;
   }
 
@@ -206,6 +206,11 @@ export class TurnStore {
 }
 
 const AGENT_VERSION_CACHE_SIZE = 1000;
+
+/** The session's turns that still have work: one to resume, or queued ones. */
+function openTurnsOf(sessionId: string) {
+  return and(eq(turns.sessionId, sessionId), inArray(turns.status, ["running", "queued"]));
+}
 
 function usageChange(usage: TurnUsage | null) {
   if (!usage || (!usage.promptTokens && !usage.completionTokens && !usage.cost)) return null;
