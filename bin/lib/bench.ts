@@ -5,7 +5,7 @@
  */
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { appendFileSync, chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -231,7 +231,8 @@ export async function startServer(options: {
   const port = await freePort();
   mkdirSync(options.dataDir, { mode: 0o700 });
   // BENCH_SERVER_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" profiles the server under load;
-  // BENCH_SERVER_RUNTIME=/path/to/bun runs it on another runtime (default: this Node).
+  // BENCH_SERVER_RUNTIME=/path/to/bun runs it on another runtime (default: this Node);
+  // BENCH_SERVER_LOG=/tmp/server.log keeps all of its output (e.g. with --trace-gc).
   const nodeArgs = (process.env.BENCH_SERVER_NODE_ARGS ?? "").split(" ").filter(Boolean);
   const runtime = process.env.BENCH_SERVER_RUNTIME || process.execPath;
   const child = spawn(runtime, [...nodeArgs, options.serverScript], {
@@ -249,7 +250,9 @@ export async function startServer(options: {
     stdio: ["ignore", "pipe", "pipe"],
   });
   const logLines: string[] = [];
+  const logFile = process.env.BENCH_SERVER_LOG;
   const collect = (chunk: string) => {
+    if (logFile) appendFileSync(logFile, chunk);
     for (const line of chunk.split("\n")) if (line.trim() && logLines.length < 5000) logLines.push(line);
   };
   child.stdout!.setEncoding("utf8").on("data", collect);
