@@ -28,6 +28,7 @@ import { createBerthClient, type BerthClient } from "../server/client";
 import { appendEvents, type EventInput } from "../server/services/event-log";
 import {
   cpuFigures,
+  mainThreadFigures,
   cpuSnapshot,
   createCleanups,
   errorText,
@@ -126,6 +127,8 @@ type TurnFigures = {
   sendWallMillis: number;
   /** Where the CPU went while messages were sent (their turns ran alongside). */
   sendCpu: string;
+  /** How the server's event loop thread was scheduled meanwhile. */
+  sendMainThread: string;
   drainAfterLastSendMillis: number;
   drainTotalMillis: number;
   turns: { status: string; count: number }[];
@@ -223,6 +226,7 @@ async function benchTurns(databaseUrl: string, sql: postgres.Sql): Promise<TurnF
     sendErrors,
     sendWallMillis,
     sendCpu: cpuFigures(cpuBefore, cpuAfter, sendWallMillis, Math.max(1, sendSamples.length), "message"),
+    sendMainThread: mainThreadFigures(cpuBefore, cpuAfter, Math.max(1, sendSamples.length), "message"),
     drainAfterLastSendMillis: drainedAt - lastSendAt,
     drainTotalMillis: drainedAt - sendStarted,
     turns,
@@ -347,6 +351,7 @@ try {
       `p99 ${ms(percentile(sends, 99))}  max ${ms(sends.length ? Math.max(...sends) : Number.NaN)}`,
     `send throughput    ${rate((sends.length / turns.sendWallMillis) * 1000)} messages (${sessionCount} concurrent sessions, wall ${secs(turns.sendWallMillis)})`,
     `send-phase CPU     ${turns.sendCpu}`,
+    `server main thread ${turns.sendMainThread}`,
     `turn drain         ${secs(turns.drainAfterLastSendMillis)} after the last send (${secs(turns.drainTotalMillis)} from the first)`,
     `turns              ${turns.turns.map((row) => `${row.status}=${row.count}`).join(" ")}`,
     `turn latency       avg ${ms(turns.turnLatency.avg)}  p50 ${ms(turns.turnLatency.p50)}  p95 ${ms(turns.turnLatency.p95)}  max ${ms(turns.turnLatency.max)}  ` +

@@ -35,7 +35,25 @@ export const errorText = (error: unknown) => (error instanceof Error ? error.mes
  * process, and the whole machine (busy and elapsed over all cores). Linux only (/proc); null elsewhere.
  * Two snapshots around a phase tell where its CPU went.
  */
-export type CpuSnapshot = { serverMs: number; postgresMs: number; benchMs: number; machineBusyMs: number; machineTotalMs: number };
+export type CpuSnapshot = { serverMs: number; postgresMs: number; benchMs: number; machineBusyMs: number; machineTotalMs: number; serverMainThread: MainThreadSchedule | null };
+
+/**
+ * The server's main thread (its event loop) as the kernel scheduled it: time on a CPU, time it was
+ * ready to run but waited for one, and how often it was preempted. A request waits for all three.
+ */
+type MainThreadSchedule = { runMs: number; waitMs: number; preemptions: number };
+
+function mainThreadSchedule(pid: number): MainThreadSchedule | null {
+  try {
+    // schedstat: "<ns on CPU> <ns waiting on a run queue> <timeslices>"
+    const [runNs, waitNs] = readFileSync(`/proc/${pid}/task/${pid}/schedstat`, "utf8").trim().split(" ").map(Number);
+    const preemptions = /nonvoluntary_ctxt_switches:\s*(\d+)/.exec(readFileSync(`/proc/${pid}/task/${pid}/status`, "utf8"))?.[1];
+    if (runNs === undefined || waitNs === undefined || preemptions === undefined) return null;
+    return { runMs: runNs / 1e6, waitMs: waitNs / 1e6, preemptions: Number(preemptions) };
+  } catch {
+    return null;
+  }
+}
 
 export function cpuSnapshot(serverPid: number | undefined): CpuSnapshot | null {
   if (process.platform !== "linux" || !existsSync("/proc/stat")) return null;
@@ -66,7 +84,20 @@ export function cpuSnapshot(serverPid: number | undefined): CpuSnapshot | null {
     benchMs: (own.user + own.system) / 1000,
     machineBusyMs: machineTotalMs - machineIdleMs,
     machineTotalMs,
+    serverMainThread: serverPid === undefined ? null : mainThreadSchedule(serverPid),
   };
+}
+
+/** The server main thread's scheduling between two snapshots, per `perCount` item. */
+export function mainThreadFigures(before: CpuSnapshot | null, after: CpuSnapshot | null, perCount: number, perLabel: string): string {
+  const start = before?.serverMainThread;
+  const end = after?.serverMainThread;
+  if (!start || !end) return "n/a (needs Linux /proc schedstat)";
+  const per = (value: number) => (value / perCount).toFixed(2);
+  return (
+    `on a CPU ${per(end.runMs - start.runMs)} ms/${perLabel} · waiting for a CPU ${per(end.waitMs - start.waitMs)} ms/${perLabel} · ` +
+    `preempted ${per(end.preemptions - start.preemptions)} times/${perLabel}`
+  );
 }
 
 /** `before` to `after` as "server 41% · postgres 30% · …" of one core over `wallMs`, and per `perCount` item. */
