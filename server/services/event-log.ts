@@ -18,7 +18,7 @@ export type EventType = keyof typeof eventPayloads;
 export type EventInput = { [T in EventType]: { type: T; payload: z.infer<(typeof eventPayloads)[T]>; idempotencyKey?: string } }[EventType];
 export type StoredEvent = { seq: number; type: EventType; payload: unknown; createdAt: Date };
 
-/** Channel of the live fan-out: the payload is `<sessionId>:<lastSeq>`. */
+/** Channel of the live fan-out: the payload is `<sessionId>:<lastSeq>` (also sent by the SQL functions of db/migrations). */
 export const EVENTS_CHANNEL = "berth_session_events";
 
 /**
@@ -34,39 +34,33 @@ export type SessionChanges = {
 type SessionStatus = (typeof sessions.$inferSelect)["status"];
 
 /**
- * Appends events to a session's log in the caller's transaction. Sequence numbers come from the
- * session row (locked by the update), so they are gap-free and strictly increasing per session, and
- * the NOTIFY is delivered only if the transaction commits. `changes` are applied to the session row
- * by the same update.
+ * The events as `berth_append_events` takes them (db/migrations/0005_turn_functions.sql): a JSON
+ * array of {type, payload, key}, each payload checked against its type first.
+ */
+export function eventBatch(events: EventInput[]): string {
+  for (const event of events) eventPayloads[event.type].parse(event.payload);
+  return JSON.stringify(events.map((event) => ({ type: event.type, payload: event.payload, key: event.idempotencyKey ?? null })));
+}
+
+/** A model call's usage as the SQL functions' (prompt, completion, cost) arguments; zeros for none. */
+export function usageArguments(usage: SessionChanges["usage"]) {
+  return sql`${usage?.promptTokens ?? 0}::bigint, ${usage?.completionTokens ?? 0}::bigint, ${usage?.cost ?? 0}::numeric`;
+}
+
+/**
+ * Appends events to a session's log in the caller's transaction, in one statement. Sequence numbers
+ * come from the session row (locked by the update), so they are gap-free and strictly increasing per
+ * session, and the NOTIFY is delivered only if the transaction commits. `changes` are applied to the
+ * session row by the same update; with no events, only they are written.
  */
 export async function appendEvents(tx: DatabaseOrTransaction, sessionId: string, events: EventInput[], changes: SessionChanges = {}): Promise<StoredEvent[]> {
-  const status = changes.status ? sql`, status = ${changes.status.to}::session_status, status_reason = ${changes.status.reason}::text` : sql``;
-  const usage = changes.usage
-    ? sql`, prompt_tokens = prompt_tokens + ${changes.usage.promptTokens}::bigint, completion_tokens = completion_tokens + ${changes.usage.completionTokens}::bigint, cost_usd = cost_usd + ${changes.usage.cost}::numeric`
-    : sql``;
-  if (events.length === 0) {
-    // A model step with nothing to record (an external harness reports a step's usage on its own).
-    if (changes.status || changes.usage) await tx.execute(sql`update sessions set updated_at = now()${status}${usage} where id = ${sessionId}::uuid`);
-    return [];
-  }
-  for (const event of events) eventPayloads[event.type].parse(event.payload);
-  const batch = JSON.stringify(events.map((event) => ({ type: event.type, payload: event.payload, key: event.idempotencyKey ?? null })));
-  // One statement: take the seqs, apply the session changes, insert the rows, queue the notification (sent at commit).
-  const rows = await tx.execute<{ seq: string; created_at: string | Date }>(sql`
-    with advanced as (
-      update sessions set last_seq = last_seq + ${events.length}, updated_at = now(), last_activity_at = now()${status}${usage}
-      where id = ${sessionId}::uuid returning last_seq, team_id
-    ), notified as (
-      select pg_notify(${EVENTS_CHANNEL}, ${sessionId} || ':' || (select last_seq from advanced)::text)
-    )
-    insert into session_events (session_id, team_id, seq, type, payload, idempotency_key)
-    select ${sessionId}::uuid, advanced.team_id, advanced.last_seq - ${events.length} + batch.ord,
-           (batch.item->>'type')::session_event_type, batch.item->'payload', batch.item->>'key'
-    from advanced, notified, jsonb_array_elements(${batch}::jsonb) with ordinality as batch(item, ord)
-    returning seq, created_at`);
+  if (events.length === 0 && !changes.status && !changes.usage) return [];
+  const rows = await tx.execute<{ appended_seq: string; appended_at: string | Date }>(sql`
+    select * from berth_append_events(${sessionId}::uuid, ${eventBatch(events)}::jsonb,
+      ${changes.status?.to ?? null}::session_status, ${changes.status?.reason ?? null}::text, ${usageArguments(changes.usage)})`);
   if (rows.length !== events.length) throw new Error(`session ${sessionId} does not exist`);
-  const ordered = [...rows].sort((a, b) => Number(a.seq) - Number(b.seq));
-  return ordered.map((row, index) => ({ seq: Number(row.seq), type: events[index]!.type, payload: events[index]!.payload, createdAt: new Date(row.created_at) }));
+  const ordered = [...rows].sort((a, b) => Number(a.appended_seq) - Number(b.appended_seq));
+  return ordered.map((row, index) => ({ seq: Number(row.appended_seq), type: events[index]!.type, payload: events[index]!.payload, createdAt: new Date(row.appended_at) }));
 }
 
 /** A page of the stored log, oldest first, after a seq. Memory is bounded by `limit`, not by the log. */

@@ -38,7 +38,8 @@ export async function transition(tx: DatabaseOrTransaction, session: { id: strin
 
 /**
  * The `status` event of a move the caller writes itself, with other events, through `appendEvents`'s
- * session changes. Throws if the move is not allowed.
+ * session changes. Throws if the move is not allowed. The turn functions of
+ * db/migrations/0005_turn_functions.sql write the same shape for ready/idle → running → ready.
  */
 export function statusEvent(session: { status: SessionStatus }, to: SessionStatus, reason?: string): EventInput {
   if (!ALLOWED[session.status].includes(to)) throw conflict(`a ${session.status} session cannot become ${to}`);

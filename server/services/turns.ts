@@ -3,9 +3,9 @@ import type { Database, DatabaseOrTransaction } from "../../db/client";
 import { agentVersions, sessionEvents, sessions, turns } from "../../db/schema";
 import type { HistoryEvent, HistoryTurn } from "../harness/history";
 import type { Logger } from "../logger";
-import { appendEvents, type EventInput, type StoredEvent } from "./event-log";
+import { appendEvents, eventBatch, usageArguments, type EventInput, type StoredEvent } from "./event-log";
 import type { EventBus } from "./event-bus";
-import { statusEvent, transition, type SessionStatus } from "./sandbox-lifecycle";
+import { transition, type SessionStatus } from "./sandbox-lifecycle";
 
 export type TurnRow = typeof turns.$inferSelect;
 export type AgentVersionRow = typeof agentVersions.$inferSelect;
@@ -45,38 +45,18 @@ export class TurnStore {
 
   constructor(private readonly db: Database) {}
 
-  /** Resumes the session's running turn, or starts its oldest queued one; null when none is left. */
+  /**
+   * Resumes the session's running turn, or starts its oldest queued one; null when none is left. One
+   * statement (`berth_start_turn`, db/migrations/0005_turn_functions.sql) locks the session, moves it
+   * to running and starts the turn.
+   */
   async startNext(sessionId: string): Promise<TurnToRun | null> {
-    return this.db.transaction(async (tx) => {
-      const session = await lockSession(tx, sessionId);
-      if (!session) return null;
-      const open = await tx
-        .select()
-        .from(turns)
-        .where(openTurnsOf(sessionId))
-        .orderBy(asc(turns.userSeq));
-      if (open.length === 0) return null;
-      if (session.status === "terminated" || session.status === "failed") {
-        await tx
-          .update(turns)
-          .set({ status: "aborted", error: `the session is ${session.status}`, finishedAt: new Date() })
-          .where(inArray(turns.id, open.map((turn) => turn.id)));
-        return null;
-      }
-      let turn = open.find((candidate) => candidate.status === "running") ?? open[0]!;
-      const resumed = turn.status === "running";
-      let sessionStatus = session.status;
-      if (turn.status === "queued") {
-        if (session.status === "ready" || session.status === "idle") {
-          await transition(tx, session, "running");
-          sessionStatus = "running";
-        }
-        const [started] = await tx.update(turns).set({ status: "running", startSeq: session.lastSeq, startedAt: new Date() }).where(eq(turns.id, turn.id)).returning();
-        turn = started!;
-      }
-      const agent = await this.agentVersion(tx, session.agentId, session.agentVersion);
-      return { turn, agent, resumed, sessionStatus };
-    });
+    const [row] = await this.db.execute<{ turn: TurnJson; resumed: boolean; session_status: SessionStatus; agent_id: string; agent_version: number }>(
+      sql`select * from berth_start_turn(${sessionId}::uuid)`,
+    );
+    if (!row) return null;
+    const agent = await this.agentVersion(this.db, row.agent_id, row.agent_version);
+    return { turn: turnFromJson(row.turn), agent, resumed: row.resumed, sessionStatus: row.session_status };
   }
 
   /**
@@ -175,34 +155,23 @@ export class TurnStore {
    * the turn is no longer running.
    */
   async finish(turn: TurnRow, outcome: { status: "completed" | "failed" | "aborted"; events?: EventInput[]; error?: string; usage?: TurnUsage | null }): Promise<void> {
-    const usage = outcome.usage ?? null;
-    await this.db.transaction(async (tx) => {
-      // The session row first (as a message accept does), with whether another message waits.
-      const [locked] = await tx
-        .select({ session: sessions, hasQueued: sql<boolean>`exists (select 1 from ${turns} where ${turns.sessionId} = ${sessions.id} and ${turns.status} = 'queued')` })
-        .from(sessions)
-        .where(eq(sessions.id, turn.sessionId))
-        .for("update");
-      if (!locked) return;
-      const [totals] = await tx
-        .update(turns)
-        .set({ ...addedUsage(usage, 0), status: outcome.status, error: outcome.error ?? null, finishedAt: new Date() })
-        .where(and(eq(turns.id, turn.id), eq(turns.status, "running")))
-        .returning({ promptTokens: turns.promptTokens, completionTokens: turns.completionTokens, costUsd: turns.costUsd });
-      if (!totals) return;
-      const cost = Number(totals.costUsd);
-      const events: EventInput[] = [...(outcome.events ?? [])];
-      // A completed turn always reports its usage (zero when the gateway reported none).
-      if (outcome.status === "completed" || totals.promptTokens > 0 || totals.completionTokens > 0) {
-        events.push({ type: "usage", payload: { promptTokens: totals.promptTokens, completionTokens: totals.completionTokens, ...(cost > 0 ? { cost } : {}) } });
-      }
-      if (outcome.error) events.push({ type: "error", payload: { message: outcome.error } });
-      // With more messages queued the session stays `running`: no ready/running flip per turn.
-      const toReady = locked.session.status === "running" && !locked.hasQueued;
-      if (toReady) events.push(statusEvent(locked.session, "ready"));
-      await appendEvents(tx, turn.sessionId, events, { usage: usageChange(usage), ...(toReady ? { status: { to: "ready" as const, reason: null } } : {}) });
-    });
+    // One statement (`berth_finish_turn`, db/migrations/0005_turn_functions.sql).
+    await this.db.execute(sql`select berth_finish_turn(${turn.id}::uuid, ${turn.sessionId}::uuid, ${outcome.status}::turn_status, ${outcome.error ?? null}::text,
+      ${eventBatch(outcome.events ?? [])}::jsonb, ${usageArguments(usageChange(outcome.usage ?? null))})`);
   }
+}
+
+/** A turn row as `berth_turn_json` returns it: the schema's keys, timestamps as ISO text. */
+type TurnJson = Omit<TurnRow, "abortRequestedAt" | "createdAt" | "startedAt" | "finishedAt"> & {
+  abortRequestedAt: string | null;
+  createdAt: string;
+  startedAt: string | null;
+  finishedAt: string | null;
+};
+
+function turnFromJson(json: TurnJson): TurnRow {
+  const date = (value: string | null) => (value === null ? null : new Date(value));
+  return { ...json, abortRequestedAt: date(json.abortRequestedAt), createdAt: new Date(json.createdAt), startedAt: date(json.startedAt), finishedAt: date(json.finishedAt) };
 }
 
 const AGENT_VERSION_CACHE_SIZE = 1000;

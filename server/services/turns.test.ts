@@ -1,0 +1,117 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { eq } from "drizzle-orm";
+import { connectDatabase, type DatabaseClient } from "../../db/client";
+import { agents, agentVersions, sessionEvents, sessions, teams, turns } from "../../db/schema";
+import { createTestDatabase, type TestDatabase } from "../../tests/helpers/database";
+import { TurnStore } from "./turns";
+
+/**
+ * The turn bookkeeping of db/migrations/0005_turn_functions.sql, each step one statement, against a
+ * real database: what a turn's start and end write, and the turn row as the functions return it.
+ */
+describe("TurnStore on the SQL turn functions", () => {
+  let database: TestDatabase;
+  let client: DatabaseClient;
+  let store: TurnStore;
+  let teamId: string;
+  let agentId: string;
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    client = connectDatabase(database.url, { max: 4 });
+    store = new TurnStore(client.db);
+    const [team] = await client.db.insert(teams).values({ slug: "turns", name: "Turns" }).returning();
+    teamId = team!.id;
+    const [agent] = await client.db.insert(agents).values({ teamId, name: "a" }).returning();
+    agentId = agent!.id;
+    await client.db.insert(agentVersions).values({ agentId, teamId, version: 1, model: "demo" });
+  });
+  afterAll(async () => {
+    await client?.close();
+    await database?.drop();
+  });
+
+  async function sessionWithMessages(status: "ready" | "running" | "terminated", texts: string[]) {
+    const [session] = await client.db.insert(sessions).values({ teamId, agentId, agentVersion: 1, status }).returning();
+    const turnIds: string[] = [];
+    for (const text of texts) {
+      const [row] = await client.sql<{ accepted_turn_id: string }[]>`select * from berth_accept_message(${teamId}::uuid, ${session!.id}::uuid, ${text}, null)`;
+      turnIds.push(row!.accepted_turn_id);
+    }
+    return { sessionId: session!.id, turnIds };
+  }
+
+  const log = async (sessionId: string) =>
+    (await client.db.select({ seq: sessionEvents.seq, type: sessionEvents.type, payload: sessionEvents.payload }).from(sessionEvents).where(eq(sessionEvents.sessionId, sessionId)).orderBy(sessionEvents.seq));
+
+  it("starts the oldest queued turn, moves the session to running, and returns the row a select returns", async () => {
+    const { sessionId, turnIds } = await sessionWithMessages("ready", ["first", "second"]);
+    const next = await store.startNext(sessionId);
+    expect(next).not.toBeNull();
+    expect(next!.turn.id).toBe(turnIds[0]);
+    expect(next!.resumed).toBe(false);
+    expect(next!.sessionStatus).toBe("running");
+    expect(next!.agent).toMatchObject({ agentId, version: 1, model: "demo" });
+    // The function's turn row and drizzle's are the same object (a column added to one but not the other fails here).
+    expect(next!.turn).toEqual(await store.get(turnIds[0]!));
+    expect(next!.turn).toMatchObject({ status: "running", startSeq: 2, userSeq: 1, costUsd: "0.000000" });
+    expect((await log(sessionId)).map((event) => event.type)).toEqual(["user_message", "user_message", "status"]);
+    expect((await log(sessionId))[2]!.payload).toEqual({ from: "ready", to: "running" });
+
+    // Running again resumes the same turn, and the session's status event is not repeated.
+    const again = await store.startNext(sessionId);
+    expect(again!.turn.id).toBe(turnIds[0]);
+    expect(again!.resumed).toBe(true);
+    expect(await log(sessionId)).toHaveLength(3);
+  });
+
+  it("finishes with usage totals, stays running while a message waits, and goes ready after the last", async () => {
+    const { sessionId, turnIds } = await sessionWithMessages("ready", ["first", "second"]);
+    const first = (await store.startNext(sessionId))!;
+    await store.recordStep(first.turn, [{ type: "tool_call", payload: { id: "c1", name: "bash", input: { command: "true" } } }], { promptTokens: 10, completionTokens: 2, cost: 0.0015 });
+    await store.finish(first.turn, { status: "completed", events: [{ type: "assistant_message", payload: { text: "one" } }], usage: { promptTokens: 5, completionTokens: 1 } });
+    let events = await log(sessionId);
+    expect(events.slice(-2).map((event) => event.type)).toEqual(["assistant_message", "usage"]);
+    expect(events.at(-1)!.payload).toEqual({ promptTokens: 15, completionTokens: 3, cost: 0.0015 });
+    const [afterFirst] = await client.db.select().from(sessions).where(eq(sessions.id, sessionId));
+    expect(afterFirst).toMatchObject({ status: "running", promptTokens: 15, completionTokens: 3, costUsd: "0.001500" });
+    expect((await store.get(turnIds[0]!)).status).toBe("completed");
+
+    // Finishing a turn that is no longer running writes nothing.
+    await store.finish(first.turn, { status: "failed", error: "late" });
+    expect(await log(sessionId)).toHaveLength(events.length);
+
+    const second = (await store.startNext(sessionId))!;
+    expect(second.turn.id).toBe(turnIds[1]);
+    await store.finish(second.turn, { status: "failed", error: "the model failed" });
+    events = await log(sessionId);
+    // A failed turn that used no tokens reports no usage; its error comes before the move to ready.
+    expect(events.slice(-3)).toMatchObject([
+      { type: "usage", payload: { promptTokens: 15, completionTokens: 3 } },
+      { type: "error", payload: { message: "the model failed" } },
+      { type: "status", payload: { from: "running", to: "ready" } },
+    ]);
+    const seqs = events.map((event) => event.seq);
+    expect(seqs).toEqual(seqs.map((_, index) => index + 1));
+    const [afterSecond] = await client.db.select().from(sessions).where(eq(sessions.id, sessionId));
+    expect(afterSecond).toMatchObject({ status: "ready", statusReason: null, lastSeq: seqs.length });
+    expect(await store.startNext(sessionId)).toBeNull();
+  });
+
+  it("refuses a finish with an invalid event before writing anything", async () => {
+    const { sessionId } = await sessionWithMessages("ready", ["hi"]);
+    const next = (await store.startNext(sessionId))!;
+    const before = await log(sessionId);
+    await expect(store.finish(next.turn, { status: "completed", events: [{ type: "assistant_message", payload: { text: 42 } } as never] })).rejects.toThrow();
+    expect(await log(sessionId)).toEqual(before);
+    expect((await store.get(next.turn.id)).status).toBe("running");
+  });
+
+  it("aborts the open turns of a terminated session instead of starting one", async () => {
+    const { sessionId, turnIds } = await sessionWithMessages("ready", ["one", "two"]);
+    await client.db.update(sessions).set({ status: "terminated" }).where(eq(sessions.id, sessionId));
+    expect(await store.startNext(sessionId)).toBeNull();
+    const rows = await client.db.select().from(turns).where(eq(turns.sessionId, sessionId));
+    expect(rows.map((row) => [row.id, row.status, row.error]).sort()).toEqual(turnIds.map((id) => [id, "aborted", "the session is terminated"]).sort());
+  });
+});
