@@ -96,6 +96,19 @@ describe("TurnStore on the SQL turn functions", () => {
     const [afterSecond] = await client.db.select().from(sessions).where(eq(sessions.id, sessionId));
     expect(afterSecond).toMatchObject({ status: "ready", statusReason: null, lastSeq: seqs.length });
     expect(await store.startNext(sessionId)).toBeNull();
+
+    // The model's history: conversation events only, in seq order, and every turn.
+    const history = await store.history(sessionId);
+    expect(history.events.map((event) => [event.seq, event.type])).toEqual(
+      events.filter((event) => ["user_message", "assistant_message", "tool_call", "tool_result"].includes(event.type)).map((event) => [event.seq, event.type]),
+    );
+    expect(history.events[0]).toEqual({ seq: 1, type: "user_message", payload: { text: "first" } });
+    expect(history.turns.sort((a, b) => a.userSeq - b.userSeq)).toEqual([
+      { userSeq: 1, startSeq: 2 },
+      { userSeq: 2, startSeq: 6 },
+    ]);
+    const { sessionId: empty } = await sessionWithMessages("ready", []);
+    expect(await store.history(empty)).toEqual({ events: [], turns: [] });
   });
 
   it("refuses a finish with an invalid event before writing anything", async () => {

@@ -95,17 +95,18 @@ export class TurnStore {
     return turn!;
   }
 
-  /** The conversation events and the started turns of a session, for rebuilding the model's history. */
+  /**
+   * The conversation events and the turns of a session, for rebuilding the model's history: one
+   * statement, as the model call waits for it.
+   */
   async history(sessionId: string): Promise<{ events: HistoryEvent[]; turns: HistoryTurn[] }> {
-    const [events, turnRows] = await Promise.all([
-      this.db
-        .select({ seq: sessionEvents.seq, type: sessionEvents.type, payload: sessionEvents.payload })
-        .from(sessionEvents)
-        .where(and(eq(sessionEvents.sessionId, sessionId), inArray(sessionEvents.type, [...CONVERSATION_TYPES])))
-        .orderBy(asc(sessionEvents.seq)),
-      this.db.select({ userSeq: turns.userSeq, startSeq: turns.startSeq }).from(turns).where(eq(turns.sessionId, sessionId)),
-    ]);
-    return { events: events as HistoryEvent[], turns: turnRows };
+    const [row] = await this.db.execute<{ events: HistoryEvent[] | null; turns: HistoryTurn[] | null }>(sql`
+      select
+        (select json_agg(json_build_object('seq', e.seq, 'type', e.type, 'payload', e.payload) order by e.seq)
+           from ${sessionEvents} e where e.session_id = ${sessionId}::uuid and e.type in (${sql.join(CONVERSATION_TYPES.map((type) => sql`${type}::session_event_type`), sql`, `)})) as events,
+        (select json_agg(json_build_object('userSeq', t.user_seq, 'startSeq', t.start_seq))
+           from ${turns} t where t.session_id = ${sessionId}::uuid) as turns`);
+    return { events: row?.events ?? [], turns: row?.turns ?? [] };
   }
 
   /** What an external harness stored for the session (e.g. opencode's own session id); {} when nothing. */
