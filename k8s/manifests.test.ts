@@ -164,6 +164,8 @@ describe("the Role grants exactly what the backend calls", () => {
       kubeConfig,
       tokenFor: (name) => `token-${name}-${"y".repeat(32)}`,
       logger: createLogger("silent"),
+      // A wait that hangs fails with its own message (which sandbox, which condition), well inside the test's timeout.
+      readyTimeoutMs: 30_000,
     });
   });
   afterAll(async () => {
