@@ -37,11 +37,10 @@ export async function transition(tx: DatabaseOrTransaction, session: { id: strin
 }
 
 /**
- * The `status` event of a move the caller writes itself, with other events, through `appendEvents`'s
- * session changes. Throws if the move is not allowed. The turn functions of
+ * The `status` event of a move; throws if the move is not allowed. The turn functions of
  * db/migrations/0005_turn_functions.sql write the same shape for ready/idle → running → ready.
  */
-export function statusEvent(session: { status: SessionStatus }, to: SessionStatus, reason?: string): EventInput {
+function statusEvent(session: { status: SessionStatus }, to: SessionStatus, reason?: string): EventInput {
   if (!ALLOWED[session.status].includes(to)) throw conflict(`a ${session.status} session cannot become ${to}`);
   return { type: "status", payload: { from: session.status, to, ...(reason ? { reason } : {}) } };
 }
