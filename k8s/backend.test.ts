@@ -187,6 +187,22 @@ describe("KubernetesSandboxBackend against the stand-in API server", () => {
     await backend.stop(second.name, "done");
   });
 
+  it("lists the sessions whose workspaces it keeps and deletes one session's workspace only", async () => {
+    const ended = spec();
+    const kept = spec();
+    await backend.stop((await backend.provision(ended)).name, "terminated");
+    const live = await backend.provision(kept);
+    expect(await backend.listWorkspaces()).toEqual(expect.arrayContaining([ended.sessionId, kept.sessionId]));
+
+    await backend.deleteWorkspace(ended.sessionId);
+    expect(fake.get("persistentvolumeclaims", NAMESPACE, workspaceClaimName(ended.sessionId))).toBeUndefined();
+    expect(await backend.listWorkspaces()).not.toContain(ended.sessionId);
+    expect(fake.get("persistentvolumeclaims", NAMESPACE, workspaceClaimName(kept.sessionId))).toBeDefined();
+    await backend.deleteWorkspace(ended.sessionId); // idempotent
+    expect((await run(backend, live.address, "echo still-here")).stdout).toBe("still-here\n");
+    await backend.stop(kept.name, "done");
+  });
+
   it("sent only objects that pass the CRD schemas, and the stand-in does reject invalid ones", async () => {
     expect(fake.rejected).toEqual([]);
     expect(fake.accepted.filter((a) => a.kind === "Sandbox").length).toBeGreaterThan(0);
@@ -421,6 +437,10 @@ describe("warm pools: SandboxWarmPool + SandboxClaim", () => {
     expect(fake.get("sandboxclaims", NAMESPACE, s.name)).toBeUndefined();
     expect(fake.get("sandboxes", NAMESPACE, provisioned.name)).toBeUndefined();
     expect(fake.get("persistentvolumeclaims", NAMESPACE, `workspace-${provisioned.name}`)).toBeDefined();
+    // The pooled workspace is found by its session label, like the cold one.
+    expect(await backend.listWorkspaces()).toContain(s.sessionId);
+    await backend.deleteWorkspace(s.sessionId);
+    expect(fake.get("persistentvolumeclaims", NAMESPACE, `workspace-${provisioned.name}`)).toBeUndefined();
 
     const api = kubeConfigFor(fake).makeApiClient(CustomObjectsApi);
     const orphan = pooled();

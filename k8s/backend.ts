@@ -709,6 +709,22 @@ export class KubernetesSandboxBackend implements SandboxBackend {
     return listed;
   }
 
+  async listWorkspaces(): Promise<string[]> {
+    const claims = await this.kube.listPersistentVolumeClaims(WORKSPACE_SELECTOR);
+    const sessions = claims.filter((claim) => !claim.metadata?.deletionTimestamp).map((claim) => claim.metadata?.labels?.[LABELS.session]);
+    return [...new Set(sessions.filter((session): session is string => Boolean(session)))];
+  }
+
+  /** Every claim labelled for the session: its own `berth-ws-<session>` or the one its pooled first generation brought. */
+  async deleteWorkspace(sessionId: string): Promise<void> {
+    const claims = await this.kube.listPersistentVolumeClaims(`${WORKSPACE_SELECTOR},${LABELS.session}=${sessionId}`);
+    for (const claim of claims) {
+      const name = claim.metadata?.name;
+      if (name && !claim.metadata?.deletionTimestamp) await this.kube.deletePersistentVolumeClaim(name);
+    }
+    this.workspaces.delete(sessionId);
+  }
+
   /** Env Secrets whose Sandbox no longer exists (owner references normally take care of this). */
   private async removeOrphanSecrets(sandboxNames: Set<string>): Promise<void> {
     for (const secret of await this.kube.listSecrets(ENV_SECRET_SELECTOR)) {

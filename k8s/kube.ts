@@ -252,10 +252,21 @@ export class KubeClient {
     return list.items;
   }
 
-  /** Workspace claims of a session (metadata is all callers use). */
-  async listPersistentVolumeClaims(labelSelector: string): Promise<Array<{ metadata?: { name?: string; creationTimestamp?: Date | string; deletionTimestamp?: Date | string } }>> {
+  /** Workspace claims (metadata is all callers use). */
+  async listPersistentVolumeClaims(
+    labelSelector: string,
+  ): Promise<Array<{ metadata?: { name?: string; labels?: Record<string, string>; creationTimestamp?: Date | string; deletionTimestamp?: Date | string } }>> {
     const list = await this.call(`list persistentvolumeclaims`, true, (options) => this.core.listNamespacedPersistentVolumeClaim({ namespace: this.namespace, labelSelector }, options));
     return list.items;
+  }
+
+  /** Deletes a claim (and, through its reclaim policy, usually its volume); a missing one counts as deleted. */
+  async deletePersistentVolumeClaim(name: string): Promise<void> {
+    try {
+      await this.call(`delete persistentvolumeclaims/${name}`, true, (options) => this.core.deleteNamespacedPersistentVolumeClaim({ namespace: this.namespace, name }, options));
+    } catch (error) {
+      if (!isNotFound(error)) throw error;
+    }
   }
 
   patchPersistentVolumeClaim(name: string, patch: object): Promise<unknown> {

@@ -187,6 +187,8 @@ describe("the Role grants exactly what the backend calls", () => {
     fake.killDaemon(s.name);
     await waitFor("loss", () => (lost.includes(s.name) ? true : undefined));
     await backend.stop(s.name, "done");
+    await backend.listWorkspaces();
+    await backend.deleteWorkspace(s.sessionId); // terminated: its claim goes
 
     // An agent with a warm pool: pool made, resized, a session claims from it, stops, pool removed.
     const p = spec({ name: "s-rbacpool-g1", sessionId: "22222222-2222-4222-8222-222222222222", warmPoolSize: 1 });

@@ -1,7 +1,7 @@
 import { defineTask } from "../registry";
 
-/** Stops sandboxes with no live session and reconnects sessions whose sandbox vanished. */
+/** Stops sandboxes with no live session, reconnects sessions whose sandbox vanished, deletes terminated sessions' workspaces. */
 export const reconcileSandboxes = defineTask("sandbox:reconcile", async (_payload, { services, logger }) => {
   const result = await services.sandboxes.reconcile();
-  if (result.stopped > 0 || result.lost > 0) logger.info(result, "reconciled sandboxes");
+  if (result.stopped > 0 || result.lost > 0 || result.workspacesDeleted > 0) logger.info(result, "reconciled sandboxes");
 });

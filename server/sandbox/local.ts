@@ -59,6 +59,8 @@ type Jail = {
 
 const DAEMON_IN_JAIL = "/opt/berth/sandboxd.js";
 const WORKSPACE_IN_JAIL = "/workspace";
+/** Workspace folders are named by session id (a UUID): nothing else under workspaces/ is listed or deleted. */
+const SESSION_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const SOCKET_DIR_IN_JAIL = "/run/berth";
 /** Where harness binaries appear in a jail; Kubernetes sandbox images put them at the same place. */
 export const TOOLS_DIR_IN_JAIL = "/opt/berth/bin";
@@ -142,7 +144,22 @@ export class LocalSandboxBackend implements SandboxBackend {
   }
 
   workspaceOf(sessionId: string): string {
+    if (!SESSION_ID.test(sessionId)) throw new Error(`not a session id: ${JSON.stringify(sessionId)}`);
     return path.join(this.options.dataDir, "workspaces", sessionId);
+  }
+
+  async listWorkspaces(): Promise<string[]> {
+    const entries = await fs.readdir(path.join(this.options.dataDir, "workspaces"), { withFileTypes: true });
+    // `.warm` holds the warm jails' empty workspaces; anything else not named for a session is not ours.
+    return entries.filter((entry) => entry.isDirectory() && SESSION_ID.test(entry.name)).map((entry) => entry.name);
+  }
+
+  async deleteWorkspace(sessionId: string): Promise<void> {
+    const workspace = this.workspaceOf(sessionId);
+    for (const jail of this.jails.values()) {
+      if (jail.sessionId === sessionId && !jail.stopping) throw new Error(`the workspace of session ${sessionId} is in use by sandbox ${jail.name}`);
+    }
+    await fs.rm(workspace, { recursive: true, force: true });
   }
 
   onLost(listener: (loss: SandboxLoss) => void): void {

@@ -50,7 +50,7 @@ export interface SandboxBackend {
   readonly name: "local" | "kubernetes";
   /** Starts (or claims from a warm pool) a sandbox and returns once its daemon answers health. */
   provision(spec: SandboxSpec): Promise<ProvisionedSandbox>;
-  /** Stops the sandbox and releases its compute; the session workspace is kept. Idempotent. */
+  /** Stops the sandbox and releases its compute; the session workspace is kept (see deleteWorkspace). Idempotent. */
   stop(name: string, reason: string): Promise<void>;
   /**
    * Optional: idle suspension that keeps the sandbox object for a later resume (Kubernetes:
@@ -67,6 +67,13 @@ export interface SandboxBackend {
   status(name: string): Promise<SandboxState>;
   /** Every sandbox this backend runs for Berth (for reconciliation). */
   list(): Promise<ListedSandbox[]>;
+  /** The sessions whose workspaces this backend keeps (for reconciliation). */
+  listWorkspaces(): Promise<string[]>;
+  /**
+   * Deletes a session's workspace and everything in it. Only for a session that is over (terminated)
+   * and whose sandboxes are stopped. Idempotent.
+   */
+  deleteWorkspace(sessionId: string): Promise<void>;
   /** A client for the in-sandbox daemon. */
   connect(address: SandboxAddress): DaemonClient;
   /** Called when the backend notices a sandbox died on its own (process killed, pod deleted). */

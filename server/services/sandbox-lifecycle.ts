@@ -275,6 +275,9 @@ export class SandboxLifecycle {
       return [...live, ...kept];
     });
     for (const row of rows) await this.deps.backend.stop(row.name, "terminated");
+    // Nothing can reach a terminated session's files any more. A failure here (or a crash before it)
+    // leaves the workspace to reconciliation, which deletes the workspaces of terminated sessions.
+    await this.deps.backend.deleteWorkspace(sessionId).catch((error: unknown) => this.deps.logger.warn({ err: error, sessionId }, "could not delete the workspace of a terminated session; reconciliation will retry"));
   }
 
   /** Forces a new sandbox generation (also brings a failed session back). */
@@ -295,7 +298,7 @@ export class SandboxLifecycle {
    * Cron: stops sandboxes no live session owns, marks sessions whose sandbox vanished (they
    * reconnect), and fails provisioning rows a dead process abandoned.
    */
-  async reconcile(): Promise<{ stopped: number; lost: number }> {
+  async reconcile(): Promise<{ stopped: number; lost: number; workspacesDeleted: number }> {
     const { db, backend } = this.deps;
     await this.syncWarmPools().catch((error: unknown) => this.deps.logger.warn({ err: error }, "could not sync the warm pools"));
     const listed = await backend.list();
@@ -342,7 +345,37 @@ export class SandboxLifecycle {
       await backend.stop(name, "unresponsive daemon");
       lost++;
     }
-    return { stopped, lost };
+    const workspacesDeleted = await this.deleteWorkspacesOfTerminatedSessions();
+    return { stopped, lost, workspacesDeleted };
+  }
+
+  /**
+   * Workspaces whose session is terminated (terminate deletes them itself; this catches a crash or
+   * failure in between, and sessions terminated before it did). A workspace with no session row is
+   * left alone: its data might be another installation's sharing this data dir or namespace.
+   */
+  private async deleteWorkspacesOfTerminatedSessions(): Promise<number> {
+    const { db, backend } = this.deps;
+    const kept = await backend.listWorkspaces();
+    if (kept.length === 0) return 0;
+    const terminated: string[] = [];
+    for (let start = 0; start < kept.length; start += 1_000) {
+      const rows = await db
+        .select({ id: sessions.id })
+        .from(sessions)
+        .where(and(inArray(sessions.id, kept.slice(start, start + 1_000)), eq(sessions.status, "terminated")));
+      terminated.push(...rows.map((row) => row.id));
+    }
+    let deleted = 0;
+    for (const id of terminated) {
+      try {
+        await backend.deleteWorkspace(id);
+        deleted++;
+      } catch (error) {
+        this.deps.logger.warn({ err: error, sessionId: id }, "could not delete the workspace of a terminated session");
+      }
+    }
+    return deleted;
   }
 
   /**

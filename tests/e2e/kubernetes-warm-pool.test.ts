@@ -148,6 +148,7 @@ describe("warm pools on the kubernetes backend (stand-in API server)", () => {
     expect((await api.sessions.terminate.mutate({ sessionId: other.id })).status).toBe("terminated");
     expect(fake.get("sandboxclaims", NAMESPACE, otherClaim.metadata.name!)).toBeUndefined();
     expect(fake.get("sandboxes", NAMESPACE, other.sandbox!.name)).toBeUndefined();
+    expect(fake.list("persistentvolumeclaims", NAMESPACE).filter((c) => c.metadata.labels?.["berth.dev/session"] === other.id)).toEqual([]);
 
     // Reconciliation leaves the live pooled session alone and keeps the pool.
     await berth.services.sandboxes.reconcile();

@@ -119,7 +119,7 @@ describe("sessions on the kubernetes backend (stand-in API server)", () => {
     await waitFor("the pod to stop", () => (fake.pod(secondName) ? undefined : true));
     expect(fake.get("sandboxes", NAMESPACE, secondName)!.spec!.operatingMode).toBe("Suspended");
     expect(fake.get("persistentvolumeclaims", NAMESPACE, `berth-ws-${session.id}`)).toBeDefined();
-    expect(await berth.services.sandboxes.reconcile()).toEqual({ stopped: 0, lost: 0 });
+    expect(await berth.services.sandboxes.reconcile()).toEqual({ stopped: 0, lost: 0, workspacesDeleted: 0 });
     expect(fake.get("sandboxes", NAMESPACE, secondName)).toBeDefined();
     expect((await exec(session.id, "cat kept.txt")).stdout).toBe("survives\n");
     expect(await api.sessions.get.query({ sessionId: session.id })).toMatchObject({ status: "ready", sandbox: { generation: 3, name: secondName } });
@@ -131,6 +131,7 @@ describe("sessions on the kubernetes backend (stand-in API server)", () => {
     await berth.services.sandboxes.suspendIdle();
     await api.sessions.terminate.mutate({ sessionId: suspendedSession.id });
     expect(fake.get("sandboxes", NAMESPACE, suspendedSession.sandbox!.name)).toBeUndefined();
+    expect(fake.get("persistentvolumeclaims", NAMESPACE, `berth-ws-${suspendedSession.id}`)).toBeUndefined();
 
     // Terminate: the Sandbox and its env Secret are deleted; the session is final.
     const thirdName = (await api.sessions.get.query({ sessionId: session.id })).sandbox!.name;
@@ -138,6 +139,8 @@ describe("sessions on the kubernetes backend (stand-in API server)", () => {
     expect(terminated.status).toBe("terminated");
     expect(fake.get("sandboxes", NAMESPACE, thirdName)).toBeUndefined();
     expect(fake.get("secrets", NAMESPACE, `${thirdName}-env`)).toBeUndefined();
+    // Nothing can reach its files any more: the workspace claim goes too.
+    expect(fake.get("persistentvolumeclaims", NAMESPACE, `berth-ws-${session.id}`)).toBeUndefined();
     const error = await exec(session.id, "true").catch((e: unknown) => e);
     expect((error as TRPCClientError<never>).data).toMatchObject({ code: "CONFLICT" });
 
@@ -197,11 +200,12 @@ describe("sessions on the kubernetes backend (stand-in API server)", () => {
     }
   });
 
-  it("reconciliation removes Sandboxes no live session owns", async () => {
+  it("reconciliation removes Sandboxes no live session owns, and terminated sessions' workspaces", async () => {
     const session = await readySession((await api.agents.create.mutate({ name: "orphan", model: "demo" })).id);
     await sql`update sessions set status = 'terminated' where id = ${session.id}`;
     await sql`select graphile_worker.add_job('sandbox:reconcile', '{}'::json)`;
     await waitFor("the orphaned Sandbox deleted", () => (fake.get("sandboxes", NAMESPACE, session.sandbox!.name) ? undefined : true), 30_000);
+    await waitFor("its workspace claim deleted", () => (fake.get("persistentvolumeclaims", NAMESPACE, `berth-ws-${session.id}`) ? undefined : true), 30_000);
     const [row] = await sql<{ status: string; end_reason: string }[]>`select status, end_reason from sandboxes where session_id = ${session.id}`;
     expect(row).toEqual({ status: "stopped", end_reason: "orphan: no live session owns it" });
   });

@@ -1,4 +1,5 @@
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { randomUUID } from "node:crypto";
+import { existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { TRPCClientError } from "@trpc/client";
@@ -227,10 +228,16 @@ describe("per-session sandboxes on the local backend", () => {
     expect(existsSync(path.join(berth.config.dataDir, "workspaces", session!.id, "made-in-warm"))).toBe(true);
   });
 
-  it("reconciliation stops jails no live session owns and reconnects sessions whose sandbox vanished", async () => {
+  it("reconciliation stops jails no live session owns, reconnects sessions whose sandbox vanished, deletes terminated sessions' workspaces", async () => {
     const agent = await api.agents.create.mutate({ name: "reconcile", model: "demo" });
     const orphaned = await readySession(agent.id);
     const vanished = await readySession(agent.id);
+    const workspaces = path.join(berth.config.dataDir, "workspaces");
+    // Not a session's (no row, or not a session id): left alone, whoever put it there.
+    const unknown = path.join(workspaces, randomUUID());
+    const notASession = path.join(workspaces, "notes");
+    mkdirSync(unknown);
+    mkdirSync(notASession);
     // A session made final behind the platform's back leaves its jail without an owner.
     await sql`update sessions set status = 'terminated' where id = ${orphaned.id}`;
     // A sandbox row whose jail the backend does not know: what a restart after a crash looks like.
@@ -249,6 +256,10 @@ describe("per-session sandboxes on the local backend", () => {
     expect(orphanRow).toEqual({ status: "stopped", end_reason: "orphan: no live session owns it" });
     const [vanishedRow] = await sql<{ status: string; end_reason: string }[]>`select status, end_reason from sandboxes where session_id = ${vanished.id} and generation = 1`;
     expect(vanishedRow).toEqual({ status: "lost", end_reason: "sandbox vanished" });
+    await waitFor("the terminated session's workspace to be deleted", () => (existsSync(path.join(workspaces, orphaned.id)) ? undefined : true));
+    expect(existsSync(path.join(workspaces, vanished.id))).toBe(true);
+    expect(existsSync(unknown)).toBe(true);
+    expect(existsSync(notASession)).toBe(true);
   });
 
   it("reconciliation treats a daemon that stopped answering as lost and reconnects the session", async () => {
@@ -272,12 +283,16 @@ describe("per-session sandboxes on the local backend", () => {
     expect((await exec(session.id, "cat hung.txt")).stdout).toBe("still-mine\n");
   });
 
-  it("terminates: the jail is stopped and the session is final", async () => {
+  it("terminates: the jail is stopped, the workspace deleted, and the session is final", async () => {
     const session = await readySession((await api.agents.create.mutate({ name: "terminate", model: "demo" })).id);
+    await exec(session.id, "mkdir -p deep/er && echo data > deep/er/file.txt");
+    const workspace = path.join(berth.config.dataDir, "workspaces", session.id);
+    expect(existsSync(path.join(workspace, "deep", "er", "file.txt"))).toBe(true);
     const terminated = await api.sessions.terminate.mutate({ sessionId: session.id });
     expect(terminated.status).toBe("terminated");
     expect(terminated.sandbox).toMatchObject({ status: "stopped", endReason: "terminated" });
     expect(isProcessAlive(session.sandbox!.hostPid!)).toBe(false);
+    expect(existsSync(workspace)).toBe(false);
     const error = await exec(session.id, "true").catch((e: unknown) => e);
     expect((error as TRPCClientError<never>).data).toMatchObject({ code: "CONFLICT" });
   });

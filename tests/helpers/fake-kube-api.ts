@@ -730,14 +730,17 @@ export class FakeKubeApi {
     const pod = this.pods.get(name);
     if (spec.operatingMode === "Suspended") {
       if (pod) {
-        void this.endPod(name, "suspended").then(() =>
+        void this.endPod(name, "suspended").then(() => {
+          // Resumed while the pod was still ending: the new pod owns the status now.
+          const current = this.findSandbox(name);
+          if (!current || (current.spec as { operatingMode?: string } | undefined)?.operatingMode !== "Suspended" || this.pods.has(name)) return;
           this.setSandboxStatus(name, (status) => ({
             ...status,
             podIPs: undefined,
             nodeName: undefined,
             conditions: [condition("Ready", "False", "SandboxSuspended", "Sandbox is suspended"), condition("Suspended", "True", "PodTerminated", "Pod terminated")],
-          })),
-        );
+          }));
+        });
       }
       return;
     }
