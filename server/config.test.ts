@@ -87,6 +87,13 @@ describe("loadConfig", () => {
     expect(problemsOf({ BERTH_AUTH_CACHE_MS: "90000" })).toContain("BERTH_AUTH_CACHE_MS");
   });
 
+  it("reads how long a terminated session's workspace is kept, 0 deleting it at termination", () => {
+    expect(loadConfig({}).workspaceRetentionHours).toBe(0);
+    expect(loadConfig({ BERTH_WORKSPACE_RETENTION_HOURS: "72" }).workspaceRetentionHours).toBe(72);
+    expect(problemsOf({ BERTH_WORKSPACE_RETENTION_HOURS: "1.5" })).toContain("BERTH_WORKSPACE_RETENTION_HOURS must be a whole number from 0 to 87600");
+    expect(problemsOf({ BERTH_WORKSPACE_RETENTION_HOURS: "100000" })).toContain("BERTH_WORKSPACE_RETENTION_HOURS");
+  });
+
   it("treats empty optional variables as unset", () => {
     expect(loadConfig({ DATABASE_URL: "", BERTH_ADMIN_API_KEY: " " }).databaseUrl).toBeUndefined();
   });

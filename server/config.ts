@@ -127,6 +127,7 @@ const environmentSchema = z.object({
     .default("2")
     .refine((value) => /^\d+$/.test(value) && Number(value) <= 64, { message: "must be a whole number from 0 to 64" })
     .transform(Number),
+  BERTH_WORKSPACE_RETENTION_HOURS: wholeNumber(0, 87_600),
   BERTH_UNSAFE_NO_SANDBOX_ISOLATION: z.enum(["0", "1", "true", "false"]).default("0").transform((value) => value === "1" || value === "true"),
   BERTH_WORKER_CONCURRENCY: positiveInt(32, 256),
   BERTH_DATABASE_POOL_SIZE: positiveInt(20, 500),
@@ -167,6 +168,8 @@ export type Config = {
   };
   /** Local backend: idle pre-started jails kept per network mode. */
   warmPoolSize: number;
+  /** How long a terminated session's workspace is kept before it is deleted; 0 = deleted at termination. */
+  workspaceRetentionHours: number;
   /** Local backend without bubblewrap: no isolation at all. For machines where bwrap cannot run. */
   unsafeNoSandboxIsolation: boolean;
   workerConcurrency: number;
@@ -253,6 +256,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       readyTimeoutMs: parsed.BERTH_K8S_READY_TIMEOUT_MS,
     },
     warmPoolSize: parsed.BERTH_WARM_POOL_SIZE,
+    workspaceRetentionHours: parsed.BERTH_WORKSPACE_RETENTION_HOURS,
     unsafeNoSandboxIsolation: parsed.BERTH_UNSAFE_NO_SANDBOX_ISOLATION,
     workerConcurrency: parsed.BERTH_WORKER_CONCURRENCY,
     databasePoolSize: parsed.BERTH_DATABASE_POOL_SIZE,

@@ -1,4 +1,4 @@
-import { and, desc, eq, gt, inArray, isNull, lt, sql } from "drizzle-orm";
+import { and, desc, eq, gt, inArray, isNull, lt, lte, sql } from "drizzle-orm";
 import type { Database, DatabaseOrTransaction } from "../../db/client";
 import { agents, agentVersions, sandboxes, sessions } from "../../db/schema";
 import type { Config } from "../config";
@@ -63,7 +63,7 @@ export class SandboxLifecycle {
     private readonly deps: {
       db: Database;
       backend: SandboxBackend;
-      config: Pick<Config, "containerEnv">;
+      config: Pick<Config, "containerEnv" | "workspaceRetentionHours">;
       secretBox: SecretBox;
       metrics: BerthMetrics;
       logger: Logger;
@@ -275,8 +275,9 @@ export class SandboxLifecycle {
       return [...live, ...kept];
     });
     for (const row of rows) await this.deps.backend.stop(row.name, "terminated");
-    // Nothing can reach a terminated session's files any more. A failure here (or a crash before it)
-    // leaves the workspace to reconciliation, which deletes the workspaces of terminated sessions.
+    // Nothing can reach a terminated session's files any more. With a retention period, or after a
+    // failure here (or a crash before it), reconciliation deletes the workspace later.
+    if (this.deps.config.workspaceRetentionHours > 0) return;
     await this.deps.backend.deleteWorkspace(sessionId).catch((error: unknown) => this.deps.logger.warn({ err: error, sessionId }, "could not delete the workspace of a terminated session; reconciliation will retry"));
   }
 
@@ -350,20 +351,23 @@ export class SandboxLifecycle {
   }
 
   /**
-   * Workspaces whose session is terminated (terminate deletes them itself; this catches a crash or
-   * failure in between, and sessions terminated before it did). A workspace with no session row is
-   * left alone: its data might be another installation's sharing this data dir or namespace.
+   * Workspaces whose session was terminated longer ago than BERTH_WORKSPACE_RETENTION_HOURS (a
+   * terminated session never changes again, so its `updated_at` is when it was terminated). Without
+   * retention, terminate deletes them itself and this catches a crash or failure in between. A
+   * workspace with no session row is left alone: it might be another installation's sharing this
+   * data dir or namespace (docs/decisions/017-deleting-workspaces.md).
    */
   private async deleteWorkspacesOfTerminatedSessions(): Promise<number> {
-    const { db, backend } = this.deps;
+    const { db, backend, config } = this.deps;
     const kept = await backend.listWorkspaces();
     if (kept.length === 0) return 0;
+    const terminatedBefore = new Date(Date.now() - config.workspaceRetentionHours * 3_600_000);
     const terminated: string[] = [];
     for (let start = 0; start < kept.length; start += 1_000) {
       const rows = await db
         .select({ id: sessions.id })
         .from(sessions)
-        .where(and(inArray(sessions.id, kept.slice(start, start + 1_000)), eq(sessions.status, "terminated")));
+        .where(and(inArray(sessions.id, kept.slice(start, start + 1_000)), eq(sessions.status, "terminated"), lte(sessions.updatedAt, terminatedBefore)));
       terminated.push(...rows.map((row) => row.id));
     }
     let deleted = 0;

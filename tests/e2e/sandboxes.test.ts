@@ -297,3 +297,40 @@ describe("per-session sandboxes on the local backend", () => {
     expect((error as TRPCClientError<never>).data).toMatchObject({ code: "CONFLICT" });
   });
 });
+
+describe("workspace retention after termination (BERTH_WORKSPACE_RETENTION_HOURS)", () => {
+  let berth: TestBerth;
+  let sql: postgres.Sql;
+
+  beforeAll(async () => {
+    berth = await startTestBerth({ env: { BERTH_ADMIN_API_KEY: KEY, BERTH_WORKSPACE_RETENTION_HOURS: "24" } });
+    sql = postgres(berth.databaseUrl, { max: 2, onnotice: () => {} });
+  });
+  afterAll(async () => {
+    await sql?.end();
+    await berth?.close();
+  });
+
+  it("keeps a terminated session's workspace for the retention period, then reconciliation deletes it", async () => {
+    const api = berth.client(KEY);
+    const agent = await api.agents.create.mutate({ name: "retained", model: "demo" });
+    const session = await api.sessions.create.mutate({ agentId: agent.id });
+    await waitFor("session ready", async () => ((await api.sessions.get.query({ sessionId: session.id })).status === "ready" ? true : undefined), 30_000);
+    await api.sessions.exec.mutate({ sessionId: session.id, command: "echo kept > notes.txt", timeoutMs: 20_000 });
+    const workspace = path.join(berth.config.dataDir, "workspaces", session.id);
+
+    await api.sessions.terminate.mutate({ sessionId: session.id });
+    expect(readFileSync(path.join(workspace, "notes.txt"), "utf8")).toBe("kept\n");
+    await berth.services.sandboxes.reconcile();
+    expect(existsSync(workspace)).toBe(true);
+
+    // 23 hours after termination: still inside the period.
+    await sql`update sessions set updated_at = now() - interval '23 hours' where id = ${session.id}`;
+    await berth.services.sandboxes.reconcile();
+    expect(existsSync(workspace)).toBe(true);
+
+    await sql`update sessions set updated_at = now() - interval '25 hours' where id = ${session.id}`;
+    await berth.services.sandboxes.reconcile();
+    expect(existsSync(workspace)).toBe(false);
+  });
+});
