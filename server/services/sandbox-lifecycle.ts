@@ -17,6 +17,12 @@ export type SessionStatus = (typeof sessions.$inferSelect)["status"];
 const LIVE: SessionStatus[] = ["ready", "running", "idle"];
 /** Reconciliation's health check of each running daemon. */
 const HEALTH_TIMEOUT_MS = 3_000;
+/**
+ * Daemons reconciliation asks at once. All of them at the same moment, every minute, woke every jail
+ * together and took the CPU from message accepts in one burst; a hung daemon holds one of these
+ * lanes for up to two HEALTH_TIMEOUT_MS.
+ */
+const HEALTH_CHECKS_AT_ONCE = 8;
 const ALLOWED: Record<SessionStatus, SessionStatus[]> = {
   pending: ["provisioning", "failed", "terminated"],
   provisioning: ["ready", "failed", "terminated", "reconnecting"],
@@ -339,9 +345,14 @@ export class SandboxLifecycle {
     }
     // A daemon whose process lives but does not answer (hung, starved) is as lost as a dead one.
     const running = rows.filter(({ sandbox: row }) => row.status === "ready" && row.address && listedNames.has(row.name) && owned.has(row.name));
-    const unhealthy = await Promise.all(running.map(({ sandbox: row }) => this.isUnresponsive(row.address!).then((bad) => (bad ? row.name : null))));
+    const unhealthy: string[] = [];
+    const unchecked = running.map(({ sandbox: row }) => row);
+    await Promise.all(
+      Array.from({ length: Math.min(HEALTH_CHECKS_AT_ONCE, unchecked.length) }, async () => {
+        for (let row = unchecked.shift(); row; row = unchecked.shift()) if (await this.isUnresponsive(row.address!)) unhealthy.push(row.name);
+      }),
+    );
     for (const name of unhealthy) {
-      if (!name) continue;
       await this.handleLoss(name, "the sandbox daemon did not answer its health check");
       await backend.stop(name, "unresponsive daemon");
       lost++;
