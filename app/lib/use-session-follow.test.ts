@@ -1,9 +1,9 @@
 import { describe, expect, it } from "vitest";
 import { buildTimeline } from "../components/session-timeline";
 import type { StoredEvent } from "./types";
-import { applyItems, type FollowItem, type FollowState } from "./use-session-follow";
+import { applyItems, prependEvents, type FollowItem, type FollowState } from "./use-session-follow";
 
-const empty: FollowState = { events: [], lastSeq: 0, started: true, streaming: null, connection: "live", error: null };
+const empty: FollowState = { events: [], lastSeq: 0, windowStart: 0, started: true, streaming: null, connection: "live", error: null };
 const at = new Date("2026-01-01T00:00:00Z");
 const event = (seq: number, type: StoredEvent["type"], payload: unknown): FollowItem => ({ kind: "event", event: { seq, type, payload, createdAt: at } });
 
@@ -27,6 +27,36 @@ describe("applying followed items", () => {
     expect(state.streaming).toBeNull();
     // A delta of a step already stored (a late notification) is ignored.
     expect(applyItems(state, [{ kind: "delta", afterSeq: 1, text: "stale" }]).streaming).toBeNull();
+  });
+});
+
+describe("a long session's window of events", () => {
+  const stored = (seq: number): StoredEvent => ({ seq, type: "user_message", payload: { text: `m${seq}` }, createdAt: at });
+
+  it("puts an earlier page in front of the held events, each once, and moves the window start back", () => {
+    // Opened 3 events before the end of a 7-event log: 5..7 held, 1..4 not.
+    let state: FollowState = { ...empty, windowStart: 4, lastSeq: 4 };
+    state = applyItems(state, [4, 5, 6, 7].map((seq) => ({ kind: "event" as const, event: stored(seq) })));
+    expect(state.events.map((item) => item.seq)).toEqual([5, 6, 7]);
+    // A page that overlaps what is held (and reaches below the window it was asked for) adds only the gap.
+    state = prependEvents(state, [1, 2, 3, 4, 5, 6].map(stored), 2);
+    expect(state.events.map((item) => item.seq)).toEqual([3, 4, 5, 6, 7]);
+    expect(state.windowStart).toBe(2);
+    state = prependEvents(state, [1, 2].map(stored), 0);
+    expect(state.events.map((item) => item.seq)).toEqual([1, 2, 3, 4, 5, 6, 7]);
+    expect(state.windowStart).toBe(0);
+    // Live events keep arriving after it.
+    state = applyItems(state, [{ kind: "event", event: stored(8) }]);
+    expect(state.events.map((item) => item.seq)).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+  });
+
+  it("pairs a tool result with its call once the page holding the call is loaded", () => {
+    const call: StoredEvent = { seq: 4, type: "tool_call", payload: { id: "c1", name: "bash", input: { command: "ls" } }, createdAt: at };
+    const result: StoredEvent = { seq: 5, type: "tool_result", payload: { callId: "c1", output: "a\n", exitCode: 0, isError: false }, createdAt: at };
+    let state = applyItems({ ...empty, windowStart: 4, lastSeq: 4 }, [{ kind: "event", event: result }]);
+    expect(buildTimeline(state.events).map((entry) => entry.kind)).toEqual(["orphan_result"]);
+    state = prependEvents(state, [stored(3), call], 2);
+    expect(buildTimeline(state.events).map((entry) => entry.kind)).toEqual(["user", "tool"]);
   });
 });
 

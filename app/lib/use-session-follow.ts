@@ -1,4 +1,4 @@
-import { useCallback, useEffect, useReducer, useRef } from "react";
+import { useCallback, useEffect, useReducer, useRef, useState } from "react";
 import { errorCode } from "./errors";
 import { useTRPCClient } from "./trpc";
 import type { StoredEvent } from "./types";
@@ -9,9 +9,14 @@ export type FollowItem = { kind: "event"; event: StoredEvent } | { kind: "delta"
 export type Connection = "connecting" | "live" | "reconnecting" | "failed";
 
 export type FollowState = {
-  /** Every stored event received, in seq order, each exactly once. */
+  /** Every stored event held, in seq order, each exactly once: those after `windowStart`. */
   events: StoredEvent[];
   lastSeq: number;
+  /**
+   * Events up to this seq are not held: a long session opens on its newest events, and earlier pages
+   * are loaded on request (`loadEarlier`). 0 once the log is held from its start.
+   */
+  windowStart: number;
   /** Whether the first page of history has arrived (the stream said it started). */
   started: boolean;
   /** Live assistant text of the step running after `afterSeq`; replaced by the stored event that follows. */
@@ -23,11 +28,27 @@ export type FollowState = {
 
 type Action =
   | { type: "items"; items: FollowItem[] }
+  | { type: "window"; afterSeq: number }
+  | { type: "earlier"; events: StoredEvent[]; windowStart: number }
   | { type: "connection"; connection: Connection; error?: unknown }
   | { type: "started" }
   | { type: "reset" };
 
-const INITIAL: FollowState = { events: [], lastSeq: 0, started: false, streaming: null, connection: "connecting", error: null };
+const INITIAL: FollowState = { events: [], lastSeq: 0, windowStart: 0, started: false, streaming: null, connection: "connecting", error: null };
+
+/** Events a session page opens on; a longer log starts this far back, with earlier pages on request. */
+export const HISTORY_WINDOW = 200;
+
+/**
+ * Adds an earlier page (events after `windowStart`, below the first held one) in front of the held
+ * events. Seqs are dense per session (each comes from the session's counter), so the page fills the
+ * gap exactly; anything already held is not added twice.
+ */
+export function prependEvents(state: FollowState, older: StoredEvent[], windowStart: number): FollowState {
+  const firstHeld = state.events[0]?.seq ?? state.lastSeq + 1;
+  const added = older.filter((event) => event.seq > windowStart && event.seq < firstHeld);
+  return { ...state, events: added.length > 0 ? [...added, ...state.events] : state.events, windowStart: Math.min(state.windowStart, windowStart) };
+}
 
 /** Applies received items: events at or below the last seq are duplicates (a resumed stream) and dropped. */
 export function applyItems(state: FollowState, items: FollowItem[]): FollowState {
@@ -56,6 +77,10 @@ function reducer(state: FollowState, action: Action): FollowState {
   switch (action.type) {
     case "items":
       return applyItems(state, action.items);
+    case "window":
+      return state.lastSeq === 0 && state.events.length === 0 ? { ...state, lastSeq: action.afterSeq, windowStart: action.afterSeq } : state;
+    case "earlier":
+      return prependEvents(state, action.events, action.windowStart);
     case "started":
       return { ...state, started: true, connection: "live", error: null };
     case "connection":
@@ -74,12 +99,20 @@ const FATAL = new Set(["NOT_FOUND", "UNAUTHORIZED", "FORBIDDEN", "BAD_REQUEST"])
  * when the stream fails for good (server gone, then back) this hook subscribes again with
  * `lastEventId` = the last seq it holds. Items are applied once per animation frame, so replaying a
  * long history is one render, not one per event.
+ *
+ * `lastSeqAtOpen` is the session's last seq when the page opened (from `sessions.get`): following
+ * starts once it is known, `HISTORY_WINDOW` events before it, so the browser never holds a whole long
+ * log; `loadEarlier` pages back through `sessions.events`.
  */
-export function useSessionFollow(sessionId: string) {
+export function useSessionFollow(sessionId: string, lastSeqAtOpen: number | undefined) {
   const client = useTRPCClient();
   const [state, dispatch] = useReducer(reducer, INITIAL);
   const lastSeq = useRef(0);
   const [generation, bump] = useReducer((value: number) => value + 1, 0);
+  // Latched once per session: later values of the session row must not restart the stream.
+  const opened = useRef<{ sessionId: string; lastSeq: number } | null>(null);
+  if (opened.current?.sessionId !== sessionId) opened.current = lastSeqAtOpen === undefined ? null : { sessionId, lastSeq: lastSeqAtOpen };
+  const canStart = opened.current !== null;
 
   useEffect(() => {
     dispatch({ type: "reset" });
@@ -87,6 +120,12 @@ export function useSessionFollow(sessionId: string) {
   }, [sessionId]);
 
   useEffect(() => {
+    if (!opened.current) return;
+    if (lastSeq.current === 0) {
+      const windowStart = Math.max(0, opened.current.lastSeq - HISTORY_WINDOW);
+      lastSeq.current = windowStart;
+      dispatch({ type: "window", afterSeq: windowStart });
+    }
     let stopped = false;
     let subscription: { unsubscribe(): void } | undefined;
     let retryTimer: ReturnType<typeof setTimeout> | undefined;
@@ -177,7 +216,7 @@ export function useSessionFollow(sessionId: string) {
       frame?.cancel();
       flush();
     };
-  }, [client, sessionId, generation]);
+  }, [client, sessionId, generation, canStart]);
 
   /** After a fatal error: try again from the last seq held. */
   const retry = useCallback(() => {
@@ -185,5 +224,23 @@ export function useSessionFollow(sessionId: string) {
     bump();
   }, []);
 
-  return { ...state, retry };
+  const [earlier, setEarlier] = useState<{ loading: boolean; error: unknown }>({ loading: false, error: null });
+  const windowStartRef = useRef(state.windowStart);
+  windowStartRef.current = state.windowStart;
+  /** Loads the page of events before the first one held. */
+  const loadEarlier = useCallback(async () => {
+    const before = windowStartRef.current;
+    if (before <= 0) return;
+    const afterSeq = Math.max(0, before - HISTORY_WINDOW);
+    setEarlier({ loading: true, error: null });
+    try {
+      const page = await client.sessions.events.query({ sessionId, afterSeq, limit: before - afterSeq });
+      dispatch({ type: "earlier", events: page.items, windowStart: afterSeq });
+      setEarlier({ loading: false, error: null });
+    } catch (error) {
+      setEarlier({ loading: false, error });
+    }
+  }, [client, sessionId]);
+
+  return { ...state, retry, loadEarlier, earlier };
 }

@@ -189,6 +189,18 @@ function SessionActions({ session, status }: { session: SessionDetail; status: S
   );
 }
 
+/** The top of a long session's timeline: how many earlier events are not shown, and a button to load the page before. */
+function EarlierEvents({ count, loading, error, onLoad }: { count: number; loading: boolean; error: unknown; onLoad: () => void }) {
+  return (
+    <div className="timeline-earlier" data-testid="earlier-events">
+      <button type="button" className="button button-small" disabled={loading} onClick={onLoad}>
+        {loading ? "Loading…" : `Show earlier events (${count.toLocaleString("en")} before these)`}
+      </button>
+      {error ? <span className="field-error">{errorMessage(error)}</span> : null}
+    </div>
+  );
+}
+
 const HOLD_RECONNECTING_MS = 1_500;
 
 /**
@@ -259,7 +271,7 @@ export default function SessionPage() {
   const { sessionId = "" } = useParams();
   const trpc = useTRPC();
   const session = useQuery(trpc.sessions.get.queryOptions({ sessionId }, { refetchInterval: 15_000 }));
-  const follow = useSessionFollow(sessionId);
+  const follow = useSessionFollow(sessionId, session.data?.lastSeq);
   const [pending, setPending] = useState<Pending[]>([]);
   const send = useMutation(trpc.sessions.send.mutationOptions());
 
@@ -304,7 +316,20 @@ export default function SessionPage() {
     );
   };
 
-  const jump = usePinnedToBottom([entries.length, follow.streaming?.text.length, pending.length, follow.started]);
+  // Keyed on the newest entry: an earlier page loaded above is not news below.
+  const jump = usePinnedToBottom([entries[entries.length - 1]?.seq, follow.streaming?.text.length, pending.length, follow.started]);
+
+  // Loading an earlier page keeps what the reader was looking at in place (the timeline does not anchor scrolling).
+  const fromBottom = useRef<number | null>(null);
+  const loadEarlier = () => {
+    fromBottom.current = document.documentElement.scrollHeight - window.scrollY;
+    void follow.loadEarlier();
+  };
+  useBrowserLayoutEffect(() => {
+    if (fromBottom.current === null) return;
+    window.scrollTo({ top: document.documentElement.scrollHeight - fromBottom.current });
+    fromBottom.current = null;
+  }, [follow.windowStart]);
 
   const statusFromLog = latest.status && (SESSION_STATUSES as string[]).includes(latest.status.to) ? (latest.status.to as SessionStatus) : undefined;
   const status = statusFromLog ?? session.data?.status;
@@ -356,6 +381,7 @@ export default function SessionPage() {
           ) : entries.length === 0 && pending.length === 0 ? (
             <Empty title="Nothing here yet">Send a message below. With the offline demo model, <code>run: echo hello</code> runs a command in the sandbox.</Empty>
           ) : null}
+          {follow.started && follow.windowStart > 0 ? <EarlierEvents count={follow.windowStart} loading={follow.earlier.loading} error={follow.earlier.error} onLoad={loadEarlier} /> : null}
           <Timeline entries={entries} running={status === "running"} />
           {follow.streaming ? <StreamingMessage text={follow.streaming.text} /> : null}
           {pending.map((item) => (

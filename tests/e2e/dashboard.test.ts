@@ -4,6 +4,9 @@ import path from "node:path";
 import postgres from "postgres";
 import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { connectDatabase } from "../../db/client";
+import { appendEvents, type EventInput } from "../../server/services/event-log";
+import { HISTORY_WINDOW } from "../../app/lib/use-session-follow";
 import { ROOT, startTestBerth, type TestBerth } from "../helpers/berth";
 import { waitFor } from "../helpers/processes";
 import { createTeamWithKey } from "../helpers/teams";
@@ -84,14 +87,14 @@ describe("web dashboard", () => {
     await page.locator(".loading").first().waitFor({ state: "detached", timeout: 10_000 }).catch(() => {});
   }
 
-  async function storedEvents() {
-    const page_ = await api.sessions.events.query({ sessionId, afterSeq: 0, limit: 1000 });
+  async function storedEvents(id = sessionId) {
+    const page_ = await api.sessions.events.query({ sessionId: id, afterSeq: 0, limit: 1000 });
     return page_.items;
   }
 
   /** The page shows each stored event exactly once: nothing missing, nothing doubled. */
-  async function expectTimelineMatchesLog() {
-    const events = await storedEvents();
+  async function expectTimelineMatchesLog(id = sessionId) {
+    const events = await storedEvents(id);
     const last = events[events.length - 1]!.seq;
     const timeline = page.getByTestId("timeline");
     await expect.poll(() => timeline.getAttribute("data-last-seq"), { timeout: 15_000 }).toBe(String(last));
@@ -256,6 +259,52 @@ describe("web dashboard", () => {
     await page.getByRole("button", { name: "Collapse" }).click();
     await page.locator('[data-testid=session-status] [data-status="ready"]').waitFor({ timeout: 20_000 });
     await expectTimelineMatchesLog();
+  });
+
+  it("opens a long session on its newest events and loads earlier ones on request", async () => {
+    const agent = await api.agents.create.mutate({ name: "long-history", model: "demo" });
+    const long = await api.sessions.create.mutate({ agentId: agent.id, title: "A long conversation" });
+    await waitFor("the long session to be ready", async () => ((await api.sessions.get.query({ sessionId: long.id })).status === "ready" ? true : undefined), 30_000);
+    const database = connectDatabase(berth.databaseUrl, { max: 1 });
+    try {
+      const messages: EventInput[] = Array.from({ length: 450 }, (_, index) =>
+        index % 2 === 0 ? { type: "user_message", payload: { text: `question ${index}` } } : { type: "assistant_message", payload: { text: `answer ${index}` } },
+      );
+      for (let start = 0; start < messages.length; start += 100) await appendEvents(database.db, long.id, messages.slice(start, start + 100));
+    } finally {
+      await database.close();
+    }
+    const { lastSeq } = await api.sessions.get.query({ sessionId: long.id });
+    const timeline = page.getByTestId("timeline");
+
+    await visit(`/sessions/${long.id}`);
+    await expect.poll(() => timeline.getAttribute("data-last-seq"), { timeout: 15_000 }).toBe(String(lastSeq));
+    expect(await timeline.getAttribute("data-events")).toBe(String(HISTORY_WINDOW));
+    const earlier = page.getByTestId("earlier-events").getByRole("button");
+    expect(await earlier.textContent()).toBe(`Show earlier events (${lastSeq - HISTORY_WINDOW} before these)`);
+    expect(await page.getByText("question 0", { exact: true }).count()).toBe(0);
+    await page.evaluate(() => window.scrollTo({ top: 0 }));
+    await shot("session-long-history");
+
+    // What the reader looks at stays in view while a page is added above it.
+    const firstShown = page.locator("[data-testid=timeline] [data-seq]").first();
+    const firstSeq = await firstShown.getAttribute("data-seq");
+    await earlier.click();
+    await expect.poll(() => timeline.getAttribute("data-events")).toBe(String(2 * HISTORY_WINDOW));
+    const anchored = await page.locator(`[data-testid=timeline] [data-seq="${firstSeq}"]`).boundingBox();
+    expect(anchored!.y).toBeGreaterThan(0);
+    expect(anchored!.y).toBeLessThan(LAPTOP.height);
+    await earlier.click();
+    await expect.poll(() => timeline.getAttribute("data-events")).toBe(String(lastSeq));
+    expect(await page.getByTestId("earlier-events").count()).toBe(0);
+    await page.getByText("question 0", { exact: true }).waitFor();
+
+    // Still following: a new message arrives below the whole log, once.
+    await api.sessions.send.mutate({ sessionId: long.id, text: "still live" });
+    await page.getByTestId("user-message").filter({ hasText: "still live" }).waitFor({ timeout: 20_000 });
+    await expectTimelineMatchesLog(long.id);
+    await visit(`/sessions/${sessionId}`);
+    await page.locator('[data-testid=session-status] [data-status="ready"]').waitFor({ timeout: 20_000 });
   });
 
   it("aborts a running command, and restarts the sandbox", async () => {
