@@ -127,4 +127,12 @@ describe("TurnStore on the SQL turn functions", () => {
     const rows = await client.db.select().from(turns).where(eq(turns.sessionId, sessionId));
     expect(rows.map((row) => [row.id, row.status, row.error]).sort()).toEqual(turnIds.map((id) => [id, "aborted", "the session is terminated"]).sort());
   });
+
+  it("runs the hot SQL functions on generic plans (a CREATE OR REPLACE in a later migration must repeat the setting)", async () => {
+    const rows = await client.sql<{ name: string; config: string[] | null }[]>`
+      select proname as name, proconfig as config from pg_proc
+      where proname in ('berth_accept_message', 'berth_append_events', 'berth_start_turn', 'berth_finish_turn') order by proname`;
+    expect(rows.map((row) => row.name)).toEqual(["berth_accept_message", "berth_append_events", "berth_finish_turn", "berth_start_turn"]);
+    for (const row of rows) expect(row.config, row.name).toEqual(["plan_cache_mode=force_generic_plan"]);
+  });
 });
