@@ -1,3 +1,4 @@
+import { setTimeout as delay } from "node:timers/promises";
 import { and, desc, eq, gt, inArray, isNull, lt, lte, sql } from "drizzle-orm";
 import type { Database, DatabaseOrTransaction } from "../../db/client";
 import { agents, agentVersions, sandboxes, sessions } from "../../db/schema";
@@ -17,12 +18,16 @@ export type SessionStatus = (typeof sessions.$inferSelect)["status"];
 const LIVE: SessionStatus[] = ["ready", "running", "idle"];
 /** Reconciliation's health check of each running daemon. */
 const HEALTH_TIMEOUT_MS = 3_000;
-/**
- * Daemons reconciliation asks at once. All of them at the same moment, every minute, woke every jail
- * together and took the CPU from message accepts in one burst; a hung daemon holds one of these
- * lanes for up to two HEALTH_TIMEOUT_MS.
- */
+/** Daemons reconciliation asks at once; a hung one holds a lane for up to two HEALTH_TIMEOUT_MS. */
 const HEALTH_CHECKS_AT_ONCE = 8;
+/**
+ * The minute's reconciliation starts its health checks this far apart, and all of them within
+ * HEALTH_CHECK_SPREAD_MS. Asked all together, every jail's daemon woke at once (a first request costs
+ * a cold daemon some 20-50 ms of CPU) and the machine had no CPU left for message accepts for a
+ * second or two each minute.
+ */
+const HEALTH_CHECK_INTERVAL_MS = 250;
+const HEALTH_CHECK_SPREAD_MS = 30_000;
 const ALLOWED: Record<SessionStatus, SessionStatus[]> = {
   pending: ["provisioning", "failed", "terminated"],
   provisioning: ["ready", "failed", "terminated", "reconnecting"],
@@ -170,10 +175,13 @@ export class SandboxLifecycle {
   }
 
   /** The backend noticed a sandbox died: mark it lost and reconnect its session to a new generation. */
-  async handleLoss(name: string, reason: string): Promise<void> {
+  /** Marks the sandbox lost and reconnects its session; false when the sandbox was no longer live (someone else ended it). */
+  async handleLoss(name: string, reason: string): Promise<boolean> {
+    let marked = false;
     const sessionId = await this.deps.db.transaction(async (tx) => {
       const [row] = await tx.update(sandboxes).set({ status: "lost", endedAt: new Date(), endReason: reason }).where(and(eq(sandboxes.name, name), inArray(sandboxes.status, ["ready", "provisioning"]))).returning();
       if (!row) return null;
+      marked = true;
       const session = await lockSession(tx, row.sessionId);
       if (!session || !LIVE.includes(session.status)) return null;
       await transition(tx, session, "reconnecting", reason);
@@ -185,6 +193,7 @@ export class SandboxLifecycle {
       this.deps.metrics.reconnects.inc({ outcome: "started" });
       this.deps.logger.warn({ sessionId, sandbox: name, reason }, "sandbox lost: reconnecting the session");
     }
+    return marked;
   }
 
   /** Waits until the session has a ready sandbox, resuming a suspended one; returns its address. */
@@ -303,9 +312,11 @@ export class SandboxLifecycle {
 
   /**
    * Cron: stops sandboxes no live session owns, marks sessions whose sandbox vanished (they
-   * reconnect), and fails provisioning rows a dead process abandoned.
+   * reconnect), and fails provisioning rows a dead process abandoned. `paced`: the health checks are
+   * spread out (the minute's run; at start-up they go as fast as they can). A stop signal ends the
+   * pacing and skips the checks not yet started.
    */
-  async reconcile(): Promise<{ stopped: number; lost: number; workspacesDeleted: number }> {
+  async reconcile(options: { paced?: boolean; signal?: AbortSignal } = {}): Promise<{ stopped: number; lost: number; workspacesDeleted: number }> {
     const { db, backend } = this.deps;
     await this.syncWarmPools().catch((error: unknown) => this.deps.logger.warn({ err: error }, "could not sync the warm pools"));
     const listed = await backend.list();
@@ -346,14 +357,26 @@ export class SandboxLifecycle {
     // A daemon whose process lives but does not answer (hung, starved) is as lost as a dead one.
     const running = rows.filter(({ sandbox: row }) => row.status === "ready" && row.address && listedNames.has(row.name) && owned.has(row.name));
     const unhealthy: string[] = [];
-    const unchecked = running.map(({ sandbox: row }) => row);
+    const interval = options.paced && running.length > 0 ? Math.min(HEALTH_CHECK_INTERVAL_MS, HEALTH_CHECK_SPREAD_MS / running.length) : 0;
+    const checksStarted = Date.now();
+    let next = 0;
     await Promise.all(
-      Array.from({ length: Math.min(HEALTH_CHECKS_AT_ONCE, unchecked.length) }, async () => {
-        for (let row = unchecked.shift(); row; row = unchecked.shift()) if (await this.isUnresponsive(row.address!)) unhealthy.push(row.name);
+      Array.from({ length: Math.min(HEALTH_CHECKS_AT_ONCE, running.length) }, async () => {
+        while (next < running.length && !options.signal?.aborted) {
+          const index = next++;
+          const wait = checksStarted + index * interval - Date.now();
+          // Aborted: the check below is skipped.
+          if (wait > 0) await delay(wait, undefined, { signal: options.signal }).catch(() => {});
+          if (options.signal?.aborted) return;
+          const row = running[index]!.sandbox;
+          if (await this.isUnresponsive(row.address!)) unhealthy.push(row.name);
+        }
       }),
     );
     for (const name of unhealthy) {
-      await this.handleLoss(name, "the sandbox daemon did not answer its health check");
+      // Checked up to HEALTH_CHECK_SPREAD_MS after the rows were read: a sandbox suspended, stopped or
+      // replaced meanwhile is its new owner's to stop (a suspended one is kept for its resume).
+      if (!(await this.handleLoss(name, "the sandbox daemon did not answer its health check"))) continue;
       await backend.stop(name, "unresponsive daemon");
       lost++;
     }
