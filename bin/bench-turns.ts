@@ -1,9 +1,11 @@
 /**
- * Message and event-log benchmark: `npm run build && npm run bench:turns [-- --sessions 50 --messages 20 --interval-ms 1000]`.
+ * Message and event-log benchmark: `npm run build && npm run bench:turns [-- --sessions 50 --messages 20 --interval-ms 1000 --warm-up 1]`.
  *
  * Prints figures (no assertions), measured in one run on this machine, everything on 127.0.0.1:
  *   1. message accept latency: the built server (`node build/main.js`) on a fresh database; N sessions
- *      of a `demo` agent each send M messages one after another, all sessions at once; every
+ *      of a `demo` agent each send M messages one after another, all sessions at once, after a warm-up
+ *      round (--warm-up messages per session, timed and printed apart: the first message meets cold
+ *      code and connections, which a long-running server has long since warmed); every
  *      `sessions.send` round-trip (returns once the message is durable) is timed client-side, over one
  *      keep-alive HTTP connection per session. The CPU the server, Postgres and this client use while
  *      sending is printed beside it (Linux). Then the
@@ -52,12 +54,16 @@ const { values } = parseArgs({
     sessions: { type: "string", default: "50" },
     messages: { type: "string", default: "20" },
     "interval-ms": { type: "string", default: "1000" },
+    "warm-up": { type: "string", default: "1" },
   },
 });
 const sessionCount = Number(values.sessions);
 const messageCount = Number(values.messages);
 /** Each session sends one message per interval (users typing, not a flood); 0 = back to back (saturation). */
 const intervalMs = Number(values["interval-ms"]);
+/** Messages each session sends before the timed ones; their accepts are printed apart. */
+const warmUpCount = Number(values["warm-up"]);
+if (!Number.isInteger(warmUpCount) || warmUpCount < 0 || warmUpCount > 100) throw new Error("--warm-up must be a whole number from 0 to 100");
 if (!Number.isInteger(intervalMs) || intervalMs < 0 || intervalMs > 60_000) throw new Error("--interval-ms must be a whole number from 0 to 60000");
 if (!Number.isInteger(sessionCount) || sessionCount < 1 || sessionCount > 500) throw new Error("--sessions must be a whole number from 1 to 500");
 if (!Number.isInteger(messageCount) || messageCount < 1 || messageCount > 1000) throw new Error("--messages must be a whole number from 1 to 1000");
@@ -123,6 +129,8 @@ function sendMessage(agent: http.Agent, baseUrl: string, sessionId: string, text
 type TurnFigures = {
   readyMillis: number;
   sendSamples: number[];
+  /** The warm-up messages' accepts (each session's first messages), not in sendSamples. */
+  warmUpSamples: number[];
   /** When each sample's send started, in ms from the start of the send phase (same order as sendSamples). */
   sendOffsets: number[];
   /** Wall-clock start of the send phase, to tell whether a minute's maintenance jobs (jobs/crontab.ts) ran inside it. */
@@ -169,48 +177,59 @@ async function benchTurns(databaseUrl: string, sql: postgres.Sql): Promise<TurnF
   const readyMillis = performance.now() - created;
   console.log(`${sessionCount} sessions ready in ${secs(readyMillis)} (cold sandboxes, warm pool off)`);
 
-  const sendSamples: number[] = [];
-  const sendOffsets: number[] = [];
   const sendErrors: string[] = [];
   // One keep-alive connection per session, like one user's client; see sendMessage.
   const sendAgent = new http.Agent({ keepAlive: true, maxSockets: sessionCount });
   cleanups.push("send agent", async () => sendAgent.destroy());
+  /** Every session sends `count` messages, one per interval from a random phase; each accept is timed. */
+  async function sendRound(label: string, count: number, round: { samples: number[]; offsets: number[] }) {
+    const roundStarted = performance.now();
+    await withTimeout(
+      `the ${label}`,
+      SEND_TIMEOUT_MS,
+      Promise.all(
+        sessionIds.map(async (sessionId) => {
+          if (intervalMs > 0) await new Promise((resolve) => setTimeout(resolve, Math.random() * intervalMs));
+          for (let i = 0; i < count; i++) {
+            if (intervalMs > 0 && i > 0) await new Promise((resolve) => setTimeout(resolve, intervalMs));
+            const started = performance.now();
+            try {
+              await sendMessage(sendAgent, server.url, sessionId, `${label} ${i}`);
+              round.samples.push(performance.now() - started);
+              round.offsets.push(started - roundStarted);
+            } catch (error) {
+              sendErrors.push(errorText(error));
+            }
+          }
+        }),
+      ),
+    );
+  }
+
+  // Each session's first message meets cold code and cold connections (each Postgres connection
+  // compiles the SQL functions on first use): timed apart, so the figures below are the steady state.
+  const warmUp = { samples: [] as number[], offsets: [] as number[] };
+  if (warmUpCount > 0) {
+    await sendRound("warm-up", warmUpCount, warmUp);
+    await waitForTurns(sql);
+    console.log(`warm-up: ${warmUp.samples.length} messages accepted (p99 ${ms(percentile(warmUp.samples, 99))}), their turns finished`);
+  }
+
+  const sent = { samples: [] as number[], offsets: [] as number[] };
+  const [timedFrom] = await sql<{ since: Date }[]>`select clock_timestamp() as since`;
+  const since = timedFrom!.since;
   const cpuBefore = cpuSnapshot(server.child.pid);
   const sendStarted = performance.now();
   const sendStartedAt = new Date();
-  await withTimeout(
-    "the send phase",
-    SEND_TIMEOUT_MS,
-    Promise.all(
-      sessionIds.map(async (sessionId) => {
-        if (intervalMs > 0) await new Promise((resolve) => setTimeout(resolve, Math.random() * intervalMs));
-        for (let i = 0; i < messageCount; i++) {
-          if (intervalMs > 0 && i > 0) await new Promise((resolve) => setTimeout(resolve, intervalMs));
-          const started = performance.now();
-          try {
-            await sendMessage(sendAgent, server.url, sessionId, `hello ${i}`);
-            sendSamples.push(performance.now() - started);
-            sendOffsets.push(started - sendStarted);
-          } catch (error) {
-            sendErrors.push(errorText(error));
-          }
-        }
-      }),
-    ),
-  );
+  await sendRound("hello", messageCount, sent);
+  const sendSamples = sent.samples;
+  const sendOffsets = sent.offsets;
   const lastSendAt = performance.now();
   const cpuAfter = cpuSnapshot(server.child.pid);
   const sendWallMillis = lastSendAt - sendStarted;
   console.log(`${sendSamples.length} messages accepted in ${secs(sendWallMillis)} (${sendErrors.length} errors)`);
 
-  let open = -1;
-  await waitUntil("every turn to finish", DRAIN_TIMEOUT_MS, 50, async () => {
-    const [row] = await sql<{ open: number }[]>`select count(*)::int as open from turns where status in ('queued', 'running')`;
-    open = row!.open;
-    return open === 0;
-  }).catch((error: unknown) => {
-    throw new Error(`${errorText(error)} (${open} turns still queued or running)`);
-  });
+  await waitForTurns(sql);
   const drainedAt = performance.now();
   console.log(`all turns finished ${secs(drainedAt - lastSendAt)} after the last send`);
 
@@ -223,13 +242,14 @@ async function benchTurns(databaseUrl: string, sql: postgres.Sql): Promise<TurnF
       max(extract(epoch from finished_at - created_at) * 1000)::float8 as max,
       avg(extract(epoch from started_at - created_at) * 1000)::float8 as queue_avg,
       avg(extract(epoch from finished_at - started_at) * 1000)::float8 as run_avg
-    from turns where finished_at is not null`;
+    from turns where finished_at is not null and created_at >= ${since}`;
 
   const shutdown = await server.stop();
   const serverWarnings = warningLines(server.logLines);
   return {
     readyMillis,
     sendSamples,
+    warmUpSamples: warmUp.samples,
     sendOffsets,
     sendStartedAt,
     sendErrors,
@@ -272,6 +292,17 @@ function sendTailBySecond(turns: TurnFigures): string {
   const nextMinute = Math.ceil(start / 60_000) * 60_000;
   const cron = nextMinute - start <= turns.sendWallMillis ? `maintenance cron at +${Math.floor((nextMinute - start) / 1000)}s` : "no maintenance cron inside";
   return `${worst.join(", ")}; ${cron}`;
+}
+
+async function waitForTurns(sql: postgres.Sql): Promise<void> {
+  let open = -1;
+  await waitUntil("every turn to finish", DRAIN_TIMEOUT_MS, 50, async () => {
+    const [row] = await sql<{ open: number }[]>`select count(*)::int as open from turns where status in ('queued', 'running')`;
+    open = row!.open;
+    return open === 0;
+  }).catch((error: unknown) => {
+    throw new Error(`${errorText(error)} (${open} turns still queued or running)`);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------- 2. event ingest
@@ -381,6 +412,7 @@ try {
     `send accepted      n=${sends.length} errors=${turns.sendErrors.length}  p50 ${ms(percentile(sends, 50))}  p95 ${ms(percentile(sends, 95))}  ` +
       `p99 ${ms(percentile(sends, 99))}  max ${ms(sends.length ? Math.max(...sends) : Number.NaN)}`,
     `send tail          ${sendTailBySecond(turns)}`,
+    `warm-up accepted   ${turns.warmUpSamples.length === 0 ? "none (--warm-up 0: the figures above include each session's first message)" : `n=${turns.warmUpSamples.length} (${warmUpCount} per session, before the timed messages)  p50 ${ms(percentile(turns.warmUpSamples, 50))}  p99 ${ms(percentile(turns.warmUpSamples, 99))}  max ${ms(Math.max(...turns.warmUpSamples))}`}`,
     `send throughput    ${rate((sends.length / turns.sendWallMillis) * 1000)} messages (${sessionCount} concurrent sessions, wall ${secs(turns.sendWallMillis)})`,
     `send-phase CPU     ${turns.sendCpu}`,
     `server main thread ${turns.sendMainThread}`,
