@@ -113,10 +113,12 @@ export function useSessionFollow(sessionId: string, lastSeqAtOpen: number | unde
   const opened = useRef<{ sessionId: string; lastSeq: number } | null>(null);
   if (opened.current?.sessionId !== sessionId) opened.current = lastSeqAtOpen === undefined ? null : { sessionId, lastSeq: lastSeqAtOpen };
   const canStart = opened.current !== null;
+  const [earlier, setEarlier] = useState<{ loading: boolean; error: unknown }>({ loading: false, error: null });
 
   useEffect(() => {
     dispatch({ type: "reset" });
     lastSeq.current = 0;
+    setEarlier({ loading: false, error: null });
   }, [sessionId]);
 
   useEffect(() => {
@@ -224,7 +226,6 @@ export function useSessionFollow(sessionId: string, lastSeqAtOpen: number | unde
     bump();
   }, []);
 
-  const [earlier, setEarlier] = useState<{ loading: boolean; error: unknown }>({ loading: false, error: null });
   const windowStartRef = useRef(state.windowStart);
   windowStartRef.current = state.windowStart;
   /** Loads the page of events before the first one held. */
@@ -233,13 +234,14 @@ export function useSessionFollow(sessionId: string, lastSeqAtOpen: number | unde
     if (before <= 0) return;
     const afterSeq = Math.max(0, before - HISTORY_WINDOW);
     setEarlier({ loading: true, error: null });
-    try {
-      const page = await client.sessions.events.query({ sessionId, afterSeq, limit: before - afterSeq });
-      dispatch({ type: "earlier", events: page.items, windowStart: afterSeq });
-      setEarlier({ loading: false, error: null });
-    } catch (error) {
-      setEarlier({ loading: false, error });
-    }
+    const outcome = await client.sessions.events.query({ sessionId, afterSeq, limit: before - afterSeq }).then(
+      (page) => ({ page, error: null }),
+      (error: unknown) => ({ page: null, error }),
+    );
+    // The page may have moved to another session meanwhile: nothing of this one goes there.
+    if (opened.current?.sessionId !== sessionId) return;
+    if (outcome.page) dispatch({ type: "earlier", events: outcome.page.items, windowStart: afterSeq });
+    setEarlier({ loading: false, error: outcome.error });
   }, [client, sessionId]);
 
   return { ...state, retry, loadEarlier, earlier };
