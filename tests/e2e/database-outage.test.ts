@@ -107,7 +107,8 @@ describe("a database restart under traffic", () => {
     await waitFor("/readyz again", async () => ((await readyzStatus(port)) === 200 ? true : undefined), 30_000);
     // Calls during the outage failed fast and said why.
     expect(failures.length).toBeGreaterThan(0);
-    expect(new Set(failures.map((failure) => failure.code))).toEqual(new Set(["SERVICE_UNAVAILABLE"]));
+    const serverErrors = () => server!.output().split("\n").filter((line) => /"level":(50|60)|fatal|Error:/.test(line)).slice(-8).join("\n").slice(-6000);
+    expect(new Set(failures.map((failure) => failure.code)), `codes of the failed calls; the server's errors: ${serverErrors()}`).toEqual(new Set(["SERVICE_UNAVAILABLE"]));
     expect(Math.max(...failures.map((failure) => failure.ms)), JSON.stringify({ marks, failures: failures.map((f) => [Math.round(f.at), Math.round(f.ms), f.code]) })).toBeLessThan(10_000);
 
     const sql = postgres(database.url, { max: 2, onnotice: () => {} });
