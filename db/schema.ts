@@ -338,4 +338,9 @@ export const workerInstances = pgTable("worker_instances", {
   /** graphile-worker pool and worker ids this process has created; their locks die with it. */
   workerIds: text("worker_ids").array().notNull().default(sql`'{}'::text[]`),
   startedAt: createdAt(),
+  /**
+   * When the process last took its liveness lock. A free lock taken before Postgres last started may
+   * belong to a live process that has not taken it again yet (server/services/worker-liveness.ts).
+   */
+  lockTakenAt: timestamp("lock_taken_at", { withTimezone: true }).notNull().defaultNow(),
 });

@@ -30,8 +30,40 @@ export class InvalidJobPayloadError extends Error {
   override name = "InvalidJobPayloadError";
 }
 
+/**
+ * Runs the jobs of one graphile-worker queue one at a time in this process, whatever the queue's lock
+ * says. graphile-worker completes and fails a job by the pool's id, which all the pool's workers
+ * share, and retries that write in the background while Postgres is restarting; when it lands after
+ * the job was released and taken again (WorkerLiveness.releaseOwnStaleLocks), it unlocks the queue
+ * under the new run, and a second job of the same queue (the same session's turns) would start
+ * beside it.
+ */
+export class QueueSerializer {
+  private readonly tails = new Map<string, Promise<void>>();
+
+  async run<T>(queueId: string | number | null | undefined, onWait: () => void, work: () => Promise<T>): Promise<T> {
+    if (queueId === null || queueId === undefined) return work();
+    const key = String(queueId);
+    const before = this.tails.get(key);
+    let done!: () => void;
+    const mine = new Promise<void>((resolve) => (done = resolve));
+    const tail = (before ?? Promise.resolve()).then(() => mine);
+    this.tails.set(key, tail);
+    try {
+      if (before) {
+        onWait();
+        await before;
+      }
+      return await work();
+    } finally {
+      done();
+      if (this.tails.get(key) === tail) this.tails.delete(key);
+    }
+  }
+}
+
 /** Wraps Berth tasks for graphile-worker: payloads are parsed with zod before a handler sees them. */
-export function toTaskList(tasks: BerthTask[], services: Services, logger: Logger, signal: AbortSignal): TaskList {
+export function toTaskList(tasks: BerthTask[], services: Services, logger: Logger, signal: AbortSignal, queues = new QueueSerializer()): TaskList {
   const list: TaskList = {};
   for (const task of tasks) {
     const taskLogger = logger.child({ task: task.name });
@@ -43,7 +75,11 @@ export function toTaskList(tasks: BerthTask[], services: Services, logger: Logge
       }
       services.metrics.jobWait.observe({ task: task.name }, Math.max(0, (Date.now() - new Date(helpers.job.run_at).getTime()) / 1000));
       const jobLogger = taskLogger.child({ jobId: helpers.job.id, attempt: helpers.job.attempts });
-      await task.run(parsed.data, { services, logger: jobLogger, helpers, signal: helpers.abortSignal ?? signal });
+      await queues.run(
+        helpers.job.job_queue_id,
+        () => jobLogger.warn({ queueId: helpers.job.job_queue_id }, "another job of this queue is still running here; waiting for it (its queue lock was released under it)"),
+        () => task.run(parsed.data, { services, logger: jobLogger, helpers, signal: helpers.abortSignal ?? signal }),
+      );
     };
     list[task.name] = handler;
   }

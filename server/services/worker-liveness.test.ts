@@ -64,6 +64,46 @@ describe("WorkerLiveness", () => {
     await dead.unregister();
   });
 
+  it("gives a process whose lock a database restart dropped time to take it again", async () => {
+    const restartedSql = postgres(database.url, { max: 2, onnotice: () => {} });
+    const restarted = new WorkerLiveness(restartedSql, logger, { databaseUrl: database.url });
+    await restarted.register();
+    restarted.recordWorkerId("worker-restarted-1");
+    const patient = new WorkerLiveness(sql, logger, { databaseUrl: database.url, restartGraceSeconds: 1_000_000 });
+    await patient.register();
+    await patient.releaseLocksOfDeadWorkers();
+    const job = await addLockedJob(sql, "worker-restarted-1");
+
+    // A restart ends every backend; the row says the lock was taken before this postmaster started.
+    await sql`select pg_terminate_backend(${await restarted.lockBackendPid()})`;
+    await sql`update worker_instances set lock_taken_at = pg_postmaster_start_time() - interval '1 second' where id = ${restarted.id!}`;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(await patient.releaseLocksOfDeadWorkers()).toEqual([]);
+    expect(await lockOf(sql, job)).toBe("worker-restarted-1");
+
+    // The process takes its lock again (its watchdog's round): it stays alive for every sweep after.
+    await restarted.ensureRegistered();
+    const [row] = await sql<{ fresh: boolean }[]>`select lock_taken_at >= pg_postmaster_start_time() as fresh from worker_instances where id = ${restarted.id!}`;
+    expect(row!.fresh).toBe(true);
+    const impatient = new WorkerLiveness(sql, logger, { databaseUrl: database.url, restartGraceSeconds: 0 });
+    expect(await impatient.releaseLocksOfDeadWorkers()).not.toContain("worker-restarted-1");
+
+    // One that never comes back counts as dead once the grace is over.
+    await sql`select pg_terminate_backend(${await restarted.lockBackendPid()})`;
+    await restartedSql.end({ timeout: 0 });
+    await sql`update worker_instances set lock_taken_at = pg_postmaster_start_time() - interval '1 second' where id = ${restarted.id!}`;
+    let released: string[] = [];
+    for (let attempt = 0; attempt < 100 && released.length === 0; attempt++) {
+      expect(await patient.releaseLocksOfDeadWorkers()).not.toContain("worker-restarted-1");
+      released = await impatient.releaseLocksOfDeadWorkers();
+      if (released.length === 0) await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    expect(released).toContain("worker-restarted-1");
+    expect(await lockOf(sql, job)).toBeNull();
+    await patient.unregister();
+    await impatient.unregister();
+  });
+
   it("releases a lock held by an unregistered worker id only after the grace period", async () => {
     const liveness = new WorkerLiveness(sql, logger, { databaseUrl: database.url, unknownLockGraceSeconds: 60 });
     await liveness.register();

@@ -32,10 +32,18 @@ export class WorkerLiveness {
       databaseUrl: string;
       /** A lock held by a worker id that no process has registered is released after this long. */
       unknownLockGraceSeconds?: number;
+      /**
+       * After Postgres starts, how long a process whose liveness lock the restart dropped has to take
+       * it again before it counts as dead. Its watchdog does so within its interval (5 s).
+       */
+      restartGraceSeconds?: number;
     },
   ) {
     this.unknownLockGraceSeconds = options.unknownLockGraceSeconds ?? 60;
+    this.restartGraceSeconds = options.restartGraceSeconds ?? 30;
   }
+
+  private readonly restartGraceSeconds: number;
 
   /** The backend holding the lock (tests end it to play a crashed process). */
   async lockBackendPid(): Promise<number> {
@@ -84,7 +92,7 @@ export class WorkerLiveness {
     await this.connection`select pg_advisory_lock(${LIVENESS_LOCK_CLASS}, ${this.instanceId})`;
     await this.connection`
       insert into worker_instances (id, hostname, pid, worker_ids) values (${this.instanceId}, ${hostname()}, ${process.pid}, ${this.allWorkerIds}::text[])
-      on conflict (id) do update set worker_ids = excluded.worker_ids`;
+      on conflict (id) do update set worker_ids = excluded.worker_ids, lock_taken_at = now()`;
   }
 
   /**
@@ -153,6 +161,11 @@ export class WorkerLiveness {
   /**
    * Releases every job and queue lock held by a dead process. Returns the worker ids it unlocked.
    * Runs at start-up and from a cron job, so a replica that dies is swept by the survivors.
+   *
+   * A free liveness lock proves death only if it was taken since Postgres last started: a restart
+   * drops every process's lock, and a live one takes it again at its watchdog's next round. Until
+   * then (at most `restartGraceSeconds` after the start) its jobs are still running there, and
+   * releasing them would run them twice at once.
    */
   async releaseLocksOfDeadWorkers(): Promise<string[]> {
     await this.ensureRegistered();
@@ -160,7 +173,8 @@ export class WorkerLiveness {
     const released = await this.sql.begin(async (tx) => {
       const dead = await tx<{ worker_ids: string[] }[]>`
         delete from worker_instances
-        where pg_try_advisory_xact_lock(${LIVENESS_LOCK_CLASS}, id)
+        where (lock_taken_at >= pg_postmaster_start_time() or pg_postmaster_start_time() < now() - make_interval(secs => ${this.restartGraceSeconds}))
+          and pg_try_advisory_xact_lock(${LIVENESS_LOCK_CLASS}, id)
         returning worker_ids`;
       const deadIds = dead.flatMap((row) => row.worker_ids);
       const unknown = await tx<{ locked_by: string }[]>`

@@ -1,0 +1,1 @@
+ALTER TABLE "worker_instances" ADD COLUMN "lock_taken_at" timestamp with time zone DEFAULT now() NOT NULL;
