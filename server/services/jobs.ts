@@ -145,6 +145,8 @@ export class JobService {
       const rescheduled = await tx.execute(sql`
         select id from graphile_worker.reschedule_jobs(array[${input.jobId}::bigint], run_at => now(), attempts => 0)`);
       if (rescheduled.length === 0) throw conflict(`job ${job.id} is running`);
+      // reschedule_jobs does not wake the runners, which poll only every few seconds (jobs/runner.ts).
+      await tx.execute(sql`select pg_notify('jobs:insert', '{"count":1}')`);
       await recordAudit(tx, {
         teamId: this.principal.teamId,
         actor: this.principal.actor,

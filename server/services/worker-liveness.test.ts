@@ -104,6 +104,33 @@ describe("WorkerLiveness", () => {
     await impatient.unregister();
   });
 
+  it("releases its own stale locks that none of its workers runs, and wakes the job runners", async () => {
+    const liveness = new WorkerLiveness(sql, logger, { databaseUrl: database.url });
+    await liveness.register();
+    liveness.recordWorkerId("worker-own-1");
+    const wakeUps: unknown[] = [];
+    // add_job's own notifications carry a random "r"; they may arrive at any point here.
+    const listener = await sql.listen("jobs:insert", (payload) => {
+      const message = JSON.parse(payload) as { r?: number };
+      if (message.r === undefined) wakeUps.push(message);
+    });
+    try {
+      const stale = await addLockedJob(sql, "worker-own-1", "10 seconds");
+      const running = await addLockedJob(sql, "worker-own-1", "10 seconds");
+      const fresh = await addLockedJob(sql, "worker-own-1", "1 second");
+      expect(await liveness.releaseOwnStaleLocks([running])).toBe(1);
+      expect(await lockOf(sql, stale)).toBeNull();
+      expect(await lockOf(sql, running)).toBe("worker-own-1");
+      expect(await lockOf(sql, fresh)).toBe("worker-own-1");
+      // graphile-worker's listener nudges this many idle workers: the job does not wait for a poll.
+      for (let attempt = 0; attempt < 50 && wakeUps.length === 0; attempt++) await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(wakeUps).toEqual([{ count: 1 }]);
+    } finally {
+      await listener.unlisten();
+      await liveness.unregister();
+    }
+  });
+
   it("releases a lock held by an unregistered worker id only after the grace period", async () => {
     const liveness = new WorkerLiveness(sql, logger, { databaseUrl: database.url, unknownLockGraceSeconds: 60 });
     await liveness.register();

@@ -112,7 +112,10 @@ export class WorkerLiveness {
         update graphile_worker._private_job_queues q set locked_by = null, locked_at = null
         where q.locked_by = any(${this.allWorkerIds}::text[])
           and not exists (select 1 from graphile_worker._private_jobs j where j.job_queue_id = q.id and j.locked_by is not null)`;
-      if (jobs.length > 0) this.logger.warn({ jobs: jobs.map((job) => job.id) }, "released jobs whose end could not be recorded");
+      if (jobs.length > 0) {
+        await wakeJobRunners(tx, jobs.length);
+        this.logger.warn({ jobs: jobs.map((job) => job.id) }, "released jobs whose end could not be recorded");
+      }
       return jobs.length;
     });
   }
@@ -183,7 +186,11 @@ export class WorkerLiveness {
           and locked_at < now() - make_interval(secs => ${this.unknownLockGraceSeconds})
           and not exists (select 1 from worker_instances wi where jobs.locked_by = any(wi.worker_ids))`;
       const ids = [...new Set([...deadIds, ...unknown.map((row) => row.locked_by)])];
-      if (ids.length > 0) await tx`select graphile_worker.force_unlock_workers(${ids}::text[])`;
+      if (ids.length > 0) {
+        const [held] = await tx<{ count: number }[]>`select count(*)::int as count from graphile_worker._private_jobs where locked_by = any(${ids}::text[])`;
+        await tx`select graphile_worker.force_unlock_workers(${ids}::text[])`;
+        if (held!.count > 0) await wakeJobRunners(tx, held!.count);
+      }
       return ids;
     });
     if (released.length > 0) this.logger.warn({ workerIds: released }, "released job locks held by dead workers");
@@ -201,12 +208,23 @@ export class WorkerLiveness {
     try {
       await this.flushing;
       this.connection = undefined;
+      const [held] = await connection<{ count: number }[]>`
+        select count(*)::int as count from graphile_worker._private_jobs where locked_by = any(${this.allWorkerIds}::text[])`;
       await connection`
         with gone as (delete from worker_instances where id = ${this.instanceId!} returning worker_ids)
         select graphile_worker.force_unlock_workers(worker_ids) from gone where cardinality(worker_ids) > 0`;
+      if (held!.count > 0) await wakeJobRunners(connection, held!.count);
       await connection`select pg_advisory_unlock(${LIVENESS_LOCK_CLASS}, ${this.instanceId!})`;
     } finally {
       await connection.end({ timeout: 5 });
     }
   }
+}
+
+/**
+ * graphile-worker's own wake-up call: every pool listening nudges up to `count` idle workers, so
+ * released jobs start now instead of at the next poll (jobs/runner.ts polls only every few seconds).
+ */
+async function wakeJobRunners(sql: postgres.Sql | postgres.TransactionSql, count: number): Promise<void> {
+  await sql`select pg_notify('jobs:insert', ${JSON.stringify({ count })})`;
 }

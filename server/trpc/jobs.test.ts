@@ -100,8 +100,14 @@ describe("jobs: the dashboard's view of graphile-worker, scoped to the caller's 
     expect(await codeOf(owner.jobs.retry.mutate({ jobId: ids.own }))).toBe("CONFLICT");
     expect(await codeOf(owner.jobs.retry.mutate({ jobId: "not-a-number" }))).toBe("BAD_REQUEST");
 
+    const wakeUps: string[] = [];
+    const listener = await sql.listen("jobs:insert", (payload) => wakeUps.push(payload));
     const retried = await owner.jobs.retry.mutate({ jobId: ids.ownFailed });
     expect(retried).toMatchObject({ id: ids.ownFailed, state: "queued", attempts: 0 });
+    // The runners are told at once (they poll only every few seconds).
+    for (let attempt = 0; attempt < 50 && !wakeUps.includes('{"count":1}'); attempt++) await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(wakeUps).toContain('{"count":1}');
+    await listener.unlisten();
     const [row] = await sql<{ attempts: number; due: boolean }[]>`
       select attempts, run_at <= now() as due from graphile_worker._private_jobs where id = ${ids.ownFailed}::bigint`;
     expect(row).toEqual({ attempts: 0, due: true });
