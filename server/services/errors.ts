@@ -29,6 +29,11 @@ const UNAVAILABLE_CODES = new Set([
   "ECONNRESET",
   "ETIMEDOUT",
   "EPIPE",
+  "ECONNABORTED",
+  "ENOTCONN",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "EAI_AGAIN", // the database's host name did not resolve, for now
   "CONNECTION_CLOSED",
   "CONNECTION_ENDED",
   "CONNECTION_DESTROYED",
@@ -36,6 +41,7 @@ const UNAVAILABLE_CODES = new Set([
   "57P01", // admin_shutdown
   "57P02", // crash_shutdown
   "57P03", // cannot_connect_now (starting up)
+  "53300", // too_many_connections (every client reconnecting at once after a restart)
   "08000",
   "08001",
   "08003",
@@ -47,6 +53,8 @@ export function isDatabaseUnavailable(error: unknown): boolean {
   for (let current = error, depth = 0; current && depth < 6; current = (current as { cause?: unknown }).cause, depth++) {
     const code = (current as { code?: unknown }).code;
     if (typeof code === "string" && UNAVAILABLE_CODES.has(code)) return true;
+    // A Unix socket whose server is gone: its file is removed when Postgres stops.
+    if (code === "ENOENT" && (current as { syscall?: unknown }).syscall === "connect") return true;
     if (current instanceof AggregateError && current.errors.some((inner) => isDatabaseUnavailable(inner))) return true;
   }
   return false;
