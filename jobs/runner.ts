@@ -10,6 +10,11 @@ export type JobRunner = {
   isRunning(): boolean;
   /** Ids of the jobs this process is running right now. */
   runningJobIds(): string[];
+  /**
+   * After stop(): the jobs the shutdown cut short (they failed because the process was stopping, or
+   * were still running), for WorkerLiveness.resumeInterruptedJobs.
+   */
+  interruptedJobIds(): string[];
   /** Stops taking jobs, waits for running ones up to the abort timeout, then releases what is left. */
   stop(): Promise<void>;
 };
@@ -48,7 +53,11 @@ export async function startJobRunner(options: JobRunnerOptions): Promise<JobRunn
   const runningJobs = new Set<string>();
   events.on("job:start", ({ job }) => runningJobs.add(job.id));
   events.on("job:complete", ({ job }) => runningJobs.delete(job.id));
-  events.on("job:error", ({ job, error }) => logger.warn({ jobId: job.id, task: job.task_identifier, attempt: job.attempts, err: error }, "job failed"));
+  const interruptedJobs = new Set<string>();
+  events.on("job:error", ({ job, error }) => {
+    if (shutdown.signal.aborted) interruptedJobs.add(job.id);
+    logger.warn({ jobId: job.id, task: job.task_identifier, attempt: job.attempts, err: error }, "job failed");
+  });
 
   const runner: Runner = await run({
     connectionString: workerConnectionString(options.databaseUrl),
@@ -79,6 +88,7 @@ export async function startJobRunner(options: JobRunnerOptions): Promise<JobRunn
   return {
     isRunning: () => running,
     runningJobIds: () => [...runningJobs],
+    interruptedJobIds: () => [...new Set([...interruptedJobs, ...runningJobs])],
     async stop() {
       if (!running) return;
       shutdown.abort();

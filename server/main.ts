@@ -146,6 +146,9 @@ export async function startBerth(options: BerthOptions): Promise<RunningBerth> {
           // No new requests; open ones may finish while running jobs wind down.
           const closing = httpServer.close();
           await runner.stop();
+          await services.workerLiveness
+            .resumeInterruptedJobs(runner.interruptedJobIds())
+            .catch((error: unknown) => logger.warn({ err: error }, "could not reschedule the jobs the shutdown interrupted; they run after their retry delay"));
           await sandboxBackend.shutdown();
           await Promise.race([closing, new Promise((resolve) => setTimeout(resolve, 1_000))]);
           httpServer.forceClose();

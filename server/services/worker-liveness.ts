@@ -108,16 +108,44 @@ export class WorkerLiveness {
         where locked_by = any(${this.allWorkerIds}::text[]) and not (id = any(${runningJobIds}::bigint[]))
           and locked_at < now() - interval '5 seconds'
         returning id::text`;
-      await tx`
-        update graphile_worker._private_job_queues q set locked_by = null, locked_at = null
-        where q.locked_by = any(${this.allWorkerIds}::text[])
-          and not exists (select 1 from graphile_worker._private_jobs j where j.job_queue_id = q.id and j.locked_by is not null)`;
+      await this.unlockIdleQueues(tx);
       if (jobs.length > 0) {
         await wakeJobRunners(tx, jobs.length);
         this.logger.warn({ jobs: jobs.map((job) => job.id) }, "released jobs whose end could not be recorded");
       }
       return jobs.length;
     });
+  }
+
+  /**
+   * Jobs a graceful shutdown cut short run again at once, elsewhere or on the next start, and the
+   * interruption does not use up one of their attempts: graphile-worker failed them with its retry
+   * backoff (e^attempts seconds), as if they had failed, and a turn interrupted by ten deploys would
+   * otherwise be given up. Call after the job runner stopped: a lock our workers still hold is stale
+   * (the failure was not recorded before the runner closed its connections).
+   */
+  async resumeInterruptedJobs(jobIds: string[]): Promise<number> {
+    if (jobIds.length === 0) return 0;
+    return this.sql.begin(async (tx) => {
+      const jobs = await tx<{ id: string }[]>`
+        update graphile_worker._private_jobs set run_at = now(), attempts = greatest(attempts - 1, 0), locked_by = null, locked_at = null
+        where id = any(${jobIds}::bigint[]) and (locked_by is null or locked_by = any(${this.allWorkerIds}::text[]))
+        returning id::text`;
+      await this.unlockIdleQueues(tx);
+      if (jobs.length > 0) {
+        await wakeJobRunners(tx, jobs.length);
+        this.logger.info({ jobs: jobs.map((job) => job.id) }, "jobs interrupted by the shutdown run again at once");
+      }
+      return jobs.length;
+    });
+  }
+
+  /** Queue locks of our workers over queues none of whose jobs is locked any more. */
+  private async unlockIdleQueues(tx: postgres.TransactionSql): Promise<void> {
+    await tx`
+      update graphile_worker._private_job_queues q set locked_by = null, locked_at = null
+      where q.locked_by = any(${this.allWorkerIds}::text[])
+        and not exists (select 1 from graphile_worker._private_jobs j where j.job_queue_id = q.id and j.locked_by is not null)`;
   }
 
   private watchdog: NodeJS.Timeout | undefined;
