@@ -38,15 +38,20 @@ describe("toTaskList on a real graphile-worker", () => {
     const started = new Map<string, number>();
     const ended = new Map<string, number>();
     const gates = new Map<string, () => void>();
-    // A failed expectation must not leave jobs held open for the runner's stop to wait on.
-    releaseAll = () => gates.forEach((open) => open());
+    // A failed expectation must not leave jobs held open for the runner's stop to wait on, including
+    // those that start after it.
+    let released = false;
+    releaseAll = () => {
+      released = true;
+      gates.forEach((open) => open());
+    };
     const holdTask: BerthTask = {
       name: "test:hold",
       payload: z.object({ label: z.string() }),
       async run(payload) {
         const { label } = payload as { label: string };
         started.set(label, performance.now());
-        await new Promise<void>((resolve) => gates.set(label, resolve));
+        await new Promise<void>((resolve) => (released ? resolve() : gates.set(label, resolve)));
         ended.set(label, performance.now());
       },
     };

@@ -63,7 +63,14 @@ export class QueueSerializer {
 }
 
 /** Wraps Berth tasks for graphile-worker: payloads are parsed with zod before a handler sees them. */
-export function toTaskList(tasks: BerthTask[], services: Services, logger: Logger, signal: AbortSignal, queues = new QueueSerializer()): TaskList {
+export function toTaskList(
+  tasks: BerthTask[],
+  services: Services,
+  logger: Logger,
+  signal: AbortSignal,
+  options: { queues?: QueueSerializer; onInterrupted?: (jobId: string) => void } = {},
+): TaskList {
+  const queues = options.queues ?? new QueueSerializer();
   const list: TaskList = {};
   for (const task of tasks) {
     const taskLogger = logger.child({ task: task.name });
@@ -75,11 +82,21 @@ export function toTaskList(tasks: BerthTask[], services: Services, logger: Logge
       }
       services.metrics.jobWait.observe({ task: task.name }, Math.max(0, (Date.now() - new Date(helpers.job.run_at).getTime()) / 1000));
       const jobLogger = taskLogger.child({ jobId: helpers.job.id, attempt: helpers.job.attempts });
-      await queues.run(
-        helpers.job.job_queue_id,
-        () => jobLogger.warn({ queueId: helpers.job.job_queue_id }, "another job of this queue is still running here; waiting for it (its queue lock was released under it)"),
-        () => task.run(parsed.data, { services, logger: jobLogger, helpers, signal: helpers.abortSignal ?? signal }),
-      );
+      const jobSignal = helpers.abortSignal ?? signal;
+      try {
+        await queues.run(
+          helpers.job.job_queue_id,
+          () => jobLogger.warn({ queueId: helpers.job.job_queue_id }, "another job of this queue is still running here; waiting for it (its queue lock was released under it)"),
+          () => {
+            if (jobSignal.aborted) throw new Error("the process is shutting down; the job runs again in the next one");
+            return task.run(parsed.data, { services, logger: jobLogger, helpers, signal: jobSignal });
+          },
+        );
+      } catch (error) {
+        // Ended by the shutdown, not by a fault of its own: it may run again at once.
+        if (jobSignal.aborted) options.onInterrupted?.(helpers.job.id);
+        throw error;
+      }
     };
     list[task.name] = handler;
   }

@@ -11,8 +11,9 @@ export type JobRunner = {
   /** Ids of the jobs this process is running right now. */
   runningJobIds(): string[];
   /**
-   * After stop(): the jobs the shutdown cut short (they failed because the process was stopping, or
-   * were still running), for WorkerLiveness.resumeInterruptedJobs.
+   * After stop(): the jobs the shutdown cut short (they ended with an error after their abort
+   * signal), for WorkerLiveness.resumeInterruptedJobs. Not those still running: their code has not
+   * stopped, and the lock release at unregister leaves them to the next process.
    */
   interruptedJobIds(): string[];
   /** Stops taking jobs, waits for running ones up to the abort timeout, then releases what is left. */
@@ -50,14 +51,20 @@ export async function startJobRunner(options: JobRunnerOptions): Promise<JobRunn
   const events: WorkerEvents = new EventEmitter();
   events.on("pool:create", ({ workerPool }) => options.onWorkerCreated?.(workerPool.id));
   events.on("worker:create", ({ worker }) => options.onWorkerCreated?.(worker.workerId));
-  const runningJobs = new Set<string>();
-  events.on("job:start", ({ job }) => runningJobs.add(job.id));
-  events.on("job:complete", ({ job }) => runningJobs.delete(job.id));
-  const interruptedJobs = new Set<string>();
-  events.on("job:error", ({ job, error }) => {
-    if (shutdown.signal.aborted) interruptedJobs.add(job.id);
-    logger.warn({ jobId: job.id, task: job.task_identifier, attempt: job.attempts, err: error }, "job failed");
+  // Counted: after a lock mix-up (decision 009) one job id can be running and also waiting in the
+  // queue serializer, and the first to end must not make the other look stale to the watchdog.
+  const runningJobs = new Map<string, number>();
+  events.on("job:start", ({ job }) => runningJobs.set(job.id, (runningJobs.get(job.id) ?? 0) + 1));
+  events.on("job:complete", ({ job }) => {
+    const count = (runningJobs.get(job.id) ?? 1) - 1;
+    if (count > 0) runningJobs.set(job.id, count);
+    else runningJobs.delete(job.id);
   });
+  events.on("job:error", ({ job, error }) => {
+    logger.warn({ jobId: job.id, task: job.task_identifier, attempt: job.attempts, err: error }, "job failed");
+    if (job.attempts < job.max_attempts && !shutdown.signal.aborted) options.services.workerLiveness.wakeJobRunnersAfterRetryDelay(job.attempts);
+  });
+  const interruptedJobs = new Set<string>();
 
   const runner: Runner = await run({
     connectionString: workerConnectionString(options.databaseUrl),
@@ -66,12 +73,14 @@ export async function startJobRunner(options: JobRunnerOptions): Promise<JobRunn
     noHandleSignals: true,
     // Each idle worker polls on its own: at 1 s, the default 32 workers made an idle server run 37
     // transactions a second. New jobs do not wait for a poll (graphile-worker's LISTEN on jobs:insert,
-    // which Berth also sends when it releases or reschedules jobs); a poll only finds retries whose
-    // backoff has passed and notifications missed while the listener reconnected.
+    // which Berth also sends when it releases or reschedules jobs, and when a failed job's retry
+    // backoff has passed); a poll only finds what those missed, e.g. while the listener reconnected.
     pollInterval: JOB_POLL_INTERVAL_MS,
     logger: toWorkerLogger(logger),
     events,
-    taskList: toTaskList([...allTasks, ...(options.extraTasks ?? [])], options.services, options.logger, shutdown.signal),
+    taskList: toTaskList([...allTasks, ...(options.extraTasks ?? [])], options.services, options.logger, shutdown.signal, {
+      onInterrupted: (jobId) => interruptedJobs.add(jobId),
+    }),
     parsedCronItems: parseCrontab(crontab),
     preset: { worker: { gracefulShutdownAbortTimeout: options.shutdownAbortMs } },
   });
@@ -87,8 +96,8 @@ export async function startJobRunner(options: JobRunnerOptions): Promise<JobRunn
 
   return {
     isRunning: () => running,
-    runningJobIds: () => [...runningJobs],
-    interruptedJobIds: () => [...new Set([...interruptedJobs, ...runningJobs])],
+    runningJobIds: () => [...runningJobs.keys()],
+    interruptedJobIds: () => [...interruptedJobs],
     async stop() {
       if (!running) return;
       shutdown.abort();

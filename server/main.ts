@@ -103,7 +103,9 @@ export async function startBerth(options: BerthOptions): Promise<RunningBerth> {
 
     await services.workerLiveness.register();
     cleanups.push(() => services.workerLiveness.unregister());
-    await services.workerLiveness.releaseLocksOfDeadWorkers();
+    // The embedded database is this process's own: no other process is alive on it, so a row left
+    // by a killed one is dead even though the restarted database dropped every lock.
+    await services.workerLiveness.releaseLocksOfDeadWorkers(config.databaseUrl ? {} : { restartGraceSeconds: 0 });
 
     // Sandboxes of a previous run (their jails died with it) are reconciled before any job resumes a
     // turn in them: their sessions go to `reconnecting` and get a new generation.

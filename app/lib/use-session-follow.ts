@@ -244,5 +244,7 @@ export function useSessionFollow(sessionId: string, lastSeqAtOpen: number | unde
     setEarlier({ loading: false, error: outcome.error });
   }, [client, sessionId]);
 
-  return { ...state, retry, loadEarlier, earlier };
+  /** The session's last seq when the page opened: later events happened while it was open. */
+  const openedAtSeq = opened.current?.lastSeq ?? null;
+  return { ...state, retry, loadEarlier, earlier, openedAtSeq };
 }

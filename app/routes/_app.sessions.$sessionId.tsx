@@ -206,11 +206,20 @@ const HOLD_RECONNECTING_MS = 1_500;
 /**
  * A reconnect can be over in a few hundred milliseconds, its status events landing in one frame: the
  * header then says "reconnecting" for a moment after a fresh (under 10 s old) reconnect, so it is seen.
+ * Only one that happened while the page was open (after `openedAtSeq`): a page opened after it shows
+ * the session as it is, and the timeline has the reconnect.
  */
-function useRecentReconnect(events: StoredEvent[]): boolean {
+function useRecentReconnect(sessionId: string, events: StoredEvent[], openedAtSeq: number | null): boolean {
   const [until, setUntil] = useState(0);
   const checkedSeq = useRef(0);
+  const checkedFor = useRef<string | null>(null);
   useEffect(() => {
+    if (openedAtSeq === null) return;
+    const opening = `${sessionId}@${openedAtSeq}`;
+    if (checkedFor.current !== opening) {
+      checkedFor.current = opening;
+      checkedSeq.current = openedAtSeq;
+    }
     for (let index = events.length - 1; index >= 0 && events[index]!.seq > checkedSeq.current; index--) {
       const event = events[index]!;
       if (event.type === "status" && (event.payload as { to: string }).to === "reconnecting" && Date.now() - new Date(event.createdAt).getTime() < 10_000) {
@@ -218,8 +227,8 @@ function useRecentReconnect(events: StoredEvent[]): boolean {
         break;
       }
     }
-    checkedSeq.current = events[events.length - 1]?.seq ?? 0;
-  }, [events]);
+    checkedSeq.current = Math.max(checkedSeq.current, events[events.length - 1]?.seq ?? 0);
+  }, [sessionId, events, openedAtSeq]);
   useEffect(() => {
     if (until === 0) return;
     const timer = setTimeout(() => setUntil(0), Math.max(0, until - Date.now()));
@@ -333,7 +342,7 @@ export default function SessionPage() {
 
   const statusFromLog = latest.status && (SESSION_STATUSES as string[]).includes(latest.status.to) ? (latest.status.to as SessionStatus) : undefined;
   const status = statusFromLog ?? session.data?.status;
-  const recentReconnect = useRecentReconnect(follow.events);
+  const recentReconnect = useRecentReconnect(sessionId, follow.events, follow.openedAtSeq);
   const headerStatus = recentReconnect && status !== "terminated" && status !== "failed" ? "reconnecting" : status;
 
   if (session.isError && !session.data) {

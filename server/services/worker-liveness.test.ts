@@ -69,7 +69,7 @@ describe("WorkerLiveness", () => {
     const restarted = new WorkerLiveness(restartedSql, logger, { databaseUrl: database.url });
     await restarted.register();
     restarted.recordWorkerId("worker-restarted-1");
-    const patient = new WorkerLiveness(sql, logger, { databaseUrl: database.url, restartGraceSeconds: 1_000_000 });
+    const patient = new WorkerLiveness(sql, logger, { databaseUrl: database.url, restartGraceSeconds: 1_000_000_000 });
     await patient.register();
     await patient.releaseLocksOfDeadWorkers();
     const job = await addLockedJob(sql, "worker-restarted-1");
@@ -128,6 +128,49 @@ describe("WorkerLiveness", () => {
     } finally {
       await listener.unlisten();
       await liveness.unregister();
+    }
+  });
+
+  it("makes the jobs a shutdown interrupted due at once, but not one out of attempts or another's", async () => {
+    const liveness = new WorkerLiveness(sql, logger, { databaseUrl: database.url });
+    await liveness.register();
+    liveness.recordWorkerId("worker-stopping-1");
+    await liveness.releaseLocksOfDeadWorkers();
+    // As graphile-worker leaves them: failed with a backoff, or still locked (failure not recorded).
+    const backedOff = await addLockedJob(sql, "worker-stopping-1");
+    await sql`update graphile_worker._private_jobs set locked_by = null, locked_at = null, attempts = 1, run_at = now() + interval '3 seconds' where id = ${backedOff}`;
+    const stillLocked = await addLockedJob(sql, "worker-stopping-1");
+    const exhausted = await addLockedJob(sql, "worker-stopping-1");
+    await sql`update graphile_worker._private_jobs set locked_by = null, locked_at = null, attempts = max_attempts, run_at = now() + interval '1 hour' where id = ${exhausted}`;
+    const others = await addLockedJob(sql, "worker-someone-else");
+
+    expect(await liveness.resumeInterruptedJobs([backedOff, stillLocked, exhausted, others])).toBe(2);
+    const rows = await sql<{ id: string; locked_by: string | null; due: boolean }[]>`
+      select id::text, locked_by, run_at <= now() as due from graphile_worker._private_jobs where id = any(${[backedOff, stillLocked, exhausted, others]}::bigint[]) order by id`;
+    expect(Object.fromEntries(rows.map((row) => [row.id, [row.locked_by, row.due]]))).toEqual({
+      [backedOff]: [null, true],
+      [stillLocked]: [null, true],
+      [exhausted]: [null, false],
+      [others]: ["worker-someone-else", true],
+    });
+    await sql`delete from graphile_worker._private_jobs where id = any(${[backedOff, stillLocked, exhausted, others]}::bigint[])`;
+    await liveness.unregister();
+  });
+
+  it("wakes the job runners when a failed job's retry backoff has passed", async () => {
+    const liveness = new WorkerLiveness(sql, logger, { databaseUrl: database.url });
+    const wokenAt: number[] = [];
+    const listener = await sql.listen("jobs:insert", (payload) => {
+      if (payload === '{"count":1}') wokenAt.push(performance.now());
+    });
+    try {
+      const failedAt = performance.now();
+      liveness.wakeJobRunnersAfterRetryDelay(0); // graphile-worker's backoff for it: e^0 = 1 s
+      for (let attempt = 0; attempt < 150 && wokenAt.length === 0; attempt++) await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(wokenAt).toHaveLength(1);
+      expect(wokenAt[0]! - failedAt).toBeGreaterThanOrEqual(1_000);
+    } finally {
+      await listener.unlisten();
     }
   });
 

