@@ -320,6 +320,29 @@ describe("KubernetesSandboxBackend against the stand-in API server", () => {
     await backend.stop(s.name, "done");
   });
 
+  it("resumes on the new pod's status, not on the old pod's that a lagging controller still shows", async () => {
+    const s = spec();
+    await backend.provision(s);
+    const runningStatus = fake.get("sandboxes", NAMESPACE, s.name)!.status!;
+    fake.reportsSuspension = false;
+    try {
+      await backend.suspend(s.name);
+      await waitFor("pod gone", () => (fake.pod(s.name) ? undefined : true));
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      // The resume's patch answers with this: Ready, at the address of a daemon that is gone.
+      expect(fake.get("sandboxes", NAMESPACE, s.name)!.status).toEqual(runningStatus);
+    } finally {
+      fake.reportsSuspension = true;
+    }
+
+    const resumed = await backend.provision(spec({ sessionId: s.sessionId, generation: 2 }));
+    expect(resumed.name).toBe(s.name);
+    expect(resumed.address).toContain(fake.pod(s.name)!.ip);
+    expect(resumed.address).not.toContain(String((runningStatus as { serviceFQDN?: string }).serviceFQDN));
+    expect((await run(backend, resumed.address, "echo resumed")).stdout).toBe("resumed\n");
+    await backend.stop(s.name, "done");
+  });
+
   it("a suspended Sandbox of another shape (e.g. the image changed) is replaced, not resumed", async () => {
     const s = spec();
     await backend.provision(s);

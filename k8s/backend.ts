@@ -98,6 +98,8 @@ export class KubernetesSandboxBackend implements SandboxBackend {
   private readonly hostNames = new Map<string, string>();
   /** Sandboxes this process is deleting on purpose: their disappearance is no loss. */
   private readonly stopping = new Set<string>();
+  /** Sandboxes whose resume is waiting for their new pod: their old pod's status is not trusted. */
+  private readonly resuming = new Set<string>();
   private readonly reported = new Set<string>();
   private readonly templatesSeen = new Set<string>();
   /** Session id -> the name of its workspace PVC, once known. */
@@ -250,17 +252,25 @@ export class KubernetesSandboxBackend implements SandboxBackend {
     secret.metadata!.ownerReferences = [{ apiVersion: `${SANDBOX_GROUP}/${API_VERSION}`, kind: "Sandbox", name, uid: sandbox.metadata!.uid!, blockOwnerDeletion: false }];
     await this.putEnvSecret(secret);
     this.logger.debug({ sandbox: name, generation: spec.generation }, "resuming suspended sandbox");
+    // Not ready until its new pod is (the loss watch may not have seen the suspension yet).
+    this.known.set(name, { ready: false, host: null });
+    this.resuming.add(name);
     try {
       const running = await this.kube.mergePatchObject<SandboxObject>(SANDBOX_REF, name, {
         metadata: { labels: { [LABELS.generation]: String(spec.generation) } },
         spec: { operatingMode: "Running" },
       });
       const deadline = Date.now() + (this.options.readyTimeoutMs ?? DEFAULT_READY_TIMEOUT_MS);
-      const ready = await this.waitForReady(name, running, deadline);
+      // The patch's answer still carries the suspended pod's status (Ready, at its old address) until
+      // the controller has seen the change: only what the watch shows after it counts.
+      const ready = await this.waitForReady(name, running, deadline, { trustInitial: false });
       const address = this.addressOf(ready);
       await this.waitForDaemon(name, address, deadline);
+      this.resuming.delete(name);
+      this.known.set(name, { ready: true, host: ready.status?.serviceFQDN ?? null });
       return { name, address, hostPid: null, fromWarmPool: false, startMs: performance.now() - started };
     } catch (error) {
+      this.resuming.delete(name);
       await this.stop(name, "did not resume").catch(() => {});
       if (error instanceof SandboxUnavailableError) throw error;
       throw new SandboxUnavailableError(`sandbox ${name} did not resume: ${(error as Error).message}`, { cause: error });
@@ -546,10 +556,10 @@ export class KubernetesSandboxBackend implements SandboxBackend {
   }
 
   /** Watches one Sandbox until Ready=True with a serviceFQDN; fails fast on a terminal state or deletion. */
-  private async waitForReady(name: string, initial: SandboxObject, deadline: number): Promise<SandboxObject> {
+  private async waitForReady(name: string, initial: SandboxObject, deadline: number, options: { trustInitial?: boolean } = {}): Promise<SandboxObject> {
     let version = initial.metadata?.resourceVersion;
     let result: SandboxObject | Error | null = null;
-    let first = true;
+    let first = options.trustInitial ?? true;
     for (;;) {
       const remaining = deadline - Date.now();
       if (remaining <= 0) throw new SandboxUnavailableError(`sandbox ${name} was not Ready within ${this.options.readyTimeoutMs ?? DEFAULT_READY_TIMEOUT_MS} ms`);
@@ -779,7 +789,9 @@ export class KubernetesSandboxBackend implements SandboxBackend {
   /** Records what a sandbox looks like now, and reports it lost when a ready one stopped being ready. */
   private observe(sandbox: SandboxObject, before: Known | undefined): void {
     const name = sandbox.metadata!.name!;
-    const ready = isReady(sandbox);
+    // A suspended or resuming Sandbox is not ready, whatever a controller that has not caught up
+    // still reports of its old pod: its new pod starting (not ready yet) is not a loss.
+    const ready = isReady(sandbox) && sandbox.spec?.operatingMode !== "Suspended" && !this.resuming.has(name);
     const host = sandbox.status?.serviceFQDN ?? null;
     if (host) this.hostNames.set(host, name);
     this.known.set(name, { ready, host });

@@ -422,6 +422,12 @@ export class FakeKubeApi {
     return pod ? { ip: pod.ip, pid: pod.child?.pid, env: { ...pod.env }, workspace: pod.workspace, output: pod.output } : undefined;
   }
 
+  /**
+   * false: the controller is slow to report a suspension, so the Sandbox keeps its old pod's Ready
+   * status (and address) after the pod is gone, until a new pod reports.
+   */
+  reportsSuspension = true;
+
   /** SIGKILLs a sandbox's daemon: with restartPolicy Never its pod fails. */
   killDaemon(name: string): void {
     const pod = this.pods.get(name);
@@ -731,6 +737,7 @@ export class FakeKubeApi {
     if (spec.operatingMode === "Suspended") {
       if (pod) {
         void this.endPod(name, "suspended").then(() => {
+          if (!this.reportsSuspension) return;
           // Resumed while the pod was still ending: the new pod owns the status now.
           const current = this.findSandbox(name);
           if (!current || (current.spec as { operatingMode?: string } | undefined)?.operatingMode !== "Suspended" || this.pods.has(name)) return;
