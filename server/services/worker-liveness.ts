@@ -235,11 +235,7 @@ export class WorkerLiveness {
           and locked_at < now() - make_interval(secs => ${this.unknownLockGraceSeconds})
           and not exists (select 1 from worker_instances wi where jobs.locked_by = any(wi.worker_ids))`;
       const ids = [...new Set([...deadIds, ...unknown.map((row) => row.locked_by)])];
-      if (ids.length > 0) {
-        const [held] = await tx<{ count: number }[]>`select count(*)::int as count from graphile_worker._private_jobs where locked_by = any(${ids}::text[])`;
-        await tx`select graphile_worker.force_unlock_workers(${ids}::text[])`;
-        if (held!.count > 0) await wakeJobRunners(tx, held!.count);
-      }
+      if (ids.length > 0) await forceUnlockWorkers(tx, ids);
       return ids;
     });
     if (released.length > 0) this.logger.warn({ workerIds: released }, "released job locks held by dead workers");
@@ -257,17 +253,22 @@ export class WorkerLiveness {
     try {
       await this.flushing;
       this.connection = undefined;
-      const [held] = await connection<{ count: number }[]>`
-        select count(*)::int as count from graphile_worker._private_jobs where locked_by = any(${this.allWorkerIds}::text[])`;
-      await connection`
-        with gone as (delete from worker_instances where id = ${this.instanceId!} returning worker_ids)
-        select graphile_worker.force_unlock_workers(worker_ids) from gone where cardinality(worker_ids) > 0`;
-      if (held!.count > 0) await wakeJobRunners(connection, held!.count);
+      const [gone] = await connection<{ worker_ids: string[] }[]>`
+        delete from worker_instances where id = ${this.instanceId!} returning worker_ids`;
+      if (gone && gone.worker_ids.length > 0) await forceUnlockWorkers(connection, gone.worker_ids);
       await connection`select pg_advisory_unlock(${LIVENESS_LOCK_CLASS}, ${this.instanceId!})`;
     } finally {
       await connection.end({ timeout: 5 });
     }
   }
+}
+
+/** graphile-worker's force_unlock_workers, and a wake-up for the jobs it freed. */
+async function forceUnlockWorkers(sql: postgres.Sql | postgres.TransactionSql, workerIds: string[]): Promise<void> {
+  const [held] = await sql<{ count: number }[]>`
+    select count(*)::int as count from graphile_worker._private_jobs where locked_by = any(${workerIds}::text[])`;
+  await sql`select graphile_worker.force_unlock_workers(${workerIds}::text[])`;
+  if (held!.count > 0) await wakeJobRunners(sql, held!.count);
 }
 
 /**
