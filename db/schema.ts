@@ -272,6 +272,11 @@ export const turns = pgTable(
     startSeq: bigint("start_seq", { mode: "number" }),
     status: turnStatus("status").notNull().default("queued"),
     steps: integer("steps").notNull().default(0),
+    /**
+     * Counts the turn's starts and resumes. Only the run that holds the current number records steps
+     * (a fencing token): a run that another one has since resumed is refused its next write.
+     */
+    run: integer("run").notNull().default(0),
     promptTokens: bigint("prompt_tokens", { mode: "number" }).notNull().default(0),
     completionTokens: bigint("completion_tokens", { mode: "number" }).notNull().default(0),
     costUsd: numeric("cost_usd", { precision: 14, scale: 6 }).notNull().default("0"),

@@ -4,7 +4,7 @@ import { SandboxUnavailableError } from "../sandbox/port";
 import type { EventBus } from "../services/event-bus";
 import type { EventInput, StoredEvent } from "../services/event-log";
 import type { SandboxLifecycle } from "../services/sandbox-lifecycle";
-import type { Harness, TurnStore, TurnToRun, TurnUsage } from "../services/turns";
+import { TurnSupersededError, type Harness, type TurnStore, type TurnToRun, type TurnUsage } from "../services/turns";
 import { buildConversation, unansweredCalls, type HistoryEvent, type HistoryTurn } from "./history";
 import { BUILTIN_TOOLS, parseToolInput, runTool, type ToolOutcome } from "./tools";
 
@@ -48,6 +48,7 @@ export class BuiltinHarness implements Harness {
     for (let step = 0; ; step++) {
       const turn = step === 0 ? initial : await store.get(initial.id);
       if (turn.status !== "running") return;
+      if (turn.run !== initial.run) throw new TurnSupersededError(initial, `run ${turn.run} resumed the turn`);
       if (signals.abort.aborted || turn.abortRequestedAt) {
         await this.abort(turn, []);
         return;

@@ -46,7 +46,7 @@ export class ClaudeCodeHarness implements Harness {
     const { store } = this.deps;
     const logger = this.deps.logger.child({ sessionId: initial.sessionId, turnId: initial.id, harness: this.name });
     const begun = await beginExternalTurn(store, {
-      turnId: initial.id,
+      turn: initial,
       harness: HARNESS,
       label: "Claude Code",
       unavailable: this.deps.unavailable,

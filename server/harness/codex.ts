@@ -50,7 +50,7 @@ export class CodexHarness implements Harness {
     const { store } = this.deps;
     const logger = this.deps.logger.child({ sessionId: initial.sessionId, turnId: initial.id, harness: "codex" });
     const begun = await beginExternalTurn(store, {
-      turnId: initial.id,
+      turn: initial,
       harness: HARNESS,
       label: "codex",
       unavailable: this.deps.unavailable,

@@ -3,7 +3,7 @@ import type { ChatMessage } from "../gateway/client";
 import type { Logger } from "../logger";
 import type { SandboxLifecycle } from "../services/sandbox-lifecycle";
 import { DaemonRequestError, SandboxUnavailableError, type DaemonClient, type ExecChunk } from "../sandbox/port";
-import type { TurnRow, TurnStore, TurnUsage } from "../services/turns";
+import { TurnSupersededError, type TurnRow, type TurnStore, type TurnUsage } from "../services/turns";
 import { buildConversation } from "./history";
 
 /**
@@ -60,10 +60,11 @@ export type ExternalTurn = {
  */
 export async function beginExternalTurn(
   store: TurnStore,
-  input: { turnId: string; harness: string; label: string; unavailable: string | null; abortRequested: boolean; shuttingDown: boolean },
+  input: { turn: TurnRow; harness: string; label: string; unavailable: string | null; abortRequested: boolean; shuttingDown: boolean },
 ): Promise<ExternalTurn | null> {
-  const turn = await store.get(input.turnId);
+  const turn = await store.get(input.turn.id);
   if (turn.status !== "running") return null;
+  if (turn.run !== input.turn.run) throw new TurnSupersededError(input.turn, `run ${turn.run} resumed the turn`);
   if (input.unavailable) {
     await store.finish(turn, { status: "failed", error: input.unavailable });
     return null;

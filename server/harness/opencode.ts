@@ -47,7 +47,7 @@ export class OpencodeHarness implements Harness {
     const { store } = this.deps;
     const logger = this.deps.logger.child({ sessionId: initial.sessionId, turnId: initial.id, harness: HARNESS });
     const begun = await beginExternalTurn(store, {
-      turnId: initial.id,
+      turn: initial,
       harness: HARNESS,
       label: "opencode",
       unavailable: this.deps.unavailable,

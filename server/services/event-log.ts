@@ -59,6 +59,11 @@ export async function appendEvents(tx: DatabaseOrTransaction, sessionId: string,
     select * from berth_append_events(${sessionId}::uuid, ${eventBatch(events)}::jsonb,
       ${changes.status?.to ?? null}::session_status, ${changes.status?.reason ?? null}::text, ${usageArguments(changes.usage)})`);
   if (rows.length !== events.length) throw new Error(`session ${sessionId} does not exist`);
+  return storedEvents(rows, events);
+}
+
+/** The appended events from the rows an append function returned (one per event, in any order). */
+export function storedEvents(rows: readonly { appended_seq: string; appended_at: string | Date }[], events: EventInput[]): StoredEvent[] {
   const ordered = [...rows].sort((a, b) => Number(a.appended_seq) - Number(b.appended_seq));
   return ordered.map((row, index) => ({ seq: Number(row.appended_seq), type: events[index]!.type, payload: events[index]!.payload, createdAt: new Date(row.appended_at) }));
 }

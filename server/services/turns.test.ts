@@ -3,7 +3,7 @@ import { eq } from "drizzle-orm";
 import { connectDatabase, type DatabaseClient } from "../../db/client";
 import { agents, agentVersions, sessionEvents, sessions, teams, turns } from "../../db/schema";
 import { createTestDatabase, type TestDatabase } from "../../tests/helpers/database";
-import { TurnStore } from "./turns";
+import { TurnStore, TurnSupersededError } from "./turns";
 
 /**
  * The turn bookkeeping of db/migrations/0005_turn_functions.sql, each step one statement, against a
@@ -128,11 +128,55 @@ describe("TurnStore on the SQL turn functions", () => {
     expect(rows.map((row) => [row.id, row.status, row.error]).sort()).toEqual(turnIds.map((id) => [id, "aborted", "the session is terminated"]).sort());
   });
 
+  it("records a turn's steps only for the run that holds it: a resume fences off the run it took over from", async () => {
+    const { sessionId, turnIds } = await sessionWithMessages("ready", ["fenced", "next"]);
+    const first = (await store.startNext(sessionId))!;
+    expect(first.turn.run).toBe(1);
+    await store.recordStep(first.turn, [{ type: "tool_call", payload: { id: "c1", name: "bash", input: { command: "true" } } }], { promptTokens: 3, completionTokens: 1 });
+
+    // Another run resumes the turn (another replica, after a lock mix-up) while the first still works.
+    const second = (await store.startNext(sessionId))!;
+    expect(second).toMatchObject({ resumed: true, turn: { id: turnIds[0], run: 2, steps: 1 } });
+    const before = await log(sessionId);
+    const [sessionBefore] = await client.db.select().from(sessions).where(eq(sessions.id, sessionId));
+
+    // The first run's writes are refused, and nothing of them is written.
+    const refused = store.append(first.turn, [{ type: "tool_result", payload: { callId: "c1", output: "late", isError: false } }]);
+    await expect(refused).rejects.toBeInstanceOf(TurnSupersededError);
+    await expect(refused).rejects.toThrow(/held by run 2, not run 1/);
+    await expect(store.recordStep(first.turn, [], { promptTokens: 100, completionTokens: 100 })).rejects.toBeInstanceOf(TurnSupersededError);
+    expect(await store.finish(first.turn, { status: "completed", events: [{ type: "assistant_message", payload: { text: "late" } }] })).toBe(false);
+    expect(await log(sessionId)).toEqual(before);
+    const [sessionAfter] = await client.db.select().from(sessions).where(eq(sessions.id, sessionId));
+    expect(sessionAfter).toEqual(sessionBefore);
+    expect(await store.get(turnIds[0]!)).toMatchObject({ status: "running", run: 2, steps: 1, promptTokens: 3 });
+
+    // The run that holds the turn records and ends it; then its writes are refused too.
+    await store.append(second.turn, [{ type: "tool_result", payload: { callId: "c1", output: "once", isError: false } }]);
+    expect(await store.finish(second.turn, { status: "completed", events: [{ type: "assistant_message", payload: { text: "done" } }] })).toBe(true);
+    await expect(store.append(second.turn, [{ type: "assistant_message", payload: { text: "after" } }])).rejects.toThrow(/no longer running/);
+    const results = (await log(sessionId)).filter((event) => event.type === "tool_result");
+    expect(results.map((event) => event.payload)).toEqual([{ callId: "c1", output: "once", isError: false }]);
+
+    // The next turn starts at run 1 of its own.
+    expect((await store.startNext(sessionId))!.turn).toMatchObject({ id: turnIds[1], run: 1 });
+  });
+
   it("runs the hot SQL functions on generic plans (a CREATE OR REPLACE in a later migration must repeat the setting)", async () => {
     const rows = await client.sql<{ name: string; config: string[] | null }[]>`
-      select proname as name, proconfig as config from pg_proc
-      where proname in ('berth_accept_message', 'berth_append_events', 'berth_start_turn', 'berth_finish_turn') order by proname`;
-    expect(rows.map((row) => row.name)).toEqual(["berth_accept_message", "berth_append_events", "berth_finish_turn", "berth_start_turn"]);
-    for (const row of rows) expect(row.config, row.name).toEqual(["plan_cache_mode=force_generic_plan"]);
+      select oid::regprocedure::text as name, proconfig as config from pg_proc
+      where proname in ('berth_accept_message', 'berth_append_events', 'berth_append_turn_events', 'berth_start_turn', 'berth_finish_turn') order by 1`;
+    // The eight-argument berth_finish_turn only forwards to the fenced one (for a replica of the previous version).
+    const forwarder = "berth_finish_turn(uuid,uuid,turn_status,text,jsonb,bigint,bigint,numeric)";
+    expect(rows.map((row) => row.name.replace(/\(.*/, ""))).toEqual(["berth_accept_message", "berth_append_events", "berth_append_turn_events", "berth_finish_turn", "berth_finish_turn", "berth_start_turn"]);
+    for (const row of rows) expect(row.config, row.name).toEqual(row.name === forwarder ? null : ["plan_cache_mode=force_generic_plan"]);
+  });
+
+  it("still finishes a turn through the previous version's call (a rolling upgrade), without a run", async () => {
+    const { sessionId } = await sessionWithMessages("ready", ["old replica"]);
+    const next = (await store.startNext(sessionId))!;
+    const [row] = await client.sql<{ finished: boolean }[]>`select berth_finish_turn(${next.turn.id}::uuid, ${sessionId}::uuid, 'completed', null, '[]'::jsonb, 0, 0, 0) as finished`;
+    expect(row!.finished).toBe(true);
+    expect((await store.get(next.turn.id)).status).toBe("completed");
   });
 });

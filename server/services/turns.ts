@@ -3,7 +3,7 @@ import type { Database, DatabaseOrTransaction } from "../../db/client";
 import { agentVersions, sessionEvents, sessions, turns } from "../../db/schema";
 import type { HistoryEvent, HistoryTurn } from "../harness/history";
 import type { Logger } from "../logger";
-import { appendEvents, eventBatch, usageArguments, type EventInput, type StoredEvent } from "./event-log";
+import { eventBatch, storedEvents, usageArguments, type EventInput, type StoredEvent } from "./event-log";
 import type { EventBus } from "./event-bus";
 import { transition, type SessionStatus } from "./sandbox-lifecycle";
 
@@ -26,6 +26,23 @@ export interface Harness {
    * process is shutting down): the job then runs again and the harness resumes from the log.
    */
   runTurn(work: TurnToRun, signals: { abort: AbortSignal; shutdown: AbortSignal }): Promise<void>;
+}
+
+/** SQLSTATE of a turn step refused because the turn ended or another run resumed it (0008_turn_runs.sql). */
+const TURN_NOT_HELD = "BT410";
+
+/**
+ * A step of a turn was not recorded: the turn has ended, or another run of it (another replica, after
+ * a lock mix-up) has resumed it since this run started. The run must stop: the newer one carries on.
+ */
+export class TurnSupersededError extends Error {
+  constructor(
+    readonly turn: Pick<TurnRow, "id" | "run">,
+    reason: string,
+  ) {
+    super(reason);
+    this.name = "TurnSupersededError";
+  }
 }
 
 const CONVERSATION_TYPES = ["user_message", "assistant_message", "tool_call", "tool_result"] as const;
@@ -139,26 +156,41 @@ export class TurnStore {
 
   /** Records a model step that asked for tools: its events, one more step, and its usage. */
   async recordStep(turn: TurnRow, events: EventInput[], usage: TurnUsage | null): Promise<StoredEvent[]> {
-    return this.db.transaction(async (tx) => {
-      const stored = await appendEvents(tx, turn.sessionId, events, { usage: usageChange(usage) });
-      await tx.update(turns).set(addedUsage(usage, 1)).where(eq(turns.id, turn.id));
-      return stored;
-    });
+    return this.appendTurnEvents(turn, events, 1, usage);
   }
 
   async append(turn: TurnRow, events: EventInput[]): Promise<StoredEvent[]> {
-    return this.db.transaction((tx) => appendEvents(tx, turn.sessionId, events));
+    return this.appendTurnEvents(turn, events, 0, null);
+  }
+
+  /**
+   * One statement (`berth_append_turn_events`, db/migrations/0008_turn_runs.sql), written only while
+   * `turn.run` still holds the turn: a TurnSupersededError, and nothing written, once the turn has
+   * ended or another run has resumed it.
+   */
+  private async appendTurnEvents(turn: TurnRow, events: EventInput[], steps: number, usage: TurnUsage | null): Promise<StoredEvent[]> {
+    try {
+      const rows = await this.db.execute<{ appended_seq: string; appended_at: string | Date }>(
+        sql`select * from berth_append_turn_events(${turn.id}::uuid, ${turn.run}::integer, ${turn.sessionId}::uuid, ${eventBatch(events)}::jsonb, ${steps}::integer, ${usageArguments(usageChange(usage))})`,
+      );
+      return storedEvents(rows, events);
+    } catch (error) {
+      const cause = ((error as { cause?: unknown }).cause ?? error) as { code?: string; message?: string };
+      if (cause.code === TURN_NOT_HELD) throw new TurnSupersededError(turn, cause.message ?? "the turn is no longer held by this run");
+      throw error;
+    }
   }
 
   /**
    * Ends the turn: its last events, the `usage` event with the turn's totals, and the session back
    * to `ready` if it was `running`. For a failure, the `error` event comes last. Nothing happens if
-   * the turn is no longer running.
+   * the turn is no longer running or another run holds it (false then).
    */
-  async finish(turn: TurnRow, outcome: { status: "completed" | "failed" | "aborted"; events?: EventInput[]; error?: string; usage?: TurnUsage | null }): Promise<void> {
-    // One statement (`berth_finish_turn`, db/migrations/0005_turn_functions.sql).
-    await this.db.execute(sql`select berth_finish_turn(${turn.id}::uuid, ${turn.sessionId}::uuid, ${outcome.status}::turn_status, ${outcome.error ?? null}::text,
-      ${eventBatch(outcome.events ?? [])}::jsonb, ${usageArguments(usageChange(outcome.usage ?? null))})`);
+  async finish(turn: TurnRow, outcome: { status: "completed" | "failed" | "aborted"; events?: EventInput[]; error?: string; usage?: TurnUsage | null }): Promise<boolean> {
+    // One statement (`berth_finish_turn`, db/migrations/0008_turn_runs.sql).
+    const [row] = await this.db.execute<{ finished: boolean }>(sql`select berth_finish_turn(${turn.id}::uuid, ${turn.run}::integer, ${turn.sessionId}::uuid, ${outcome.status}::turn_status,
+      ${outcome.error ?? null}::text, ${eventBatch(outcome.events ?? [])}::jsonb, ${usageArguments(usageChange(outcome.usage ?? null))}) as finished`);
+    return row?.finished === true;
   }
 }
 
@@ -185,16 +217,6 @@ function openTurnsOf(sessionId: string) {
 function usageChange(usage: TurnUsage | null) {
   if (!usage || (!usage.promptTokens && !usage.completionTokens && !usage.cost)) return null;
   return { promptTokens: usage.promptTokens, completionTokens: usage.completionTokens, cost: usage.cost ?? 0 };
-}
-
-/** The turn columns that add one model call's usage (and `steps` more steps). */
-function addedUsage(usage: TurnUsage | null, steps: number) {
-  return {
-    steps: sql`${turns.steps} + ${steps}`,
-    promptTokens: sql`${turns.promptTokens} + ${usage?.promptTokens ?? 0}`,
-    completionTokens: sql`${turns.completionTokens} + ${usage?.completionTokens ?? 0}`,
-    costUsd: sql`${turns.costUsd} + ${usage?.cost ?? 0}`,
-  };
 }
 
 /**
@@ -228,8 +250,13 @@ export class TurnRunner {
       try {
         if (next.turn.abortRequestedAt) controller.abort(new Error("aborted by request"));
         await harness.runTurn(next, { abort: controller.signal, shutdown });
+      } catch (error) {
+        // The run that took the turn over also runs the session's later turns: this job is done.
+        if (!(error instanceof TurnSupersededError)) throw error;
+        this.deps.logger.warn({ sessionId, turnId: next.turn.id, run: next.turn.run, reason: error.message }, "another run took this turn over; this run stops");
+        return;
       } finally {
-        this.running.delete(next.turn.id);
+        if (this.running.get(next.turn.id) === controller) this.running.delete(next.turn.id);
       }
     }
   }

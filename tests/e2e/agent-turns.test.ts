@@ -241,6 +241,34 @@ describe("agent turns through the gateway", () => {
     expect(gateway.pending).toBe(0);
   });
 
+  it("lets a second run of a turn (another replica, after a lock mix-up) take it over: the first run's late result is refused, each step recorded once", async () => {
+    const { id } = await session();
+    gateway.script({ toolCalls: [{ name: "bash", arguments: { command: "sleep 2; echo first-run-output" } }] }, { text: "answered by the second run" });
+    await api.sessions.send.mutate({ sessionId: id, text: "long command" });
+    await waitFor("the command to start", async () => ((await events(id)).some((event) => event.type === "tool_call") ? true : undefined), 20_000);
+
+    // What another replica would do with the session's job while this one still runs it.
+    await berth.services.turns.runPending(id, new AbortController().signal);
+    const log = conversation(await settled(id, 1));
+    expect(log.map((event) => event.type)).toEqual(["user_message", "tool_call", "tool_result", "assistant_message", "usage"]);
+    expect(String(log[2]!.payload.output)).toMatch(/^interrupted: /);
+    expect(log[3]!.payload).toEqual({ text: "answered by the second run" });
+
+    // The first run's command ends; its result is refused and the run stops without another model call.
+    const [{ id: turnId }] = await sql<[{ id: string }]>`select id from turns where session_id = ${id}`;
+    const stopped = () => berth.logs().split("\n").find((line) => line.includes(turnId) && line.includes("another run took this turn over"));
+    await waitFor("the first run to stop", async () => stopped(), 20_000);
+    expect(JSON.parse(stopped()!)).toMatchObject({ run: 1, reason: expect.stringMatching(/held by run 2, not run 1/) });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(conversation(await events(id))).toEqual(log);
+    const [turn] = await sql<{ status: string; run: number }[]>`select status, run from turns where session_id = ${id}`;
+    expect(turn).toEqual({ status: "completed", run: 2 });
+    const [jobs] = await sql<{ count: number }[]>`select count(*)::int from graphile_worker.jobs where queue_name = ${`session:${id}`}`;
+    expect(jobs!.count).toBe(0);
+    expect(gateway.pending).toBe(0);
+    expect(gateway.violations).toEqual([]);
+  });
+
   it("stops a turn at the agent's step limit with an error event", async () => {
     const { id } = await session({ name: "limited", model: "test-model", maxSteps: 1 });
     gateway.script({ toolCalls: [{ name: "bash", arguments: { command: "true" } }] });
