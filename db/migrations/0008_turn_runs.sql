@@ -68,7 +68,8 @@ ALTER FUNCTION berth_start_turn(uuid) SET plan_cache_mode = force_generic_plan;
 -- Records a step of a running turn for the run that holds it: events (tool calls, results), the
 -- steps it adds and a model call's usage, in one statement. SQLSTATE BT410 and nothing written when
 -- the turn has ended or another run has taken it. The session row is locked first, as
--- berth_start_turn takes it before the turn's, so a resume and a step never cross.
+-- berth_start_turn takes it before the turn's, so a resume and a step never cross (the turn is read
+-- after that lock, in a snapshot of its own: the function must stay VOLATILE).
 CREATE OR REPLACE FUNCTION berth_append_turn_events(
   p_turn_id uuid,
   p_run integer,
@@ -104,8 +105,9 @@ $$;
 ALTER FUNCTION berth_append_turn_events(uuid, integer, uuid, jsonb, integer, bigint, bigint, numeric) SET plan_cache_mode = force_generic_plan;
 --> statement-breakpoint
 
--- As in 0005, with the run that ends the turn: false and nothing written when the turn is no longer
--- running or another run holds it. A null run is not checked (the eight-argument form below).
+-- As in 0005, with the run that ends the turn: SQLSTATE BT410 and nothing written when another run
+-- holds it (the overtaken run must stop, not go on to the session's next turn), false when the turn
+-- is no longer running. A null run is not checked (the eight-argument form below).
 CREATE OR REPLACE FUNCTION berth_finish_turn(
   p_turn_id uuid,
   p_run integer,
@@ -126,16 +128,21 @@ DECLARE
   v_cost numeric;
   v_events jsonb := p_events;
   v_to_ready boolean;
+  v_run integer;
 BEGIN
   -- The session row first, as a message accept takes it.
   SELECT s.status INTO v_session_status FROM sessions s WHERE s.id = p_session_id FOR UPDATE;
   IF NOT FOUND THEN
     RETURN false;
   END IF;
+  SELECT t.run INTO v_run FROM turns t WHERE t.id = p_turn_id;
+  IF p_run IS NOT NULL AND v_run <> p_run THEN
+    RAISE EXCEPTION 'turn % is held by run %, not run %', p_turn_id, v_run, p_run USING ERRCODE = 'BT410';
+  END IF;
   v_has_queued := EXISTS (SELECT 1 FROM turns t WHERE t.session_id = p_session_id AND t.status = 'queued');
   UPDATE turns t SET prompt_tokens = t.prompt_tokens + p_prompt_tokens, completion_tokens = t.completion_tokens + p_completion_tokens,
       cost_usd = t.cost_usd + p_cost, status = p_status, error = p_error, finished_at = now()
-    WHERE t.id = p_turn_id AND t.status = 'running' AND (p_run IS NULL OR t.run = p_run)
+    WHERE t.id = p_turn_id AND t.status = 'running'
     RETURNING t.prompt_tokens, t.completion_tokens, t.cost_usd INTO v_prompt, v_completion, v_cost;
   IF NOT FOUND THEN
     RETURN false;

@@ -47,8 +47,8 @@ export class BuiltinHarness implements Harness {
     // turn (an abort request, the step count) and the session (it may have become ready meanwhile).
     for (let step = 0; ; step++) {
       const turn = step === 0 ? initial : await store.get(initial.id);
-      if (turn.status !== "running") return;
       if (turn.run !== initial.run) throw new TurnSupersededError(initial, `run ${turn.run} resumed the turn`);
+      if (turn.status !== "running") return;
       if (signals.abort.aborted || turn.abortRequestedAt) {
         await this.abort(turn, []);
         return;

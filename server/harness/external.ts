@@ -63,8 +63,8 @@ export async function beginExternalTurn(
   input: { turn: TurnRow; harness: string; label: string; unavailable: string | null; abortRequested: boolean; shuttingDown: boolean },
 ): Promise<ExternalTurn | null> {
   const turn = await store.get(input.turn.id);
-  if (turn.status !== "running") return null;
   if (turn.run !== input.turn.run) throw new TurnSupersededError(input.turn, `run ${turn.run} resumed the turn`);
+  if (turn.status !== "running") return null;
   if (input.unavailable) {
     await store.finish(turn, { status: "failed", error: input.unavailable });
     return null;
@@ -76,7 +76,7 @@ export async function beginExternalTurn(
   if (input.shuttingDown) throw new Error("shutting down");
   const state = await store.harnessState(turn.sessionId, input.harness);
   if (state.runningTurn === turn.id || (await store.turnEvents(turn)).length > 0) {
-    await store.setHarnessState(turn.sessionId, input.harness, { runningTurn: null });
+    await store.clearRunningTurn(turn.sessionId, input.harness, turn.id);
     await store.finish(turn, {
       status: "failed",
       error: `the platform stopped while ${input.label} worked on this message; what it did is recorded above. Send a message to continue (${input.label} keeps its session).`,
@@ -99,7 +99,7 @@ export async function markRunning(store: TurnStore, turn: TurnRow, harness: stri
 }
 
 export async function clearRunning(store: TurnStore, turn: TurnRow, harness: string): Promise<void> {
-  await store.setHarnessState(turn.sessionId, harness, { runningTurn: null });
+  await store.clearRunningTurn(turn.sessionId, harness, turn.id);
 }
 
 /** Checks the sandbox has the CLI at `binary` and a model relay; a HarnessSetupError says what is missing. */
@@ -160,7 +160,7 @@ type RunSignals = { abort: AbortSignal; shutdown: AbortSignal };
  * shutdown (the job runs again) and errors the harness does not know.
  */
 export function outcomeOfError(label: string, error: unknown, signals: RunSignals): TurnOutcome {
-  if (signals.shutdown.aborted) throw error;
+  if (signals.shutdown.aborted || error instanceof TurnSupersededError) throw error;
   if (signals.abort.aborted) return { status: "aborted", error: ABORTED };
   if (error instanceof HarnessSetupError) return { status: "failed", error: error.message };
   if (isSandboxGone(error)) {

@@ -145,7 +145,7 @@ describe("TurnStore on the SQL turn functions", () => {
     await expect(refused).rejects.toBeInstanceOf(TurnSupersededError);
     await expect(refused).rejects.toThrow(/held by run 2, not run 1/);
     await expect(store.recordStep(first.turn, [], { promptTokens: 100, completionTokens: 100 })).rejects.toBeInstanceOf(TurnSupersededError);
-    expect(await store.finish(first.turn, { status: "completed", events: [{ type: "assistant_message", payload: { text: "late" } }] })).toBe(false);
+    await expect(store.finish(first.turn, { status: "completed", events: [{ type: "assistant_message", payload: { text: "late" } }] })).rejects.toBeInstanceOf(TurnSupersededError);
     expect(await log(sessionId)).toEqual(before);
     const [sessionAfter] = await client.db.select().from(sessions).where(eq(sessions.id, sessionId));
     expect(sessionAfter).toEqual(sessionBefore);
@@ -155,11 +155,32 @@ describe("TurnStore on the SQL turn functions", () => {
     await store.append(second.turn, [{ type: "tool_result", payload: { callId: "c1", output: "once", isError: false } }]);
     expect(await store.finish(second.turn, { status: "completed", events: [{ type: "assistant_message", payload: { text: "done" } }] })).toBe(true);
     await expect(store.append(second.turn, [{ type: "assistant_message", payload: { text: "after" } }])).rejects.toThrow(/no longer running/);
+    expect(await store.finish(second.turn, { status: "failed", error: "late" })).toBe(false);
     const results = (await log(sessionId)).filter((event) => event.type === "tool_result");
     expect(results.map((event) => event.payload)).toEqual([{ callId: "c1", output: "once", isError: false }]);
 
     // The next turn starts at run 1 of its own.
     expect((await store.startNext(sessionId))!.turn).toMatchObject({ id: turnIds[1], run: 1 });
+  });
+
+  it("refuses a step that waited on a resume still in progress (the resume's session lock orders them)", async () => {
+    const { sessionId } = await sessionWithMessages("ready", ["race"]);
+    const first = (await store.startNext(sessionId))!;
+    let step: Promise<unknown> | undefined;
+    await client.sql.begin(async (tx) => {
+      const [resumed] = await tx<{ turn: { run: number } }[]>`select * from berth_start_turn(${sessionId}::uuid)`;
+      expect(resumed!.turn.run).toBe(2);
+      // The first run's step is sent while the resume holds the session row, uncommitted.
+      step = store.append(first.turn, [{ type: "assistant_message", payload: { text: "crossed" } }]).then(
+        () => "written",
+        (error: unknown) => error,
+      );
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      const [waiting] = await client.sql<{ count: number }[]>`select count(*)::int from pg_stat_activity where wait_event_type = 'Lock' and query like '%berth_append_turn_events%'`;
+      expect(waiting!.count).toBe(1);
+    });
+    expect(await step).toBeInstanceOf(TurnSupersededError);
+    expect((await log(sessionId)).map((event) => event.type)).toEqual(["user_message", "status"]);
   });
 
   it("runs the hot SQL functions on generic plans (a CREATE OR REPLACE in a later migration must repeat the setting)", async () => {

@@ -144,6 +144,14 @@ export class TurnStore {
       .where(eq(sessions.id, sessionId));
   }
 
+  /** Removes the harness's `runningTurn` marker if it is still this turn's (a newer run may have set its own). */
+  async clearRunningTurn(sessionId: string, harness: string, turnId: string): Promise<void> {
+    await this.db
+      .update(sessions)
+      .set({ harnessState: sql`${sessions.harnessState} #- ${`{${harness},runningTurn}`}::text[]` })
+      .where(and(eq(sessions.id, sessionId), sql`${sessions.harnessState} #>> ${`{${harness},runningTurn}`}::text[] = ${turnId}`));
+  }
+
   /** The turn's own conversation events (after it started). */
   async turnEvents(turn: TurnRow): Promise<HistoryEvent[]> {
     const rows = await this.db
@@ -169,28 +177,38 @@ export class TurnStore {
    * ended or another run has resumed it.
    */
   private async appendTurnEvents(turn: TurnRow, events: EventInput[], steps: number, usage: TurnUsage | null): Promise<StoredEvent[]> {
-    try {
-      const rows = await this.db.execute<{ appended_seq: string; appended_at: string | Date }>(
+    const rows = await fenced(turn, () =>
+      this.db.execute<{ appended_seq: string; appended_at: string | Date }>(
         sql`select * from berth_append_turn_events(${turn.id}::uuid, ${turn.run}::integer, ${turn.sessionId}::uuid, ${eventBatch(events)}::jsonb, ${steps}::integer, ${usageArguments(usageChange(usage))})`,
-      );
-      return storedEvents(rows, events);
-    } catch (error) {
-      const cause = ((error as { cause?: unknown }).cause ?? error) as { code?: string; message?: string };
-      if (cause.code === TURN_NOT_HELD) throw new TurnSupersededError(turn, cause.message ?? "the turn is no longer held by this run");
-      throw error;
-    }
+      ),
+    );
+    return storedEvents(rows, events);
   }
 
   /**
    * Ends the turn: its last events, the `usage` event with the turn's totals, and the session back
    * to `ready` if it was `running`. For a failure, the `error` event comes last. Nothing happens if
-   * the turn is no longer running or another run holds it (false then).
+   * the turn is no longer running (false then); a TurnSupersededError if another run holds it.
    */
   async finish(turn: TurnRow, outcome: { status: "completed" | "failed" | "aborted"; events?: EventInput[]; error?: string; usage?: TurnUsage | null }): Promise<boolean> {
     // One statement (`berth_finish_turn`, db/migrations/0008_turn_runs.sql).
-    const [row] = await this.db.execute<{ finished: boolean }>(sql`select berth_finish_turn(${turn.id}::uuid, ${turn.run}::integer, ${turn.sessionId}::uuid, ${outcome.status}::turn_status,
-      ${outcome.error ?? null}::text, ${eventBatch(outcome.events ?? [])}::jsonb, ${usageArguments(usageChange(outcome.usage ?? null))}) as finished`);
+    const [row] = await fenced(turn, () =>
+      this.db.execute<{ finished: boolean }>(sql`select berth_finish_turn(${turn.id}::uuid, ${turn.run}::integer, ${turn.sessionId}::uuid, ${outcome.status}::turn_status,
+        ${outcome.error ?? null}::text, ${eventBatch(outcome.events ?? [])}::jsonb, ${usageArguments(usageChange(outcome.usage ?? null))}) as finished`),
+    );
     return row?.finished === true;
+  }
+}
+
+/** Runs a write of the turn's run, turning the database's refusal (BT410) into a TurnSupersededError. */
+async function fenced<T>(turn: TurnRow, write: () => Promise<T>): Promise<T> {
+  try {
+    return await write();
+  } catch (error) {
+    // drizzle wraps the driver's error; the SQLSTATE is on the cause.
+    const cause = ((error as { cause?: unknown }).cause ?? error) as { code?: string; message?: string };
+    if (cause.code === TURN_NOT_HELD) throw new TurnSupersededError(turn, cause.message ?? "the turn is no longer held by this run");
+    throw error;
   }
 }
 
@@ -251,10 +269,12 @@ export class TurnRunner {
         if (next.turn.abortRequestedAt) controller.abort(new Error("aborted by request"));
         await harness.runTurn(next, { abort: controller.signal, shutdown });
       } catch (error) {
-        // The run that took the turn over also runs the session's later turns: this job is done.
-        if (!(error instanceof TurnSupersededError)) throw error;
-        this.deps.logger.warn({ sessionId, turnId: next.turn.id, run: next.turn.run, reason: error.message }, "another run took this turn over; this run stops");
-        return;
+        // The run that took the turn over carries it and the session's later turns. The job still
+        // fails rather than completes: graphile-worker deletes a completed job whoever holds it now
+        // (the run that took over may be running this very job), while a failure is only recorded
+        // for this worker's lock; a retry of a job of its own finds the turn done or running.
+        if (error instanceof TurnSupersededError) this.deps.logger.warn({ sessionId, turnId: next.turn.id, run: next.turn.run, reason: error.message }, "another run took this turn over; this run stops");
+        throw error;
       } finally {
         if (this.running.get(next.turn.id) === controller) this.running.delete(next.turn.id);
       }

@@ -241,9 +241,24 @@ describe("agent turns through the gateway", () => {
     expect(gateway.pending).toBe(0);
   });
 
+  /** Finds the warning of the run that was overtaken (the JSON log line). */
+  function overtaken(turnId: string) {
+    const line = berth.logs().split("\n").find((entry) => entry.includes(turnId) && entry.includes("another run took this turn over"));
+    return line ? (JSON.parse(line) as { run: number; reason: string }) : undefined;
+  }
+
+  async function turnOf(sessionId: string) {
+    const [turn] = await sql<[{ id: string; status: string; run: number }]>`select id, status, run from turns where session_id = ${sessionId}`;
+    return turn;
+  }
+
+  /** Once the overtaken run's job has failed and its retry found nothing to do, the session has no job left. */
+  const noJobsLeft = (sessionId: string) =>
+    waitFor("the session's jobs to be done", async () => ((await sql<[{ count: number }]>`select count(*)::int from graphile_worker.jobs where queue_name = ${`session:${sessionId}`}`)[0].count === 0 ? true : undefined), 30_000);
+
   it("lets a second run of a turn (another replica, after a lock mix-up) take it over: the first run's late result is refused, each step recorded once", async () => {
     const { id } = await session();
-    gateway.script({ toolCalls: [{ name: "bash", arguments: { command: "sleep 2; echo first-run-output" } }] }, { text: "answered by the second run" });
+    gateway.script({ toolCalls: [{ name: "bash", arguments: { command: "until [ -e release ]; do sleep 0.05; done; echo first-run-output" } }] }, { text: "answered by the second run" });
     await api.sessions.send.mutate({ sessionId: id, text: "long command" });
     await waitFor("the command to start", async () => ((await events(id)).some((event) => event.type === "tool_call") ? true : undefined), 20_000);
 
@@ -255,18 +270,38 @@ describe("agent turns through the gateway", () => {
     expect(log[3]!.payload).toEqual({ text: "answered by the second run" });
 
     // The first run's command ends; its result is refused and the run stops without another model call.
-    const [{ id: turnId }] = await sql<[{ id: string }]>`select id from turns where session_id = ${id}`;
-    const stopped = () => berth.logs().split("\n").find((line) => line.includes(turnId) && line.includes("another run took this turn over"));
-    await waitFor("the first run to stop", async () => stopped(), 20_000);
-    expect(JSON.parse(stopped()!)).toMatchObject({ run: 1, reason: expect.stringMatching(/held by run 2, not run 1/) });
-    await new Promise((resolve) => setTimeout(resolve, 300));
+    await api.sessions.exec.mutate({ sessionId: id, command: "touch release" });
+    const turn = await turnOf(id);
+    await waitFor("the first run to stop", async () => overtaken(turn.id), 20_000);
+    expect(overtaken(turn.id)).toMatchObject({ run: 1, reason: expect.stringMatching(/held by run 2, not run 1/) });
+    await noJobsLeft(id);
     expect(conversation(await events(id))).toEqual(log);
-    const [turn] = await sql<{ status: string; run: number }[]>`select status, run from turns where session_id = ${id}`;
-    expect(turn).toEqual({ status: "completed", run: 2 });
-    const [jobs] = await sql<{ count: number }[]>`select count(*)::int from graphile_worker.jobs where queue_name = ${`session:${id}`}`;
-    expect(jobs!.count).toBe(0);
+    expect(await turnOf(id)).toMatchObject({ status: "completed", run: 2 });
     expect(gateway.pending).toBe(0);
     expect(gateway.violations).toEqual([]);
+  });
+
+  it("stops an overtaken run whose model call answers late: its answer is refused and it does not take the turn back", async () => {
+    const { id } = await session();
+    gateway.script({ text: "late answer of the first run", delayMs: 1_500 }, { text: "answer of the second run" });
+    await api.sessions.send.mutate({ sessionId: id, text: "slow model" });
+    await waitFor("the model call", async () => (gateway.completions.length > 0 && (await turnOf(id))?.status === "running" ? true : undefined), 20_000);
+    const completionsBefore = gateway.completions.length;
+
+    await berth.services.turns.runPending(id, new AbortController().signal);
+    const turn = await turnOf(id);
+    await waitFor("the first run to stop", async () => overtaken(turn.id), 20_000);
+    expect(overtaken(turn.id)).toMatchObject({ run: 1, reason: expect.stringMatching(/held by run 2, not run 1/) });
+    await noJobsLeft(id);
+    const log = conversation(await events(id));
+    expect(log.map((event) => [event.type, event.payload.text ?? null])).toEqual([
+      ["user_message", "slow model"],
+      ["assistant_message", "answer of the second run"],
+      ["usage", null],
+    ]);
+    expect(await turnOf(id)).toMatchObject({ status: "completed", run: 2 });
+    expect(gateway.completions.length).toBe(completionsBefore + 1);
+    expect((await api.sessions.get.query({ sessionId: id })).status).toBe("ready");
   });
 
   it("stops a turn at the agent's step limit with an error event", async () => {
