@@ -39,7 +39,18 @@ type SessionStatus = (typeof sessions.$inferSelect)["status"];
  */
 export function eventBatch(events: EventInput[]): string {
   for (const event of events) eventPayloads[event.type].parse(event.payload);
-  return JSON.stringify(events.map((event) => ({ type: event.type, payload: event.payload, key: event.idempotencyKey ?? null })));
+  const batch = events.map((event) => ({ type: event.type, payload: event.payload, key: event.idempotencyKey ?? null }));
+  const json = JSON.stringify(batch);
+  // Postgres text and jsonb cannot hold U+0000, and a command's output can: such a string would fail
+  // the whole step. It is stored as U+FFFD instead (the search is cheap; the rewrite is rare).
+  return json.includes("\\u0000") ? JSON.stringify(withoutNul(batch)) : json;
+}
+
+function withoutNul(value: unknown): unknown {
+  if (typeof value === "string") return value.replaceAll("\u0000", "\uFFFD");
+  if (Array.isArray(value)) return value.map(withoutNul);
+  if (value && typeof value === "object") return Object.fromEntries(Object.entries(value).map(([key, item]) => [withoutNul(key), withoutNul(item)]));
+  return value;
 }
 
 /** A model call's usage as the SQL functions' (prompt, completion, cost) arguments; zeros for none. */

@@ -4,6 +4,17 @@ import { ZodError } from "zod";
 import { DomainError, isDatabaseUnavailable } from "../services/errors";
 import type { TrpcContext } from "./context";
 
+/** Invalid input found outside a zod schema, with the field it is in (a zod v4 ZodError is not an Error, so tRPC would not keep it as the cause). */
+class InputFieldError extends Error {
+  constructor(
+    readonly path: (string | number)[],
+    readonly fieldMessage: string,
+  ) {
+    super(`${path.join(".") || "input"}: ${fieldMessage}`);
+    this.name = "InputFieldError";
+  }
+}
+
 const t = initTRPC.context<TrpcContext>().create({
   transformer: superjson,
   // Pings keep proxies from closing a quiet follow stream; the client reconnects after 30 s of silence.
@@ -18,7 +29,9 @@ const t = initTRPC.context<TrpcContext>().create({
         fieldErrors:
           cause instanceof ZodError
             ? Object.fromEntries(cause.issues.map((issue) => [issue.path.join(".") || "input", issue.message]))
-            : undefined,
+            : cause instanceof InputFieldError
+              ? { [cause.path.join(".") || "input"]: cause.fieldMessage }
+              : undefined,
       },
     };
   },
@@ -62,9 +75,33 @@ function assertSameOrigin(request: Request) {
   }
 }
 
+/**
+ * Postgres cannot store U+0000 in text: a string holding it would fail deep in a service with a
+ * database error. Refused here, for every procedure, with the field that holds it.
+ */
+const noNulInInput = t.middleware(async ({ getRawInput, next }) => {
+  const path = nulPath(await getRawInput(), []);
+  if (path) {
+    const cause = new InputFieldError(path, "must not contain NUL characters (U+0000)");
+    throw new TRPCError({ code: "BAD_REQUEST", message: cause.message, cause });
+  }
+  return next();
+});
+
+function nulPath(value: unknown, path: (string | number)[]): (string | number)[] | null {
+  if (typeof value === "string") return value.includes("\u0000") ? path : null;
+  if (path.length > 32 || value === null || typeof value !== "object") return null;
+  for (const [key, item] of Array.isArray(value) ? value.entries() : Object.entries(value)) {
+    if (typeof key === "string" && key.includes("\u0000")) return [...path, key];
+    const found = nulPath(item, [...path, key]);
+    if (found) return found;
+  }
+  return null;
+}
+
 export const router = t.router;
 export const createCallerFactory = t.createCallerFactory;
-export const publicProcedure = t.procedure.use(domainErrors);
+export const publicProcedure = t.procedure.use(domainErrors).use(noNulInInput);
 
 /** A caller of any team, authenticated by API key or login cookie. */
 export const authedProcedure = publicProcedure.use(async ({ ctx, type, next }) => {

@@ -61,6 +61,17 @@ describe("malformed input is refused at the edge with field errors, and writes n
     expect(await fieldErrorsOf(api.agents.create.mutate({ name: "a", model: "demo", env: { "1X": "v" } }))).toHaveProperty("env.1X");
   });
 
+  it("NUL characters, which Postgres cannot store, wherever they are (the message names the field, never the value)", async () => {
+    const nul = "\u0000";
+    expect(await fieldErrorsOf(api.agents.create.mutate({ name: `a${nul}`, model: "demo" }))).toEqual({ name: "must not contain NUL characters (U+0000)" });
+    expect(await fieldErrorsOf(api.agents.create.mutate({ name: "a", model: "demo", env: { X: `v${nul}` } }))).toHaveProperty(["env.X"]);
+    expect(await fieldErrorsOf(api.sessions.send.mutate({ sessionId: "00000000-0000-4000-8000-000000000000", text: `hi${nul}` }))).toHaveProperty("text");
+    const secret = await api.secrets.set.mutate({ name: "NUL_SECRET", value: `s3cret${nul}value` }).catch((error: unknown) => error);
+    expect((secret as TRPCClientError<never>).data).toMatchObject({ code: "BAD_REQUEST", fieldErrors: { value: "must not contain NUL characters (U+0000)" } });
+    expect(JSON.stringify(secret)).not.toContain("s3cret");
+    expect((secret as Error).message).not.toContain("s3cret");
+  });
+
   it("left nothing behind", async () => {
     expect((await api.agents.list.query({})).items).toEqual([]);
     expect((await api.secrets.list.query({})).items).toEqual([]);

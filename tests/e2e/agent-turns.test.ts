@@ -175,6 +175,16 @@ describe("agent turns through the gateway", () => {
     expect(gateway.requests.length).toBe(before);
   });
 
+  it("records a command's output that holds NUL bytes (as U+FFFD, which Postgres can store) instead of failing the step", async () => {
+    const { id } = await session({ name: "nul-output", model: "demo" });
+    await api.sessions.send.mutate({ sessionId: id, text: "run: printf 'a\\0b'" });
+    const log = conversation(await settled(id, 1));
+    expect(log.map((event) => event.type)).toEqual(["user_message", "tool_call", "tool_result", "assistant_message", "usage"]);
+    expect(log[2]!.payload).toMatchObject({ output: "a\uFFFDb", exitCode: 0, isError: false });
+    const [turn] = await sql<{ status: string; run: number }[]>`select status, run from turns where session_id = ${id}`;
+    expect(turn).toEqual({ status: "completed", run: 1 });
+  });
+
   it("makes send idempotent with idempotencyKey", async () => {
     const { id } = await session({ name: "idempotent", model: "demo" });
     const first = await api.sessions.send.mutate({ sessionId: id, text: "hello", idempotencyKey: "msg-1" });
