@@ -3,7 +3,10 @@ import { eq } from "drizzle-orm";
 import { connectDatabase, type DatabaseClient } from "../../db/client";
 import { agents, agentVersions, sessionEvents, sessions, teams, turns } from "../../db/schema";
 import { createTestDatabase, type TestDatabase } from "../../tests/helpers/database";
-import { TurnStore, TurnSupersededError } from "./turns";
+import { Writable } from "node:stream";
+import { createLogger } from "../logger";
+import { EventBus } from "./event-bus";
+import { TurnRunner, TurnStore, TurnSupersededError, type Harness } from "./turns";
 
 /**
  * The turn bookkeeping of db/migrations/0005_turn_functions.sql, each step one statement, against a
@@ -181,6 +184,39 @@ describe("TurnStore on the SQL turn functions", () => {
     });
     expect(await step).toBeInstanceOf(TurnSupersededError);
     expect((await log(sessionId)).map((event) => event.type)).toEqual(["user_message", "status"]);
+  });
+
+  it("ends a turn that failed unexpectedly on its job's last attempt as failed, and runs the session's next turn", async () => {
+    const { sessionId, turnIds } = await sessionWithMessages("ready", ["breaks", "works"]);
+    const logged: string[] = [];
+    const logger = createLogger("warn", new Writable({ write: (chunk, _encoding, done) => (logged.push(chunk.toString()), done()) }));
+    const ran: string[] = [];
+    const harness: Harness = {
+      name: "builtin",
+      async runTurn({ turn }) {
+        ran.push(turn.id);
+        if (turn.id === turnIds[0]) throw new Error("the sandbox answered something unexpected");
+        await store.finish(turn, { status: "completed", events: [{ type: "assistant_message", payload: { text: "fine" } }] });
+      },
+    };
+    const runner = new TurnRunner({ store, harnesses: { builtin: harness }, bus: new EventBus(client.sql, logger), logger });
+    const shutdown = new AbortController().signal;
+
+    // Not the last attempt: the error fails the job (it runs again) and the turn stays running.
+    await expect(runner.runPending(sessionId, shutdown)).rejects.toThrow(/unexpected/);
+    expect(await store.get(turnIds[0]!)).toMatchObject({ status: "running" });
+
+    await runner.runPending(sessionId, shutdown, { finalAttempt: { attempts: 10 } });
+    expect(ran).toEqual([turnIds[0], turnIds[0], turnIds[1]]);
+    expect(await store.get(turnIds[0]!)).toMatchObject({ status: "failed", error: expect.stringContaining("the sandbox answered something unexpected") });
+    const events = await log(sessionId);
+    expect(events.find((event) => event.type === "error")!.payload).toEqual({
+      message: "the turn could not be run: the sandbox answered something unexpected (its job failed 10 times; details are in the server log)",
+    });
+    expect(events.slice(-3).map((event) => event.type)).toEqual(["assistant_message", "usage", "status"]);
+    const [session] = await client.db.select().from(sessions).where(eq(sessions.id, sessionId));
+    expect(session!.status).toBe("ready");
+    expect(logged.join("")).toContain("the turn failed on its job's last attempt");
   });
 
   it("runs the hot SQL functions on generic plans (a CREATE OR REPLACE in a later migration must repeat the setting)", async () => {

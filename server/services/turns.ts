@@ -251,7 +251,12 @@ export class TurnRunner {
     deps.bus.onTurnAbort((turnId) => this.running.get(turnId)?.abort(new Error("aborted by request")));
   }
 
-  async runPending(sessionId: string, shutdown: AbortSignal): Promise<void> {
+  /**
+   * `finalAttempt`: the job will not be retried after this run. A turn that fails with an error its
+   * harness did not expect is then ended as failed, with an error event, instead of being left
+   * `running` (and its session with it) until the next message; the session's next turns still run.
+   */
+  async runPending(sessionId: string, shutdown: AbortSignal, options: { finalAttempt?: { attempts: number } } = {}): Promise<void> {
     for (let first = true; ; first = false) {
       if (shutdown.aborted) throw new Error("the process is shutting down; the turn resumes in the next one");
       // The job exists because a message came; after a turn, look before taking the session's lock.
@@ -273,8 +278,17 @@ export class TurnRunner {
         // fails rather than completes: graphile-worker deletes a completed job whoever holds it now
         // (the run that took over may be running this very job), while a failure is only recorded
         // for this worker's lock; a retry of a job of its own finds the turn done or running.
-        if (error instanceof TurnSupersededError) this.deps.logger.warn({ sessionId, turnId: next.turn.id, run: next.turn.run, reason: error.message }, "another run took this turn over; this run stops");
-        throw error;
+        if (error instanceof TurnSupersededError) {
+          this.deps.logger.warn({ sessionId, turnId: next.turn.id, run: next.turn.run, reason: error.message }, "another run took this turn over; this run stops");
+          throw error;
+        }
+        if (!options.finalAttempt || shutdown.aborted) throw error;
+        this.deps.logger.error({ err: error, sessionId, turnId: next.turn.id }, "the turn failed on its job's last attempt; ending it as failed");
+        const reason = (error instanceof Error ? error.message : String(error)).slice(0, 300);
+        await this.deps.store.finish(next.turn, {
+          status: "failed",
+          error: `the turn could not be run: ${reason} (its job failed ${options.finalAttempt.attempts} times; details are in the server log)`,
+        });
       } finally {
         if (this.running.get(next.turn.id) === controller) this.running.delete(next.turn.id);
       }
