@@ -19,6 +19,11 @@ describe("eventBatch", () => {
     ]);
   });
 
+  it("replaces lone UTF-16 surrogates (a model's JSON can escape one; jsonb refuses them) and keeps real pairs", () => {
+    const batch = eventBatch([{ type: "assistant_message", payload: { text: "lone \ud800 high, lone \udc00 low, pair \ud83d\ude00" } }]);
+    expect(JSON.parse(batch)[0].payload.text).toBe("lone \uFFFD high, lone \uFFFD low, pair \u{1F600}");
+  });
+
   it("refuses a payload that does not match its type", () => {
     expect(() => eventBatch([{ type: "assistant_message", payload: { text: 42 } } as never])).toThrow();
   });

@@ -41,15 +41,18 @@ export function eventBatch(events: EventInput[]): string {
   for (const event of events) eventPayloads[event.type].parse(event.payload);
   const batch = events.map((event) => ({ type: event.type, payload: event.payload, key: event.idempotencyKey ?? null }));
   const json = JSON.stringify(batch);
-  // Postgres text and jsonb cannot hold U+0000, and a command's output can: such a string would fail
-  // the whole step. It is stored as U+FFFD instead (the search is cheap; the rewrite is rare).
-  return json.includes("\\u0000") ? JSON.stringify(withoutNul(batch)) : json;
+  // Postgres jsonb cannot hold U+0000 (a command's output can) nor a lone UTF-16 surrogate (a model's
+  // JSON can escape one): either would fail the whole step. JSON.stringify escapes both, so the search
+  // is cheap; they are stored as U+FFFD instead (the rewrite is rare).
+  return UNSTORABLE_ESCAPE.test(json) ? JSON.stringify(storable(batch)) : json;
 }
 
-function withoutNul(value: unknown): unknown {
-  if (typeof value === "string") return value.replaceAll("\u0000", "\uFFFD");
-  if (Array.isArray(value)) return value.map(withoutNul);
-  if (value && typeof value === "object") return Object.fromEntries(Object.entries(value).map(([key, item]) => [withoutNul(key), withoutNul(item)]));
+const UNSTORABLE_ESCAPE = /\\u(?:0000|d[89a-f])/;
+
+function storable(value: unknown): unknown {
+  if (typeof value === "string") return value.replaceAll("\u0000", "\uFFFD").toWellFormed();
+  if (Array.isArray(value)) return value.map(storable);
+  if (value && typeof value === "object") return Object.fromEntries(Object.entries(value).map(([key, item]) => [storable(key), storable(item)]));
   return value;
 }
 
