@@ -116,6 +116,16 @@ export const apiKeys = pgTable(
 );
 
 /** Web UI login sessions; the cookie holds a random token whose SHA-256 is the id. */
+/**
+ * Failed logins counted per key (`pair:<ip> <email>`, `email:<email>`, `ip:<ip>`) in a fixed window
+ * from the first failure; server/services/login-throttle.ts. Not team data: logins come before a team.
+ */
+export const loginFailures = pgTable("login_failures", {
+  key: text("key").primaryKey(),
+  failures: integer("failures").notNull(),
+  windowStartedAt: timestamp("window_started_at", { withTimezone: true }).notNull(),
+});
+
 export const loginSessions = pgTable(
   "login_sessions",
   {

@@ -94,6 +94,12 @@ describe("loadConfig", () => {
     expect(problemsOf({ BERTH_WORKSPACE_RETENTION_HOURS: "100000" })).toContain("BERTH_WORKSPACE_RETENTION_HOURS");
   });
 
+  it("reads the header that carries the client's address behind a proxy (lower-cased), unset by default", () => {
+    expect(loadConfig({}).clientAddressHeader).toBeUndefined();
+    expect(loadConfig({ BERTH_CLIENT_ADDRESS_HEADER: "Fly-Client-IP" }).clientAddressHeader).toBe("fly-client-ip");
+    expect(problemsOf({ BERTH_CLIENT_ADDRESS_HEADER: "x forwarded: for" })).toContain("BERTH_CLIENT_ADDRESS_HEADER must be an HTTP header name");
+  });
+
   it("treats empty optional variables as unset", () => {
     expect(loadConfig({ DATABASE_URL: "", BERTH_ADMIN_API_KEY: " " }).databaseUrl).toBeUndefined();
   });

@@ -137,6 +137,9 @@ const environmentSchema = z.object({
   BERTH_CLAUDE_CODE_BINARY: binaryPath("claude"),
   BERTH_HARNESS_TURN_TIMEOUT_MS: positiveInt(1_800_000, 3_600_000),
   BERTH_AUTH_CACHE_MS: wholeNumber(5_000, 60_000),
+  BERTH_CLIENT_ADDRESS_HEADER: optionalString
+    .pipe(z.string().regex(/^[A-Za-z0-9-]+$/, "must be an HTTP header name, such as x-forwarded-for or fly-client-ip").optional())
+    .transform((value) => value?.toLowerCase()),
   BERTH_METRICS_TOKEN: optionalString.pipe(z.string().min(16, "must be at least 16 characters").optional()),
   LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
 });
@@ -180,6 +183,11 @@ export type Config = {
    * through NOTIFY, every replica at once; the lifetime bounds a missed notification (decision 013).
    */
   authCacheMs: number;
+  /**
+   * The header a proxy in front of Berth sets to the client's address (for the login limits); unset:
+   * the connection's peer. `x-forwarded-for`: its last entry, the address the nearest proxy saw.
+   */
+  clientAddressHeader: string | undefined;
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
   /** Local backend: the opencode binary bound into jails (default: the one npm installed, opencode-linux-x64[-baseline]). */
   opencodeBinary: string | undefined;
@@ -262,6 +270,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     databasePoolSize: parsed.BERTH_DATABASE_POOL_SIZE,
     shutdownTimeoutMs: parsed.BERTH_SHUTDOWN_TIMEOUT_MS,
     authCacheMs: parsed.BERTH_AUTH_CACHE_MS,
+    clientAddressHeader: parsed.BERTH_CLIENT_ADDRESS_HEADER,
     logLevel: parsed.LOG_LEVEL,
     metricsToken: parsed.BERTH_METRICS_TOKEN,
     opencodeBinary: parsed.BERTH_OPENCODE_BINARY,

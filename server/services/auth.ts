@@ -4,6 +4,7 @@ import type { Database } from "../../db/client";
 import { apiKeys, loginSessions, memberships, teams, users } from "../../db/schema";
 import { hashApiKey } from "../auth/api-keys";
 import { hashPassword, verifyPassword } from "../auth/passwords";
+import type { LoginThrottle } from "./login-throttle";
 import type { Logger } from "../logger";
 import { recordAudit } from "./audit";
 import { DomainError, notFound } from "./errors";
@@ -35,7 +36,7 @@ export class AuthService {
   constructor(
     private readonly db: Database,
     private readonly logger: Logger,
-    private readonly options: { cacheMs: number; cacheSize?: number } = { cacheMs: 0 },
+    private readonly options: { cacheMs: number; cacheSize?: number; throttle?: LoginThrottle } = { cacheMs: 0 },
   ) {
     // Built once: the hottest query of the API (every request with a key not in the cache).
     this.lookupKeyQuery = db
@@ -116,17 +117,25 @@ export class AuthService {
     return { teamId: row.teamId, role: row.role, actor: { type: "user", id: row.userId }, userId: row.userId, via: "session", loginSessionId: id };
   }
 
-  /** Email and password to a login session in the requested team (or the user's first team). */
-  async login(input: { email: string; password: string; teamId?: string }): Promise<{ token: string; expiresAt: Date; principal: Principal }> {
+  /**
+   * Email and password to a login session in the requested team (or the user's first team).
+   * `clientAddress` is the caller's IP address, for the brute-force limits (LoginThrottle).
+   */
+  async login(input: { email: string; password: string; teamId?: string }, clientAddress: string | null = null): Promise<{ token: string; expiresAt: Date; principal: Principal }> {
     const email = input.email.trim().toLowerCase();
+    const attempt = await this.options.throttle?.begin(email, clientAddress).catch((error: unknown) => {
+      if (error instanceof DomainError) this.logger.warn({ email, clientAddress }, "login refused: too many failed attempts");
+      throw error;
+    });
     const [user] = await this.db.select().from(users).where(eq(users.email, email));
     const valid = user?.passwordHash
       ? await verifyPassword(input.password, user.passwordHash)
       : (await verifyPassword(input.password, await this.dummyHash), false);
     if (!user || !valid) {
-      this.logger.info({ email }, "failed login");
+      this.logger.info({ email, clientAddress }, "failed login");
       throw new DomainError("unauthenticated", "email or password is incorrect");
     }
+    if (attempt) await this.options.throttle!.succeeded(attempt);
     const teamMemberships = await this.db
       .select({ teamId: memberships.teamId, role: memberships.role })
       .from(memberships)

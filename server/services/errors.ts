@@ -4,7 +4,7 @@
  */
 export class DomainError extends Error {
   constructor(
-    readonly kind: "not_found" | "conflict" | "forbidden" | "invalid" | "unauthenticated" | "unavailable",
+    readonly kind: "not_found" | "conflict" | "forbidden" | "invalid" | "unauthenticated" | "unavailable" | "rate_limited",
     message: string,
   ) {
     super(message);

@@ -6,6 +6,7 @@ import { ApiKeyService } from "./api-keys";
 import { AgentService } from "./agents";
 import { AuditService } from "./audit";
 import { AuthService } from "./auth";
+import { LoginThrottle } from "./login-throttle";
 import { HealthService } from "./health";
 import { JobService } from "./jobs";
 import type { Principal } from "./principal";
@@ -72,7 +73,8 @@ export function createServices(deps: ServiceDependencies) {
       "claude-code": new ClaudeCodeHarness(externalHarness("claude-code")),
     },
   });
-  const auth = new AuthService(deps.db, deps.logger.child({ component: "auth" }), { cacheMs: deps.config.authCacheMs });
+  const loginThrottle = new LoginThrottle(deps.db);
+  const auth = new AuthService(deps.db, deps.logger.child({ component: "auth" }), { cacheMs: deps.config.authCacheMs, throttle: loginThrottle });
   // Revocations by any replica (including this one, again) drop the key from this one's cache.
   deps.bus.onApiKeyRevoked((keyId) => auth.forgetApiKey(keyId));
   return {
@@ -87,6 +89,7 @@ export function createServices(deps: ServiceDependencies) {
       sandboxBackend: () => deps.sandboxBackend.name,
     }),
     auth,
+    loginThrottle,
     sandboxes,
     workerLiveness: new WorkerLiveness(deps.sql, deps.logger.child({ component: "worker-liveness" }), { databaseUrl: deps.databaseUrl }),
     forTeam(principal: Principal) {

@@ -9,6 +9,7 @@ import type { DatabaseOrTransaction } from "../../db/client";
  */
 export const jobPayloads = {
   "maintenance:release-dead-worker-locks": z.object({}).passthrough(),
+  "maintenance:prune-login-failures": z.object({}).passthrough(),
   "sandbox:provision": z.object({ sessionId: z.uuid(), reason: z.string().max(500).optional() }),
   "sandbox:suspend-idle": z.object({}).passthrough(),
   "sandbox:reconcile": z.object({}).passthrough(),

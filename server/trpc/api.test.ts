@@ -221,4 +221,45 @@ describe("web login", () => {
     const audit = await berth.client(ADMIN_KEY).audit.list.query({ limit: 100 });
     expect(audit.items.map((entry) => entry.action)).toEqual(expect.arrayContaining(["user.login", "user.logout"]));
   });
+
+  it("counts failed logins by the connection's address, whatever X-Forwarded-For says (no proxy header is trusted by default)", async () => {
+    for (let i = 0; i < 10; i++) {
+      expect((await post("auth.login", { email: "ghost@berth.local", password: `guess ${i}` }, { "x-forwarded-for": `198.51.100.${i}` })).status).toBe(401);
+    }
+    const refused = await post("auth.login", { email: "ghost@berth.local", password: "guess 10" }, { "x-forwarded-for": "198.51.100.77" });
+    expect(refused.status).toBe(429);
+  });
+});
+
+describe("login brute-force limits behind a proxy", () => {
+  let berth: TestBerth;
+  beforeAll(async () => {
+    berth = await startTestBerth({ env: { BERTH_ADMIN_API_KEY: ADMIN_KEY, BERTH_ADMIN_PASSWORD: ADMIN_PASSWORD, BERTH_CLIENT_ADDRESS_HEADER: "X-Forwarded-For" } });
+  });
+  afterAll(async () => {
+    await berth?.close();
+  });
+
+  const login = (password: string, forwardedFor: string) =>
+    fetch(`${berth.url}/api/trpc/auth.login`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "x-forwarded-for": forwardedFor },
+      body: JSON.stringify({ json: { email: "admin@berth.local", password } }),
+    });
+
+  it("refuses an address after 10 failed logins to one account, even with the right password, and not another address", async () => {
+    for (let i = 0; i < 10; i++) expect((await login(`wrong password ${i}`, "203.0.113.5")).status).toBe(401);
+    const refused = await login(ADMIN_PASSWORD, "203.0.113.5");
+    expect(refused.status).toBe(429);
+    const body = (await refused.json()) as { error: { json: { message: string; data: { code: string } } } };
+    expect(body.error.json).toMatchObject({ message: "too many failed logins; try again in 15 minutes", data: { code: "TOO_MANY_REQUESTS" } });
+    // Only the last proxy's entry is trusted: what the client wrote to the left does not change its address.
+    expect((await login(ADMIN_PASSWORD, "192.0.2.1, 203.0.113.5")).status).toBe(429);
+
+    expect((await login(ADMIN_PASSWORD, "203.0.113.6")).status).toBe(200);
+    const logs = berth.logs();
+    expect(logs).toContain("login refused: too many failed attempts");
+    expect(logs).not.toContain(ADMIN_PASSWORD);
+    expect(logs).not.toContain("wrong password");
+  });
 });

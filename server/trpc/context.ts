@@ -9,6 +9,8 @@ export type TrpcContext = {
   /** Headers to add to the response (login and logout set the session cookie). */
   responseHeaders: Headers;
   requestId: string;
+  /** The caller's IP address (see clientAddressOf); null when not known. */
+  clientAddress: string | null;
   /** Resolved lazily, once, from the bearer key or the session cookie. */
   principal: () => Promise<Principal | null>;
 };
@@ -29,15 +31,31 @@ function bearerToken(request: Request): string | undefined {
   return match?.[1];
 }
 
+/** What the HTTP server knows of the connection a request came on (not in a fetch Request). */
+export type ConnectionInfo = { peerAddress?: string | null };
+
+/**
+ * The caller's address: the connection's peer, or the header a proxy in front of Berth sets to it
+ * (only when the operator names one: a client can send any header). For X-Forwarded-For, the last
+ * entry, which the nearest proxy appended; what the client itself wrote to its left is not trusted.
+ */
+export function clientAddressOf(request: Request, connection: ConnectionInfo, clientAddressHeader: string | undefined): string | null {
+  const value = clientAddressHeader ? request.headers.get(clientAddressHeader) : null;
+  const entries = (value ?? "").split(",").map((entry) => entry.trim()).filter(Boolean);
+  const fromHeader = clientAddressHeader === "x-forwarded-for" ? entries.at(-1) : entries[0];
+  return fromHeader ?? connection.peerAddress ?? null;
+}
+
 /** Builds the per-request context. A present but invalid credential is refused, never ignored. */
-export function createContextFactory(services: Services) {
-  return (request: Request, responseHeaders: Headers = new Headers()): TrpcContext => {
+export function createContextFactory(services: Services, options: { clientAddressHeader?: string } = {}) {
+  return (request: Request, responseHeaders: Headers = new Headers(), connection: ConnectionInfo = {}): TrpcContext => {
     let resolved: Promise<Principal | null> | undefined;
     return {
       services,
       request,
       responseHeaders,
       requestId: request.headers.get("x-request-id") ?? crypto.randomUUID(),
+      clientAddress: clientAddressOf(request, connection, options.clientAddressHeader),
       principal: () => {
         resolved ??= (async () => {
           const key = bearerToken(request);

@@ -44,6 +44,7 @@ const DOMAIN_TO_TRPC = {
   invalid: "BAD_REQUEST",
   unauthenticated: "UNAUTHORIZED",
   unavailable: "SERVICE_UNAVAILABLE",
+  rate_limited: "TOO_MANY_REQUESTS",
 } as const;
 
 /** Services throw DomainErrors; this is the one place they become tRPC errors. */

@@ -15,7 +15,7 @@ export function isTrpcPath(path: string): boolean {
  */
 export async function serveTrpc(handle: TrpcRequestHandler, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const request = incomingMessageToRequest(req, res, { maxBodySize: null });
-  const response = await handle(request);
+  const response = await handle(request, { peerAddress: req.socket.remoteAddress ?? null });
   res.statusCode = response.status;
   for (const [key, value] of response.headers) {
     if (key !== "set-cookie") res.setHeader(key, value);

@@ -23,7 +23,7 @@ export const authRouter = router({
   login: publicProcedure
     .input(z.strictObject({ email, password: z.string().min(1).max(1024), teamId: id.optional() }))
     .mutation(async ({ ctx, input }) => {
-      const { token, expiresAt, principal } = await ctx.services.auth.login(input);
+      const { token, expiresAt, principal } = await ctx.services.auth.login(input, ctx.clientAddress);
       ctx.responseHeaders.append("set-cookie", sessionCookie(ctx.request, token, expiresAt));
       return { userId: principal.userId!, teamId: principal.teamId, role: principal.role, expiresAt };
     }),
