@@ -6,5 +6,6 @@ export const crontab = [
   "* * * * * maintenance:release-dead-worker-locks ?jobKey=release-dead-worker-locks&jobKeyMode=replace&max=1",
   "* * * * * sandbox:suspend-idle ?jobKey=suspend-idle&jobKeyMode=replace&max=1",
   "* * * * * sandbox:reconcile ?jobKey=reconcile&jobKeyMode=replace&max=1",
+  "* * * * * turn:queue-stranded ?jobKey=queue-stranded-turns&jobKeyMode=replace&max=1",
   "17 * * * * maintenance:prune-login-failures ?jobKey=prune-login-failures&jobKeyMode=replace&max=1",
 ].join("\n");

@@ -49,8 +49,13 @@ export function eventBatch(events: EventInput[]): string {
 
 const UNSTORABLE_ESCAPE = /\\u(?:0000|d[89a-f])/;
 
+/** Text as Postgres can store it: NUL and lone surrogates become U+FFFD. */
+export function storableText(text: string): string {
+  return text.replaceAll("\u0000", "\uFFFD").toWellFormed();
+}
+
 function storable(value: unknown): unknown {
-  if (typeof value === "string") return value.replaceAll("\u0000", "\uFFFD").toWellFormed();
+  if (typeof value === "string") return storableText(value);
   if (Array.isArray(value)) return value.map(storable);
   if (value && typeof value === "object") return Object.fromEntries(Object.entries(value).map(([key, item]) => [storable(key), storable(item)]));
   return value;

@@ -14,6 +14,7 @@ export const jobPayloads = {
   "sandbox:suspend-idle": z.object({}).passthrough(),
   "sandbox:reconcile": z.object({}).passthrough(),
   "turn:run": z.object({ sessionId: z.uuid() }),
+  "turn:queue-stranded": z.object({}).passthrough(),
 } satisfies Record<string, z.ZodType>;
 
 export type JobName = keyof typeof jobPayloads;

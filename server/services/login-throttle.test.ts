@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { connectDatabase, type DatabaseClient } from "../../db/client";
 import { createTestDatabase, type TestDatabase } from "../../tests/helpers/database";
 import { DomainError } from "./errors";
-import { LoginThrottle } from "./login-throttle";
+import { addressKey, LoginThrottle } from "./login-throttle";
 
 describe("LoginThrottle on a real database", () => {
   let database: TestDatabase;
@@ -75,5 +75,18 @@ describe("LoginThrottle on a real database", () => {
     await throttle.begin("g@x", null);
     expect(await refused(throttle.begin("g@x", null))).not.toBeNull();
     expect(await client.sql`select 1 from login_failures where key = 'pair:unknown g@x'`).toHaveLength(1);
+  });
+});
+
+describe("addressKey", () => {
+  it("counts IPv6 by its /64, IPv4-mapped IPv6 as IPv4, and keeps IPv4 as it is", () => {
+    expect(addressKey("2001:db8:1:2:aaaa::1")).toBe("2001:db8:1:2::/64");
+    expect(addressKey("2001:DB8:1:2:ffff:ffff:ffff:fffe")).toBe("2001:db8:1:2::/64");
+    expect(addressKey("2001:db8::1")).toBe("2001:db8:0:0::/64");
+    expect(addressKey("::1")).toBe("0:0:0:0::/64");
+    expect(addressKey("fe80::1%eth0")).toBe("fe80:0:0:0::/64");
+    expect(addressKey("::ffff:192.0.2.7")).toBe("192.0.2.7");
+    expect(addressKey("192.0.2.7")).toBe("192.0.2.7");
+    expect(addressKey(null)).toBe("unknown");
   });
 });

@@ -1,3 +1,4 @@
+import { isIP } from "node:net";
 import { sql } from "drizzle-orm";
 import type { Database } from "../../db/client";
 import { loginFailures } from "../../db/schema";
@@ -33,7 +34,7 @@ export class LoginThrottle {
 
   /** Counts an attempt; a `rate_limited` DomainError when one of its keys is over its limit. */
   async begin(email: string, clientAddress: string | null): Promise<Attempt> {
-    const address = clientAddress ?? "unknown";
+    const address = addressKey(clientAddress);
     const attempt: Attempt = {
       keys: [
         { key: `pair:${address} ${email}`, limit: this.limits.perAddressAndEmail },
@@ -46,7 +47,7 @@ export class LoginThrottle {
     // Locked and checked before counting: a refused attempt is not counted, or an address hammering
     // one pair past its limit would push the account's count up and lock its owner out.
     const over = await this.db.transaction(async (tx) => {
-      await tx.execute(sql`insert into ${loginFailures} (key, failures, window_started_at) select key, 0, now() from unnest(${keys}) as key on conflict (key) do nothing`);
+      await tx.execute(sql`insert into ${loginFailures} (key, failures, window_started_at) select key, 0, now() from unnest(${keys}) as key order by key on conflict (key) do nothing`);
       const rows = await tx.execute<{ key: string; failures: number; retry_seconds: number }>(sql`
         select key, case when window_started_at <= now() - ${window} then 0 else failures end as failures,
           ceil(extract(epoch from window_started_at + ${window} - now()))::int as retry_seconds
@@ -82,6 +83,24 @@ export class LoginThrottle {
     );
     return rows.length;
   }
+}
+
+/**
+ * The address a client is counted under. IPv6 by its /64: one host commonly holds a whole /64 and
+ * could otherwise try from a new address each time. An IPv4 address mapped into IPv6 as itself.
+ */
+export function addressKey(address: string | null): string {
+  if (!address) return "unknown";
+  const bare = address.replace(/%.*$/, "").toLowerCase();
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(bare);
+  if (mapped) return mapped[1]!;
+  if (isIP(bare) !== 6) return bare.slice(0, 100);
+  const [head = "", tail = ""] = bare.split("::");
+  const headGroups = head ? head.split(":") : [];
+  const tailGroups = bare.includes("::") ? (tail ? tail.split(":") : []) : [];
+  // An IPv4 tail (::1.2.3.4) is two groups; only the first four groups matter here.
+  const groups = [...headGroups, ...Array(Math.max(0, 8 - headGroups.length - tailGroups.length)).fill("0"), ...tailGroups];
+  return `${groups.slice(0, 4).map((group) => Number.parseInt(group, 16).toString(16)).join(":")}::/64`;
 }
 
 /** A text[] of the values, each a parameter (drizzle would send an array as a list of them). */

@@ -6,7 +6,7 @@ import { createTestDatabase, type TestDatabase } from "../../tests/helpers/datab
 import { Writable } from "node:stream";
 import { createLogger } from "../logger";
 import { EventBus } from "./event-bus";
-import { TurnRunner, TurnStore, TurnSupersededError, type Harness } from "./turns";
+import { MAX_TURN_RUNS, TurnRunner, TurnStore, TurnSupersededError, type Harness } from "./turns";
 
 /**
  * The turn bookkeeping of db/migrations/0005_turn_functions.sql, each step one statement, against a
@@ -186,37 +186,73 @@ describe("TurnStore on the SQL turn functions", () => {
     expect((await log(sessionId)).map((event) => event.type)).toEqual(["user_message", "status"]);
   });
 
-  it("ends a turn that failed unexpectedly on its job's last attempt as failed, and runs the session's next turn", async () => {
-    const { sessionId, turnIds } = await sessionWithMessages("ready", ["breaks", "works"]);
+  function runnerWith(runTurn: Harness["runTurn"]) {
     const logged: string[] = [];
     const logger = createLogger("warn", new Writable({ write: (chunk, _encoding, done) => (logged.push(chunk.toString()), done()) }));
+    const runner = new TurnRunner({ store, harnesses: { builtin: { name: "builtin", runTurn } }, bus: new EventBus(client.sql, logger), logger });
+    return { runner, logged };
+  }
+
+  it(`gives a turn that keeps failing unexpectedly up on its ${MAX_TURN_RUNS}th run, with an error event, and runs the session's next turn`, async () => {
+    const { sessionId, turnIds } = await sessionWithMessages("ready", ["breaks", "works"]);
     const ran: string[] = [];
-    const harness: Harness = {
-      name: "builtin",
-      async runTurn({ turn }) {
-        ran.push(turn.id);
-        if (turn.id === turnIds[0]) throw new Error("the sandbox answered something unexpected");
-        await store.finish(turn, { status: "completed", events: [{ type: "assistant_message", payload: { text: "fine" } }] });
-      },
-    };
-    const runner = new TurnRunner({ store, harnesses: { builtin: harness }, bus: new EventBus(client.sql, logger), logger });
+    const { runner, logged } = runnerWith(async ({ turn }) => {
+      ran.push(turn.id);
+      if (turn.id === turnIds[0]) throw new Error("the sandbox answered something \u0000unexpected");
+      await store.finish(turn, { status: "completed", events: [{ type: "assistant_message", payload: { text: "fine" } }] });
+    });
     const shutdown = new AbortController().signal;
 
-    // Not the last attempt: the error fails the job (it runs again) and the turn stays running.
-    await expect(runner.runPending(sessionId, shutdown)).rejects.toThrow(/unexpected/);
-    expect(await store.get(turnIds[0]!)).toMatchObject({ status: "running" });
-
-    await runner.runPending(sessionId, shutdown, { finalAttempt: { attempts: 10 } });
-    expect(ran).toEqual([turnIds[0], turnIds[0], turnIds[1]]);
-    expect(await store.get(turnIds[0]!)).toMatchObject({ status: "failed", error: expect.stringContaining("the sandbox answered something unexpected") });
+    // Before its last run, the error fails the job (it runs again) and the turn stays running.
+    for (let run = 1; run < MAX_TURN_RUNS; run++) {
+      await expect(runner.runPending(sessionId, shutdown)).rejects.toThrow(/unexpected/);
+      expect(await store.get(turnIds[0]!)).toMatchObject({ status: "running", run });
+    }
+    await runner.runPending(sessionId, shutdown);
+    expect(ran).toEqual([...Array(MAX_TURN_RUNS).fill(turnIds[0]), turnIds[1]]);
+    // The error text is stored as Postgres can hold it (its NUL as U+FFFD).
+    const message = `the turn could not be run: the sandbox answered something \uFFFDunexpected (it failed ${MAX_TURN_RUNS} times; details are in the server log)`;
+    expect(await store.get(turnIds[0]!)).toMatchObject({ status: "failed", error: message });
     const events = await log(sessionId);
-    expect(events.find((event) => event.type === "error")!.payload).toEqual({
-      message: "the turn could not be run: the sandbox answered something unexpected (its job failed 10 times; details are in the server log)",
-    });
+    expect(events.find((event) => event.type === "error")!.payload).toEqual({ message });
     expect(events.slice(-3).map((event) => event.type)).toEqual(["assistant_message", "usage", "status"]);
     const [session] = await client.db.select().from(sessions).where(eq(sessions.id, sessionId));
     expect(session!.status).toBe("ready");
-    expect(logged.join("")).toContain("the turn failed on its job's last attempt");
+    expect(logged.join("")).toContain("a turn's last run failed");
+  });
+
+  it(`gives up a turn whose ${MAX_TURN_RUNS} runs were all cut off (a crash or shutdown each time) instead of starting it again`, async () => {
+    const { sessionId, turnIds } = await sessionWithMessages("ready", ["crashes the process"]);
+    await client.sql`update turns set status = 'running', run = ${MAX_TURN_RUNS}, start_seq = 1 where id = ${turnIds[0]!}`;
+    const { runner, logged } = runnerWith(async () => {
+      throw new Error("must not run again");
+    });
+    await runner.runPending(sessionId, new AbortController().signal);
+    expect(await store.get(turnIds[0]!)).toMatchObject({ status: "failed", error: expect.stringMatching(/given up after 10 runs, each of them cut off/) });
+    expect(logged.join("")).toContain("a turn's runs were all cut off");
+  });
+
+  it("queues a job for sessions whose open turns have none left (out of attempts, or cut off on the last one), once", async () => {
+    const stranded = await sessionWithMessages("ready", ["no job left"]);
+    const served = await sessionWithMessages("ready", ["job waiting"]);
+    const queueOf = (sessionId: string) => `session:${sessionId}`;
+    const jobsOf = (sessionId: string) =>
+      client.sql<{ attempts: number; max_attempts: number }[]>`select attempts, max_attempts from graphile_worker.jobs where queue_name = ${queueOf(sessionId)} order by id`;
+    await client.sql`update graphile_worker._private_jobs set attempts = max_attempts
+      where job_queue_id = (select id from graphile_worker._private_job_queues where queue_name = ${queueOf(stranded.sessionId)})`;
+
+    const { runner, logged } = runnerWith(async () => {});
+    await runner.queueStrandedTurns();
+    expect(await jobsOf(stranded.sessionId)).toEqual([
+      { attempts: 10, max_attempts: 10 },
+      { attempts: 0, max_attempts: 10 },
+    ]);
+    expect(await jobsOf(served.sessionId)).toEqual([{ attempts: 0, max_attempts: 10 }]);
+    expect(logged.join("")).toContain(stranded.sessionId);
+    expect(logged.join("")).not.toContain(served.sessionId);
+
+    await runner.queueStrandedTurns();
+    expect(await jobsOf(stranded.sessionId)).toHaveLength(2);
   });
 
   it("runs the hot SQL functions on generic plans (a CREATE OR REPLACE in a later migration must repeat the setting)", async () => {

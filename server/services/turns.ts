@@ -3,7 +3,7 @@ import type { Database, DatabaseOrTransaction } from "../../db/client";
 import { agentVersions, sessionEvents, sessions, turns } from "../../db/schema";
 import type { HistoryEvent, HistoryTurn } from "../harness/history";
 import type { Logger } from "../logger";
-import { eventBatch, storedEvents, usageArguments, type EventInput, type StoredEvent } from "./event-log";
+import { eventBatch, storableText, storedEvents, usageArguments, type EventInput, type StoredEvent } from "./event-log";
 import type { EventBus } from "./event-bus";
 import { transition, type SessionStatus } from "./sandbox-lifecycle";
 
@@ -144,6 +144,26 @@ export class TurnStore {
       .where(eq(sessions.id, sessionId));
   }
 
+  /**
+   * Queues a `turn:run` job for each session whose turns wait with no job left to run them (one that
+   * ran out of attempts, or was cut off on its last one), so no session stays `running` for good.
+   * Returns those sessions. Jobs of a queue run one at a time, so a job too many finds nothing to do.
+   */
+  async queueStrandedTurns(): Promise<string[]> {
+    const rows = await this.db.execute<{ session_id: string }>(sql`
+      with stranded as (
+        select distinct t.session_id from ${turns} t
+        where t.status in ('running', 'queued')
+          and not exists (
+            select 1 from graphile_worker._private_jobs j
+              join graphile_worker._private_job_queues q on q.id = j.job_queue_id
+            where q.queue_name = 'session:' || t.session_id::text and (j.attempts < j.max_attempts or j.locked_at is not null)))
+      select s.session_id, graphile_worker.add_job('turn:run', json_build_object('sessionId', s.session_id),
+          queue_name => 'session:' || s.session_id::text, max_attempts => ${TURN_JOB_MAX_ATTEMPTS}::int)
+      from stranded s`);
+    return rows.map((row) => row.session_id);
+  }
+
   /** Removes the harness's `runningTurn` marker if it is still this turn's (a newer run may have set its own). */
   async clearRunningTurn(sessionId: string, harness: string, turnId: string): Promise<void> {
     await this.db
@@ -194,7 +214,7 @@ export class TurnStore {
     // One statement (`berth_finish_turn`, db/migrations/0008_turn_runs.sql).
     const [row] = await fenced(turn, () =>
       this.db.execute<{ finished: boolean }>(sql`select berth_finish_turn(${turn.id}::uuid, ${turn.run}::integer, ${turn.sessionId}::uuid, ${outcome.status}::turn_status,
-        ${outcome.error ?? null}::text, ${eventBatch(outcome.events ?? [])}::jsonb, ${usageArguments(usageChange(outcome.usage ?? null))}) as finished`),
+        ${outcome.error === undefined ? null : storableText(outcome.error)}::text, ${eventBatch(outcome.events ?? [])}::jsonb, ${usageArguments(usageChange(outcome.usage ?? null))}) as finished`),
     );
     return row?.finished === true;
   }
@@ -227,6 +247,9 @@ function turnFromJson(json: TurnJson): TurnRow {
 
 const AGENT_VERSION_CACHE_SIZE = 1000;
 
+/** As berth_accept_message queues them (db/migrations/0002_accept_message.sql). */
+const TURN_JOB_MAX_ATTEMPTS = 10;
+
 /** The session's turns that still have work: one to resume, or queued ones. */
 function openTurnsOf(sessionId: string) {
   return and(eq(turns.sessionId, sessionId), inArray(turns.status, ["running", "queued"]));
@@ -236,6 +259,9 @@ function usageChange(usage: TurnUsage | null) {
   if (!usage || (!usage.promptTokens && !usage.completionTokens && !usage.cost)) return null;
   return { promptTokens: usage.promptTokens, completionTokens: usage.completionTokens, cost: usage.cost ?? 0 };
 }
+
+/** Runs one turn may have (starts and resumes) before it is given up; see TurnRunner.runPending. */
+export const MAX_TURN_RUNS = 10;
 
 /**
  * Runs a session's turns one after another (the `turn:run` job; jobs of one session share a
@@ -252,17 +278,32 @@ export class TurnRunner {
   }
 
   /**
-   * `finalAttempt`: the job will not be retried after this run. A turn that fails with an error its
-   * harness did not expect is then ended as failed, with an error event, instead of being left
-   * `running` (and its session with it) until the next message; the session's next turns still run.
+   * A turn is given up, ended as failed with an error event, once it has had MAX_TURN_RUNS runs:
+   * when its last one fails on an error its harness did not expect, or when it would start again
+   * after its last one was cut off (a process that crashed or stopped each time it ran it). Until
+   * then such an error fails the job, which runs again with graphile-worker's backoff.
    */
-  async runPending(sessionId: string, shutdown: AbortSignal, options: { finalAttempt?: { attempts: number } } = {}): Promise<void> {
+  /** The minute's check that no session's turns wait without a job (TurnStore.queueStrandedTurns). */
+  async queueStrandedTurns(): Promise<void> {
+    const sessionIds = await this.deps.store.queueStrandedTurns();
+    if (sessionIds.length > 0) this.deps.logger.warn({ sessionIds }, "queued jobs for turns left without one");
+  }
+
+  async runPending(sessionId: string, shutdown: AbortSignal): Promise<void> {
     for (let first = true; ; first = false) {
       if (shutdown.aborted) throw new Error("the process is shutting down; the turn resumes in the next one");
       // The job exists because a message came; after a turn, look before taking the session's lock.
       if (!first && !(await this.deps.store.hasOpenTurns(sessionId))) return;
       const next = await this.deps.store.startNext(sessionId);
       if (!next) return;
+      if (next.turn.run > MAX_TURN_RUNS) {
+        this.deps.logger.error({ sessionId, turnId: next.turn.id, runs: MAX_TURN_RUNS }, "a turn's runs were all cut off; ending it as failed");
+        await this.deps.store.finish(next.turn, {
+          status: "failed",
+          error: `the turn was given up after ${MAX_TURN_RUNS} runs, each of them cut off before it ended (the platform stopped or crashed while it ran)`,
+        });
+        continue;
+      }
       const harness = this.deps.harnesses[next.agent.harness];
       if (!harness) {
         await this.deps.store.finish(next.turn, { status: "failed", error: `the ${next.agent.harness} harness is not available in this version of Berth` });
@@ -282,12 +323,12 @@ export class TurnRunner {
           this.deps.logger.warn({ sessionId, turnId: next.turn.id, run: next.turn.run, reason: error.message }, "another run took this turn over; this run stops");
           throw error;
         }
-        if (!options.finalAttempt || shutdown.aborted) throw error;
-        this.deps.logger.error({ err: error, sessionId, turnId: next.turn.id }, "the turn failed on its job's last attempt; ending it as failed");
+        if (shutdown.aborted || next.turn.run < MAX_TURN_RUNS) throw error;
+        this.deps.logger.error({ err: error, sessionId, turnId: next.turn.id, runs: next.turn.run }, "a turn's last run failed; ending it as failed");
         const reason = (error instanceof Error ? error.message : String(error)).slice(0, 300);
         await this.deps.store.finish(next.turn, {
           status: "failed",
-          error: `the turn could not be run: ${reason} (its job failed ${options.finalAttempt.attempts} times; details are in the server log)`,
+          error: `the turn could not be run: ${reason} (it failed ${next.turn.run} times; details are in the server log)`,
         });
       } finally {
         if (this.running.get(next.turn.id) === controller) this.running.delete(next.turn.id);

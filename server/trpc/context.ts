@@ -36,14 +36,14 @@ export type ConnectionInfo = { peerAddress?: string | null };
 
 /**
  * The caller's address: the connection's peer, or the header a proxy in front of Berth sets to it
- * (only when the operator names one: a client can send any header). For X-Forwarded-For, the last
- * entry, which the nearest proxy appended; what the client itself wrote to its left is not trusted.
+ * (only when the operator names one: a client can send any header). Of a list (X-Forwarded-For, or
+ * a proxy that appends to a header the client already sent), the last entry, which the nearest
+ * proxy wrote; what the client itself wrote to its left is not trusted.
  */
 export function clientAddressOf(request: Request, connection: ConnectionInfo, clientAddressHeader: string | undefined): string | null {
   const value = clientAddressHeader ? request.headers.get(clientAddressHeader) : null;
   const entries = (value ?? "").split(",").map((entry) => entry.trim()).filter(Boolean);
-  const fromHeader = clientAddressHeader === "x-forwarded-for" ? entries.at(-1) : entries[0];
-  return fromHeader ?? connection.peerAddress ?? null;
+  return entries.at(-1) ?? connection.peerAddress ?? null;
 }
 
 /** Builds the per-request context. A present but invalid credential is refused, never ignored. */

@@ -15,7 +15,13 @@ class InputFieldError extends Error {
   }
 }
 
-const t = initTRPC.context<TrpcContext>().create({
+/** Per-procedure settings read by the middlewares below. */
+export type ProcedureMeta = {
+  /** Top-level input fields that never reach a Postgres text column (file contents for a sandbox): U+0000 is allowed in them. */
+  nulAllowedIn?: string[];
+};
+
+const t = initTRPC.context<TrpcContext>().meta<ProcedureMeta>().create({
   transformer: superjson,
   // Pings keep proxies from closing a quiet follow stream; the client reconnects after 30 s of silence.
   sse: { ping: { enabled: true, intervalMs: 10_000 }, client: { reconnectAfterInactivityMs: 30_000 } },
@@ -78,10 +84,14 @@ function assertSameOrigin(request: Request) {
 
 /**
  * Postgres cannot store U+0000 in text: a string holding it would fail deep in a service with a
- * database error. Refused here, for every procedure, with the field that holds it.
+ * database error. Refused here, for every procedure whose meta does not allow it, with the field
+ * that holds it.
  */
-const noNulInInput = t.middleware(async ({ getRawInput, next }) => {
-  const path = nulPath(await getRawInput(), []);
+const noNulInInput = t.middleware(async ({ getRawInput, meta, next }) => {
+  const input = await getRawInput();
+  const allowed = meta?.nulAllowedIn;
+  const checked = allowed && input && typeof input === "object" ? Object.fromEntries(Object.entries(input).filter(([key]) => !allowed.includes(key))) : input;
+  const path = nulPath(checked, []);
   if (path) {
     const cause = new InputFieldError(path, "must not contain NUL characters (U+0000)");
     throw new TRPCError({ code: "BAD_REQUEST", message: cause.message, cause });

@@ -70,6 +70,10 @@ describe("malformed input is refused at the edge with field errors, and writes n
     expect((secret as TRPCClientError<never>).data).toMatchObject({ code: "BAD_REQUEST", fieldErrors: { value: "must not contain NUL characters (U+0000)" } });
     expect(JSON.stringify(secret)).not.toContain("s3cret");
     expect((secret as Error).message).not.toContain("s3cret");
+    // A file's content goes to the sandbox, not to Postgres: NUL is allowed there (the unknown session answers).
+    const write = await api.sessions.writeFile.mutate({ sessionId: "00000000-0000-4000-8000-000000000000", path: "a.bin", content: `x${nul}y` }).catch((error: unknown) => error);
+    expect((write as TRPCClientError<never>).data).toMatchObject({ code: "NOT_FOUND" });
+    expect(await fieldErrorsOf(api.sessions.writeFile.mutate({ sessionId: "00000000-0000-4000-8000-000000000000", path: `a${nul}.bin`, content: "x" }))).toHaveProperty("path");
   });
 
   it("left nothing behind", async () => {

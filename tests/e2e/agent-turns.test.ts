@@ -294,9 +294,9 @@ describe("agent turns through the gateway", () => {
   it("stops an overtaken run whose model call answers late: its answer is refused and it does not take the turn back", async () => {
     const { id } = await session();
     gateway.script({ text: "late answer of the first run", delayMs: 1_500 }, { text: "answer of the second run" });
-    await api.sessions.send.mutate({ sessionId: id, text: "slow model" });
-    await waitFor("the model call", async () => (gateway.completions.length > 0 && (await turnOf(id))?.status === "running" ? true : undefined), 20_000);
     const completionsBefore = gateway.completions.length;
+    await api.sessions.send.mutate({ sessionId: id, text: "slow model" });
+    await waitFor("the first run's model call", async () => (gateway.completions.length > completionsBefore ? true : undefined), 20_000);
 
     await berth.services.turns.runPending(id, new AbortController().signal);
     const turn = await turnOf(id);
@@ -310,7 +310,8 @@ describe("agent turns through the gateway", () => {
       ["usage", null],
     ]);
     expect(await turnOf(id)).toMatchObject({ status: "completed", run: 2 });
-    expect(gateway.completions.length).toBe(completionsBefore + 1);
+    // One model call per run: the overtaken run made no second one.
+    expect(gateway.completions.length).toBe(completionsBefore + 2);
     expect((await api.sessions.get.query({ sessionId: id })).status).toBe("ready");
   });
 

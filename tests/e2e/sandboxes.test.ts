@@ -162,6 +162,9 @@ describe("per-session sandboxes on the local backend", () => {
     await api.sessions.writeFile.mutate({ sessionId: session.id, path: "src/app.txt", content: "hi" });
     expect(await api.sessions.readFile.query({ sessionId: session.id, path: "src/app.txt" })).toMatchObject({ content: "hi", encoding: "utf8" });
     expect((await api.sessions.listFiles.query({ sessionId: session.id, path: "src" })).map((entry) => entry.name)).toEqual(["app.txt"]);
+    // File contents go to the sandbox, not to Postgres: NUL bytes in them are written as they are.
+    await api.sessions.writeFile.mutate({ sessionId: session.id, path: "src/nul.txt", content: "a\u0000b" });
+    expect((await exec(session.id, "od -An -c src/nul.txt")).stdout.replace(/\s+/g, " ").trim()).toBe("a \\0 b");
     await exec(session.id, "ln -s /etc etc-link");
     for (const bad of ["../x", "/etc/passwd", "src/../../x", "etc-link/passwd"]) {
       const error = await api.sessions.readFile.query({ sessionId: session.id, path: bad }).catch((e: unknown) => e);

@@ -45,6 +45,7 @@ export const sessionsRouter = router({
     .mutation(({ ctx, input }) => ctx.team.sessions.exec(input)),
   readFile: teamProcedure.input(z.strictObject({ sessionId: id, path: workspacePath })).query(({ ctx, input }) => ctx.team.sessions.readFile(input)),
   writeFile: teamProcedure
+    .meta({ nulAllowedIn: ["content"] })
     .input(z.strictObject({ sessionId: id, path: workspacePath, content: z.string().max(14_000_000), encoding: z.enum(["utf8", "base64"]).default("utf8") }))
     .mutation(({ ctx, input }) => ctx.team.sessions.writeFile(input)),
   listFiles: teamProcedure.input(z.strictObject({ sessionId: id, path: workspacePath.default(".") })).query(({ ctx, input }) => ctx.team.sessions.listFiles(input)),
