@@ -29,8 +29,8 @@ export const BACKUP_FORMAT = "berth-backup";
 export const BACKUP_VERSION = 1;
 /** graphile-worker's jobs, stored as a pseudo-table and restored through graphile_worker.add_job. */
 export const JOBS_TABLE = "graphile_worker.jobs";
-/** Per-process liveness rows: meaningless anywhere else (decision 003). */
-const EXCLUDED_TABLES = new Set(["worker_instances"]);
+/** Per-process liveness rows, meaningless anywhere else (decision 003); failed-login counts, which only live 15 minutes (decision 020). */
+const EXCLUDED_TABLES = new Set(["worker_instances", "login_failures"]);
 const JOB_COLUMNS = ["task_identifier", "payload", "queue_name", "priority", "run_at", "attempts", "max_attempts", "last_error", "key", "flags", "created_at"];
 const RESTORED_REASON = "restored from a backup";
 /** Sessions in these states had a sandbox (or were getting one) that does not exist where the backup is restored. */
