@@ -147,6 +147,10 @@ export async function startBerth(options: BerthOptions): Promise<RunningBerth> {
           logger.info("shutting down");
           // No new requests; open ones may finish while running jobs wind down.
           const closing = httpServer.close();
+          // From here on the runner's view of running jobs goes stale (a job still running when the
+          // runner stops is no longer listed), so the watchdog would release jobs whose code still
+          // runs. What the shutdown leaves locked is released by unregister, at the very end.
+          services.workerLiveness.stopWatchdog();
           await runner.stop();
           await services.workerLiveness
             .resumeInterruptedJobs(runner.interruptedJobIds())
