@@ -4,6 +4,7 @@ import path from "node:path";
 import type { Logger } from "../logger";
 
 const ROOT = "/sys/fs/cgroup";
+const REMOVE_TIMEOUT_MS = 3_000;
 
 export type CgroupLimits = { memoryMb: number; cpuMillis: number; pids: number };
 
@@ -83,18 +84,48 @@ export class Cgroups {
   async remove(name: string): Promise<void> {
     if (this.mode === "unavailable") return;
     for (const dir of new Set(Object.values(this.groupDirs(name)))) {
-      // The group empties a moment after its last process exits; retry briefly.
-      for (let attempt = 0; attempt < 20; attempt++) {
+      // The group empties a moment after its last process exits, later when many exit at once (a
+      // shutdown stops every jail together): retry for a few seconds. One left over anyway is
+      // removed by the next start's removeAbandoned.
+      const deadline = Date.now() + REMOVE_TIMEOUT_MS;
+      for (let wait = 25; ; wait = Math.min(wait * 2, 250)) {
         try {
           await fs.rmdir(dir);
           break;
         } catch (error) {
           const code = (error as NodeJS.ErrnoException).code;
           if (code === "ENOENT") break;
-          if (attempt === 19) this.logger.warn({ dir, code }, "could not remove a sandbox cgroup");
-          await new Promise((resolve) => setTimeout(resolve, 25));
+          if (Date.now() >= deadline) {
+            this.logger.warn({ dir, code }, "could not remove a sandbox cgroup");
+            break;
+          }
+          await new Promise((resolve) => setTimeout(resolve, wait));
         }
       }
     }
+  }
+
+  /**
+   * Removes sandbox groups nobody uses: empty, and older than `olderThanMs` (a group is only empty
+   * for the moment between its creation and its jail joining it). A process that was killed, or
+   * whose jails were slow to exit at its shutdown, leaves them, and every Berth process on the
+   * machine shares the root; an empty memory cgroup still holds kernel memory. Returns how many.
+   */
+  async removeAbandoned(olderThanMs: number): Promise<number> {
+    if (this.mode === "unavailable") return 0;
+    const roots = this.mode === "v2" ? [path.join(ROOT, "berth")] : ["memory", "pids", "cpu"].map((controller) => path.join(ROOT, controller, "berth"));
+    let removed = 0;
+    for (const root of roots) {
+      const entries = await fs.readdir(root, { withFileTypes: true }).catch(() => []);
+      for (const entry of entries) {
+        if (!entry.isDirectory()) continue;
+        const dir = path.join(root, entry.name);
+        const [stat, procs] = await Promise.all([fs.stat(dir).catch(() => null), fs.readFile(path.join(dir, "cgroup.procs"), "utf8").catch(() => null)]);
+        if (!stat || procs === null || procs.trim() !== "" || Date.now() - stat.mtimeMs < olderThanMs) continue;
+        // Fails harmlessly (EBUSY) if a process joined it meanwhile.
+        if (await fs.rmdir(dir).then(() => true, () => false)) removed++;
+      }
+    }
+    return removed;
   }
 }

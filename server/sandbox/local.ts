@@ -20,6 +20,8 @@ import {
   type SandboxState,
 } from "./port";
 
+/** An empty sandbox cgroup this old is nobody's: a jail joins its group as it starts. */
+const ABANDONED_CGROUP_AGE_MS = 10 * 60_000;
 const run = promisify(execFile);
 
 export type LocalBackendOptions = {
@@ -139,6 +141,7 @@ export class LocalSandboxBackend implements SandboxBackend {
     await fs.mkdir(path.join(options.dataDir, "workspaces", ".warm"), { recursive: true, mode: 0o700 });
     const backend = new LocalSandboxBackend({ ...options, logger }, bwrapPath, await Cgroups.detect(logger));
     await backend.removeLeftovers();
+    backend.removeAbandonedCgroups();
     backend.refillWarmPools();
     return backend;
   }
@@ -394,6 +397,16 @@ export class LocalSandboxBackend implements SandboxBackend {
       WORKSPACE_IN_JAIL,
       "--",
     ];
+  }
+
+  /** In the background: cgroups any Berth process on this machine left behind (Cgroups.removeAbandoned). */
+  private removeAbandonedCgroups(): void {
+    this.cgroups
+      .removeAbandoned(ABANDONED_CGROUP_AGE_MS)
+      .then((removed) => {
+        if (removed > 0) this.options.logger.info({ removed }, "removed abandoned sandbox cgroups");
+      })
+      .catch((error: unknown) => this.options.logger.warn({ err: error }, "could not look for abandoned sandbox cgroups"));
   }
 
   /** Sandbox folders and cgroups left by a previous process of this data dir (its jails died with it). */

@@ -1,0 +1,39 @@
+import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import fs from "node:fs/promises";
+import { afterAll, describe, expect, it } from "vitest";
+import { createLogger } from "../logger";
+import { Cgroups } from "./cgroups";
+
+const cgroups = await Cgroups.detect(createLogger("silent"));
+const name = (label: string) => `test-${label}-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
+
+/** Real cgroups of this machine (v1 or v2); where none are writable there is nothing to remove. */
+describe.skipIf(cgroups.mode === "unavailable")(`Cgroups (${cgroups.mode}) abandoned groups`, () => {
+  const sleeper = spawn("sleep", ["60"], { stdio: "ignore" });
+  const created: string[] = [];
+  afterAll(async () => {
+    sleeper.kill("SIGKILL");
+    await new Promise((resolve) => sleeper.once("exit", resolve));
+    for (const group of created) await cgroups.remove(group);
+  });
+
+  it("removes empty groups older than the age given, and keeps young ones and ones with a process", async () => {
+    const abandoned = name("abandoned");
+    const young = name("young");
+    const busy = name("busy");
+    created.push(abandoned, young, busy);
+    const [abandonedProcs] = await cgroups.create(abandoned, { memoryMb: 64, cpuMillis: 100, pids: 8 });
+    await new Promise((resolve) => setTimeout(resolve, 1_100));
+    const [youngProcs] = await cgroups.create(young, { memoryMb: 64, cpuMillis: 100, pids: 8 });
+    const busyProcs = await cgroups.create(busy, { memoryMb: 64, cpuMillis: 100, pids: 8 });
+    await new Promise((resolve) => setTimeout(resolve, 1_100));
+    for (const procs of busyProcs) await fs.writeFile(procs, String(sleeper.pid));
+
+    // Groups of other tests and processes may be removed too when they are empty and old: count ours.
+    await cgroups.removeAbandoned(1_500);
+    expect(existsSync(abandonedProcs!)).toBe(false);
+    expect(existsSync(youngProcs!)).toBe(true);
+    for (const procs of busyProcs) expect(existsSync(procs)).toBe(true);
+  });
+});
