@@ -36,4 +36,16 @@ describe.skipIf(cgroups.mode === "unavailable")(`Cgroups (${cgroups.mode}) aband
     expect(existsSync(youngProcs!)).toBe(true);
     for (const procs of busyProcs) expect(existsSync(procs)).toBe(true);
   });
+
+  it("kills the processes left in a group, after which it can be removed", async () => {
+    const orphan = spawn("sleep", ["60"], { stdio: "ignore" });
+    const exited = new Promise((resolve) => orphan.once("exit", (_code, signal) => resolve(signal)));
+    const group = name("orphan");
+    created.push(group);
+    for (const procs of await cgroups.create(group, { memoryMb: 64, cpuMillis: 100, pids: 8 })) await fs.writeFile(procs, String(orphan.pid));
+    expect(await cgroups.killAll(group)).toBe(1);
+    expect(await exited).toBe("SIGKILL");
+    await cgroups.remove(group);
+    expect(await cgroups.killAll(group)).toBe(0);
+  });
 });

@@ -106,6 +106,30 @@ export class Cgroups {
   }
 
   /**
+   * Kills every process left in the sandbox's group: a jail of a process that was killed while it
+   * started it (bwrap's --die-with-parent comes too late when the parent dies first) outlives it.
+   * Returns how many it killed.
+   */
+  async killAll(name: string): Promise<number> {
+    if (this.mode === "unavailable") return 0;
+    const pids = new Set<number>();
+    for (const dir of new Set(Object.values(this.groupDirs(name)))) {
+      const procs = await fs.readFile(path.join(dir, "cgroup.procs"), "utf8").catch(() => "");
+      for (const pid of procs.split("\n").filter(Boolean)) pids.add(Number(pid));
+    }
+    let killed = 0;
+    for (const pid of pids) {
+      try {
+        process.kill(pid, "SIGKILL");
+        killed++;
+      } catch {
+        // Already gone.
+      }
+    }
+    return killed;
+  }
+
+  /**
    * Removes sandbox groups nobody uses: empty, and older than `olderThanMs` (a group is only empty
    * for the moment between its creation and its jail joining it). A process that was killed, or
    * whose jails were slow to exit at its shutdown, leaves them, and every Berth process on the

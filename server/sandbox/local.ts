@@ -409,10 +409,12 @@ export class LocalSandboxBackend implements SandboxBackend {
       .catch((error: unknown) => this.options.logger.warn({ err: error }, "could not look for abandoned sandbox cgroups"));
   }
 
-  /** Sandbox folders and cgroups left by a previous process of this data dir (its jails died with it). */
+  /** Sandbox folders, cgroups and any jail still running, left by a previous process of this data dir. */
   private async removeLeftovers(): Promise<void> {
     const sandboxesDir = path.join(this.options.dataDir, "sandboxes");
     for (const name of await fs.readdir(sandboxesDir)) {
+      const killed = await this.cgroups.killAll(name);
+      if (killed > 0) this.options.logger.warn({ sandbox: name, killed }, "stopped the processes of a jail that outlived the previous process");
       await fs.rm(path.join(sandboxesDir, name), { recursive: true, force: true });
       await this.cgroups.remove(name);
     }
