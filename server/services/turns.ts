@@ -3,6 +3,7 @@ import type { Database, DatabaseOrTransaction } from "../../db/client";
 import { agentVersions, sessionEvents, sessions, turns } from "../../db/schema";
 import type { HistoryEvent, HistoryTurn } from "../harness/history";
 import type { Logger } from "../logger";
+import { enqueueJob } from "./job-queue";
 import { eventBatch, storableText, storedEvents, usageArguments, type EventInput, type StoredEvent } from "./event-log";
 import type { EventBus } from "./event-bus";
 import { transition, type SessionStatus } from "./sandbox-lifecycle";
@@ -151,16 +152,15 @@ export class TurnStore {
    */
   async queueStrandedTurns(): Promise<string[]> {
     const rows = await this.db.execute<{ session_id: string }>(sql`
-      with stranded as (
-        select distinct t.session_id from ${turns} t
-        where t.status in ('running', 'queued')
-          and not exists (
-            select 1 from graphile_worker._private_jobs j
-              join graphile_worker._private_job_queues q on q.id = j.job_queue_id
-            where q.queue_name = 'session:' || t.session_id::text and (j.attempts < j.max_attempts or j.locked_at is not null)))
-      select s.session_id, graphile_worker.add_job('turn:run', json_build_object('sessionId', s.session_id),
-          queue_name => 'session:' || s.session_id::text, max_attempts => ${TURN_JOB_MAX_ATTEMPTS}::int)
-      from stranded s`);
+      select distinct t.session_id from ${turns} t
+      where t.status in ('running', 'queued')
+        and not exists (
+          select 1 from graphile_worker._private_jobs j
+            join graphile_worker._private_job_queues q on q.id = j.job_queue_id
+          where q.queue_name = ${sessionQueuePrefix} || t.session_id::text and (j.attempts < j.max_attempts or j.locked_at is not null))`);
+    for (const { session_id: sessionId } of rows) {
+      await enqueueJob(this.db, "turn:run", { sessionId }, { queueName: `${sessionQueuePrefix}${sessionId}`, maxAttempts: TURN_JOB_MAX_ATTEMPTS });
+    }
     return rows.map((row) => row.session_id);
   }
 
@@ -247,8 +247,9 @@ function turnFromJson(json: TurnJson): TurnRow {
 
 const AGENT_VERSION_CACHE_SIZE = 1000;
 
-/** As berth_accept_message queues them (db/migrations/0002_accept_message.sql). */
+/** `turn:run` jobs as berth_accept_message queues them (db/migrations/0002_accept_message.sql). */
 const TURN_JOB_MAX_ATTEMPTS = 10;
+const sessionQueuePrefix = "session:";
 
 /** The session's turns that still have work: one to resume, or queued ones. */
 function openTurnsOf(sessionId: string) {
