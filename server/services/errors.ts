@@ -17,10 +17,17 @@ export const conflict = (message: string) => new DomainError("conflict", message
 export const forbidden = (message: string) => new DomainError("forbidden", message);
 export const invalid = (message: string) => new DomainError("invalid", message);
 
+/**
+ * The Postgres error under a failed query (drizzle wraps the driver's error; the SQLSTATE is on its
+ * cause): its code, and the message a PL/pgSQL RAISE gave it.
+ */
+export function postgresErrorOf(error: unknown): { code?: string; message?: string } {
+  return (((error as { cause?: unknown } | null)?.cause ?? error) ?? {}) as { code?: string; message?: string };
+}
+
 /** Postgres unique_violation, for turning a lost race into a clear CONFLICT. */
 export function isUniqueViolation(error: unknown): boolean {
-  const cause = (error as { cause?: unknown })?.cause ?? error;
-  return (cause as { code?: string })?.code === "23505";
+  return postgresErrorOf(error).code === "23505";
 }
 
 /** Connection-level failures (the database is down, restarting or unreachable), as opposed to bad queries. */

@@ -4,7 +4,7 @@ import { agents, sandboxes, sessions, turns } from "../../db/schema";
 import { collectExec } from "../sandbox/daemon-client";
 import { DaemonRequestError, SandboxUnavailableError, type DaemonClient, type FileEntry } from "../sandbox/port";
 import { recordAudit } from "./audit";
-import { conflict, DomainError, invalid, notFound } from "./errors";
+import { conflict, DomainError, invalid, notFound, postgresErrorOf } from "./errors";
 import { readEvents, type StoredEvent } from "./event-log";
 import { TURN_ABORT_CHANNEL, type EventBus } from "./event-bus";
 import { enqueueJob } from "./job-queue";
@@ -129,8 +129,7 @@ export class SessionService {
       const row = rows[0]!;
       return { seq: Number(row.accepted_seq), turnId: row.accepted_turn_id, queued: row.was_queued, duplicate: row.was_duplicate };
     } catch (error) {
-      // drizzle wraps the driver's error; the SQLSTATE is on the cause.
-      const cause = ((error as { cause?: unknown }).cause ?? error) as { code?: string; message?: string };
+      const cause = postgresErrorOf(error);
       if (cause.code === "P0002") throw notFound("session");
       if (cause.code === "BT409") throw conflict(cause.message ?? "conflict");
       throw error;

@@ -3,6 +3,7 @@ import type { Database, DatabaseOrTransaction } from "../../db/client";
 import { agentVersions, sessionEvents, sessions, turns } from "../../db/schema";
 import type { HistoryEvent, HistoryTurn } from "../harness/history";
 import type { Logger } from "../logger";
+import { postgresErrorOf } from "./errors";
 import { enqueueJob } from "./job-queue";
 import { eventBatch, storableText, storedEvents, usageArguments, type EventInput, type StoredEvent } from "./event-log";
 import type { EventBus } from "./event-bus";
@@ -225,8 +226,7 @@ async function fenced<T>(turn: TurnRow, write: () => Promise<T>): Promise<T> {
   try {
     return await write();
   } catch (error) {
-    // drizzle wraps the driver's error; the SQLSTATE is on the cause.
-    const cause = ((error as { cause?: unknown }).cause ?? error) as { code?: string; message?: string };
+    const cause = postgresErrorOf(error);
     if (cause.code === TURN_NOT_HELD) throw new TurnSupersededError(turn, cause.message ?? "the turn is no longer held by this run");
     throw error;
   }
