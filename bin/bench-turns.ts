@@ -12,6 +12,8 @@
  *      time until every turn finished, and the turn latency (finished_at - created_at) from SQL.
  *   2. event-log ingest: `appendEvents` in a transaction (batches of 100, 10 writers each on its own
  *      session) against a raw batched INSERT of the same rows with precomputed seqs.
+ *   3. the write floor: a one-row INSERT per message, same sessions and rate, synchronous commit,
+ *      straight from this process (no server): what the machine itself gives a durable write.
  *
  * The server runs on this Node, or on BENCH_SERVER_RUNTIME (e.g. a Bun binary: Berth also runs on Bun).
  * Database: an embedded Postgres in a temporary directory, or, when DATABASE_URL is set, a fresh
@@ -305,6 +307,41 @@ async function waitForTurns(sql: postgres.Sql): Promise<void> {
   });
 }
 
+// ---------------------------------------------------------------------------------------------- 3. the machine's floor
+
+/**
+ * What one durable write costs on this machine at the accept phase's shape: the same number of
+ * clients, each on its own connection, each writing one row per interval from a random phase, with
+ * synchronous commit, from this Node process, with no HTTP and no Berth code in the way. An accept
+ * cannot be faster than this; its figures say how much of the accept's tail is the machine (CPU
+ * wake-ups, the WAL flush) rather than the server.
+ */
+async function benchDurableWriteFloor(databaseUrl: string): Promise<number[]> {
+  const floor = connectDatabase(databaseUrl, { max: sessionCount, applicationName: "berth-bench-floor" });
+  const samples: number[] = [];
+  try {
+    await floor.sql`create table bench_write_floor (id bigserial primary key, client integer not null, text text not null, at timestamptz not null default now())`;
+    const clients = Array.from({ length: sessionCount }, (_, client) => client);
+    // Untimed: every connection opened and the statement prepared, like the accept's warm-up round.
+    await Promise.all(clients.map((client) => floor.sql`insert into bench_write_floor (client, text) values (${client}, 'warm-up')`));
+    await Promise.all(
+      clients.map(async (client) => {
+        if (intervalMs > 0) await new Promise((resolve) => setTimeout(resolve, Math.random() * intervalMs));
+        for (let i = 0; i < messageCount; i++) {
+          if (intervalMs > 0 && i > 0) await new Promise((resolve) => setTimeout(resolve, intervalMs));
+          const started = performance.now();
+          await floor.sql`insert into bench_write_floor (client, text) values (${client}, ${`hello ${i}`})`;
+          samples.push(performance.now() - started);
+        }
+      }),
+    );
+    await floor.sql`drop table bench_write_floor`;
+  } finally {
+    await floor.close();
+  }
+  return samples;
+}
+
 // ---------------------------------------------------------------------------------------------- 2. event ingest
 
 type IngestFigures = { events: number; millis: number; perSecond: number; batchP50: number; batchP99: number };
@@ -401,6 +438,8 @@ try {
   const turns = await benchTurns(database.url, client.sql);
   console.log("\n== 2. event-log ingest");
   const ingest = await benchIngest(client);
+  console.log("\n== 3. one durable INSERT per message, same shape, no server");
+  const floor = await benchDurableWriteFloor(database.url);
 
   const sends = turns.sendSamples;
   const lines = [
@@ -412,6 +451,8 @@ try {
     `send accepted      n=${sends.length} errors=${turns.sendErrors.length}  p50 ${ms(percentile(sends, 50))}  p95 ${ms(percentile(sends, 95))}  ` +
       `p99 ${ms(percentile(sends, 99))}  max ${ms(sends.length ? Math.max(...sends) : Number.NaN)}`,
     `send tail          ${sendTailBySecond(turns)}`,
+    `write floor        n=${floor.length}  p50 ${ms(percentile(floor, 50))}  p95 ${ms(percentile(floor, 95))}  p99 ${ms(percentile(floor, 99))}  max ${ms(floor.length ? Math.max(...floor) : Number.NaN)}  ` +
+      `(one-row INSERT per message from this client, same sessions, rate and synchronous commit, no HTTP: an accept's lower bound on this machine)`,
     `warm-up accepted   ${turns.warmUpSamples.length === 0 ? "none (--warm-up 0: the figures above include each session's first message)" : `n=${turns.warmUpSamples.length} (${warmUpCount} per session, before the timed messages)  p50 ${ms(percentile(turns.warmUpSamples, 50))}  p99 ${ms(percentile(turns.warmUpSamples, 99))}  max ${ms(Math.max(...turns.warmUpSamples))}`}`,
     `send throughput    ${rate((sends.length / turns.sendWallMillis) * 1000)} messages (${sessionCount} concurrent sessions, wall ${secs(turns.sendWallMillis)})`,
     `send-phase CPU     ${turns.sendCpu}`,
