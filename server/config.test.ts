@@ -100,6 +100,18 @@ describe("loadConfig", () => {
     expect(problemsOf({ BERTH_CLIENT_ADDRESS_HEADER: "x forwarded: for" })).toContain("BERTH_CLIENT_ADDRESS_HEADER must be an HTTP header name");
   });
 
+  it("reads the proxies allowed to set that header: addresses, CIDR ranges and named ranges, refusing anything else", () => {
+    expect(loadConfig({}).trustedProxies).toBeUndefined();
+    const { trustedProxies } = loadConfig({ BERTH_CLIENT_ADDRESS_HEADER: "x-forwarded-for", BERTH_TRUSTED_PROXIES: "10.0.0.0/8, 2001:db8::/32, loopback" });
+    expect(trustedProxies?.matches("10.20.30.40")).toBe(true);
+    expect(trustedProxies?.matches("2001:db8::7")).toBe(true);
+    expect(trustedProxies?.matches("127.0.0.1")).toBe(true);
+    expect(trustedProxies?.matches("192.0.2.1")).toBe(false);
+    expect(problemsOf({ BERTH_CLIENT_ADDRESS_HEADER: "x-forwarded-for", BERTH_TRUSTED_PROXIES: "10.0.0.0/33" })).toContain('BERTH_TRUSTED_PROXIES "10.0.0.0/33" is not an IP address, a CIDR range');
+    expect(problemsOf({ BERTH_CLIENT_ADDRESS_HEADER: "x-forwarded-for", BERTH_TRUSTED_PROXIES: "proxy.internal" })).toContain('"proxy.internal" is not an IP address');
+    expect(problemsOf({ BERTH_TRUSTED_PROXIES: "10.0.0.0/8" })).toContain("BERTH_TRUSTED_PROXIES is set but BERTH_CLIENT_ADDRESS_HEADER is not");
+  });
+
   it("treats empty optional variables as unset", () => {
     expect(loadConfig({ DATABASE_URL: "", BERTH_ADMIN_API_KEY: " " }).databaseUrl).toBeUndefined();
   });

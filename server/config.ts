@@ -1,5 +1,6 @@
 import path from "node:path";
 import { z } from "zod";
+import { parseTrustedProxies, type TrustedProxies } from "./client-address";
 
 /**
  * The whole configuration surface of Berth. Environment variables are read here, once, and nowhere
@@ -140,6 +141,15 @@ const environmentSchema = z.object({
   BERTH_CLIENT_ADDRESS_HEADER: optionalString
     .pipe(z.string().regex(/^[A-Za-z0-9-]+$/, "must be an HTTP header name, such as x-forwarded-for or fly-client-ip").optional())
     .transform((value) => value?.toLowerCase()),
+  BERTH_TRUSTED_PROXIES: optionalString.transform((value, ctx) => {
+    if (value === undefined) return undefined;
+    try {
+      return parseTrustedProxies(value);
+    } catch (error) {
+      ctx.addIssue({ code: "custom", message: error instanceof Error ? error.message : String(error) });
+      return z.NEVER;
+    }
+  }),
   BERTH_METRICS_TOKEN: optionalString.pipe(z.string().min(16, "must be at least 16 characters").optional()),
   LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
 });
@@ -188,6 +198,8 @@ export type Config = {
    * the connection's peer. `x-forwarded-for`: its last entry, the address the nearest proxy saw.
    */
   clientAddressHeader: string | undefined;
+  /** The proxies whose connections may set clientAddressHeader; unset: any sender (server/client-address.ts). */
+  trustedProxies: TrustedProxies | undefined;
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
   /** Local backend: the opencode binary bound into jails (default: the one npm installed, opencode-linux-x64[-baseline]). */
   opencodeBinary: string | undefined;
@@ -238,6 +250,9 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   if (parsed.LITELLM_API_KEY && !parsed.LITELLM_BASE_URL) {
     throw new ConfigError(["LITELLM_API_KEY is set but LITELLM_BASE_URL is not"]);
   }
+  if (parsed.BERTH_TRUSTED_PROXIES && !parsed.BERTH_CLIENT_ADDRESS_HEADER) {
+    throw new ConfigError(["BERTH_TRUSTED_PROXIES is set but BERTH_CLIENT_ADDRESS_HEADER is not (name the header those proxies set to the client's address)"]);
+  }
   if (parsed.BERTH_SANDBOX_BACKEND === "kubernetes" && !parsed.BERTH_SANDBOX_IMAGE) {
     throw new ConfigError(["BERTH_SANDBOX_IMAGE is required when BERTH_SANDBOX_BACKEND=kubernetes (the Berth image, which carries the sandbox daemon)"]);
   }
@@ -271,6 +286,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     shutdownTimeoutMs: parsed.BERTH_SHUTDOWN_TIMEOUT_MS,
     authCacheMs: parsed.BERTH_AUTH_CACHE_MS,
     clientAddressHeader: parsed.BERTH_CLIENT_ADDRESS_HEADER,
+    trustedProxies: parsed.BERTH_TRUSTED_PROXIES,
     logLevel: parsed.LOG_LEVEL,
     metricsToken: parsed.BERTH_METRICS_TOKEN,
     opencodeBinary: parsed.BERTH_OPENCODE_BINARY,

@@ -133,7 +133,7 @@ export async function startBerth(options: BerthOptions): Promise<RunningBerth> {
       remixBuild: options.remixBuild,
       clientAssetsDir: options.clientAssetsDir,
       devMiddleware: options.devMiddleware,
-      loadContext: { handleTrpc: createTrpcHandler(services, logger, { clientAddressHeader: config.clientAddressHeader }), trpcCaller: createTrpcCaller(services) },
+      loadContext: { handleTrpc: createTrpcHandler(services, logger, { clientAddress: { header: config.clientAddressHeader, trustedProxies: config.trustedProxies } }), trpcCaller: createTrpcCaller(services) },
     });
     let stopping: Promise<void> | undefined;
     return {

@@ -263,3 +263,37 @@ describe("login brute-force limits behind a proxy", () => {
     expect(logs).not.toContain("wrong password");
   });
 });
+
+describe("login brute-force limits with trusted proxies", () => {
+  // The test client connects from 127.0.0.1: a trusted proxy for one server, a stranger to the other.
+  let behindLoopbackProxy: TestBerth;
+  let behindOtherProxy: TestBerth;
+  beforeAll(async () => {
+    const env = { BERTH_ADMIN_API_KEY: ADMIN_KEY, BERTH_ADMIN_PASSWORD: ADMIN_PASSWORD, BERTH_CLIENT_ADDRESS_HEADER: "x-forwarded-for" };
+    [behindLoopbackProxy, behindOtherProxy] = await Promise.all([
+      startTestBerth({ env: { ...env, BERTH_TRUSTED_PROXIES: "loopback, 10.0.0.0/8" } }),
+      startTestBerth({ env: { ...env, BERTH_TRUSTED_PROXIES: "10.0.0.0/8" } }),
+    ]);
+  });
+  afterAll(async () => {
+    await Promise.all([behindLoopbackProxy?.close(), behindOtherProxy?.close()]);
+  });
+
+  const login = (berth: TestBerth, password: string, forwardedFor: string) =>
+    fetch(`${berth.url}/api/trpc/auth.login`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "x-forwarded-for": forwardedFor },
+      body: JSON.stringify({ json: { email: "admin@berth.local", password } }),
+    });
+
+  it("takes the client from the header past the trusted hops when the connection comes from a trusted proxy", async () => {
+    for (let i = 0; i < 10; i++) expect((await login(behindLoopbackProxy, `wrong password ${i}`, `203.0.113.5, 10.1.1.${i}`)).status).toBe(401);
+    expect((await login(behindLoopbackProxy, ADMIN_PASSWORD, "203.0.113.5")).status).toBe(429);
+    expect((await login(behindLoopbackProxy, ADMIN_PASSWORD, "203.0.113.6, 10.1.1.1")).status).toBe(200);
+  });
+
+  it("ignores the header on a connection from anywhere else: a caller cannot pick its own address", async () => {
+    for (let i = 0; i < 10; i++) expect((await login(behindOtherProxy, `wrong password ${i}`, `198.51.100.${i}`)).status).toBe(401);
+    expect((await login(behindOtherProxy, ADMIN_PASSWORD, "198.51.100.200")).status).toBe(429);
+  });
+});

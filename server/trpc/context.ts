@@ -1,3 +1,4 @@
+import { clientAddressOf, type ClientAddressPolicy } from "../client-address";
 import type { Principal } from "../services/principal";
 import type { Services } from "../services";
 
@@ -9,7 +10,7 @@ export type TrpcContext = {
   /** Headers to add to the response (login and logout set the session cookie). */
   responseHeaders: Headers;
   requestId: string;
-  /** The caller's IP address (see clientAddressOf); null when not known. */
+  /** The caller's IP address (server/client-address.ts); null when not known. */
   clientAddress: string | null;
   /** Resolved lazily, once, from the bearer key or the session cookie. */
   principal: () => Promise<Principal | null>;
@@ -34,20 +35,8 @@ function bearerToken(request: Request): string | undefined {
 /** What the HTTP server knows of the connection a request came on (not in a fetch Request). */
 export type ConnectionInfo = { peerAddress?: string | null };
 
-/**
- * The caller's address: the connection's peer, or the header a proxy in front of Berth sets to it
- * (only when the operator names one: a client can send any header). Of a list (X-Forwarded-For, or
- * a proxy that appends to a header the client already sent), the last entry, which the nearest
- * proxy wrote; what the client itself wrote to its left is not trusted.
- */
-export function clientAddressOf(request: Request, connection: ConnectionInfo, clientAddressHeader: string | undefined): string | null {
-  const value = clientAddressHeader ? request.headers.get(clientAddressHeader) : null;
-  const entries = (value ?? "").split(",").map((entry) => entry.trim()).filter(Boolean);
-  return entries.at(-1) ?? connection.peerAddress ?? null;
-}
-
 /** Builds the per-request context. A present but invalid credential is refused, never ignored. */
-export function createContextFactory(services: Services, options: { clientAddressHeader?: string } = {}) {
+export function createContextFactory(services: Services, options: { clientAddress?: ClientAddressPolicy } = {}) {
   return (request: Request, responseHeaders: Headers = new Headers(), connection: ConnectionInfo = {}): TrpcContext => {
     let resolved: Promise<Principal | null> | undefined;
     return {
@@ -55,7 +44,7 @@ export function createContextFactory(services: Services, options: { clientAddres
       request,
       responseHeaders,
       requestId: request.headers.get("x-request-id") ?? crypto.randomUUID(),
-      clientAddress: clientAddressOf(request, connection, options.clientAddressHeader),
+      clientAddress: clientAddressOf(request.headers, connection.peerAddress, options.clientAddress ?? {}),
       principal: () => {
         resolved ??= (async () => {
           const key = bearerToken(request);

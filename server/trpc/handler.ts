@@ -1,4 +1,5 @@
 import { fetchRequestHandler } from "@trpc/server/adapters/fetch";
+import type { ClientAddressPolicy } from "../client-address";
 import type { Logger } from "../logger";
 import type { Services } from "../services";
 import { createContextFactory, type ConnectionInfo } from "./context";
@@ -10,7 +11,7 @@ export const TRPC_ENDPOINT = "/api/trpc";
 export type TrpcRequestHandler = (request: Request, connection?: ConnectionInfo) => Promise<Response>;
 
 /** The fetch-API handler for /api/trpc: Express calls it (server/trpc/node-adapter.ts), so does the Remix resource route. */
-export function createTrpcHandler(services: Services, logger: Logger, options: { clientAddressHeader?: string } = {}): TrpcRequestHandler {
+export function createTrpcHandler(services: Services, logger: Logger, options: { clientAddress?: ClientAddressPolicy } = {}): TrpcRequestHandler {
   const createContext = createContextFactory(services, options);
   return (request, connection = {}) =>
     fetchRequestHandler({
