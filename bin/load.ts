@@ -25,7 +25,8 @@ import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statS
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import postgres from "postgres";
+import type postgres from "postgres";
+import { connectPostgres } from "../db/postgres-url";
 import { migrateDatabase } from "../db/migrate";
 import { createBerthClient, TRPCClientError, type BerthClient } from "../server/client";
 import { startTestGateway, type RecordedRequest, type TestGateway, type TestGatewayStep } from "../tests/helpers/test-gateway";
@@ -518,7 +519,7 @@ async function main(): Promise<boolean> {
   const migrateStarted = performance.now();
   await migrateDatabase(database.url);
   console.log(`database: ${database.description}; migrated in ${secs(performance.now() - migrateStarted)}`);
-  const sql = postgres(database.url, { max: 2, onnotice: () => {}, connection: { application_name: MONITOR } });
+  const sql = connectPostgres(database.url, { max: 2, onnotice: () => {}, connection: { application_name: MONITOR } });
   cleanups.push("monitor connection", () => sql.end({ timeout: 5 }));
 
   const gateway = await startLoadGateway();

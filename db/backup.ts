@@ -6,7 +6,8 @@ import path from "node:path";
 import { pipeline, type Readable, type Writable } from "node:stream";
 import { createGunzip, createGzip } from "node:zlib";
 import { readMigrationFiles } from "drizzle-orm/migrator";
-import postgres from "postgres";
+import type postgres from "postgres";
+import { connectPostgres } from "./postgres-url";
 import { MIGRATIONS_FOLDER, migrateDatabase } from "./migrate";
 
 /**
@@ -57,7 +58,7 @@ export type BackupSummary = { file: string; bytes: number; rows: Record<string, 
 const quote = (identifier: string) => `"${identifier.replace(/"/g, '""')}"`;
 
 function connect(databaseUrl: string) {
-  return postgres(databaseUrl, { max: 1, onnotice: () => {}, connect_timeout: 10, connection: { application_name: "berth-backup" } });
+  return connectPostgres(databaseUrl, { max: 1, onnotice: () => {}, connect_timeout: 10, connection: { application_name: "berth-backup" } });
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 import { drizzle, type PostgresJsDatabase } from "drizzle-orm/postgres-js";
-import postgres from "postgres";
+import type postgres from "postgres";
+import { connectPostgres } from "./postgres-url";
 import * as schema from "./schema";
 
 export type Database = PostgresJsDatabase<typeof schema>;
@@ -12,10 +13,10 @@ export type DatabaseClient = {
   close(): Promise<void>;
 };
 
-export function connectDatabase(url: string, options: { max: number; applicationName?: string; /** A Unix socket of the same server, used instead of the URL's host. */ socketPath?: string | null }): DatabaseClient {
-  const sql = postgres(url, {
+/** The service pool. A Unix socket is named in the URL (`?host=<dir>`, db/postgres-url.ts). */
+export function connectDatabase(url: string, options: { max: number; applicationName?: string }): DatabaseClient {
+  const sql = connectPostgres(url, {
     max: options.max,
-    ...(options.socketPath ? { path: options.socketPath } : {}),
     onnotice: () => {},
     connect_timeout: 5,
     // Reconnect quickly after an outage (the driver's default waits up to 20 s between attempts,

@@ -4,7 +4,8 @@ import { fileURLToPath } from "node:url";
 import { drizzle } from "drizzle-orm/postgres-js";
 import { migrate } from "drizzle-orm/postgres-js/migrator";
 import { Logger as WorkerLogger, runMigrations as runWorkerMigrations } from "graphile-worker";
-import postgres from "postgres";
+import type postgres from "postgres";
+import { connectPostgres } from "./postgres-url";
 
 /** Next to this file in the source tree; copied next to the bundle by bin/build-server.mjs. */
 export const MIGRATIONS_FOLDER = fileURLToPath(new URL("./migrations", import.meta.url));
@@ -19,7 +20,7 @@ const silentWorkerLogger = new WorkerLogger(() => () => {});
  * replicas starting together do not race. Safe to run on every start.
  */
 export async function migrateDatabase(databaseUrl: string, migrationsFolder = MIGRATIONS_FOLDER): Promise<void> {
-  const sql = postgres(databaseUrl, { max: 1, onnotice: () => {}, connect_timeout: 10 });
+  const sql = connectPostgres(databaseUrl, { max: 1, onnotice: () => {}, connect_timeout: 10 });
   try {
     await sql`select pg_advisory_lock(${MIGRATION_LOCK_KEY})`;
     try {

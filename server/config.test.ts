@@ -112,6 +112,11 @@ describe("loadConfig", () => {
     expect(problemsOf({ BERTH_TRUSTED_PROXIES: "10.0.0.0/8" })).toContain("BERTH_TRUSTED_PROXIES is set but BERTH_CLIENT_ADDRESS_HEADER is not");
   });
 
+  it("takes a Unix socket directory in DATABASE_URL's host parameter, and refuses any other host parameter", () => {
+    expect(loadConfig({ DATABASE_URL: "postgres://berth:pw@localhost/berth?host=/var/run/postgresql" }).databaseUrl).toBe("postgres://berth:pw@localhost/berth?host=/var/run/postgresql");
+    expect(problemsOf({ DATABASE_URL: "postgres://berth:pw@localhost/berth?host=db2" })).toContain("DATABASE_URL may name a Unix socket directory in ?host=");
+  });
+
   it("treats empty optional variables as unset", () => {
     expect(loadConfig({ DATABASE_URL: "", BERTH_ADMIN_API_KEY: " " }).databaseUrl).toBeUndefined();
   });

@@ -52,6 +52,9 @@ const postgresUrl = z
   .string()
   .refine((value) => /^postgres(ql)?:\/\//.test(value) && URL.canParse(value), {
     message: "must be a postgres:// or postgresql:// URL",
+  })
+  .refine((value) => !URL.canParse(value) || !(new URL(value).searchParams.get("host")?.startsWith("/") === false), {
+    message: "may name a Unix socket directory in ?host= (an absolute path, such as ?host=/var/run/postgresql), nothing else",
   });
 
 const httpUrl = z

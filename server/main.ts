@@ -59,18 +59,16 @@ export async function startBerth(options: BerthOptions): Promise<RunningBerth> {
 
   try {
     let databaseUrl = config.databaseUrl;
-    let socketPath: string | null = null;
     if (!databaseUrl) {
       const embedded: EmbeddedPostgres = await startEmbeddedPostgres({ dataDir: config.dataDir, logger });
       cleanups.push(() => embedded.stop());
-      await ensureApplicationDatabase(embedded.url);
-      databaseUrl = embedded.url;
-      socketPath = embedded.socketPath;
+      databaseUrl = embedded.socketUrl ?? embedded.url;
+      await ensureApplicationDatabase(databaseUrl);
       logger.info({ port: embedded.port, pid: embedded.pid }, "embedded Postgres running");
     }
 
     await migrateDatabase(databaseUrl);
-    const database: DatabaseClient = connectDatabase(databaseUrl, { max: config.databasePoolSize, socketPath });
+    const database: DatabaseClient = connectDatabase(databaseUrl, { max: config.databasePoolSize });
     cleanups.push(() => database.close());
 
     const secretKey = loadOrCreateSecretKey(config.secretKey, config.dataDir);

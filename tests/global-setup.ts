@@ -2,7 +2,7 @@ import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import postgres from "postgres";
+import { connectPostgres } from "../db/postgres-url";
 import type { TestProject } from "vitest/node";
 import { ensureApplicationDatabase, startEmbeddedPostgres, type EmbeddedPostgres } from "../db/embedded";
 import { migrateDatabase } from "../db/migrate";
@@ -34,7 +34,7 @@ export default async function setup(project: TestProject) {
   }
 
   const templateDatabase = `berth_template_${process.pid}`;
-  const admin = postgres(adminUrl, { max: 1, onnotice: () => {} });
+  const admin = connectPostgres(adminUrl, { max: 1, onnotice: () => {} });
   await admin.unsafe(`drop database if exists ${templateDatabase}`);
   await admin.unsafe(`create database ${templateDatabase}`);
   const templateUrl = new URL(adminUrl);

@@ -10,7 +10,7 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import pino from "pino";
-import postgres from "postgres";
+import { connectPostgres } from "../../db/postgres-url";
 import { ensureApplicationDatabase, startEmbeddedPostgres, type EmbeddedPostgres } from "../../db/embedded";
 
 // ---------------------------------------------------------------------------------------------- figures
@@ -215,14 +215,14 @@ export async function prepareDatabase(options: { tempRoot: string; namePrefix: s
   const external = process.env.DATABASE_URL;
   if (external) {
     const name = `${namePrefix}${randomBytes(6).toString("hex")}`;
-    const admin = postgres(external, { max: 1, onnotice: () => {} });
+    const admin = connectPostgres(external, { max: 1, onnotice: () => {} });
     try {
       await admin.unsafe(`create database "${name}"`);
     } finally {
       await admin.end({ timeout: 5 });
     }
     cleanups.push(`drop database ${name}`, async () => {
-      const again = postgres(external, { max: 1, onnotice: () => {} });
+      const again = connectPostgres(external, { max: 1, onnotice: () => {} });
       try {
         await again.unsafe(`drop database if exists "${name}" with (force)`);
       } finally {
@@ -238,7 +238,8 @@ export async function prepareDatabase(options: { tempRoot: string; namePrefix: s
   const embedded: EmbeddedPostgres = await startEmbeddedPostgres({ dataDir: pgDataDir, logger: pino({ level: "warn" }) });
   cleanups.push("embedded Postgres", () => embedded.stop());
   await ensureApplicationDatabase(embedded.url);
-  return { url: embedded.url, description: `embedded Postgres on 127.0.0.1:${embedded.port}`, embedded };
+  // Over its Unix socket when it has one, as `npm start` runs it (server/main.ts).
+  return { url: embedded.socketUrl ?? embedded.url, description: `embedded Postgres on ${embedded.socketUrl ? "its Unix socket" : `127.0.0.1:${embedded.port}`}`, embedded };
 }
 
 // ---------------------------------------------------------------------------------------------- server

@@ -1,5 +1,6 @@
 import { hostname } from "node:os";
-import postgres from "postgres";
+import type postgres from "postgres";
+import { connectPostgres } from "../../db/postgres-url";
 import type { Logger } from "../logger";
 
 /** Advisory-lock class id for worker_instances rows (any fixed int, unique to this use). */
@@ -56,7 +57,7 @@ export class WorkerLiveness {
   }
 
   async register(): Promise<void> {
-    this.connection = postgres(this.options.databaseUrl, {
+    this.connection = connectPostgres(this.options.databaseUrl, {
       max: 1,
       onnotice: () => {},
       connect_timeout: 5,

@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import postgres from "postgres";
+import { connectPostgres } from "../../db/postgres-url";
 import { inject } from "vitest";
 
 export type TestDatabase = { url: string; name: string; drop(): Promise<void> };
@@ -9,7 +9,7 @@ export async function createTestDatabase(): Promise<TestDatabase> {
   const adminUrl = inject("postgresAdminUrl");
   const template = inject("templateDatabase");
   const name = `berth_t_${randomBytes(6).toString("hex")}`;
-  const admin = postgres(adminUrl, { max: 1, onnotice: () => {} });
+  const admin = connectPostgres(adminUrl, { max: 1, onnotice: () => {} });
   try {
     await admin.unsafe(`create database ${name} template ${template}`);
   } finally {
@@ -21,7 +21,7 @@ export async function createTestDatabase(): Promise<TestDatabase> {
     url: url.toString(),
     name,
     async drop() {
-      const sql = postgres(adminUrl, { max: 1, onnotice: () => {} });
+      const sql = connectPostgres(adminUrl, { max: 1, onnotice: () => {} });
       try {
         await sql.unsafe(`drop database if exists ${name} with (force)`);
       } finally {

@@ -1,4 +1,4 @@
-import postgres from "postgres";
+import { connectPostgres } from "../../db/postgres-url";
 import { generateApiKey, hashApiKey, visiblePrefix } from "../../server/auth/api-keys";
 
 /**
@@ -6,7 +6,7 @@ import { generateApiKey, hashApiKey, visiblePrefix } from "../../server/auth/api
  * "create team" procedure yet): a team and an API key of the given role for it.
  */
 export async function createTeamWithKey(databaseUrl: string, slug: string, role: "owner" | "admin" | "member" = "owner") {
-  const sql = postgres(databaseUrl, { max: 1, onnotice: () => {} });
+  const sql = connectPostgres(databaseUrl, { max: 1, onnotice: () => {} });
   try {
     const [team] = await sql<{ id: string }[]>`insert into teams (slug, name) values (${slug}, ${slug}) returning id`;
     const key = generateApiKey();
@@ -20,7 +20,7 @@ export async function createTeamWithKey(databaseUrl: string, slug: string, role:
 
 /** Another key for an existing team. */
 export async function createKeyForTeam(databaseUrl: string, teamId: string, role: "owner" | "admin" | "member") {
-  const sql = postgres(databaseUrl, { max: 1, onnotice: () => {} });
+  const sql = connectPostgres(databaseUrl, { max: 1, onnotice: () => {} });
   try {
     const key = generateApiKey();
     await sql`insert into api_keys (team_id, name, prefix, hash, role) values (${teamId}, ${"test-" + role}, ${visiblePrefix(key)}, ${hashApiKey(key)}, ${role})`;
