@@ -6,7 +6,7 @@ import { BlockList, isIP } from "node:net";
  * `uniquelocal` (the private ranges), as in Express's `trust proxy`. Built on node:net's BlockList
  * (Node and Bun), which also matches IPv4-mapped IPv6 peers (`::ffff:10.0.0.1`).
  */
-export type TrustedProxies = { matches(address: string): boolean; description: string };
+export type TrustedProxies = { matches(address: string): boolean };
 
 const NAMED_RANGES: Record<string, Array<[string, number]>> = {
   loopback: [
@@ -53,7 +53,6 @@ export function parseTrustedProxies(list: string): TrustedProxies {
       const family = isIP(address);
       return family !== 0 && blocks.check(address, family === 6 ? "ipv6" : "ipv4");
     },
-    description: entries.join(", "),
   };
 }
 

@@ -53,7 +53,7 @@ const postgresUrl = z
   .refine((value) => /^postgres(ql)?:\/\//.test(value) && URL.canParse(value), {
     message: "must be a postgres:// or postgresql:// URL",
   })
-  .refine((value) => !URL.canParse(value) || !(new URL(value).searchParams.get("host")?.startsWith("/") === false), {
+  .refine((value) => !URL.canParse(value) || (new URL(value).searchParams.get("host") ?? "/").startsWith("/"), {
     message: "may name a Unix socket directory in ?host= (an absolute path, such as ?host=/var/run/postgresql), nothing else",
   });
 
