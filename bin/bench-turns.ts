@@ -143,6 +143,8 @@ type TurnFigures = {
   sendCpu: string;
   /** How the server's event loop thread was scheduled meanwhile. */
   sendMainThread: string;
+  /** What the send phase (accepts and their turns) wrote to the WAL, per message. */
+  sendWal: string;
   drainAfterLastSendMillis: number;
   drainTotalMillis: number;
   turns: { status: string; count: number }[];
@@ -220,6 +222,7 @@ async function benchTurns(databaseUrl: string, sql: postgres.Sql): Promise<TurnF
   const sent = { samples: [] as number[], offsets: [] as number[] };
   const [timedFrom] = await sql<{ since: Date }[]>`select clock_timestamp() as since`;
   const since = timedFrom!.since;
+  const walBefore = await walSnapshot(sql);
   const cpuBefore = cpuSnapshot(server.child.pid);
   const sendStarted = performance.now();
   const sendStartedAt = new Date();
@@ -228,6 +231,7 @@ async function benchTurns(databaseUrl: string, sql: postgres.Sql): Promise<TurnF
   const sendOffsets = sent.offsets;
   const lastSendAt = performance.now();
   const cpuAfter = cpuSnapshot(server.child.pid);
+  const walAfter = await walSnapshot(sql);
   const sendWallMillis = lastSendAt - sendStarted;
   console.log(`${sendSamples.length} messages accepted in ${secs(sendWallMillis)} (${sendErrors.length} errors)`);
 
@@ -258,6 +262,7 @@ async function benchTurns(databaseUrl: string, sql: postgres.Sql): Promise<TurnF
     sendWallMillis,
     sendCpu: cpuFigures(cpuBefore, cpuAfter, sendWallMillis, Math.max(1, sendSamples.length), "message"),
     sendMainThread: mainThreadFigures(cpuBefore, cpuAfter, Math.max(1, sendSamples.length), "message"),
+    sendWal: walFigures(walBefore, walAfter, Math.max(1, sendSamples.length)),
     drainAfterLastSendMillis: drainedAt - lastSendAt,
     drainTotalMillis: drainedAt - sendStarted,
     turns,
@@ -294,6 +299,24 @@ function sendTailBySecond(turns: TurnFigures): string {
   const nextMinute = Math.ceil(start / 60_000) * 60_000;
   const cron = nextMinute - start <= turns.sendWallMillis ? `maintenance cron at +${Math.floor((nextMinute - start) / 1000)}s` : "no maintenance cron inside";
   return `${worst.join(", ")}; ${cron}`;
+}
+
+type WalSnapshot = { records: number; fullPageImages: number; bytes: number } | null;
+
+/** The server's WAL counters (pg_stat_wal, Postgres 14 and later; null before). */
+async function walSnapshot(sql: postgres.Sql): Promise<WalSnapshot> {
+  try {
+    const [row] = await sql<{ records: string; fpi: string; bytes: string }[]>`select wal_records::text as records, wal_fpi::text as fpi, wal_bytes::text as bytes from pg_stat_wal`;
+    return row ? { records: Number(row.records), fullPageImages: Number(row.fpi), bytes: Number(row.bytes) } : null;
+  } catch {
+    return null;
+  }
+}
+
+function walFigures(before: WalSnapshot, after: WalSnapshot, messages: number): string {
+  if (!before || !after) return "n/a (pg_stat_wal needs Postgres 14 or later)";
+  const per = (value: number) => (value / messages).toFixed(1);
+  return `${per(after.records - before.records)} records, ${per(after.fullPageImages - before.fullPageImages)} full-page images, ${((after.bytes - before.bytes) / messages / 1024).toFixed(1)} KiB per message (the whole server: accepts and turns)`;
 }
 
 async function waitForTurns(sql: postgres.Sql): Promise<void> {
@@ -457,6 +480,7 @@ try {
     `send throughput    ${rate((sends.length / turns.sendWallMillis) * 1000)} messages (${sessionCount} concurrent sessions, wall ${secs(turns.sendWallMillis)})`,
     `send-phase CPU     ${turns.sendCpu}`,
     `server main thread ${turns.sendMainThread}`,
+    `send-phase WAL     ${turns.sendWal}`,
     `turn drain         ${secs(turns.drainAfterLastSendMillis)} after the last send (${secs(turns.drainTotalMillis)} from the first)`,
     `turns              ${turns.turns.map((row) => `${row.status}=${row.count}`).join(" ")}`,
     `turn latency       avg ${ms(turns.turnLatency.avg)}  p50 ${ms(turns.turnLatency.p50)}  p95 ${ms(turns.turnLatency.p95)}  max ${ms(turns.turnLatency.max)}  ` +
