@@ -50,7 +50,7 @@ export class BuiltinHarness implements Harness {
       if (turn.run !== initial.run) throw new TurnSupersededError(initial, `run ${turn.run} resumed the turn`);
       if (turn.status !== "running") return;
       if (signals.abort.aborted || turn.abortRequestedAt) {
-        await this.abort(turn, []);
+        await this.abort(turn, [], signals.abort);
         return;
       }
       if (signals.shutdown.aborted) throw new Error("shutting down");
@@ -84,7 +84,7 @@ export class BuiltinHarness implements Harness {
       } catch (error) {
         if (signals.shutdown.aborted) throw error;
         if (signals.abort.aborted) {
-          await this.abort(turn, []);
+          await this.abort(turn, [], signals.abort);
           return;
         }
         const message = error instanceof GatewayError ? `model call failed: ${error.message}` : `model call failed: ${(error as Error).message}`;
@@ -117,7 +117,7 @@ export class BuiltinHarness implements Harness {
           } catch (error) {
             if (signals.shutdown.aborted) throw error;
             if (signals.abort.aborted) {
-              await this.abort(turn, calls.slice(index).map(({ call: pending }) => pending));
+              await this.abort(turn, calls.slice(index).map(({ call: pending }) => pending), signals.abort);
               return;
             }
             if (!(error instanceof SandboxUnavailableError) && !isDomainUnavailable(error)) throw error;
@@ -129,7 +129,9 @@ export class BuiltinHarness implements Harness {
     }
   }
 
-  private async abort(turn: TurnToRun["turn"], pending: ToolCall[]): Promise<void> {
+  /** Ends an aborted turn; a run stopped because another took the turn over (TurnRunner) records nothing. */
+  private async abort(turn: TurnToRun["turn"], pending: ToolCall[], abort: AbortSignal): Promise<void> {
+    if (abort.reason instanceof TurnSupersededError) throw abort.reason;
     await this.deps.store.finish(turn, {
       status: "aborted",
       events: pending.map((call) => ({ type: "tool_result" as const, payload: { callId: call.id, output: "aborted: the turn was aborted while this call ran", isError: true } })),

@@ -161,6 +161,7 @@ type RunSignals = { abort: AbortSignal; shutdown: AbortSignal };
  */
 export function outcomeOfError(label: string, error: unknown, signals: RunSignals): TurnOutcome {
   if (signals.shutdown.aborted || error instanceof TurnSupersededError) throw error;
+  if (signals.abort.reason instanceof TurnSupersededError) throw signals.abort.reason;
   if (signals.abort.aborted) return { status: "aborted", error: ABORTED };
   if (error instanceof HarnessSetupError) return { status: "failed", error: error.message };
   if (isSandboxGone(error)) {
@@ -181,6 +182,7 @@ export function outcomeOfExit(
   input: { timeoutMs: number; failure: string | null; detail: string | null; stderrTail: string },
 ): TurnOutcome {
   if (signals.shutdown.aborted) throw new Error(`the process is shutting down; ${label} was stopped`);
+  if (signals.abort.reason instanceof TurnSupersededError) throw signals.abort.reason;
   if (signals.abort.aborted) return { status: "aborted", error: ABORTED };
   if (exit.timedOut) return { status: "failed", error: `${label} did not finish within ${Math.round(input.timeoutMs / 1000)} s and was stopped` };
   if (exit.exitCode === 0 && !input.failure) return { status: "completed" };

@@ -7,6 +7,13 @@ export const DELTAS_CHANNEL = "berth_session_deltas";
 /** Abort requests for running turns: the payload is the turn id. */
 export const TURN_ABORT_CHANNEL = "berth_turn_abort";
 
+/**
+ * A run that took a running turn over (decision 019): the payload is `<turn id>:<run>`. The process
+ * still running an older run of that turn stops it at once, its command or model call included,
+ * instead of learning at its next write that the turn is no longer its own.
+ */
+export const TURN_TAKEN_OVER_CHANNEL = "berth_turn_taken_over";
+
 /** Revoked API keys, so every replica drops them from its lookup cache: the payload is the key id. */
 export const API_KEY_REVOKED_CHANNEL = "berth_api_key_revoked";
 
@@ -23,6 +30,7 @@ type SessionListener = { onEvents: (lastSeq: number) => void; onDelta: (text: st
 export class EventBus {
   private readonly sessions = new Map<string, Set<SessionListener>>();
   private readonly abortListeners = new Set<(turnId: string) => void>();
+  private readonly takeoverListeners = new Set<(turnId: string, run: number) => void>();
   private readonly revokedKeyListeners = new Set<(keyId: string) => void>();
   private readonly unlisteners: Array<() => Promise<void>> = [];
 
@@ -55,6 +63,12 @@ export class EventBus {
     await listen(TURN_ABORT_CHANNEL, (turnId) => {
       for (const listener of this.abortListeners) listener(turnId);
     });
+    await listen(TURN_TAKEN_OVER_CHANNEL, (payload) => {
+      const separator = payload.lastIndexOf(":");
+      const run = Number(payload.slice(separator + 1));
+      if (separator <= 0 || !Number.isInteger(run)) return;
+      for (const listener of this.takeoverListeners) listener(payload.slice(0, separator), run);
+    });
     await listen(API_KEY_REVOKED_CHANNEL, (keyId) => {
       for (const listener of this.revokedKeyListeners) listener(keyId);
     });
@@ -78,6 +92,17 @@ export class EventBus {
   onTurnAbort(listener: (turnId: string) => void): () => void {
     this.abortListeners.add(listener);
     return () => this.abortListeners.delete(listener);
+  }
+
+  /** Calls the listener with every turn a run took over, on any replica (see TURN_TAKEN_OVER_CHANNEL). */
+  onTurnTakenOver(listener: (turnId: string, run: number) => void): () => void {
+    this.takeoverListeners.add(listener);
+    return () => this.takeoverListeners.delete(listener);
+  }
+
+  /** Tells every replica that `run` now holds the turn. */
+  async announceTakeover(turnId: string, run: number): Promise<void> {
+    await this.sql`select pg_notify(${TURN_TAKEN_OVER_CHANNEL}, ${`${turnId}:${run}`})`;
   }
 
   /** Calls the listener with the id of every API key revoked by any replica (sent by ApiKeyService.revoke). */

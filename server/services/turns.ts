@@ -270,12 +270,20 @@ export const MAX_TURN_RUNS = 10;
  * through the event bus, whichever replica runs it.
  */
 export class TurnRunner {
-  private readonly running = new Map<string, AbortController>();
+  /** The runs of each turn under way in this process: normally one, two while one takes over from the other. */
+  private readonly running = new Map<string, Set<{ run: number; controller: AbortController }>>();
 
   constructor(
     private readonly deps: { store: TurnStore; harnesses: Record<string, Harness>; bus: EventBus; logger: Logger },
   ) {
-    deps.bus.onTurnAbort((turnId) => this.running.get(turnId)?.abort(new Error("aborted by request")));
+    deps.bus.onTurnAbort((turnId) => {
+      for (const { controller } of this.running.get(turnId) ?? []) controller.abort(new Error("aborted by request"));
+    });
+    deps.bus.onTurnTakenOver((turnId, run) => {
+      for (const older of this.running.get(turnId) ?? []) {
+        if (older.run < run) older.controller.abort(new TurnSupersededError({ id: turnId, run: older.run }, `run ${run} took the turn over`));
+      }
+    });
   }
 
   /**
@@ -297,6 +305,12 @@ export class TurnRunner {
       if (!first && !(await this.deps.store.hasOpenTurns(sessionId))) return;
       const next = await this.deps.store.startNext(sessionId);
       if (!next) return;
+      // A run that may still be going somewhere stops now rather than at its next write (the fence).
+      if (next.resumed) {
+        await this.deps.bus.announceTakeover(next.turn.id, next.turn.run).catch((error: unknown) => {
+          this.deps.logger.warn({ err: error, sessionId, turnId: next.turn.id }, "the takeover of a turn could not be announced; an older run stops at its next write");
+        });
+      }
       if (next.turn.run > MAX_TURN_RUNS) {
         this.deps.logger.error({ sessionId, turnId: next.turn.id, runs: MAX_TURN_RUNS }, "a turn's runs were all cut off; ending it as failed");
         await this.deps.store.finish(next.turn, {
@@ -311,7 +325,9 @@ export class TurnRunner {
         continue;
       }
       const controller = new AbortController();
-      this.running.set(next.turn.id, controller);
+      const entry = { run: next.turn.run, controller };
+      const runs = this.running.get(next.turn.id) ?? new Set();
+      this.running.set(next.turn.id, runs.add(entry));
       try {
         if (next.turn.abortRequestedAt) controller.abort(new Error("aborted by request"));
         await harness.runTurn(next, { abort: controller.signal, shutdown });
@@ -332,7 +348,8 @@ export class TurnRunner {
           error: `the turn could not be run: ${reason} (it failed ${next.turn.run} times; details are in the server log)`,
         });
       } finally {
-        if (this.running.get(next.turn.id) === controller) this.running.delete(next.turn.id);
+        runs.delete(entry);
+        if (runs.size === 0 && this.running.get(next.turn.id) === runs) this.running.delete(next.turn.id);
       }
     }
   }
