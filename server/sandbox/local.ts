@@ -337,6 +337,11 @@ export class LocalSandboxBackend implements SandboxBackend {
     for (const network of ["none", "egress"] as const) this.warm[network] = this.warm[network].filter((j) => j !== jail);
     await fs.rm(path.join(this.options.dataDir, "sandboxes", jail.name), { recursive: true, force: true }).catch(() => {});
     if (!jail.sessionId) await fs.rm(jail.workspace, { recursive: true, force: true }).catch(() => {});
+    // bwrap's --die-with-parent chain takes a jail's processes down with it, except one whose parent
+    // died before it set that up (a jail stopped while it starts): whatever is left in the jail's
+    // groups now belongs to no jail.
+    const strays = await this.cgroups.killAll(jail.name);
+    if (strays > 0) this.options.logger.warn({ sandbox: jail.name, processes: strays }, "killed processes left behind by a stopped sandbox");
     await this.cgroups.remove(jail.name);
     if (jail.stopping) return;
     const reason = `sandbox process exited (${signal ?? `code ${code}`})`;

@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { TRPCClientError } from "@trpc/client";
@@ -189,6 +190,24 @@ describe("per-session sandboxes on the local backend", () => {
     const statuses = (await api.sessions.events.query({ sessionId: session.id })).items.filter((e) => e.type === "status").map((e) => (e.payload as { to: string }).to);
     expect(statuses).toEqual(["provisioning", "ready", "reconnecting", "provisioning", "ready"]);
     expect((await exec(session.id, "cat kept.txt")).stdout).toBe("survives\n");
+  });
+
+  it("kills a process left in a stopped jail's cgroups (one that escaped bwrap's die-with-parent chain)", async (context) => {
+    const session = await readySession((await api.agents.create.mutate({ name: "strays", model: "demo" })).id);
+    // The jail's own groups, from its process (cgroup v1 `N:controller:/berth/<name>`, v2 `0::/berth/<name>`).
+    const groups = readFileSync(`/proc/${session.sandbox!.hostPid!}/cgroup`, "utf8")
+      .split("\n")
+      .map((line) => /^\d+:([^:]*):(\/berth\/.+)$/.exec(line))
+      .filter((match) => match !== null)
+      .map(([, controllers, group]) => (controllers ? `/sys/fs/cgroup/${controllers.replace(/^name=/, "")}${group}` : `/sys/fs/cgroup${group}`));
+    if (groups.length === 0) context.skip("no cgroups on this machine");
+    const stray = spawn("sleep", ["60"], { stdio: "ignore" });
+    const strayEnded = new Promise((resolve) => stray.once("exit", (_code, signal) => resolve(signal)));
+    for (const group of groups) writeFileSync(path.join(group, "cgroup.procs"), String(stray.pid));
+
+    await api.sessions.terminate.mutate({ sessionId: session.id });
+    expect(await Promise.race([strayEnded, new Promise((resolve) => setTimeout(() => resolve("still running after 10 s"), 10_000))])).toBe("SIGKILL");
+    expect(berth.logs()).toContain("killed processes left behind by a stopped sandbox");
   });
 
   it("suspends an idle session (sandbox stopped, workspace kept) and resumes it on the next use", async () => {
