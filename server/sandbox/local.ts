@@ -302,6 +302,9 @@ export class LocalSandboxBackend implements SandboxBackend {
       await modelRelay?.close();
       throw new SandboxUnavailableError(`could not start sandbox ${input.name}`);
     }
+    // `exited` settles once the exit is handled (groups emptied and removed), so a stop or a shutdown
+    // that waits for it leaves nothing behind.
+    let exitHandled!: () => void;
     const jail: Jail = {
       name: input.name,
       child,
@@ -312,7 +315,7 @@ export class LocalSandboxBackend implements SandboxBackend {
       socketPath: path.join(socketDir, "daemon.sock"),
       modelRelay,
       stopping: false,
-      exited: new Promise((resolve) => child.once("exit", () => resolve())),
+      exited: new Promise((resolve) => (exitHandled = resolve)),
     };
     this.jails.set(jail.name, jail);
     let output = "";
@@ -320,7 +323,11 @@ export class LocalSandboxBackend implements SandboxBackend {
     child.stderr!.on("data", (chunk: string) => {
       output = (output + chunk).slice(-4000);
     });
-    child.once("exit", (code, signal) => void this.onJailExit(jail, code, signal, output));
+    child.once("exit", (code, signal) => {
+      this.onJailExit(jail, code, signal, output)
+        .catch((error: unknown) => this.options.logger.error({ err: error, sandbox: jail.name }, "cleaning up after a sandbox failed"))
+        .finally(exitHandled);
+    });
 
     try {
       await waitForReadyLine(child, READY_TIMEOUT_MS);
