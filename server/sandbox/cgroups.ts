@@ -81,8 +81,13 @@ export class Cgroups {
     return text === null ? null : Number(text.trim());
   }
 
-  async remove(name: string): Promise<void> {
-    if (this.mode === "unavailable") return;
+  /**
+   * Removes the sandbox's groups once its jail has exited. A process still in them belongs to no jail
+   * (see killAll) and is killed first. Returns how many were killed.
+   */
+  async remove(name: string): Promise<number> {
+    if (this.mode === "unavailable") return 0;
+    const killed = await this.killAll(name);
     for (const dir of new Set(Object.values(this.groupDirs(name)))) {
       // The group empties a moment after its last process exits, later when many exit at once (a
       // shutdown stops every jail together): retry for a few seconds. One left over anyway is
@@ -103,6 +108,7 @@ export class Cgroups {
         }
       }
     }
+    return killed;
   }
 
   /**

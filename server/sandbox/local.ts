@@ -345,11 +345,9 @@ export class LocalSandboxBackend implements SandboxBackend {
     await fs.rm(path.join(this.options.dataDir, "sandboxes", jail.name), { recursive: true, force: true }).catch(() => {});
     if (!jail.sessionId) await fs.rm(jail.workspace, { recursive: true, force: true }).catch(() => {});
     // bwrap's --die-with-parent chain takes a jail's processes down with it, except one whose parent
-    // died before it set that up (a jail stopped while it starts): whatever is left in the jail's
-    // groups now belongs to no jail.
-    const strays = await this.cgroups.killAll(jail.name);
+    // died before it set that up (a jail stopped while it starts): removing the groups kills those.
+    const strays = await this.cgroups.remove(jail.name);
     if (strays > 0) this.options.logger.warn({ sandbox: jail.name, processes: strays }, "killed processes left behind by a stopped sandbox");
-    await this.cgroups.remove(jail.name);
     if (jail.stopping) return;
     const reason = `sandbox process exited (${signal ?? `code ${code}`})`;
     this.options.logger.warn({ sandbox: jail.name, sessionId: jail.sessionId, code, signal, output: output.slice(-500) }, "sandbox lost");
@@ -425,10 +423,9 @@ export class LocalSandboxBackend implements SandboxBackend {
   private async removeLeftovers(): Promise<void> {
     const sandboxesDir = path.join(this.options.dataDir, "sandboxes");
     for (const name of await fs.readdir(sandboxesDir)) {
-      const killed = await this.cgroups.killAll(name);
+      const killed = await this.cgroups.remove(name);
       if (killed > 0) this.options.logger.warn({ sandbox: name, killed }, "stopped the processes of a jail that outlived the previous process");
       await fs.rm(path.join(sandboxesDir, name), { recursive: true, force: true });
-      await this.cgroups.remove(name);
     }
     await fs.rm(path.join(this.options.dataDir, "workspaces", ".warm"), { recursive: true, force: true });
     await fs.mkdir(path.join(this.options.dataDir, "workspaces", ".warm"), { recursive: true, mode: 0o700 });
