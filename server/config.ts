@@ -1,5 +1,6 @@
 import path from "node:path";
 import { z } from "zod";
+import { postgresTarget } from "../db/postgres-url";
 import { parseTrustedProxies, type TrustedProxies } from "./client-address";
 
 /**
@@ -53,9 +54,19 @@ const postgresUrl = z
   .refine((value) => /^postgres(ql)?:\/\//.test(value) && URL.canParse(value), {
     message: "must be a postgres:// or postgresql:// URL",
   })
-  .refine((value) => !URL.canParse(value) || (new URL(value).searchParams.get("host") ?? "/").startsWith("/"), {
+  .refine((value) => !URL.canParse(value) || isSocketDirOrNoHostParameter(value), {
     message: "may name a Unix socket directory in ?host= (an absolute path, such as ?host=/var/run/postgresql), nothing else",
   });
+
+/** What connectPostgres accepts in `?host=` (db/postgres-url.ts), checked where the variable is read. */
+function isSocketDirOrNoHostParameter(url: string): boolean {
+  try {
+    postgresTarget(url);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 const httpUrl = z
   .string()
