@@ -1,6 +1,6 @@
 import { TRPCClientError } from "@trpc/client";
 import postgres from "postgres";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { startTestBerth, type TestBerth } from "../helpers/berth";
 import { waitFor } from "../helpers/processes";
 import { sessionProbe, type LoggedEvent } from "../helpers/sessions";
@@ -39,6 +39,8 @@ describe("agent turns through the gateway", () => {
     sql = postgres(berth.databaseUrl, { max: 2, onnotice: () => {} });
     probe = sessionProbe(api, sql);
   });
+  // A test that fails with scripted replies left would otherwise have them answer the next test's turn.
+  afterEach(() => gateway?.clear());
   afterAll(async () => {
     await sql?.end();
     await berth?.close();
@@ -268,11 +270,13 @@ describe("agent turns through the gateway", () => {
 
   it("lets a second run of a turn (another replica, after a lock mix-up) take it over: the first run's command is stopped at once, each step recorded once", async () => {
     const { id } = await session();
-    gateway.script({ toolCalls: [{ name: "bash", arguments: { command: "until [ -e release ]; do sleep 0.05; done; echo first-run-output" } }] }, { text: "answered by the second run" });
+    gateway.script({ toolCalls: [{ name: "bash", arguments: { command: "sleep 271; echo first-run-output" } }] }, { text: "answered by the second run" });
     await api.sessions.send.mutate({ sessionId: id, text: "long command" });
-    await waitFor("the command to start", async () => ((await events(id)).some((event) => event.type === "tool_call") ? true : undefined), 20_000);
-    const firstRunCommands = async () => (await api.sessions.exec.mutate({ sessionId: id, command: "ps -eo args | grep -c '[u]ntil \\[ -e release' || true" })).stdout.trim();
-    expect(await firstRunCommands()).toBe("1");
+    // Counted by exact command line: a child the shell has forked but not yet exec'd still shows the
+    // shell's, so matching that would count one process twice now and then on a loaded machine.
+    const runningSleeps = async () => (await api.sessions.exec.mutate({ sessionId: id, command: "ps -eo args | grep -c '^sleep 271$' || true" })).stdout.trim();
+    const firstRunProcesses = async () => (await api.sessions.exec.mutate({ sessionId: id, command: "ps -eo args | grep -c -e '^sleep 271$' -e 'first-run-[o]utput' || true" })).stdout.trim();
+    await waitFor("the first run's command to run", async () => ((await runningSleeps()) === "1" ? true : undefined), 20_000);
 
     // What another replica would do with the session's job while this one still runs it. Its start
     // is announced (NOTIFY, as between replicas): the first run stops without waiting for its command.
@@ -285,7 +289,7 @@ describe("agent turns through the gateway", () => {
     const turn = await turnOf(id);
     await waitFor("the first run to stop", async () => overtaken(turn.id), 20_000);
     expect(overtaken(turn.id)).toMatchObject({ run: 1, reason: "run 2 took the turn over" });
-    expect(await firstRunCommands()).toBe("0");
+    expect(await firstRunProcesses()).toBe("0");
     await noJobsLeft(id);
     expect(conversation(await events(id))).toEqual(log);
     expect(await turnOf(id)).toMatchObject({ status: "completed", run: 2 });

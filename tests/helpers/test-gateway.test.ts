@@ -98,7 +98,7 @@ describe("test gateway wire format", () => {
     });
   });
 
-  it("scripts error replies, dynamic replies, and reports an empty script", async () => {
+  it("scripts error replies, dynamic replies, and reports an empty script (also after clear)", async () => {
     gateway = await startTestGateway();
     gateway.script({ status: 429, retryAfter: 2, message: "slow down" }, (request) => ({
       text: `model was ${(request.body as { model: string }).model}`,
@@ -110,6 +110,9 @@ describe("test gateway wire format", () => {
     expect(await limited.json()).toEqual({ error: { message: "slow down", type: "invalid_request_error", param: null, code: "429" } });
     expect(await (await post({ model: "dyn", messages: user })).json()).toMatchObject({ choices: [{ message: { content: "model was dyn" } }] });
     expect(gateway.violations).toEqual([]);
+    gateway.script({ text: "left over" }, { text: "left over too" });
+    gateway.clear();
+    expect(gateway.pending).toBe(0);
     const empty = await post({ model: "m", messages: user });
     expect(empty.status).toBe(500);
     expect(await empty.json()).toMatchObject({ error: { message: "test gateway: no scripted reply left" } });

@@ -78,6 +78,8 @@ export type TestGateway = {
   url: string;
   /** Queues replies, consumed one per valid chat completion request, in order. */
   script(...steps: TestGatewayScriptEntry[]): void;
+  /** Drops the scripted replies not consumed yet (so a failed test's leftovers do not answer the next). */
+  clear(): void;
   /** Every request received, valid or not, on any path. */
   requests: RecordedRequest[];
   /** The chat completion requests only. */
@@ -268,6 +270,7 @@ export async function startTestGateway(options: TestGatewayOptions = {}): Promis
   return {
     url: server.url,
     script: (...steps) => void queue.push(...steps),
+    clear: () => void queue.splice(0),
     requests,
     get completions() {
       return requests.filter((request) => request.path === "/v1/chat/completions");
