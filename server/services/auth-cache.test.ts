@@ -1,12 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { connectDatabase, type DatabaseClient } from "../../db/client";
-import { createTestDatabase, type TestDatabase } from "../../tests/helpers/database";
+import { createTestDatabase, dropListeningConnections, type TestDatabase } from "../../tests/helpers/database";
 import { waitFor } from "../../tests/helpers/processes";
 import { createTeamWithKey } from "../../tests/helpers/teams";
 import { createLogger } from "../logger";
 import { ApiKeyService } from "./api-keys";
 import { AuthService } from "./auth";
-import { EventBus } from "./event-bus";
+import { API_KEY_REVOKED_CHANNEL, EventBus } from "./event-bus";
 
 const logger = createLogger("silent");
 
@@ -76,6 +76,27 @@ describe("API key lookup cache", () => {
       // Replica A revokes through its own service; B hears it through Postgres NOTIFY.
       await new ApiKeyService(client.db, principal!).revoke({ keyId });
       await waitFor("replica B to refuse the revoked key", async () => ((await authB.authenticateApiKey(apiKey)) === null ? true : undefined), 5_000);
+    } finally {
+      await bus.stop();
+    }
+  });
+
+  it("forgets every cached key when its listening connection comes back, as a revocation may have been missed", async () => {
+    const bus = new EventBus(other.sql, logger);
+    await bus.start();
+    try {
+      const authB = new AuthService(other.db, logger, { cacheMs: 60_000 });
+      // As the composition root wires it (server/services/index.ts).
+      bus.onNotificationsMissed((channel) => {
+        if (channel === API_KEY_REVOKED_CHANNEL) authB.forgetAllApiKeys();
+      });
+      const { apiKey, keyId } = await team();
+      expect(await authB.authenticateApiKey(apiKey)).not.toBeNull();
+      // Revoked while B was not listening: no notification reaches it.
+      await client.sql`update api_keys set revoked_at = now() where id = ${keyId}`;
+      expect(await authB.authenticateApiKey(apiKey)).not.toBeNull();
+      expect(await dropListeningConnections(client.sql)).toHaveLength(1);
+      await waitFor("replica B to refuse the revoked key", async () => ((await authB.authenticateApiKey(apiKey)) === null ? true : undefined), 10_000);
     } finally {
       await bus.stop();
     }

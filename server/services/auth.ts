@@ -74,7 +74,13 @@ export class AuthService {
     for (const [hash, entry] of this.keyCache) if (entry.keyId === keyId) this.keyCache.delete(hash);
   }
 
-  /** Counts `forgetApiKey` calls, so a lookup that overlapped one is not cached. */
+  /** Drops every cached key: a revocation's notification may have been missed (the listening connection dropped). */
+  forgetAllApiKeys(): void {
+    this.forgets++;
+    this.keyCache.clear();
+  }
+
+  /** Counts forget calls, so a lookup that overlapped one is not cached. */
   private forgets = 0;
 
   private cachedKey(hash: string, now: number) {

@@ -32,6 +32,7 @@ export class EventBus {
   private readonly abortListeners = new Set<(turnId: string) => void>();
   private readonly takeoverListeners = new Set<(turnId: string, run: number) => void>();
   private readonly revokedKeyListeners = new Set<(keyId: string) => void>();
+  private readonly missedNotificationListeners = new Set<(channel: string) => void>();
   private readonly unlisteners: Array<() => Promise<void>> = [];
 
   constructor(
@@ -41,13 +42,26 @@ export class EventBus {
 
   async start(): Promise<void> {
     const listen = async (channel: string, handler: (payload: string) => void) => {
-      const { unlisten } = await this.sql.listen(channel, (payload) => {
-        try {
-          handler(payload);
-        } catch (error) {
-          this.logger.error({ err: error, channel }, "a live event listener failed");
-        }
-      });
+      let listened = false;
+      const { unlisten } = await this.sql.listen(
+        channel,
+        (payload) => {
+          try {
+            handler(payload);
+          } catch (error) {
+            this.logger.error({ err: error, channel }, "a live event listener failed");
+          }
+        },
+        // postgres.js listens again on a new connection after the old one dropped (a database
+        // restart, a terminated backend); what was sent in between is lost.
+        () => {
+          if (!listened) {
+            listened = true;
+            return;
+          }
+          this.listeningAgain(channel);
+        },
+      );
       this.unlisteners.push(unlisten);
     };
     await listen(EVENTS_CHANNEL, (payload) => {
@@ -72,6 +86,21 @@ export class EventBus {
     await listen(API_KEY_REVOKED_CHANNEL, (keyId) => {
       for (const listener of this.revokedKeyListeners) listener(keyId);
     });
+  }
+
+  private listeningAgain(channel: string): void {
+    if (channel === EVENTS_CHANNEL) {
+      this.logger.info("listening for live notifications again after the connection dropped; reading again what was missed");
+      // Every follower reads the log now rather than at its next periodic look.
+      for (const listeners of this.sessions.values()) for (const listener of listeners) listener.onEvents(Number.MAX_SAFE_INTEGER);
+    }
+    for (const listener of this.missedNotificationListeners) {
+      try {
+        listener(channel);
+      } catch (error) {
+        this.logger.error({ err: error, channel }, "a listener for missed notifications failed");
+      }
+    }
   }
 
   async stop(): Promise<void> {
@@ -103,6 +132,16 @@ export class EventBus {
   /** Tells every replica that `run` now holds the turn. */
   async announceTakeover(turnId: string, run: number): Promise<void> {
     await this.sql`select pg_notify(${TURN_TAKEN_OVER_CHANNEL}, ${`${turnId}:${run}`})`;
+  }
+
+  /**
+   * Calls the listener with a channel each time this process listens on it again after its listening
+   * connection dropped: notifications sent on it meanwhile are lost, so the state they would have
+   * announced (an abort, a takeover, a revocation) must be read again.
+   */
+  onNotificationsMissed(listener: (channel: string) => void): () => void {
+    this.missedNotificationListeners.add(listener);
+    return () => this.missedNotificationListeners.delete(listener);
   }
 
   /** Calls the listener with the id of every API key revoked by any replica (sent by ApiKeyService.revoke). */

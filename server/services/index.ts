@@ -21,7 +21,7 @@ import { BuiltinHarness, type ModelResolver } from "../harness/builtin";
 import { CodexHarness } from "../harness/codex";
 import { OpencodeHarness } from "../harness/opencode";
 import { ClaudeCodeHarness } from "../harness/claude-code";
-import type { EventBus } from "./event-bus";
+import { API_KEY_REVOKED_CHANNEL, type EventBus } from "./event-bus";
 import type { BerthMetrics } from "../metrics";
 import { TurnRunner, TurnStore } from "./turns";
 
@@ -77,6 +77,9 @@ export function createServices(deps: ServiceDependencies) {
   const auth = new AuthService(deps.db, deps.logger.child({ component: "auth" }), { cacheMs: deps.config.authCacheMs, throttle: loginThrottle });
   // Revocations by any replica (including this one, again) drop the key from this one's cache.
   deps.bus.onApiKeyRevoked((keyId) => auth.forgetApiKey(keyId));
+  deps.bus.onNotificationsMissed((channel) => {
+    if (channel === API_KEY_REVOKED_CHANNEL) auth.forgetAllApiKeys();
+  });
   return {
     config: deps.config,
     metrics: deps.metrics,

@@ -6,7 +6,7 @@ import type { Logger } from "../logger";
 import { postgresErrorOf } from "./errors";
 import { enqueueJob } from "./job-queue";
 import { eventBatch, storableText, storedEvents, usageArguments, type EventInput, type StoredEvent } from "./event-log";
-import type { EventBus } from "./event-bus";
+import { TURN_ABORT_CHANNEL, TURN_TAKEN_OVER_CHANNEL, type EventBus } from "./event-bus";
 import { transition, type SessionStatus } from "./sandbox-lifecycle";
 
 export type TurnRow = typeof turns.$inferSelect;
@@ -107,6 +107,12 @@ export class TurnStore {
       const session = await lockSession(tx, sessionId);
       if (session && (session.status === "ready" || session.status === "idle")) await transition(tx, session, "running");
     });
+  }
+
+  /** Which run holds each of these turns, and whether an abort was asked for (the notifications' state). */
+  async runStates(turnIds: string[]): Promise<Pick<TurnRow, "id" | "run" | "abortRequestedAt">[]> {
+    if (turnIds.length === 0) return [];
+    return this.db.select({ id: turns.id, run: turns.run, abortRequestedAt: turns.abortRequestedAt }).from(turns).where(inArray(turns.id, turnIds));
   }
 
   async get(turnId: string): Promise<TurnRow> {
@@ -279,11 +285,36 @@ export class TurnRunner {
     deps.bus.onTurnAbort((turnId) => {
       for (const { controller } of this.running.get(turnId) ?? []) controller.abort(new Error("aborted by request"));
     });
-    deps.bus.onTurnTakenOver((turnId, run) => {
-      for (const older of this.running.get(turnId) ?? []) {
-        if (older.run < run) older.controller.abort(new TurnSupersededError({ id: turnId, run: older.run }, `run ${run} took the turn over`));
-      }
+    deps.bus.onTurnTakenOver((turnId, run) => this.stopOlderRuns(turnId, run));
+    deps.bus.onNotificationsMissed((channel) => {
+      if (channel === TURN_ABORT_CHANNEL || channel === TURN_TAKEN_OVER_CHANNEL) void this.recheckRunningTurns();
     });
+  }
+
+  private stopOlderRuns(turnId: string, run: number): void {
+    for (const older of this.running.get(turnId) ?? []) {
+      if (older.run < run) older.controller.abort(new TurnSupersededError({ id: turnId, run: older.run }, `run ${run} took the turn over`));
+    }
+  }
+
+  /**
+   * Reads the aborts and takeovers this process may not have heard (its listening connection dropped)
+   * from the turns themselves, and stops the runs concerned, instead of leaving them to their next
+   * step or write.
+   */
+  private async recheckRunningTurns(): Promise<void> {
+    if (this.running.size === 0) return;
+    let states: Awaited<ReturnType<TurnStore["runStates"]>>;
+    try {
+      states = await this.deps.store.runStates([...this.running.keys()]);
+    } catch (error) {
+      this.deps.logger.warn({ err: error }, "could not read the running turns again; an abort or a takeover is seen at the turn's next step");
+      return;
+    }
+    for (const state of states) {
+      this.stopOlderRuns(state.id, state.run);
+      if (state.abortRequestedAt) for (const { controller } of this.running.get(state.id) ?? []) controller.abort(new Error("aborted by request"));
+    }
   }
 
   /**

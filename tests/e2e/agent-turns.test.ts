@@ -2,6 +2,7 @@ import { TRPCClientError } from "@trpc/client";
 import postgres from "postgres";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { startTestBerth, type TestBerth } from "../helpers/berth";
+import { dropListeningConnections } from "../helpers/database";
 import { waitFor } from "../helpers/processes";
 import { sessionProbe, type LoggedEvent } from "../helpers/sessions";
 import { startTestGateway, type TestGateway } from "../helpers/test-gateway";
@@ -319,6 +320,42 @@ describe("agent turns through the gateway", () => {
     // One model call per run: the overtaken run made no second one.
     expect(gateway.completions.length).toBe(completionsBefore + 2);
     expect((await api.sessions.get.query({ sessionId: id })).status).toBe("ready");
+  });
+
+  it("stops runs whose abort or takeover it did not hear once its listening connection is back, without waiting for their commands", async () => {
+    const toAbort = await session();
+    const toTakeOver = await session();
+    const command = { toolCalls: [{ name: "bash", arguments: { command: "sleep 272; echo never" } }] };
+    gateway.script(command, command);
+    await api.sessions.send.mutate({ sessionId: toAbort.id, text: "long command" });
+    await api.sessions.send.mutate({ sessionId: toTakeOver.id, text: "long command" });
+    const sleeps = async (sessionId: string) => (await api.sessions.exec.mutate({ sessionId, command: "ps -eo args | grep -c -e '^sleep 272$' -e 'echo [n]ever' || true" })).stdout.trim();
+    for (const { id } of [toAbort, toTakeOver]) {
+      await waitFor("the command to run", async () => ((await sleeps(id)) !== "0" ? true : undefined), 20_000);
+    }
+
+    // An abort and a takeover whose notifications this process never hears: written while its
+    // listening connection is up but with nothing sent, then that connection drops.
+    await sql`update turns set abort_requested_at = now() where session_id = ${toAbort.id} and status = 'running'`;
+    await sql`update turns set run = run + 1 where session_id = ${toTakeOver.id} and status = 'running'`;
+    expect(await dropListeningConnections(sql)).toContain("berth");
+
+    const abortedLog = conversation(await settled(toAbort.id, 1));
+    expect(abortedLog.map((event) => event.type)).toEqual(["user_message", "tool_call", "tool_result", "error"]);
+    expect(abortedLog[3]!.payload).toEqual({ message: "the turn was aborted by request" });
+    const turn = await turnOf(toTakeOver.id);
+    await waitFor("the overtaken run to stop", async () => overtaken(turn.id), 20_000);
+    expect(overtaken(turn.id)).toMatchObject({ run: 1, reason: "run 2 took the turn over" });
+    expect(await sleeps(toAbort.id)).toBe("0");
+    expect(await sleeps(toTakeOver.id)).toBe("0");
+
+    // The job's retry takes the turn over in its turn (run 3) and ends it; the command is not run twice.
+    gateway.script({ text: "done after the takeover" });
+    const log = conversation(await settled(toTakeOver.id, 1));
+    expect(log.map((event) => event.type)).toEqual(["user_message", "tool_call", "tool_result", "assistant_message", "usage"]);
+    expect(String(log[2]!.payload.output)).toMatch(/^interrupted: /);
+    expect(await turnOf(toTakeOver.id)).toMatchObject({ status: "completed", run: 3 });
+    expect(gateway.violations).toEqual([]);
   });
 
   it("stops a turn at the agent's step limit with an error event", async () => {

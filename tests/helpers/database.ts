@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import type postgres from "postgres";
 import { connectPostgres } from "../../db/postgres-url";
 import { inject } from "vitest";
 
@@ -29,4 +30,16 @@ export async function createTestDatabase(): Promise<TestDatabase> {
       }
     },
   };
+}
+
+/**
+ * Terminates this database's connections that wait on LISTEN, as a database restart or a network cut
+ * would (postgres.js and graphile-worker then listen again on new ones). Returns their application names.
+ */
+export async function dropListeningConnections(sql: postgres.Sql): Promise<string[]> {
+  const rows = await sql<{ pid: number; application_name: string }[]>`
+    select pid, application_name from pg_stat_activity
+    where datname = current_database() and pid <> pg_backend_pid() and state = 'idle' and query ilike 'listen %'`;
+  for (const { pid } of rows) await sql`select pg_terminate_backend(${pid})`;
+  return rows.map((row) => row.application_name).sort();
 }
