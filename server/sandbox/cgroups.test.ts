@@ -48,4 +48,19 @@ describe.skipIf(cgroups.mode === "unavailable")(`Cgroups (${cgroups.mode}) aband
     await cgroups.remove(group);
     expect(await cgroups.killAll(group)).toBe(0);
   });
+
+  it("lets processes leave on their own within the grace given, and kills and counts only those still there after it", async () => {
+    const leaving = spawn("sleep", ["60"], { stdio: "ignore" });
+    const staying = spawn("sleep", ["60"], { stdio: "ignore" });
+    const signals = [leaving, staying].map((child) => new Promise((resolve) => child.once("exit", (_code, signal) => resolve(signal))));
+    const group = name("grace");
+    created.push(group);
+    for (const procs of await cgroups.create(group, { memoryMb: 64, cpuMillis: 100, pids: 8 })) {
+      await fs.writeFile(procs, String(leaving.pid));
+      await fs.writeFile(procs, String(staying.pid));
+    }
+    setTimeout(() => leaving.kill("SIGTERM"), 200);
+    expect(await cgroups.remove(group, { graceMs: 1_500 })).toBe(1);
+    expect(await Promise.all(signals)).toEqual(["SIGTERM", "SIGKILL"]);
+  });
 });

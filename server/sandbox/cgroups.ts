@@ -82,11 +82,17 @@ export class Cgroups {
   }
 
   /**
-   * Removes the sandbox's groups once its jail has exited. A process still in them belongs to no jail
-   * (see killAll) and is killed first. Returns how many were killed.
+   * Removes the sandbox's groups once its jail has exited. A process still in them after `graceMs`
+   * belongs to no jail (see killAll) and is killed first. Returns how many were killed.
+   * @param options.graceMs how long processes get to leave on their own: when a jail has just exited,
+   *   bwrap's --die-with-parent has killed the rest, and they are on their way out.
    */
-  async remove(name: string): Promise<number> {
+  async remove(name: string, options: { graceMs?: number } = {}): Promise<number> {
     if (this.mode === "unavailable") return 0;
+    const deadline = Date.now() + (options.graceMs ?? 0);
+    for (let wait = 10; Date.now() < deadline && (await this.processesIn(name)).size > 0; wait = Math.min(wait * 2, 100)) {
+      await new Promise((resolve) => setTimeout(resolve, wait));
+    }
     const killed = await this.killAll(name);
     for (const dir of new Set(Object.values(this.groupDirs(name)))) {
       // The group empties a moment after its last process exits, later when many exit at once (a
@@ -118,13 +124,8 @@ export class Cgroups {
    */
   async killAll(name: string): Promise<number> {
     if (this.mode === "unavailable") return 0;
-    const pids = new Set<number>();
-    for (const dir of new Set(Object.values(this.groupDirs(name)))) {
-      const procs = await fs.readFile(path.join(dir, "cgroup.procs"), "utf8").catch(() => "");
-      for (const pid of procs.split("\n").filter(Boolean)) pids.add(Number(pid));
-    }
     let killed = 0;
-    for (const pid of pids) {
+    for (const pid of await this.processesIn(name)) {
       try {
         process.kill(pid, "SIGKILL");
         killed++;
@@ -133,6 +134,15 @@ export class Cgroups {
       }
     }
     return killed;
+  }
+
+  private async processesIn(name: string): Promise<Set<number>> {
+    const pids = new Set<number>();
+    for (const dir of new Set(Object.values(this.groupDirs(name)))) {
+      const procs = await fs.readFile(path.join(dir, "cgroup.procs"), "utf8").catch(() => "");
+      for (const pid of procs.split("\n").filter(Boolean)) pids.add(Number(pid));
+    }
+    return pids;
   }
 
   /**

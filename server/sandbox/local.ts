@@ -22,6 +22,8 @@ import {
 
 /** An empty sandbox cgroup this old is nobody's: a jail joins its group as it starts. */
 const ABANDONED_CGROUP_AGE_MS = 10 * 60_000;
+/** How long a jail's processes get to exit after the jail did before they count as left behind. */
+const JAIL_EXIT_GRACE_MS = 1_000;
 const run = promisify(execFile);
 
 export type LocalBackendOptions = {
@@ -345,8 +347,9 @@ export class LocalSandboxBackend implements SandboxBackend {
     await fs.rm(path.join(this.options.dataDir, "sandboxes", jail.name), { recursive: true, force: true }).catch(() => {});
     if (!jail.sessionId) await fs.rm(jail.workspace, { recursive: true, force: true }).catch(() => {});
     // bwrap's --die-with-parent chain takes a jail's processes down with it, except one whose parent
-    // died before it set that up (a jail stopped while it starts): removing the groups kills those.
-    const strays = await this.cgroups.remove(jail.name);
+    // died before it set that up (a jail stopped while it starts): removing the groups kills those
+    // still there once the others have had a moment to exit.
+    const strays = await this.cgroups.remove(jail.name, { graceMs: JAIL_EXIT_GRACE_MS });
     if (strays > 0) this.options.logger.warn({ sandbox: jail.name, processes: strays }, "killed processes left behind by a stopped sandbox");
     if (jail.stopping) return;
     const reason = `sandbox process exited (${signal ?? `code ${code}`})`;
