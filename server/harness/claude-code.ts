@@ -74,7 +74,7 @@ export class ClaudeCodeHarness implements Harness {
           const result = await run.follow(client, command, this.deps.turnTimeoutMs, signal, async (sessionId) => {
             if (sessionId === state.sessionId) return;
             state.sessionId = sessionId;
-            await store.setHarnessState(turn.sessionId, HARNESS, { sessionId });
+            await store.setHarnessState(turn, HARNESS, { sessionId });
           });
           // A session Claude Code does not know ("No conversation found"): it ends before starting. Replay instead.
           if (resumeId && !run.started && result.exitCode !== 0 && !signal.aborted) {

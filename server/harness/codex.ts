@@ -78,7 +78,7 @@ export class CodexHarness implements Harness {
             if (threadId === state.threadId) return;
             state.threadId = threadId;
             state.usage = { inputTokens: 0, outputTokens: 0 };
-            await store.setHarnessState(turn.sessionId, HARNESS, state);
+            await store.setHarnessState(turn, HARNESS, state);
           });
           // A thread codex no longer knows: it exits before starting it. Replay instead.
           if (resumeId && !run.started && result.exitCode !== 0 && !signal.aborted) {
@@ -95,7 +95,7 @@ export class CodexHarness implements Harness {
     }
     // codex reports the thread's token totals at the end of a turn; the turn used the difference.
     const usage = run.usageSince(state.usage);
-    if (run.total) await store.setHarnessState(turn.sessionId, HARNESS, { usage: run.total });
+    if (run.total) await store.setHarnessState(turn, HARNESS, { usage: run.total });
     const outcome = outcomeOfExit("codex", exit, signals, { timeoutMs: this.deps.turnTimeoutMs, failure: run.failure, detail: run.lastNotice, stderrTail: run.stderrTail() });
     return run.finish(outcome.status, outcome.error, usage);
   }

@@ -76,7 +76,7 @@ export async function beginExternalTurn(
   if (input.shuttingDown) throw new Error("shutting down");
   const state = await store.harnessState(turn.sessionId, input.harness);
   if (state.runningTurn === turn.id || (await store.turnEvents(turn)).length > 0) {
-    await store.clearRunningTurn(turn.sessionId, input.harness, turn.id);
+    await store.clearRunningTurn(turn, input.harness);
     await store.finish(turn, {
       status: "failed",
       error: `the platform stopped while ${input.label} worked on this message; what it did is recorded above. Send a message to continue (${input.label} keeps its session).`,
@@ -95,11 +95,11 @@ export async function beginExternalTurn(
 
 /** Marks the turn as under way before the CLI starts, so the next process knows after a crash. */
 export async function markRunning(store: TurnStore, turn: TurnRow, harness: string): Promise<void> {
-  await store.setHarnessState(turn.sessionId, harness, { runningTurn: turn.id });
+  await store.setHarnessState(turn, harness, { runningTurn: turn.id });
 }
 
 export async function clearRunning(store: TurnStore, turn: TurnRow, harness: string): Promise<void> {
-  await store.clearRunningTurn(turn.sessionId, harness, turn.id);
+  await store.clearRunningTurn(turn, harness);
 }
 
 /** Checks the sandbox has the CLI at `binary` and a model relay; a HarnessSetupError says what is missing. */

@@ -77,7 +77,7 @@ export class OpencodeHarness implements Harness {
           const result = await run.follow(client, command, this.deps.turnTimeoutMs, signal, async (sessionId) => {
             if (sessionId === state.sessionId) return;
             state.sessionId = sessionId;
-            await store.setHarnessState(turn.sessionId, HARNESS, { sessionId });
+            await store.setHarnessState(turn, HARNESS, { sessionId });
           });
           // A session opencode no longer knows: it ends before doing anything. Replay instead.
           if (resume && !run.started && result.exitCode !== 0 && !signal.aborted) {

@@ -166,6 +166,25 @@ describe("TurnStore on the SQL turn functions", () => {
     expect((await store.startNext(sessionId))!.turn).toMatchObject({ id: turnIds[1], run: 1 });
   });
 
+  it("writes a harness's state only for the run that holds the turn: an overtaken run neither sets nor clears it", async () => {
+    const { sessionId, turnIds } = await sessionWithMessages("ready", ["cli"]);
+    const first = (await store.startNext(sessionId))!;
+    await store.setHarnessState(first.turn, "codex", { runningTurn: turnIds[0], threadId: "t1" });
+    const second = (await store.startNext(sessionId))!;
+    expect(second.turn.run).toBe(2);
+    await store.setHarnessState(second.turn, "codex", { threadId: "t2" });
+
+    await expect(store.setHarnessState(first.turn, "codex", { threadId: "stale" })).rejects.toThrow(/held by run 2, not run 1/);
+    await expect(store.clearRunningTurn(first.turn, "codex")).rejects.toBeInstanceOf(TurnSupersededError);
+    expect(await store.harnessState(sessionId, "codex")).toEqual({ runningTurn: turnIds[0], threadId: "t2" });
+
+    await store.clearRunningTurn(second.turn, "codex");
+    expect(await store.harnessState(sessionId, "codex")).toEqual({ threadId: "t2" });
+    expect(await store.finish(second.turn, { status: "completed" })).toBe(true);
+    await expect(store.setHarnessState(second.turn, "codex", { threadId: "after" })).rejects.toThrow(/no longer running \(completed\)/);
+    expect(await store.harnessState(sessionId, "codex")).toEqual({ threadId: "t2" });
+  });
+
   it("refuses a step that waited on a resume still in progress (the resume's session lock orders them)", async () => {
     const { sessionId } = await sessionWithMessages("ready", ["race"]);
     const first = (await store.startNext(sessionId))!;

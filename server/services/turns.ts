@@ -12,6 +12,8 @@ import { transition, type SessionStatus } from "./sandbox-lifecycle";
 export type TurnRow = typeof turns.$inferSelect;
 export type AgentVersionRow = typeof agentVersions.$inferSelect;
 export type TurnUsage = { promptTokens: number; completionTokens: number; cost?: number };
+/** What fences a write to a turn's run: the turn, the run that writes, and its session. */
+type HeldTurn = Pick<TurnRow, "id" | "run" | "sessionId">;
 
 /**
  * What a harness needs to run one turn. `resumed`: the turn was already running when this run picked
@@ -141,15 +143,34 @@ export class TurnStore {
     return state && typeof state === "object" ? (state as Record<string, unknown>) : {};
   }
 
-  /** Merges `patch` into what the harness keeps for the session; a null value removes that key. */
-  async setHarnessState(sessionId: string, harness: string, patch: Record<string, unknown>): Promise<void> {
+  /**
+   * Merges `patch` into what the harness keeps for the turn's session (a null value removes that key),
+   * only while `turn.run` holds the turn: a TurnSupersededError, and nothing written, otherwise.
+   */
+  async setHarnessState(turn: HeldTurn, harness: string, patch: Record<string, unknown>): Promise<void> {
     const key = sql`array[${harness}]::text[]`;
-    await this.db
-      .update(sessions)
-      .set({
-        harnessState: sql`jsonb_set(${sessions.harnessState}, ${key}, jsonb_strip_nulls(coalesce(${sessions.harnessState} #> ${key}, '{}'::jsonb) || ${JSON.stringify(patch)}::jsonb))`,
-      })
-      .where(eq(sessions.id, sessionId));
+    await this.whileHeld(turn, (tx) =>
+      tx
+        .update(sessions)
+        .set({
+          harnessState: sql`jsonb_set(${sessions.harnessState}, ${key}, jsonb_strip_nulls(coalesce(${sessions.harnessState} #> ${key}, '{}'::jsonb) || ${JSON.stringify(patch)}::jsonb))`,
+        })
+        .where(eq(sessions.id, turn.sessionId)),
+    );
+  }
+
+  /**
+   * Runs `write` while `turn.run` holds the turn, under the session's row lock, which a resume also
+   * takes before it moves the turn to its next run (the order of berth_append_turn_events).
+   */
+  private async whileHeld(turn: HeldTurn, write: (tx: DatabaseOrTransaction) => Promise<unknown>): Promise<void> {
+    await this.db.transaction(async (tx) => {
+      await lockSession(tx, turn.sessionId);
+      const [current] = await tx.select({ run: turns.run, status: turns.status }).from(turns).where(eq(turns.id, turn.id));
+      if (current?.run !== turn.run) throw new TurnSupersededError(turn, `the turn is held by run ${current?.run}, not run ${turn.run}`);
+      if (current.status !== "running") throw new TurnSupersededError(turn, `the turn is no longer running (${current.status})`);
+      await write(tx);
+    });
   }
 
   /**
@@ -171,12 +192,17 @@ export class TurnStore {
     return rows.map((row) => row.session_id);
   }
 
-  /** Removes the harness's `runningTurn` marker if it is still this turn's (a newer run may have set its own). */
-  async clearRunningTurn(sessionId: string, harness: string, turnId: string): Promise<void> {
-    await this.db
-      .update(sessions)
-      .set({ harnessState: sql`${sessions.harnessState} #- ${`{${harness},runningTurn}`}::text[]` })
-      .where(and(eq(sessions.id, sessionId), sql`${sessions.harnessState} #>> ${`{${harness},runningTurn}`}::text[] = ${turnId}`));
+  /**
+   * Removes the harness's `runningTurn` marker if it is this turn's, only while `turn.run` holds the
+   * turn: a run that was taken over must not clear the marker the newer run of the turn set.
+   */
+  async clearRunningTurn(turn: HeldTurn, harness: string): Promise<void> {
+    await this.whileHeld(turn, (tx) =>
+      tx
+        .update(sessions)
+        .set({ harnessState: sql`${sessions.harnessState} #- ${`{${harness},runningTurn}`}::text[]` })
+        .where(and(eq(sessions.id, turn.sessionId), sql`${sessions.harnessState} #>> ${`{${harness},runningTurn}`}::text[] = ${turn.id}`)),
+    );
   }
 
   /** The turn's own conversation events (after it started). */
