@@ -1,6 +1,7 @@
 import type { ServerBuild } from "@remix-run/node";
 import type express from "express";
 import { connectDatabase, type DatabaseClient } from "../db/client";
+import { connectionShortfall, connectionsWanted } from "../db/connection-budget";
 import { ensureApplicationDatabase, startEmbeddedPostgres, type EmbeddedPostgres } from "../db/embedded";
 import { migrateDatabase, shippedMigrationCount } from "../db/migrate";
 import type { BerthTask } from "../jobs/registry";
@@ -70,6 +71,8 @@ export async function startBerth(options: BerthOptions): Promise<RunningBerth> {
     await migrateDatabase(databaseUrl);
     const database: DatabaseClient = connectDatabase(databaseUrl, { max: config.databasePoolSize });
     cleanups.push(() => database.close());
+    const shortfall = await connectionShortfall(database.sql, connectionsWanted(config)).catch(() => null);
+    if (shortfall) logger.warn(shortfall);
 
     const secretKey = loadOrCreateSecretKey(config.secretKey, config.dataDir);
     const sandboxBackend = await createSandboxBackend(config, secretKey, options.daemonScript, logger);
