@@ -31,7 +31,7 @@ export class Cgroups {
       for (const controller of ["memory", "pids", "cpu"]) await fs.mkdir(path.join(ROOT, controller, "berth"), { recursive: true });
       return new Cgroups("v1", logger);
     } catch (error) {
-      logger.info({ reason: (error as Error).message }, "cgroups are not writable here: sandboxes get rlimits only");
+      logger.warn({ reason: (error as Error).message }, "cgroups are not writable here: sandboxes' memory, CPU and process count are not limited (only rlimits: open files, and a 64 GiB address-space backstop)");
       return new Cgroups("unavailable", logger);
     }
   }

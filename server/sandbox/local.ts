@@ -72,6 +72,8 @@ const SANDBOX_UID = 1000;
 const READY_TIMEOUT_MS = 15_000;
 const PIDS_LIMIT = 512;
 const OPEN_FILES_LIMIT = 4096;
+/** Address space a jail may reserve beyond its memory size on hosts without cgroups (addressSpaceLimit). */
+const ADDRESS_SPACE_HEADROOM_MB = 64 * 1024;
 const REFILL_DELAY_MS = 250;
 
 /** System folders a jail sees, read-only; everything else of the host (data dir, /home, /root…) stays out. */
@@ -273,14 +275,12 @@ export class LocalSandboxBackend implements SandboxBackend {
     const socketDir = path.join(sandboxDir, "run");
     await fs.mkdir(socketDir, { recursive: true, mode: 0o700 });
     const procsFiles = await this.cgroups.create(input.name, { ...input.resources, pids: PIDS_LIMIT });
-    // A backstop for hosts without cgroups (the memory cgroup is the real limit): generous, because
-    // JavaScriptCore-based programs such as the opencode binary reserve several GiB of address space.
-    const addressSpace = (input.resources.memoryMb + 8192) * 1024 * 1024;
+    const addressSpace = addressSpaceLimit(input.resources.memoryMb, this.cgroups.mode !== "unavailable");
     const modelToken = randomBytes(24).toString("hex");
     const modelRelay = this.options.modelGateway
       ? await startModelRelay({ socketPath: path.join(socketDir, "model.sock"), token: modelToken, gateway: this.options.modelGateway, logger: this.options.logger })
       : null;
-    const limits = ["prlimit", `--nofile=${OPEN_FILES_LIMIT}`, `--as=${addressSpace}`, "--core=0", "--"];
+    const limits = ["prlimit", `--nofile=${OPEN_FILES_LIMIT}`, ...(addressSpace === null ? [] : [`--as=${addressSpace}`]), "--core=0", "--"];
     const daemonEnv = {
       ...(input.env ?? {}),
       BERTH_DAEMON_LISTEN: `unix:${this.bwrapPath ? SOCKET_DIR_IN_JAIL : socketDir}/daemon.sock`,
@@ -433,6 +433,18 @@ export class LocalSandboxBackend implements SandboxBackend {
     await fs.rm(path.join(this.options.dataDir, "workspaces", ".warm"), { recursive: true, force: true });
     await fs.mkdir(path.join(this.options.dataDir, "workspaces", ".warm"), { recursive: true, mode: 0o700 });
   }
+}
+
+/**
+ * The address-space rlimit of a jail, in bytes; null for none. With a memory cgroup (the real limit)
+ * there is none: runtimes reserve far more address space than they use (V8 about 10 GiB for each
+ * WebAssembly memory, which Node's own fetch creates; JavaScriptCore, in the opencode binary,
+ * several GiB), and a limit near the memory size makes them fail. Without cgroups it is the only
+ * backstop, set wide enough for a few such reservations.
+ */
+export function addressSpaceLimit(memoryMb: number, memoryCgroup: boolean): number | null {
+  if (memoryCgroup) return null;
+  return (memoryMb + ADDRESS_SPACE_HEADROOM_MB) * 1024 * 1024;
 }
 
 function addressOf(jail: Jail): string {

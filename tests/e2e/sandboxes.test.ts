@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { spawn } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { TRPCClientError } from "@trpc/client";
@@ -156,6 +156,15 @@ describe("per-session sandboxes on the local backend", () => {
     expect((await exec(closed.id, probe)).stdout).not.toContain("hello from the host");
     const open = await readySession((await api.agents.create.mutate({ name: "online", model: "demo", network: "egress" })).id);
     expect((await exec(open.id, probe)).stdout).toContain("hello from the host");
+  });
+
+  it("runs programs that reserve much more address space than they use (WebAssembly memories, as Node's fetch makes)", async () => {
+    const session = await readySession((await api.agents.create.mutate({ name: "wasm", model: "demo" })).id);
+    // V8 reserves about 10 GiB of address space for each WebAssembly memory; three are more than
+    // any address-space limit near the sandbox's memory size allows.
+    const program = "const memories = [1, 2, 3].map(() => new WebAssembly.Memory({ initial: 1 })); console.log('memories', memories.length)";
+    const result = await exec(session.id, `${realpathSync(process.execPath)} -e "${program}" 2>&1`);
+    expect(result).toMatchObject({ exitCode: 0, stdout: "memories 3\n" });
   });
 
   it("refuses file paths that leave the workspace, and round-trips files inside it", async () => {
