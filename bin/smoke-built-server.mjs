@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // Starts the built server (build/main.js) under a given runtime on a fresh embedded database, checks
-// /readyz, the home page and system.health, then SIGTERMs it and expects exit 0.
+// /readyz, the home page and system.health, runs `run: echo …` with the offline demo model in a new
+// session (its sandbox daemon runs on the same runtime), then SIGTERMs it and expects exit 0.
 // Usage: node bin/smoke-built-server.mjs [runtime-binary]   (default: this node)
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -9,6 +10,7 @@ import os from "node:os";
 import path from "node:path";
 
 const runtime = process.argv[2] ?? process.execPath;
+const API_KEY = "berth_smoke_admin_key_0123456789abcdef";
 const port = await new Promise((resolve) => {
   const server = net.createServer().listen(0, "127.0.0.1", () => {
     const { port } = server.address();
@@ -17,7 +19,7 @@ const port = await new Promise((resolve) => {
 });
 const dataDir = mkdtempSync(path.join(os.tmpdir(), "berth-smoke-"));
 const child = spawn(runtime, ["build/main.js"], {
-  env: { PATH: process.env.PATH, HOME: process.env.HOME, PORT: String(port), HOST: "127.0.0.1", BERTH_DATA_DIR: dataDir },
+  env: { PATH: process.env.PATH, HOME: process.env.HOME, PORT: String(port), HOST: "127.0.0.1", BERTH_DATA_DIR: dataDir, BERTH_ADMIN_API_KEY: API_KEY, BERTH_WARM_POOL_SIZE: "0" },
   stdio: ["ignore", "pipe", "pipe"],
 });
 let output = "";
@@ -45,9 +47,44 @@ if (home.status !== 200 || !(await home.text()).includes("<h1>Berth</h1>")) fail
 const health = await (await fetch(`${base}/api/trpc/system.health`)).json();
 if (health?.result?.data?.json?.database !== "ok") fail(`system.health said ${JSON.stringify(health)}`);
 
+// tRPC's wire format (superjson), as the typed client sends it.
+async function call(kind, procedure, input) {
+  const headers = { authorization: `Bearer ${API_KEY}`, "content-type": "application/json" };
+  const response =
+    kind === "query"
+      ? await fetch(`${base}/api/trpc/${procedure}?input=${encodeURIComponent(JSON.stringify({ json: input }))}`, { headers })
+      : await fetch(`${base}/api/trpc/${procedure}`, { method: "POST", headers, body: JSON.stringify({ json: input }) });
+  const body = await response.json().catch(() => null);
+  if (!response.ok) fail(`${procedure} answered ${response.status}: ${JSON.stringify(body)}`);
+  return body.result.data.json;
+}
+async function until(what, probe, timeoutMs) {
+  const giveUpAt = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value) return value;
+    if (Date.now() > giveUpAt) fail(`${what} did not happen within ${timeoutMs / 1000} s`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+const agent = await call("mutation", "agents.create", { name: "smoke", model: "demo" });
+const { id: sessionId } = await call("mutation", "sessions.create", { agentId: agent.id });
+await until("the session's sandbox to be ready", async () => (await call("query", "sessions.get", { sessionId })).status === "ready", 60_000);
+await call("mutation", "sessions.send", { sessionId, text: "run: echo smoke-$((40 + 2))" });
+const answered = await until(
+  "the turn to finish",
+  async () => {
+    const { items } = await call("query", "sessions.events", { sessionId, limit: 1000 });
+    return items.some((event) => event.type === "usage") ? items : null;
+  },
+  60_000,
+);
+const result = answered.find((event) => event.type === "tool_result");
+if (!String(result?.payload?.output).includes("smoke-42")) fail(`the command's result was ${JSON.stringify(result)}`);
+
 const stoppedAt = Date.now();
 child.kill("SIGTERM");
 const exit = await exited;
 rmSync(dataDir, { recursive: true, force: true });
 if (exit.code !== 0) fail(`exit ${JSON.stringify(exit)} after SIGTERM`);
-console.log(`smoke (${runtime}): ready, home page and health ok; SIGTERM exit 0 in ${Date.now() - stoppedAt} ms`);
+console.log(`smoke (${runtime}): ready, home page and health ok, a command ran in a session's sandbox; SIGTERM exit 0 in ${Date.now() - stoppedAt} ms`);
