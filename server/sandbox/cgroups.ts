@@ -13,6 +13,19 @@ export type CgroupLimits = { memoryMb: number; cpuMillis: number; pids: number }
  * (one hierarchy per controller). Where neither is writable (an unprivileged container, say) the
  * sandbox runs with rlimits only; `available` says which.
  */
+/**
+ * Creates and removes a group under each root, as every sandbox will: a root that exists but is not
+ * this user's (left by a root process, e.g. a Berth that once ran as root) passes `mkdir -p` and
+ * only fails here.
+ */
+async function probeGroupCreation(roots: string[]): Promise<void> {
+  const name = `probe-${process.pid}-${Date.now().toString(36)}`;
+  for (const root of roots) {
+    await fs.mkdir(path.join(root, name));
+    await fs.rmdir(path.join(root, name));
+  }
+}
+
 export class Cgroups {
   private constructor(
     readonly mode: "v2" | "v1" | "unavailable",
@@ -26,9 +39,12 @@ export class Cgroups {
         if (!["memory", "pids", "cpu"].every((c) => controllers.includes(c))) throw new Error("controllers missing");
         await fs.mkdir(path.join(ROOT, "berth"), { recursive: true });
         await fs.writeFile(path.join(ROOT, "berth", "cgroup.subtree_control"), "+memory +pids +cpu");
+        await probeGroupCreation([path.join(ROOT, "berth")]);
         return new Cgroups("v2", logger);
       }
-      for (const controller of ["memory", "pids", "cpu"]) await fs.mkdir(path.join(ROOT, controller, "berth"), { recursive: true });
+      const roots = ["memory", "pids", "cpu"].map((controller) => path.join(ROOT, controller, "berth"));
+      for (const root of roots) await fs.mkdir(root, { recursive: true });
+      await probeGroupCreation(roots);
       return new Cgroups("v1", logger);
     } catch (error) {
       logger.warn({ reason: (error as Error).message }, "cgroups are not writable here: sandboxes' memory, CPU and process count are not limited (only rlimits: open files, and a 64 GiB address-space backstop)");
