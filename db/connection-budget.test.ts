@@ -17,7 +17,7 @@ describe("connection budget", () => {
   });
 
   it("counts the service pool, the job runner's pool and the process's own connections", () => {
-    expect(connectionsWanted({ databasePoolSize: 20, workerConcurrency: 32 })).toBe(56);
+    expect(connectionsWanted({ servicePool: 20, jobRunnerPool: 34 })).toBe(56);
   });
 
   it("says nothing when the server has room, and names the figures and the settings when it has not", async () => {

@@ -2,10 +2,10 @@ import type postgres from "postgres";
 
 /**
  * The connections one Berth process may open at most: the service pool and its listening connection,
- * the job runner's pool (concurrency + 2) and the worker-liveness connection.
+ * the job runner's pool and the worker-liveness connection.
  */
-export function connectionsWanted(options: { databasePoolSize: number; workerConcurrency: number }): number {
-  return options.databasePoolSize + 1 + options.workerConcurrency + 2 + 1;
+export function connectionsWanted(pools: { servicePool: number; jobRunnerPool: number }): number {
+  return pools.servicePool + 1 + pools.jobRunnerPool + 1;
 }
 
 /**

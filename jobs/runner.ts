@@ -35,6 +35,11 @@ export type JobRunnerOptions = {
 /** How often an idle worker looks for jobs it was not told about. */
 export const JOB_POLL_INTERVAL_MS = 5_000;
 
+/** The job runner's Postgres pool: a connection per concurrent job, and two for graphile-worker's own work. */
+export function jobRunnerPoolSize(concurrency: number): number {
+  return concurrency + 2;
+}
+
 function toWorkerLogger(logger: Logger): WorkerLogger {
   return new WorkerLogger((scope) => (level, message, meta) => {
     const fields = { ...scope, ...(meta ?? {}) };
@@ -69,7 +74,7 @@ export async function startJobRunner(options: JobRunnerOptions): Promise<JobRunn
   const runner: Runner = await run({
     connectionString: workerConnectionString(options.databaseUrl),
     concurrency: options.concurrency,
-    maxPoolSize: options.concurrency + 2,
+    maxPoolSize: jobRunnerPoolSize(options.concurrency),
     noHandleSignals: true,
     // Each idle worker polls on its own: at 1 s, the default 32 workers made an idle server run 37
     // transactions a second. New jobs do not wait for a poll (graphile-worker's LISTEN on jobs:insert,

@@ -5,7 +5,7 @@ import { connectionShortfall, connectionsWanted } from "../db/connection-budget"
 import { ensureApplicationDatabase, startEmbeddedPostgres, type EmbeddedPostgres } from "../db/embedded";
 import { migrateDatabase, shippedMigrationCount } from "../db/migrate";
 import type { BerthTask } from "../jobs/registry";
-import { startJobRunner, type JobRunner } from "../jobs/runner";
+import { jobRunnerPoolSize, startJobRunner, type JobRunner } from "../jobs/runner";
 import type { Config } from "./config";
 import { startHttpServer, type HttpServer } from "./http";
 import type { Logger } from "./logger";
@@ -71,7 +71,8 @@ export async function startBerth(options: BerthOptions): Promise<RunningBerth> {
     await migrateDatabase(databaseUrl);
     const database: DatabaseClient = connectDatabase(databaseUrl, { max: config.databasePoolSize });
     cleanups.push(() => database.close());
-    const shortfall = await connectionShortfall(database.sql, connectionsWanted(config)).catch(() => null);
+    const wanted = connectionsWanted({ servicePool: config.databasePoolSize, jobRunnerPool: jobRunnerPoolSize(config.workerConcurrency) });
+    const shortfall = await connectionShortfall(database.sql, wanted).catch(() => null);
     if (shortfall) logger.warn(shortfall);
 
     const secretKey = loadOrCreateSecretKey(config.secretKey, config.dataDir);

@@ -8,11 +8,11 @@ const REMOVE_TIMEOUT_MS = 3_000;
 
 export type CgroupLimits = { memoryMb: number; cpuMillis: number; pids: number };
 
-/**
- * Per-sandbox cgroups for memory, CPU and process-count limits, on cgroup v2 (unified) or v1
- * (one hierarchy per controller). Where neither is writable (an unprivileged container, say) the
- * sandbox runs with rlimits only; `available` says which.
- */
+/** The folders under which sandbox groups are made: one for v2, one per controller for v1. */
+function groupRoots(mode: "v2" | "v1"): string[] {
+  return mode === "v2" ? [path.join(ROOT, "berth")] : ["memory", "pids", "cpu"].map((controller) => path.join(ROOT, controller, "berth"));
+}
+
 /**
  * Creates and removes a group under each root, as every sandbox will: a root that exists but is not
  * this user's (left by a root process, e.g. a Berth that once ran as root) passes `mkdir -p` and
@@ -26,6 +26,11 @@ async function probeGroupCreation(roots: string[]): Promise<void> {
   }
 }
 
+/**
+ * Per-sandbox cgroups for memory, CPU and process-count limits, on cgroup v2 (unified) or v1
+ * (one hierarchy per controller). Where neither is writable (an unprivileged container, say) the
+ * sandbox runs with rlimits only; `available` says which.
+ */
 export class Cgroups {
   private constructor(
     readonly mode: "v2" | "v1" | "unavailable",
@@ -39,15 +44,14 @@ export class Cgroups {
         if (!["memory", "pids", "cpu"].every((c) => controllers.includes(c))) throw new Error("controllers missing");
         await fs.mkdir(path.join(ROOT, "berth"), { recursive: true });
         await fs.writeFile(path.join(ROOT, "berth", "cgroup.subtree_control"), "+memory +pids +cpu");
-        await probeGroupCreation([path.join(ROOT, "berth")]);
+        await probeGroupCreation(groupRoots("v2"));
         return new Cgroups("v2", logger);
       }
-      const roots = ["memory", "pids", "cpu"].map((controller) => path.join(ROOT, controller, "berth"));
-      for (const root of roots) await fs.mkdir(root, { recursive: true });
-      await probeGroupCreation(roots);
+      for (const root of groupRoots("v1")) await fs.mkdir(root, { recursive: true });
+      await probeGroupCreation(groupRoots("v1"));
       return new Cgroups("v1", logger);
     } catch (error) {
-      logger.warn({ reason: (error as Error).message }, "cgroups are not writable here: sandboxes' memory, CPU and process count are not limited (only rlimits: open files, and a 64 GiB address-space backstop)");
+      logger.warn({ reason: (error as Error).message }, "cgroups are not writable here: sandboxes' memory, CPU and process count are not limited (only rlimits apply)");
       return new Cgroups("unavailable", logger);
     }
   }
@@ -169,9 +173,8 @@ export class Cgroups {
    */
   async removeAbandoned(olderThanMs: number): Promise<number> {
     if (this.mode === "unavailable") return 0;
-    const roots = this.mode === "v2" ? [path.join(ROOT, "berth")] : ["memory", "pids", "cpu"].map((controller) => path.join(ROOT, controller, "berth"));
     let removed = 0;
-    for (const root of roots) {
+    for (const root of groupRoots(this.mode)) {
       const entries = await fs.readdir(root, { withFileTypes: true }).catch(() => []);
       for (const entry of entries) {
         if (!entry.isDirectory()) continue;
