@@ -383,12 +383,13 @@ describe("sandboxd (cold start, bound)", () => {
     });
 
     it("flushes each chunk as it is produced, not at the end", async () => {
-      const { res } = await send(daemon, "POST", "/v1/exec", { body: { command: "echo first; sleep 0.6; echo second" } });
+      const { res } = await send(daemon, "POST", "/v1/exec", { body: { command: "echo first; sleep 2; echo second" } });
       expect(res.statusCode).toBe(200);
       const arrivals: [string, number][] = [];
       for await (const chunk of streamLines(res)) arrivals.push([chunk.type === "exit" ? "exit" : chunk.data, performance.now()]);
       expect(arrivals.map(([what]) => what)).toEqual(["first\n", "second\n", "exit"]);
-      expect(arrivals[1]![1] - arrivals[0]![1]).toBeGreaterThanOrEqual(400);
+      // Measured here, so a late first arrival (a loaded machine) shortens the gap: a wide margin.
+      expect(arrivals[1]![1] - arrivals[0]![1]).toBeGreaterThanOrEqual(1_000);
     });
 
     it("delivers large output intact, including multi-byte characters split across reads", async () => {
@@ -465,7 +466,8 @@ describe("sandboxd (cold start, bound)", () => {
       const exit = exitOf(chunks);
       expect(exit).toMatchObject({ exitCode: null, signal: "SIGTERM", timedOut: true });
       expect(exit.durationMs).toBeGreaterThanOrEqual(300);
-      expect(exit.durationMs).toBeLessThan(1_500);
+      // Ended by the SIGTERM, not the SIGKILL after the grace period (slack for a loaded machine).
+      expect(exit.durationMs).toBeLessThan(300 + KILL_GRACE_MS);
       await waitFor("the timed-out command and its background child to be gone", () => !isProcessAlive(shell!) && !isProcessAlive(background!), 5_000);
     });
 
@@ -478,14 +480,14 @@ describe("sandboxd (cold start, bound)", () => {
       // It survived the SIGTERM (so this test means something) ...
       expect(isProcessAlive(stubborn!)).toBe(true);
       // ... and is SIGKILLed KILL_GRACE_MS after it.
-      await waitFor("the SIGTERM-ignoring process to be killed", () => !isProcessAlive(stubborn!), KILL_GRACE_MS + 1_500);
+      await waitFor("the SIGTERM-ignoring process to be killed", () => !isProcessAlive(stubborn!), KILL_GRACE_MS + 5_000);
       expect(performance.now() - started).toBeGreaterThanOrEqual(KILL_GRACE_MS);
     });
 
     it("kills the command's process group when the client goes away", async () => {
       const marker = path.join(daemon.workspace, "too-late.txt");
       const { req, res } = await send(daemon, "POST", "/v1/exec", {
-        body: { command: "(sleep 0.5; touch too-late.txt) & echo $$ $!; wait" },
+        body: { command: "(sleep 3; touch too-late.txt) & echo $$ $!; wait" },
       });
       const lines = streamLines(res);
       const first = (await lines.next()).value as ExecChunk;
@@ -493,10 +495,9 @@ describe("sandboxd (cold start, bound)", () => {
       const [shell, background] = pidsIn((first as { data: string }).data);
       strayPids.add(background!);
       expect(isProcessAlive(shell!) && isProcessAlive(background!)).toBe(true);
-      const abortedAt = performance.now();
       req.destroy();
       await waitFor("the abandoned command to be killed", () => !isProcessAlive(shell!) && !isProcessAlive(background!), 5_000);
-      await sleep(Math.max(0, 800 - (performance.now() - abortedAt)));
+      // Only the background subshell writes the marker: now that it is gone, its absence is final.
       expect(fs.existsSync(marker)).toBe(false);
       expect((await call(daemon, "GET", "/v1/health")).status).toBe(200);
     });
@@ -515,22 +516,29 @@ describe("sandboxd (cold start, bound)", () => {
         socket.destroy();
       }
       await sleep(500);
-      const pids = fs
-        .readdirSync(daemon.workspace)
-        .filter((name) => /^early-\d\.pid$/.test(name))
-        .map((name) => Number(fs.readFileSync(path.join(daemon.workspace, name), "utf8")));
-      pids.forEach((pid) => strayPids.add(pid));
-      expect(pids.filter(isProcessAlive)).toEqual([]);
+      // Any command that did start (it writes its pid first) must be gone soon; pid files that appear
+      // meanwhile are checked too. A command left running would live 30 s.
+      const started = () =>
+        fs
+          .readdirSync(daemon.workspace)
+          .filter((name) => /^early-\d\.pid$/.test(name))
+          .map((name) => Number(fs.readFileSync(path.join(daemon.workspace, name), "utf8")))
+          .filter((pid) => pid > 0);
+      await waitFor("every early-abandoned command to be gone", () => {
+        const pids = started();
+        pids.forEach((pid) => strayPids.add(pid));
+        return pids.every((pid) => !isProcessAlive(pid));
+      }, 10_000);
       expect((await call(daemon, "GET", "/v1/health")).status).toBe(200);
     });
 
     it("ends the exec when the shell exits even if a background process keeps the pipes open", async () => {
       const started = performance.now();
-      const chunks = await exec(daemon, { command: "sleep 5 & echo $!" });
+      const chunks = await exec(daemon, { command: "sleep 30 & echo $!" });
       const [background] = pidsIn(output(chunks, "stdout"));
       strayPids.add(background!);
       expect(exitOf(chunks)).toMatchObject({ exitCode: 0, timedOut: false });
-      expect(performance.now() - started).toBeLessThan(2_000);
+      expect(performance.now() - started).toBeLessThan(10_000); // waiting for the background process would take 30 s
       // Background servers are allowed to keep running after the exec.
       expect(isProcessAlive(background!)).toBe(true);
       process.kill(background!, "SIGKILL");
@@ -538,9 +546,9 @@ describe("sandboxd (cold start, bound)", () => {
 
     it("runs commands concurrently", async () => {
       const started = performance.now();
-      const results = await Promise.all(["a", "b", "c", "d"].map((name) => exec(daemon, { command: `sleep 1; echo ${name}` })));
+      const results = await Promise.all(["a", "b", "c", "d"].map((name) => exec(daemon, { command: `sleep 2; echo ${name}` })));
       expect(results.map((chunks) => output(chunks, "stdout"))).toEqual(["a\n", "b\n", "c\n", "d\n"]);
-      expect(performance.now() - started).toBeLessThan(3_000); // one after the other would take 4 s
+      expect(performance.now() - started).toBeLessThan(6_000); // one after the other would take 8 s
     });
   });
 

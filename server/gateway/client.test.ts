@@ -1,6 +1,7 @@
 import net from "node:net";
 import { Writable } from "node:stream";
 import { afterEach, describe, expect, it } from "vitest";
+import { waitFor } from "../../tests/helpers/processes";
 import { startTestGateway, type TestGateway, type TestGatewayStep } from "../../tests/helpers/test-gateway";
 import { createLogger } from "../logger";
 import { createGatewayClient, GatewayError, type ChatMessage, type GatewayClientOptions, type ToolDefinition } from "./client";
@@ -248,43 +249,55 @@ describe("gateway client: malformed replies", () => {
 
 describe("gateway client: timeouts and abort", () => {
   it("times out a gateway that never answers, retrying first", async () => {
-    const client = await setup([{ hang: true }, { hang: true }], { timeoutMs: 150, maxRetries: 1 });
+    // Each attempt's time includes connecting and sending: long enough for both to reach the gateway.
+    const client = await setup([{ hang: true }, { hang: true }], { timeoutMs: 1_000, maxRetries: 1 });
     const error = await failure(client.complete({ model: "m", messages, tools: [] }));
     expect(error).toMatchObject({ kind: "timeout", retryable: true });
-    expect(error.message).toContain("150 ms");
+    expect(error.message).toContain("1000 ms");
     expect(gateway.completions).toHaveLength(2);
   });
 
   it("retries when the first byte is too slow, then succeeds", async () => {
-    const client = await setup([{ text: "late", delayMs: 400 }, { text: "on time" }], { firstByteTimeoutMs: 100 });
+    // The retry must get its first byte in time, connecting included; the late reply is far later.
+    const client = await setup([{ text: "late", delayMs: 5_000 }, { text: "on time" }], { firstByteTimeoutMs: 1_000 });
     expect((await client.complete({ model: "m", messages, tools: [] })).text).toBe("on time");
     expect(gateway.completions).toHaveLength(2);
   });
 
   it("times out a stream that goes quiet, without retrying", async () => {
-    const client = await setup([{ text: "slow stream", chunks: 3, chunkDelayMs: 400 }, { text: "never" }], { idleTimeoutMs: 100 });
+    // The first chunk follows the headers at once and must be read within the idle time (else the
+    // attempt is retried): a margin for a loaded machine, and a gap far beyond it.
+    const client = await setup([{ text: "slow stream", chunks: 3, chunkDelayMs: 3_000 }, { text: "never" }], { idleTimeoutMs: 500 });
     const error = await failure(client.complete({ model: "m", messages, tools: [] }));
     expect(error).toMatchObject({ kind: "timeout" });
-    expect(error.message).toContain("no data for 100 ms");
+    expect(error.message).toContain("no data for 500 ms");
     expect(gateway.completions).toHaveLength(1);
   });
 
   it("aborts a request in flight without retrying", async () => {
     const client = await setup([{ hang: true }, { text: "never" }]);
     const controller = new AbortController();
-    setTimeout(() => controller.abort(), 50);
-    const started = Date.now();
-    const error = await failure(client.complete({ model: "m", messages, tools: [], signal: controller.signal }));
+    const pending = failure(client.complete({ model: "m", messages, tools: [], signal: controller.signal }));
+    // Abort once the request is in flight (the gateway has it), not after a guess at how long that takes.
+    await waitFor("the gateway to receive the request", () => gateway.completions.length === 1, 10_000);
+    const aborted = Date.now();
+    controller.abort();
+    const error = await pending;
     expect(error).toMatchObject({ kind: "aborted", retryable: false });
-    expect(Date.now() - started).toBeLessThan(1_000);
+    expect(Date.now() - aborted).toBeLessThan(2_000);
     expect(gateway.completions).toHaveLength(1);
   });
 
   it("aborts during a retry wait, and sends nothing when already aborted", async () => {
-    const client = await setup([{ status: 429, retryAfter: 30 }], { maxRetryDelayMs: 60_000 });
+    let logged = "";
+    const logger = createLogger("warn", new Writable({ write: (chunk, _encoding, done) => ((logged += String(chunk)), done()) }));
+    const client = await setup([{ status: 429, retryAfter: 30 }], { maxRetryDelayMs: 60_000, logger });
     const controller = new AbortController();
-    setTimeout(() => controller.abort(), 100);
-    const error = await failure(client.complete({ model: "m", messages, tools: [], signal: controller.signal }));
+    const pending = failure(client.complete({ model: "m", messages, tools: [], signal: controller.signal }));
+    // Abort once the 429 is in and the client has started its 30 s wait (it logs that just before).
+    await waitFor("the client to wait before retrying", () => logged.includes("gateway request failed, retrying"), 10_000);
+    controller.abort();
+    const error = await pending;
     expect(error.kind).toBe("aborted");
     expect(gateway.completions).toHaveLength(1);
     const again = await failure(client.complete({ model: "m", messages, tools: [], signal: controller.signal }));

@@ -197,9 +197,10 @@ describe("TurnStore on the SQL turn functions", () => {
         () => "written",
         (error: unknown) => error,
       );
-      await new Promise((resolve) => setTimeout(resolve, 200));
-      const [waiting] = await client.sql<{ count: number }[]>`select count(*)::int from pg_stat_activity where wait_event_type = 'Lock' and query like '%berth_append_turn_events%'`;
-      expect(waiting!.count).toBe(1);
+      // The step may first have to open a pool connection: wait (bounded) until it is blocked on the lock.
+      const waiting = async () =>
+        (await client.sql<{ count: number }[]>`select count(*)::int from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and query like '%berth_append_turn_events%'`)[0]!.count;
+      await expect.poll(waiting, { timeout: 10_000 }).toBe(1);
     });
     expect(await step).toBeInstanceOf(TurnSupersededError);
     expect((await log(sessionId)).map((event) => event.type)).toEqual(["user_message", "status"]);

@@ -1,6 +1,7 @@
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../../tests/helpers/database";
+import { waitFor } from "../../tests/helpers/processes";
 import { createLogger } from "../logger";
 import { WorkerLiveness } from "./worker-liveness";
 
@@ -75,9 +76,11 @@ describe("WorkerLiveness", () => {
     const job = await addLockedJob(sql, "worker-restarted-1");
 
     // A restart ends every backend; the row says the lock was taken before this postmaster started.
-    await sql`select pg_terminate_backend(${await restarted.lockBackendPid()})`;
+    // With a timeout, pg_terminate_backend waits for the backend to exit: its lock is really gone,
+    // so only the grace keeps the sweep below from releasing the job.
+    const [terminated] = await sql<{ done: boolean }[]>`select pg_terminate_backend(${await restarted.lockBackendPid()}, 5000) as done`;
+    expect(terminated!.done).toBe(true);
     await sql`update worker_instances set lock_taken_at = pg_postmaster_start_time() - interval '1 second' where id = ${restarted.id!}`;
-    await new Promise((resolve) => setTimeout(resolve, 200));
     expect(await patient.releaseLocksOfDeadWorkers()).toEqual([]);
     expect(await lockOf(sql, job)).toBe("worker-restarted-1");
 
@@ -123,7 +126,7 @@ describe("WorkerLiveness", () => {
       expect(await lockOf(sql, running)).toBe("worker-own-1");
       expect(await lockOf(sql, fresh)).toBe("worker-own-1");
       // graphile-worker's listener nudges this many idle workers: the job does not wait for a poll.
-      for (let attempt = 0; attempt < 50 && wakeUps.length === 0; attempt++) await new Promise((resolve) => setTimeout(resolve, 20));
+      await waitFor("the wake-up notification", () => wakeUps.length > 0, 10_000);
       expect(wakeUps).toEqual([{ count: 1 }]);
     } finally {
       await listener.unlisten();
@@ -166,7 +169,8 @@ describe("WorkerLiveness", () => {
     try {
       const failedAt = performance.now();
       liveness.wakeJobRunnersAfterRetryDelay(0); // graphile-worker's backoff for it: e^0 = 1 s
-      for (let attempt = 0; attempt < 150 && wokenAt.length === 0; attempt++) await new Promise((resolve) => setTimeout(resolve, 20));
+      // The listener records when it arrived, so a coarse wait does not blur the measurement.
+      await waitFor("the wake-up notification", () => wokenAt.length > 0, 10_000);
       expect(wokenAt).toHaveLength(1);
       expect(wokenAt[0]! - failedAt).toBeGreaterThanOrEqual(1_000);
     } finally {

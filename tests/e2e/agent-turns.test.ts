@@ -61,6 +61,17 @@ describe("agent turns through the gateway", () => {
 
   const conversation = (log: Event[]) => log.filter((event) => event.type !== "status");
 
+  /** A scripted reply the gateway holds until the test releases it: the turn runs for as long as the test needs. */
+  function heldReply(text: string) {
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    const step = async () => {
+      await released;
+      return { text };
+    };
+    return { step, release };
+  }
+
   it("runs a turn that calls bash twice and answers, recording each step in order", async () => {
     const { id } = await session();
     gateway.script(
@@ -201,12 +212,18 @@ describe("agent turns through the gateway", () => {
 
   it("queues a message sent during a turn and answers it after, with the first answer in its history", async () => {
     const { id } = await session();
-    gateway.script({ text: "answer one", delayMs: 800 }, { text: "answer two" });
-    const one = await api.sessions.send.mutate({ sessionId: id, text: "message one" });
-    await waitFor("the first turn to run", async () => ((await api.sessions.get.query({ sessionId: id })).status === "running" ? true : undefined), 10_000);
-    const two = await api.sessions.send.mutate({ sessionId: id, text: "message two" });
-    expect(one.queued).toBe(false);
-    expect(two.queued).toBe(true);
+    // The first answer waits until message two is in, however long sending it takes.
+    const first = heldReply("answer one");
+    gateway.script(first.step, { text: "answer two" });
+    try {
+      const one = await api.sessions.send.mutate({ sessionId: id, text: "message one" });
+      await waitFor("the first turn to run", async () => ((await api.sessions.get.query({ sessionId: id })).status === "running" ? true : undefined), 10_000);
+      const two = await api.sessions.send.mutate({ sessionId: id, text: "message two" });
+      expect(one.queued).toBe(false);
+      expect(two.queued).toBe(true);
+    } finally {
+      first.release();
+    }
     const log = conversation(await settled(id, 2)).filter((event) => event.type !== "usage");
     expect(log.map((event) => [event.type, event.payload.text ?? null])).toEqual([
       ["user_message", "message one"],
@@ -220,9 +237,11 @@ describe("agent turns through the gateway", () => {
 
   it("rejects a message during a turn when the agent's busyPolicy is reject", async () => {
     const { id } = await session({ name: "rejecting", model: "test-model", busyPolicy: "reject" });
-    gateway.script({ text: "slow answer", delayMs: 800 });
+    // The first turn cannot end before the second message has been refused.
+    const slow = heldReply("slow answer");
+    gateway.script(slow.step);
     await api.sessions.send.mutate({ sessionId: id, text: "first" });
-    const error = await api.sessions.send.mutate({ sessionId: id, text: "second" }).catch((e: unknown) => e);
+    const error = await api.sessions.send.mutate({ sessionId: id, text: "second" }).catch((e: unknown) => e).finally(slow.release);
     expect(error).toBeInstanceOf(TRPCClientError);
     expect((error as TRPCClientError<never>).data).toMatchObject({ code: "CONFLICT" });
     expect((error as Error).message).toMatch(/busy/);

@@ -269,6 +269,9 @@ describe("the berth CLI", () => {
     await waitFor("the first events", () => (follow.stdout().includes('"seq":1') ? true : undefined));
     expect((await cli(["sessions", "send", session.id, "live please"])).code).toBe(0);
     await waitFor("the answer", () => (events(jsonLines(follow.stdout())).some((line) => line.type === "assistant_message") ? true : undefined));
+    // Deltas the server buffered while reading the log are sent after the events of that read, so
+    // they may come after the answer they belong to.
+    await waitFor("the live text", () => (jsonLines(follow.stdout()).some((line) => line.kind === "delta") ? true : undefined));
     follow.child.kill("SIGINT");
     const result = await follow.done;
     expect(result.code).toBe(0);

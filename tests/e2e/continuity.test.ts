@@ -110,8 +110,13 @@ describe("session continuity", () => {
     await waitFor("ready", async () => ((await api.sessions.get.query({ sessionId: id })).status === "ready" ? true : undefined));
     gateway.script({ toolCalls: [{ name: "bash", arguments: { command: "echo before-crash > mark.txt; sleep 30" } }] }, { toolCalls: [{ name: "bash", arguments: { command: "cat mark.txt" } }] }, { text: "resumed" });
     const accepted = await api.sessions.send.mutate({ sessionId: id, text: "survive this" });
-    await waitFor("the command to run", async () => ((await log(id)).some((event) => event.type === "tool_call") ? true : undefined), 20_000);
-    await new Promise((resolve) => setTimeout(resolve, 500));
+    // The command starts well after its tool_call is logged (sandbox checks, a daemon call): kill only
+    // once its first effect is in the workspace, so the crash really lands mid-command.
+    await waitFor(
+      "the command to run",
+      async () => ((await api.sessions.readFile.query({ sessionId: id, path: "mark.txt" }).catch(() => null))?.content === "before-crash\n" ? true : undefined),
+      20_000,
+    );
     server!.child.kill("SIGKILL");
     await server!.exited;
 

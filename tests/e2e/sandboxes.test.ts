@@ -235,12 +235,15 @@ describe("per-session sandboxes on the local backend", () => {
 
   it("does not suspend a session while a command runs in it", async () => {
     const session = await readySession((await api.agents.create.mutate({ name: "busy", model: "demo", idleTimeoutSeconds: 30 })).id);
-    const running = exec(session.id, "sleep 1.5; echo done");
-    await new Promise((resolve) => setTimeout(resolve, 300));
+    const running = exec(session.id, "touch busy.txt; sleep 3; echo done");
+    // Only once the command has started is it sure to count as running (it first waits for the sandbox).
+    const marker = path.join(berth.config.dataDir, "workspaces", session.id, "busy.txt");
+    await waitFor("the command to start", () => existsSync(marker), 20_000);
     await sql`update sessions set last_activity_at = now() - interval '1 hour' where id = ${session.id}`;
     await berth.services.sandboxes.suspendIdle();
     expect((await running).stdout).toBe("done\n");
-    expect((await api.sessions.get.query({ sessionId: session.id })).status).toBe("ready");
+    // Still the same sandbox: not suspended and then resumed by the command.
+    expect(await api.sessions.get.query({ sessionId: session.id })).toMatchObject({ status: "ready", sandbox: { generation: session.sandbox!.generation } });
   });
 
   it("claims a pre-started jail from the warm pool and binds the session's env and workspace to it", async () => {
