@@ -47,8 +47,8 @@ function newToken(): string {
 }
 
 /** Starts the daemon entry point with exactly `env` (plus PATH). */
-function launch(env: Record<string, string>): Launched {
-  const child = spawn(process.execPath, ["--import", "tsx", MAIN], {
+function launch(env: Record<string, string>, args = ["--import", "tsx", MAIN]): Launched {
+  const child = spawn(process.execPath, args, {
     cwd: ROOT,
     env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...env } as unknown as NodeJS.ProcessEnv,
     stdio: ["ignore", "pipe", "pipe"],
@@ -66,7 +66,7 @@ function launch(env: Record<string, string>): Launched {
 }
 
 async function startDaemon(
-  options: { env?: Record<string, string>; unbound?: boolean; dir?: string; token?: string } = {},
+  options: { env?: Record<string, string>; unbound?: boolean; dir?: string; token?: string; /** Runtime arguments; default: the source through tsx. */ args?: string[] } = {},
 ): Promise<Daemon> {
   const dir = options.dir ?? tempDir();
   const workspace = path.join(dir, "workspace");
@@ -79,7 +79,7 @@ async function startDaemon(
     BERTH_DAEMON_TOKEN: token,
     BERTH_WORKSPACE: workspace,
     ...(options.unbound ? { BERTH_DAEMON_UNBOUND: "1" } : {}),
-  });
+  }, options.args);
   const pid = await new Promise<number>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`no READY within 15 s; output: ${launched.stdout()}${launched.stderr()}`)), 15_000);
     launched.child.stdout!.on("data", () => {
@@ -838,6 +838,16 @@ describe("sandboxd process", () => {
     // The old token does not work on the new daemon.
     expectError(await call(second, "GET", "/v1/health", { token: first.token }), 401, "unauthorized");
     await stop(second);
+  });
+
+  it("the built daemon does not load undici (Node 22+ would compile its WebAssembly parser in every sandbox)", async () => {
+    // Reports at exit which of the runtime's internal modules were loaded; meaningful on Node 22 and
+    // 24 (CI runs the suite there too), where an ES module import of node:http loads undici.
+    const report = `process.on("exit", () => process.stderr.write("undici loaded: " + process.moduleLoadList.some((name) => name.includes("undici")) + "\\n"));`;
+    const daemon = await startDaemon({ args: ["--import", `data:text/javascript,${encodeURIComponent(report)}`, path.join(ROOT, "build/sandboxd.js")] });
+    expect((await call(daemon, "GET", "/v1/health")).status).toBe(200);
+    await stop(daemon);
+    expect(daemon.stderr()).toBe("undici loaded: false\n");
   });
 
   it("on SIGTERM kills the commands it started, removes its socket and exits 0", async () => {

@@ -1,9 +1,15 @@
 import { createHash, timingSafeEqual } from "node:crypto";
-import http, { type IncomingMessage, type ServerResponse } from "node:http";
+import type { IncomingMessage, Server, ServerResponse } from "node:http";
+import { createRequire } from "node:module";
 import { z } from "zod";
 import { HttpError } from "./errors";
 import { streamCommand, type ProcessGroups } from "./exec";
 import { MAX_FILE_BYTES, type Workspace } from "./workspace";
+
+// Loaded with require(): Node 22+ builds an ES module's view of node:http by reading every export,
+// its lazy WebSocket getters included, which load undici and compile its WebAssembly HTTP parser in
+// every sandbox (about 20 ms of CPU and a 10 GiB address-space reservation; the daemon never uses it).
+const http = createRequire(import.meta.url)("node:http") as typeof import("node:http");
 
 /** Largest request body accepted (a 10 MiB file is about 13.4 MiB as base64 JSON). */
 export const MAX_BODY_BYTES = 16 * 1024 * 1024;
@@ -121,7 +127,7 @@ const routes: Record<string, Partial<Record<string, Handler>>> = {
   },
 };
 
-export function createDaemonServer(state: DaemonState): http.Server {
+export function createDaemonServer(state: DaemonState): Server {
   // Recomputed when bind rotates the token.
   let expectedFor = state.token;
   let expected = digest(`Bearer ${state.token}`);
