@@ -53,14 +53,11 @@ describe("a Berth process under signals", () => {
     return sql<{ event: string; pid: number }[]>`select event, pid from probe_runs where label = ${label} order by id`;
   }
 
-  async function lockedJobs() {
-    // Only the probe jobs: a cron job (they start on the minute) may be running at any moment.
-    const rows = await sql<{ count: number }[]>`select count(*)::int as count from graphile_worker.jobs where locked_by is not null and task_identifier = 'test:probe'`;
-    return rows[0]!.count;
-  }
-
-  async function probeJobs() {
-    const rows = await sql<{ count: number }[]>`select count(*)::int as count from graphile_worker.jobs where task_identifier = 'test:probe'`;
+  /** Probe jobs only (a cron job, started on the minute, may be running at any moment); all of them, or the locked ones. */
+  async function probeJobs(which: "all" | "locked" = "all") {
+    const rows = await sql<{ count: number }[]>`
+      select count(*)::int as count from graphile_worker.jobs
+      where task_identifier = 'test:probe' ${which === "locked" ? sql`and locked_by is not null` : sql``}`;
     return rows[0]!.count;
   }
 
@@ -79,7 +76,7 @@ describe("a Berth process under signals", () => {
     expect(elapsed).toBeLessThan(15_000);
     expect((await events("short")).map((row) => row.event)).toEqual(["start", "finish"]);
     expect((await events("long")).map((row) => row.event)).toEqual(["start"]);
-    expect(await lockedJobs()).toBe(0);
+    expect(await probeJobs("locked")).toBe(0);
     // The released long job stays queued, to run again on the next start, at once (graphile-worker
     // alone would back it off like a failure).
     const pending = await sql<{ attempts: number; due: boolean }[]>`
@@ -92,7 +89,7 @@ describe("a Berth process under signals", () => {
     const first = await startFixture();
     await enqueueProbe("killed", 2_000_000);
     await waitFor("the probe to start", async () => ((await events("killed")).length ? true : undefined));
-    expect(await lockedJobs()).toBe(1);
+    expect(await probeJobs("locked")).toBe(1);
     first.child.kill("SIGKILL");
     await first.exited;
     // Make the held job short, so finishing it proves it ran again (graphile-worker would wait 4 hours).
