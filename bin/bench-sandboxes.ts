@@ -48,7 +48,7 @@ function spec(sessionId: string): SandboxSpec {
     generation: 1,
     network: "none",
     env: { BENCH: "1" },
-    resources: { cpuMillis: 1000, memoryMb: 512 },
+    resources: { cpuMillis: 1000, memoryMb: 512, diskMb: 1024 },
     image: null,
   };
 }

@@ -179,6 +179,8 @@ export const agentVersions = pgTable(
     sandboxImage: text("sandbox_image"),
     cpuMillis: integer("cpu_millis").notNull().default(1000),
     memoryMb: integer("memory_mb").notNull().default(1024),
+    /** Workspace disk quota in MiB; versions written before it existed got the default (agent-config.ts DISK_MB_DEFAULT). */
+    diskMb: integer("disk_mb").notNull().default(2048),
     network: networkPolicy("network").notNull().default("none"),
     idleTimeoutSeconds: integer("idle_timeout_seconds").notNull().default(900),
     maxSteps: integer("max_steps").notNull().default(20),

@@ -70,7 +70,7 @@ function spec(overrides: Partial<SandboxSpec> = {}): SandboxSpec {
     generation,
     network: "none",
     env: { GREETING: "hello from the agent", API_TOKEN: SECRET_VALUE },
-    resources: { cpuMillis: 500, memoryMb: 512 },
+    resources: { cpuMillis: 500, memoryMb: 512, diskMb: 2048 },
     image: null,
     ...overrides,
   };
@@ -616,7 +616,7 @@ describe("resource shapes", () => {
     const a = spec();
     const b = spec({ agentId: a.agentId });
     expect(buildSandboxTemplate(a, settings()).metadata!.name).toBe(buildSandboxTemplate(b, settings()).metadata!.name);
-    expect(buildSandboxTemplate({ ...a, resources: { cpuMillis: 1000, memoryMb: 512 } }, settings()).metadata!.name).not.toBe(buildSandboxTemplate(a, settings()).metadata!.name);
+    expect(buildSandboxTemplate({ ...a, resources: { cpuMillis: 1000, memoryMb: 512, diskMb: 2048 } }, settings()).metadata!.name).not.toBe(buildSandboxTemplate(a, settings()).metadata!.name);
     const egress = buildSandboxTemplate({ ...a, network: "egress" }, { ...settings(), runtimeClassName: "gvisor" });
     const pod = (egress.spec!.podTemplate as { spec: { runtimeClassName?: string } }).spec;
     expect(pod.runtimeClassName).toBe("gvisor");

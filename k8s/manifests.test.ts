@@ -38,7 +38,7 @@ function spec(overrides: Partial<SandboxSpec> = {}): SandboxSpec {
     generation: 1,
     network: "egress",
     env: { A: "b" },
-    resources: { cpuMillis: 250, memoryMb: 256 },
+    resources: { cpuMillis: 250, memoryMb: 256, diskMb: 2048 },
     image: null,
     ...overrides,
   };
@@ -64,7 +64,7 @@ describe("k8s/manifests", () => {
     expect(template.apiVersion).toBe("extensions.agents.x-k8s.io/v1beta1");
     expect(schemas.unknownFields("SandboxTemplate", "v1beta1", template)).toEqual([]);
     expect(schemas.validate("SandboxTemplate", "v1beta1", template)).toEqual([]);
-    const built = buildSandboxTemplate(spec({ network: "none", resources: { cpuMillis: 1000, memoryMb: 1024 }, teamId: "00000000-0000-4000-8000-000000000001", agentId: "00000000-0000-4000-8000-000000000002" }), {
+    const built = buildSandboxTemplate(spec({ network: "none", resources: { cpuMillis: 1000, memoryMb: 1024, diskMb: 2048 }, teamId: "00000000-0000-4000-8000-000000000001", agentId: "00000000-0000-4000-8000-000000000002" }), {
       namespace: "berth",
       image: "berth:latest",
       runtimeClassName: undefined,
@@ -83,7 +83,7 @@ describe("k8s/manifests", () => {
     const schemas = new CrdSchemas();
     const docs = all.filter((d) => d.file === "sandbox-warm-pool.example.yaml").map((d) => d.doc);
     expect(docs.map((d) => d.kind)).toEqual(["SandboxTemplate", "SandboxWarmPool", "SandboxClaim"]);
-    const s = spec({ name: "s-0000000a-g1-x7k2p", sessionId: "00000000-0000-4000-8000-00000000000a", network: "none", resources: { cpuMillis: 1000, memoryMb: 1024 }, teamId: "00000000-0000-4000-8000-000000000001", agentId: "00000000-0000-4000-8000-000000000002", env: {}, warmPoolSize: 2 });
+    const s = spec({ name: "s-0000000a-g1-x7k2p", sessionId: "00000000-0000-4000-8000-00000000000a", network: "none", resources: { cpuMillis: 1000, memoryMb: 1024, diskMb: 2048 }, teamId: "00000000-0000-4000-8000-000000000001", agentId: "00000000-0000-4000-8000-000000000002", env: {}, warmPoolSize: 2 });
     const settings = { namespace: "berth", image: "berth:latest", runtimeClassName: undefined, daemonPort: 8080, workspaceSize: "5Gi", storageClassName: undefined };
     const pool = buildWarmPool(s, settings, 2);
     const built = [buildWarmPoolTemplate(s, settings), pool, buildSandboxClaim(s, settings, pool.metadata!.name!)];

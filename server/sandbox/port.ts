@@ -15,7 +15,8 @@ export type SandboxSpec = {
   network: NetworkMode;
   /** The whole environment of processes in the sandbox: nothing else of the platform's is visible. */
   env: Record<string, string>;
-  resources: { cpuMillis: number; memoryMb: number };
+  /** diskMb: the workspace's quota in MiB (the agent version's `diskMb`; Kubernetes: its claim's requested storage). */
+  resources: { cpuMillis: number; memoryMb: number; diskMb: number };
   image: string | null;
   /**
    * The agent version's warm pool (Kubernetes: SandboxWarmPool replicas; 0 or absent = none). The

@@ -7,6 +7,12 @@ export const envName = z
   .max(100)
   .regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "must be letters, digits and '_', not starting with a digit");
 
+/** Bounds of an agent's workspace disk quota, in MiB. */
+export const DISK_MB_MIN = 64;
+export const DISK_MB_MAX = 1_048_576;
+/** Also the database column's default, so versions written before the field existed read as this. */
+export const DISK_MB_DEFAULT = 2048;
+
 /** Everything an agent version fixes. Limits keep one row from becoming a denial of service. */
 export const agentConfigFields = {
   harness: z.enum(["builtin", "opencode", "claude-code", "codex"]),
@@ -15,6 +21,12 @@ export const agentConfigFields = {
   sandboxImage: z.string().trim().min(1).max(300).nullable(),
   cpuMillis: z.number().int().min(100).max(64_000),
   memoryMb: z.number().int().min(128).max(262_144),
+  /** Workspace disk quota in MiB (Kubernetes: the workspace claim's requested storage). */
+  diskMb: z
+    .number({ error: "must be a whole number of MiB" })
+    .int("must be a whole number of MiB")
+    .min(DISK_MB_MIN, `must be at least ${DISK_MB_MIN} MiB`)
+    .max(DISK_MB_MAX, `must be at most ${DISK_MB_MAX} MiB (1 TiB)`),
   network: z.enum(["none", "egress"]),
   idleTimeoutSeconds: z.number().int().min(30).max(7 * 24 * 3600),
   maxSteps: z.number().int().min(1).max(500),
@@ -34,6 +46,7 @@ export const AGENT_DEFAULTS = {
   sandboxImage: null,
   cpuMillis: 1000,
   memoryMb: 1024,
+  diskMb: DISK_MB_DEFAULT,
   network: "none",
   idleTimeoutSeconds: 900,
   maxSteps: 20,

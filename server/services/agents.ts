@@ -31,6 +31,7 @@ function configOf(version: VersionRow): AgentConfig {
     sandboxImage: version.sandboxImage,
     cpuMillis: version.cpuMillis,
     memoryMb: version.memoryMb,
+    diskMb: version.diskMb,
     network: version.network,
     idleTimeoutSeconds: version.idleTimeoutSeconds,
     maxSteps: version.maxSteps,

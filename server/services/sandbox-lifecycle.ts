@@ -130,7 +130,7 @@ export class SandboxLifecycle {
         generation: row.generation,
         network: version.network,
         env: await this.environmentFor(session.teamId, session.agentId, version.env),
-        resources: { cpuMillis: version.cpuMillis, memoryMb: version.memoryMb },
+        resources: { cpuMillis: version.cpuMillis, memoryMb: version.memoryMb, diskMb: version.diskMb },
         image: version.sandboxImage,
         warmPoolSize: version.warmPoolSize,
       });
@@ -433,7 +433,7 @@ export class SandboxLifecycle {
         teamId: version.teamId,
         agentId: version.agentId,
         network: version.network,
-        resources: { cpuMillis: version.cpuMillis, memoryMb: version.memoryMb },
+        resources: { cpuMillis: version.cpuMillis, memoryMb: version.memoryMb, diskMb: version.diskMb },
         image: version.sandboxImage,
         size: version.warmPoolSize,
       })),

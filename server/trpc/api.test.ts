@@ -1,6 +1,7 @@
 import { TRPCClientError } from "@trpc/client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestBerth, type TestBerth } from "../../tests/helpers/berth";
+import { connectPostgres } from "../../db/postgres-url";
 import { createKeyForTeam } from "../../tests/helpers/teams";
 
 const ADMIN_KEY = "test_admin_key_0123456789abcdefghij";
@@ -101,6 +102,30 @@ describe("the tRPC API over HTTP: happy paths, authentication and roles", () => 
     expect((await api.agents.list.query({})).items.map((item) => item.id)).not.toContain(agent.id);
     // The name is free again once the agent is deleted.
     await api.agents.create.mutate({ name: "helper-2", model: "demo" });
+  });
+
+  it("agents: diskMb (workspace disk quota) has a default, is versioned, and reads as the default on versions written before it existed", async () => {
+    const agent = await api.agents.create.mutate({ name: "disk", model: "demo" });
+    expect(agent.diskMb).toBe(2048);
+    const bigger = await api.agents.update.mutate({ agentId: agent.id, diskMb: 10_240 });
+    expect(bigger).toMatchObject({ version: 2, diskMb: 10_240 });
+    const other = await api.agents.update.mutate({ agentId: agent.id, maxSteps: 3 });
+    expect(other).toMatchObject({ version: 3, diskMb: 10_240 }); // carried over to the next version
+    const versions = await api.agents.versions.query({ agentId: agent.id });
+    expect(versions.items.map((version) => [version.version, version.diskMb])).toEqual([[3, 10_240], [2, 10_240], [1, 2048]]);
+    expect((await api.agents.get.query({ agentId: agent.id, version: 1 })).diskMb).toBe(2048);
+    const small = await api.agents.create.mutate({ name: "disk-small", model: "demo", diskMb: 64 });
+    expect(small.diskMb).toBe(64);
+
+    // A version row written without the column (as every row before migration 0010) reads as the default.
+    const sql = connectPostgres(berth.database.url, { max: 1, onnotice: () => {} });
+    try {
+      await sql`insert into agent_versions (agent_id, version, team_id, model) select id, 4, team_id, 'demo' from agents where id = ${agent.id}`;
+      await sql`update agents set current_version = 4 where id = ${agent.id}`;
+    } finally {
+      await sql.end();
+    }
+    expect((await api.agents.get.query({ agentId: agent.id })).diskMb).toBe(2048);
   });
 
   it("paginates lists with opaque cursors, newest first, without gaps or repeats", async () => {

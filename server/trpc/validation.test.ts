@@ -36,6 +36,11 @@ describe("malformed input is refused at the edge with field errors, and writes n
     expect(await fieldErrorsOf(api.agents.create.mutate({ name: "a", model: "demo", network: "internet" }))).toHaveProperty("network");
     expect(await fieldErrorsOf(api.agents.create.mutate({ name: "a", model: "demo", warmPoolSize: 51 }))).toHaveProperty("warmPoolSize");
     expect(await fieldErrorsOf(api.agents.create.mutate({ name: "a", model: "demo", warmPoolSize: 1.5 }))).toHaveProperty("warmPoolSize");
+    expect(await fieldErrorsOf(api.agents.create.mutate({ name: "a", model: "demo", diskMb: 63 }))).toEqual({ diskMb: "must be at least 64 MiB" });
+    expect(await fieldErrorsOf(api.agents.create.mutate({ name: "a", model: "demo", diskMb: 1_048_577 }))).toEqual({ diskMb: "must be at most 1048576 MiB (1 TiB)" });
+    expect(await fieldErrorsOf(api.agents.create.mutate({ name: "a", model: "demo", diskMb: 100.5 }))).toEqual({ diskMb: "must be a whole number of MiB" });
+    expect(await fieldErrorsOf(api.agents.create.mutate({ name: "a", model: "demo", diskMb: "2G" }))).toEqual({ diskMb: "must be a whole number of MiB" });
+    expect(await fieldErrorsOf(api.agents.update.mutate({ agentId: "00000000-0000-4000-8000-000000000000", diskMb: 0 }))).toEqual({ diskMb: "must be at least 64 MiB" });
     expect(await fieldErrorsOf(api.agents.get.query({ agentId: "not-a-uuid" }))).toEqual({ agentId: "must be a UUID" });
     expect(await fieldErrorsOf(api.agents.list.query({ limit: 1000 }))).toHaveProperty("limit");
     expect(await fieldErrorsOf(api.apiKeys.create.mutate({ name: "k", role: "superuser" }))).toHaveProperty("role");

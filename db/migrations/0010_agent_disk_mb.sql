@@ -1,0 +1,1 @@
+ALTER TABLE "agent_versions" ADD COLUMN "disk_mb" integer DEFAULT 2048 NOT NULL;
