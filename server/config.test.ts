@@ -109,7 +109,23 @@ describe("loadConfig", () => {
     expect(trustedProxies?.matches("192.0.2.1")).toBe(false);
     expect(problemsOf({ BERTH_CLIENT_ADDRESS_HEADER: "x-forwarded-for", BERTH_TRUSTED_PROXIES: "10.0.0.0/33" })).toContain('BERTH_TRUSTED_PROXIES "10.0.0.0/33" is not an IP address, a CIDR range');
     expect(problemsOf({ BERTH_CLIENT_ADDRESS_HEADER: "x-forwarded-for", BERTH_TRUSTED_PROXIES: "proxy.internal" })).toContain('"proxy.internal" is not an IP address');
-    expect(problemsOf({ BERTH_TRUSTED_PROXIES: "10.0.0.0/8" })).toContain("BERTH_TRUSTED_PROXIES is set but BERTH_CLIENT_ADDRESS_HEADER is not");
+    // Alone it still means something: whose X-Forwarded-Host / X-Forwarded-Proto the same-origin check believes.
+    expect(loadConfig({ BERTH_TRUSTED_PROXIES: "10.0.0.0/8" }).trustedProxies?.matches("10.0.0.1")).toBe(true);
+  });
+
+  it("reads the public URL as its origin, refusing anything but an http(s) URL", () => {
+    expect(loadConfig({}).publicUrl).toBeUndefined();
+    expect(loadConfig({ BERTH_PUBLIC_URL: "https://Berth.Example.com/" }).publicUrl).toBe("https://berth.example.com");
+    expect(loadConfig({ BERTH_PUBLIC_URL: "http://10.0.0.5:8080/berth" }).publicUrl).toBe("http://10.0.0.5:8080");
+    expect(problemsOf({ BERTH_PUBLIC_URL: "berth.example.com" })).toContain("BERTH_PUBLIC_URL must be an http:// or https:// URL");
+    expect(problemsOf({ BERTH_PUBLIC_URL: "ftp://berth.example.com" })).toContain("BERTH_PUBLIC_URL must be an http:// or https:// URL");
+  });
+
+  it("limits request bodies to 16 MiB unless told otherwise, within 64 KiB to 1 GiB", () => {
+    expect(loadConfig({}).maxBodyBytes).toBe(16 * 1024 * 1024);
+    expect(loadConfig({ BERTH_MAX_BODY_BYTES: "1048576" }).maxBodyBytes).toBe(1_048_576);
+    expect(problemsOf({ BERTH_MAX_BODY_BYTES: "1000" })).toContain("BERTH_MAX_BODY_BYTES must be a whole number of bytes from 65536");
+    expect(problemsOf({ BERTH_MAX_BODY_BYTES: "16M" })).toContain('(got "16M")');
   });
 
   it("takes a Unix socket directory in DATABASE_URL's host parameter, and refuses any other host parameter", () => {

@@ -164,6 +164,20 @@ const environmentSchema = z.object({
       return z.NEVER;
     }
   }),
+  BERTH_PUBLIC_URL: optionalString.pipe(
+    z
+      .string()
+      .refine((value) => /^https?:\/\//i.test(value) && URL.canParse(value) && new URL(value).host !== "", { message: "must be an http:// or https:// URL, such as https://berth.example.com" })
+      .transform((value) => new URL(value).origin)
+      .optional(),
+  ),
+  BERTH_MAX_BODY_BYTES: z
+    .string()
+    .default(String(16 * 1024 * 1024))
+    .refine((value) => /^\d+$/.test(value) && Number(value) >= 65_536 && Number(value) <= 1024 * 1024 * 1024, {
+      message: "must be a whole number of bytes from 65536 (64 KiB) to 1073741824 (1 GiB)",
+    })
+    .transform(Number),
   BERTH_METRICS_TOKEN: optionalString.pipe(z.string().min(16, "must be at least 16 characters").optional()),
   LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
 });
@@ -212,8 +226,15 @@ export type Config = {
    * the connection's peer. `x-forwarded-for`: its last entry, the address the nearest proxy saw.
    */
   clientAddressHeader: string | undefined;
-  /** The proxies whose connections may set clientAddressHeader; unset: any sender (server/client-address.ts). */
+  /**
+   * The proxies whose connections may set clientAddressHeader (unset: any sender, server/client-address.ts)
+   * and X-Forwarded-Host / X-Forwarded-Proto for the same-origin check (unset: nobody).
+   */
   trustedProxies: TrustedProxies | undefined;
+  /** The origin (`https://berth.example.com`) browsers reach Berth at; when set, the only one cookie-authenticated mutations may come from. */
+  publicUrl: string | undefined;
+  /** Largest request body of a caller with a valid credential; anonymous callers get ANONYMOUS_BODY_BYTES (server/body-limit.ts). */
+  maxBodyBytes: number;
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
   /** Local backend: the opencode binary bound into jails (default: the one npm installed, opencode-linux-x64[-baseline]). */
   opencodeBinary: string | undefined;
@@ -264,9 +285,6 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   if (parsed.LITELLM_API_KEY && !parsed.LITELLM_BASE_URL) {
     throw new ConfigError(["LITELLM_API_KEY is set but LITELLM_BASE_URL is not"]);
   }
-  if (parsed.BERTH_TRUSTED_PROXIES && !parsed.BERTH_CLIENT_ADDRESS_HEADER) {
-    throw new ConfigError(["BERTH_TRUSTED_PROXIES is set but BERTH_CLIENT_ADDRESS_HEADER is not (name the header those proxies set to the client's address)"]);
-  }
   if (parsed.BERTH_SANDBOX_BACKEND === "kubernetes" && !parsed.BERTH_SANDBOX_IMAGE) {
     throw new ConfigError(["BERTH_SANDBOX_IMAGE is required when BERTH_SANDBOX_BACKEND=kubernetes (the Berth image, which carries the sandbox daemon)"]);
   }
@@ -301,6 +319,8 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     authCacheMs: parsed.BERTH_AUTH_CACHE_MS,
     clientAddressHeader: parsed.BERTH_CLIENT_ADDRESS_HEADER,
     trustedProxies: parsed.BERTH_TRUSTED_PROXIES,
+    publicUrl: parsed.BERTH_PUBLIC_URL,
+    maxBodyBytes: parsed.BERTH_MAX_BODY_BYTES,
     logLevel: parsed.LOG_LEVEL,
     metricsToken: parsed.BERTH_METRICS_TOKEN,
     opencodeBinary: parsed.BERTH_OPENCODE_BINARY,

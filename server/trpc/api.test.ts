@@ -29,18 +29,22 @@ describe("the tRPC API over HTTP: happy paths, authentication and roles", () => 
     await berth?.close();
   });
 
-  it("teams: get, members, add, change role, remove", async () => {
+  it("teams: get, members, invite, join, change role, remove", async () => {
     const team = await api.teams.get.query();
     expect(team).toMatchObject({ slug: "admin", role: "owner", memberCount: 1 });
 
-    const added = await api.teams.addMember.mutate({ email: "Dev@Example.com", role: "member", name: "Dev", password: "a long enough password" });
-    expect(added).toMatchObject({ email: "dev@example.com", role: "member", name: "Dev" });
+    const invited = await api.teams.invite.mutate({ email: "Dev@Example.com", role: "member" });
+    expect(invited.invitation).toMatchObject({ email: "dev@example.com", role: "member", status: "pending" });
+    expect((await api.teams.members.query({})).items).toHaveLength(1);
+    const token = invited.path.slice("/invite#".length);
+    const joined = await berth.client().invitations.signUp.mutate({ token, name: "Dev", password: "a long enough password" });
+    expect(joined).toMatchObject({ teamId: team.id, role: "member" });
     const members = await api.teams.members.query({});
     expect(members.items.map((member) => member.email).sort()).toEqual(["admin@berth.local", "dev@example.com"]);
+    expect(members.items.find((member) => member.email === "dev@example.com")).toMatchObject({ name: "Dev", userId: joined.userId });
 
-    expect(await api.teams.setMemberRole.mutate({ userId: added.userId, role: "admin" })).toMatchObject({ role: "admin" });
-    expect(await codeOf(api.teams.addMember.mutate({ email: "dev@example.com", role: "member" }))).toBe("CONFLICT");
-    await api.teams.removeMember.mutate({ userId: added.userId });
+    expect(await api.teams.setMemberRole.mutate({ userId: joined.userId, role: "admin" })).toMatchObject({ role: "admin" });
+    await api.teams.removeMember.mutate({ userId: joined.userId });
     expect((await api.teams.members.query({})).items).toHaveLength(1);
   });
 
@@ -177,7 +181,7 @@ describe("the tRPC API over HTTP: happy paths, authentication and roles", () => 
       cursor = next.nextCursor ?? undefined;
     } while (cursor);
     const actions = new Set(all.map((entry) => entry.action));
-    for (const action of ["member.add", "member.role", "member.remove", "api_key.create", "api_key.revoke", "agent.create", "agent.update", "agent.delete", "secret.set", "secret.delete"]) {
+    for (const action of ["member.invited", "invitation.accepted", "member.role", "member.remove", "api_key.create", "api_key.revoke", "agent.create", "agent.update", "agent.delete", "secret.set", "secret.delete"]) {
       expect(actions).toContain(action);
     }
     const ids = all.map((entry) => entry.id);
@@ -245,6 +249,21 @@ describe("web login", () => {
 
     const audit = await berth.client(ADMIN_KEY).audit.list.query({ limit: 100 });
     expect(audit.items.map((entry) => entry.action)).toEqual(expect.arrayContaining(["user.login", "user.logout"]));
+  });
+
+  it("refuses cookie-authenticated mutations from Origin null, foreign origins and forged X-Forwarded-Host with 403", async () => {
+    const login = await post("auth.login", { email: "admin@berth.local", password: ADMIN_PASSWORD });
+    const cookie = login.headers.get("set-cookie")!.split(";")[0]!;
+    const create = (headers: Record<string, string>) => post("agents.create", { name: `origin-${Math.random()}`, model: "demo" }, { cookie, ...headers });
+
+    const opaque = await create({ origin: "null" });
+    expect(opaque.status).toBe(403);
+    expect(((await opaque.json()) as { error: { json: { message: string } } }).error.json.message).toBe("request from an opaque or invalid origin refused");
+    expect((await create({ origin: "https://evil.example" })).status).toBe(403);
+    // The test client is no trusted proxy (none is configured): its X-Forwarded-Host is not believed.
+    expect((await create({ origin: "https://evil.example", "x-forwarded-host": "evil.example" })).status).toBe(403);
+    expect((await create({ "sec-fetch-site": "same-origin" })).status).toBe(200);
+    expect((await create({ origin: berth.url })).status).toBe(200);
   });
 
   it("counts failed logins by the connection's address, whatever X-Forwarded-For says (no proxy header is trusted by default)", async () => {
@@ -315,6 +334,32 @@ describe("login brute-force limits with trusted proxies", () => {
     for (let i = 0; i < 10; i++) expect((await login(behindLoopbackProxy, `wrong password ${i}`, `203.0.113.5, 10.1.1.${i}`)).status).toBe(401);
     expect((await login(behindLoopbackProxy, ADMIN_PASSWORD, "203.0.113.5")).status).toBe(429);
     expect((await login(behindLoopbackProxy, ADMIN_PASSWORD, "203.0.113.6, 10.1.1.1")).status).toBe(200);
+  });
+
+  it("believes X-Forwarded-Host and X-Forwarded-Proto in the same-origin check only from a trusted proxy", async () => {
+    const cookieOf = async (berth: TestBerth) => {
+      const response = await login(berth, ADMIN_PASSWORD, "192.0.2.50");
+      expect(response.status).toBe(200);
+      return response.headers.get("set-cookie")!.split(";")[0]!;
+    };
+    const create = async (berth: TestBerth, cookie: string, headers: Record<string, string>) =>
+      (
+        await fetch(`${berth.url}/api/trpc/agents.create`, {
+          method: "POST",
+          headers: { "content-type": "application/json", cookie, ...headers },
+          body: JSON.stringify({ json: { name: `proxied-${Math.random()}`, model: "demo" } }),
+        })
+      ).status;
+    const proxied = { origin: "https://berth.example.com", "x-forwarded-host": "berth.example.com", "x-forwarded-proto": "https" };
+
+    const trustedCookie = await cookieOf(behindLoopbackProxy);
+    expect(await create(behindLoopbackProxy, trustedCookie, proxied)).toBe(200);
+    expect(await create(behindLoopbackProxy, trustedCookie, { ...proxied, "x-forwarded-proto": "http" })).toBe(403);
+    expect(await create(behindLoopbackProxy, trustedCookie, { ...proxied, origin: behindLoopbackProxy.url })).toBe(403);
+
+    const untrustedCookie = await cookieOf(behindOtherProxy);
+    expect(await create(behindOtherProxy, untrustedCookie, proxied)).toBe(403);
+    expect(await create(behindOtherProxy, untrustedCookie, { origin: behindOtherProxy.url })).toBe(200);
   });
 
   it("ignores the header on a connection from anywhere else: a caller cannot pick its own address", async () => {

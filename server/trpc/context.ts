@@ -12,6 +12,8 @@ export type TrpcContext = {
   requestId: string;
   /** The caller's IP address (server/client-address.ts); null when not known. */
   clientAddress: string | null;
+  /** The address the connection comes from (a proxy, when there is one); null when not known. */
+  peerAddress: string | null;
   /** Resolved lazily, once, from the bearer key or the session cookie. */
   principal: () => Promise<Principal | null>;
 };
@@ -45,6 +47,7 @@ export function createContextFactory(services: Services, options: { clientAddres
       responseHeaders,
       requestId: request.headers.get("x-request-id") ?? crypto.randomUUID(),
       clientAddress: clientAddressOf(request.headers, connection.peerAddress, options.clientAddress ?? {}),
+      peerAddress: connection.peerAddress ?? null,
       principal: () => {
         resolved ??= (async () => {
           const key = bearerToken(request);

@@ -1,6 +1,7 @@
 import { initTRPC, TRPCError } from "@trpc/server";
 import superjson from "superjson";
 import { ZodError } from "zod";
+import { crossOriginReason } from "../request-origin";
 import { DomainError, isDatabaseUnavailable } from "../services/errors";
 import type { TrpcContext } from "./context";
 
@@ -23,14 +24,18 @@ export type ProcedureMeta = {
 
 const t = initTRPC.context<TrpcContext>().meta<ProcedureMeta>().create({
   transformer: superjson,
+  // tRPC's default puts the stack trace in every error body unless NODE_ENV=production. Never here:
+  // the formatter below adds it back only when the configuration says development (`npm run dev`).
+  isDev: false,
   // Pings keep proxies from closing a quiet follow stream; the client reconnects after 30 s of silence.
   sse: { ping: { enabled: true, intervalMs: 10_000 }, client: { reconnectAfterInactivityMs: 30_000 } },
-  errorFormatter({ shape, error }) {
+  errorFormatter({ shape, error, ctx }) {
     const cause = error.cause;
     return {
       ...shape,
       data: {
         ...shape.data,
+        ...(ctx?.services.config.nodeEnv === "development" ? { stack: error.stack } : {}),
         // Field-level messages for invalid input, keyed by the dotted path of the field.
         fieldErrors:
           cause instanceof ZodError
@@ -67,19 +72,14 @@ const domainErrors = t.middleware(async ({ next }) => {
 });
 
 /**
- * Cookie-authenticated mutations must come from our own pages: the browser sends Origin (or
- * Sec-Fetch-Site) on every POST, and a cross-site one is refused. SameSite=Lax is the first line.
+ * Cookie-authenticated mutations must come from our own pages (server/request-origin.ts): the
+ * browser sends Origin (and Sec-Fetch-Site) on every POST, and a cross-site one is refused.
+ * SameSite=Lax is the first line.
  */
-function assertSameOrigin(request: Request) {
-  const fetchSite = request.headers.get("sec-fetch-site");
-  if (fetchSite && fetchSite !== "same-origin" && fetchSite !== "none") {
-    throw new TRPCError({ code: "FORBIDDEN", message: "cross-site request refused" });
-  }
-  const origin = request.headers.get("origin");
-  if (origin) {
-    const host = request.headers.get("x-forwarded-host") ?? request.headers.get("host");
-    if (new URL(origin).host !== host) throw new TRPCError({ code: "FORBIDDEN", message: "cross-origin request refused" });
-  }
+function assertSameOrigin(ctx: TrpcContext) {
+  const { publicUrl, trustedProxies } = ctx.services.config;
+  const reason = crossOriginReason(ctx.request.headers, ctx.peerAddress, { publicUrl, trustedProxies });
+  if (reason) throw new TRPCError({ code: "FORBIDDEN", message: reason });
 }
 
 /**
@@ -121,7 +121,7 @@ export const authedProcedure = publicProcedure.use(async ({ ctx, type, next }) =
     const hasCredential = ctx.request.headers.has("authorization");
     throw new TRPCError({ code: "UNAUTHORIZED", message: hasCredential ? "invalid or revoked API key" : "authentication required" });
   }
-  if (principal.via === "session" && type === "mutation") assertSameOrigin(ctx.request);
+  if (principal.via === "session" && type === "mutation") assertSameOrigin(ctx);
   return next({ ctx: { principal } });
 });
 
