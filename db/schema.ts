@@ -61,6 +61,7 @@ export const sandboxStatus = pgEnum("sandbox_status", [
 ]);
 export const actorType = pgEnum("actor_type", ["user", "api_key", "system"]);
 export const turnStatus = pgEnum("turn_status", ["queued", "running", "completed", "failed", "aborted"]);
+export const invitationStatus = pgEnum("invitation_status", ["pending", "accepted", "declined", "revoked"]);
 
 export const teams = pgTable("teams", {
   id: uuid("id").primaryKey().defaultRandom(),
@@ -113,6 +114,38 @@ export const apiKeys = pgTable(
     revokedAt: timestamp("revoked_at", { withTimezone: true }),
   },
   (table) => [index().on(table.teamId, table.createdAt)],
+);
+
+/**
+ * An invitation to join a team, by email (server/services/invitations.ts). Nobody becomes a member
+ * until the invited person accepts: signed in with an account of that email, or, with no account
+ * yet, by opening the invitation link and choosing a password. The link holds a random token whose
+ * SHA-256 is `token_hash`. At most one pending invitation per team and email: inviting again renews it.
+ */
+export const invitations = pgTable(
+  "invitations",
+  {
+    id: uuid("id").primaryKey().defaultRandom(),
+    teamId: uuid("team_id")
+      .notNull()
+      .references(() => teams.id, { onDelete: "cascade" }),
+    /** Stored lower-cased, like users.email. */
+    email: text("email").notNull(),
+    role: membershipRole("role").notNull().default("member"),
+    tokenHash: text("token_hash").notNull().unique(),
+    status: invitationStatus("status").notNull().default("pending"),
+    invitedByUserId: uuid("invited_by_user_id").references(() => users.id, { onDelete: "set null" }),
+    acceptedByUserId: uuid("accepted_by_user_id").references(() => users.id, { onDelete: "set null" }),
+    createdAt: createdAt(),
+    expiresAt: timestamp("expires_at", { withTimezone: true }).notNull(),
+    /** When it was accepted, declined or revoked. */
+    respondedAt: timestamp("responded_at", { withTimezone: true }),
+  },
+  (table) => [
+    uniqueIndex("invitations_pending_team_email").on(table.teamId, table.email).where(sql`${table.status} = 'pending'`),
+    index().on(table.email),
+    index().on(table.teamId, table.createdAt),
+  ],
 );
 
 /** Web UI login sessions; the cookie holds a random token whose SHA-256 is the id. */

@@ -15,6 +15,7 @@ import type { SandboxBackend } from "../sandbox/port";
 import { SandboxLifecycle } from "./sandbox-lifecycle";
 import { SessionService } from "./sessions";
 import { SecretService } from "./secrets";
+import { ReceivedInvitationService, TeamInvitationService } from "./invitations";
 import { TeamService } from "./teams";
 import { WorkerLiveness } from "./worker-liveness";
 import { BuiltinHarness, type ModelResolver } from "../harness/builtin";
@@ -94,11 +95,14 @@ export function createServices(deps: ServiceDependencies) {
     auth,
     loginThrottle,
     sandboxes,
+    /** Invitations answered by the invited person (signed in, or with the link's token): scoped by their email, not by a team. */
+    receivedInvitations: new ReceivedInvitationService(deps.db),
     workerLiveness: new WorkerLiveness(deps.sql, deps.logger.child({ component: "worker-liveness" }), { databaseUrl: deps.databaseUrl }),
     forTeam(principal: Principal) {
       return {
         principal,
         team: new TeamService(deps.db, principal),
+        invitations: new TeamInvitationService(deps.db, principal),
         apiKeys: new ApiKeyService(deps.db, principal, (keyId) => auth.forgetApiKey(keyId)),
         agents: new AgentService(deps.db, principal),
         secrets: new SecretService(deps.db, principal, deps.secretBox),

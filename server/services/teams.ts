@@ -1,15 +1,14 @@
 import { and, count, desc, eq } from "drizzle-orm";
 import type { Database } from "../../db/client";
 import { loginSessions, memberships, teams, users } from "../../db/schema";
-import { hashPassword } from "../auth/passwords";
 import { recordAudit } from "./audit";
-import { conflict, forbidden, invalid, notFound } from "./errors";
+import { forbidden, notFound } from "./errors";
 import { before, cursorAt, toPage, type Page } from "./pagination";
 import { requireRole, type Principal, type Role } from "./principal";
 
 export type Member = { userId: string; email: string; name: string; role: Role; joinedAt: Date };
 
-/** The caller's own team and its members. */
+/** The caller's own team and its members. People join by invitation (invitations.ts), never by being added. */
 export class TeamService {
   constructor(
     private readonly db: Database,
@@ -32,29 +31,6 @@ export class TeamService {
       .orderBy(desc(memberships.createdAt), desc(memberships.userId))
       .limit(input.limit + 1);
     return toPage(rows, input.limit, (row) => ({ at: row.at, id: row.userId }), ({ at: _at, ...member }) => member);
-  }
-
-  /** Adds an existing user by email, or creates the user (a password is then required). */
-  async addMember(input: { email: string; role: Role; name?: string; password?: string }): Promise<Member> {
-    requireRole(this.principal, "admin", "adding members");
-    if (input.role === "owner") requireRole(this.principal, "owner", "adding an owner");
-    const email = input.email.trim().toLowerCase();
-    const passwordHash = input.password ? await hashPassword(input.password) : undefined;
-    return this.db.transaction(async (tx) => {
-      let [user] = await tx.select().from(users).where(eq(users.email, email));
-      if (!user) {
-        if (!passwordHash) throw invalid("password is required to add a user who has no account yet");
-        [user] = await tx.insert(users).values({ email, name: input.name ?? "", passwordHash }).returning();
-      }
-      const [membership] = await tx
-        .insert(memberships)
-        .values({ teamId: this.principal.teamId, userId: user!.id, role: input.role })
-        .onConflictDoNothing()
-        .returning();
-      if (!membership) throw conflict(`${email} is already a member of this team`);
-      await recordAudit(tx, { teamId: this.principal.teamId, actor: this.principal.actor, action: "member.add", targetType: "user", targetId: user!.id, metadata: { role: input.role } });
-      return { userId: user!.id, email: user!.email, name: user!.name, role: membership.role, joinedAt: membership.createdAt };
-    });
   }
 
   async removeMember(input: { userId: string }): Promise<void> {

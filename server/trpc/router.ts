@@ -3,6 +3,7 @@ import { agentsRouter } from "./routers/agents";
 import { apiKeysRouter } from "./routers/api-keys";
 import { auditRouter } from "./routers/audit";
 import { authRouter } from "./routers/auth";
+import { invitationsRouter } from "./routers/invitations";
 import { jobsRouter } from "./routers/jobs";
 import { secretsRouter } from "./routers/secrets";
 import { sessionsRouter } from "./routers/sessions";
@@ -13,6 +14,7 @@ export const appRouter = router({
   system: systemRouter,
   auth: authRouter,
   teams: teamsRouter,
+  invitations: invitationsRouter,
   apiKeys: apiKeysRouter,
   agents: agentsRouter,
   secrets: secretsRouter,

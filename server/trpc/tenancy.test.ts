@@ -18,6 +18,7 @@ async function snapshot(sql: postgres.Sql) {
     secrets: await sql`select * from secrets order by id`,
     auditLog: await sql`select * from audit_log order by id`,
     loginSessions: await sql`select * from login_sessions order by id`,
+    invitations: await sql`select * from invitations order by id`,
   };
 }
 
@@ -35,7 +36,7 @@ async function expectNotFound(call: Promise<unknown>) {
 describe("team isolation: another team's ids are NOT_FOUND and change nothing", () => {
   let berth: TestBerth;
   let sql: postgres.Sql;
-  let victim: { agentId: string; secretId: string; agentSecretId: string; keyId: string; userId: string; teamId: string };
+  let victim: { invitationId: string; agentId: string; secretId: string; agentSecretId: string; keyId: string; userId: string; teamId: string };
   let attacker: ReturnType<TestBerth["client"]>;
 
   beforeAll(async () => {
@@ -47,8 +48,10 @@ describe("team isolation: another team's ids are NOT_FOUND and change nothing", 
     const secret = await owner.secrets.set.mutate({ name: "VICTIM_TOKEN", value: "victim-secret-value" });
     const agentSecret = await owner.secrets.set.mutate({ name: "VICTIM_AGENT_TOKEN", value: "victim-agent-secret", agentId: agent.id });
     const key = await owner.apiKeys.create.mutate({ name: "victim-key", role: "member" });
-    const member = await owner.teams.addMember.mutate({ email: "victim@example.com", role: "member", password: "victim password 1" });
-    victim = { agentId: agent.id, secretId: secret.id, agentSecretId: agentSecret.id, keyId: key.id, userId: member.userId, teamId: team.id };
+    const invited = await owner.teams.invite.mutate({ email: "victim@example.com", role: "member" });
+    const member = await berth.client().invitations.signUp.mutate({ token: invited.path.slice("/invite#".length), password: "victim password 1" });
+    const pending = await owner.teams.invite.mutate({ email: "pending@example.com", role: "admin" });
+    victim = { invitationId: pending.invitation.id, agentId: agent.id, secretId: secret.id, agentSecretId: agentSecret.id, keyId: key.id, userId: member.userId, teamId: team.id };
 
     // The attacker is the owner of another team: every role check passes, only the team differs.
     const other = await createTeamWithKey(berth.databaseUrl, "attacker", "owner");
@@ -62,7 +65,7 @@ describe("team isolation: another team's ids are NOT_FOUND and change nothing", 
 
   it("refuses every procedure that names a resource of another team", async () => {
     const before = await snapshot(sql);
-    const { agentId, secretId, agentSecretId, keyId, userId } = victim;
+    const { agentId, secretId, agentSecretId, keyId, userId, invitationId } = victim;
 
     await expectNotFound(attacker.agents.get.query({ agentId }));
     await expectNotFound(attacker.agents.get.query({ agentId, version: 1 }));
@@ -77,6 +80,7 @@ describe("team isolation: another team's ids are NOT_FOUND and change nothing", 
     await expectNotFound(attacker.apiKeys.revoke.mutate({ keyId }));
     await expectNotFound(attacker.teams.removeMember.mutate({ userId }));
     await expectNotFound(attacker.teams.setMemberRole.mutate({ userId, role: "owner" }));
+    await expectNotFound(attacker.teams.revokeInvitation.mutate({ invitationId }));
 
     expect(await snapshot(sql)).toEqual(before);
   });
@@ -87,6 +91,7 @@ describe("team isolation: another team's ids are NOT_FOUND and change nothing", 
     expect((await attacker.secrets.list.query({ limit: 100 })).items).toEqual([]);
     expect((await attacker.apiKeys.list.query({ limit: 100, includeRevoked: true })).items.map((key) => key.id)).not.toContain(victim.keyId);
     expect((await attacker.teams.members.query({ limit: 100 })).items).toEqual([]);
+    expect((await attacker.teams.invitations.query({ limit: 100 })).items).toEqual([]);
     const audit = await attacker.audit.list.query({ limit: 100, targetId: victim.agentId });
     expect(audit.items).toEqual([]);
     expect((await attacker.teams.get.query()).id).not.toBe(victim.teamId);

@@ -44,7 +44,9 @@ describe("malformed input is refused at the edge with field errors, and writes n
     expect(await fieldErrorsOf(api.agents.get.query({ agentId: "not-a-uuid" }))).toEqual({ agentId: "must be a UUID" });
     expect(await fieldErrorsOf(api.agents.list.query({ limit: 1000 }))).toHaveProperty("limit");
     expect(await fieldErrorsOf(api.apiKeys.create.mutate({ name: "k", role: "superuser" }))).toHaveProperty("role");
-    expect(await fieldErrorsOf(api.teams.addMember.mutate({ email: "not an email", role: "member" }))).toHaveProperty("email");
+    expect(await fieldErrorsOf(api.teams.invite.mutate({ email: "not an email", role: "member" }))).toHaveProperty("email");
+    expect(await fieldErrorsOf(api.teams.invite.mutate({ email: "a@example.com", role: "member", password: "a long enough password" }))).toHaveProperty("input");
+    expect(await fieldErrorsOf(api.invitations.signUp.mutate({ token: "short", password: "a long enough password" }))).toHaveProperty("token");
   });
 
   it("oversized strings and collections", async () => {

@@ -3,7 +3,8 @@ import { SESSION_COOKIE } from "../context";
 import { authedProcedure, publicProcedure, router } from "../init";
 import { email, id } from "../inputs";
 
-function sessionCookie(request: Request, value: string, expires: Date): string {
+/** The login cookie (also set by `invitations.signUp`). */
+export function sessionCookie(request: Request, value: string, expires: Date): string {
   const url = new URL(request.url);
   const secure =
     url.protocol === "https:" ||
