@@ -6,7 +6,7 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { KILL_GRACE_MS, type ExecChunk } from "./exec";
+import { EXEC_ID_VARIABLE, KILL_GRACE_MS, type ExecChunk } from "./exec";
 import { MAX_BODY_BYTES } from "./server";
 import { MAX_FILE_BYTES } from "./workspace";
 import { isProcessAlive } from "../db/embedded";
@@ -367,12 +367,12 @@ describe("sandboxd (cold start, bound)", () => {
         { type: "stdout", data: "one\n" },
         { type: "stderr", data: "two\n" },
         { type: "stdout", data: "three" },
-        { type: "exit", exitCode: 3, signal: null, timedOut: false, durationMs: expect.any(Number) },
+        { type: "exit", exitCode: 3, signal: null, timedOut: false, durationMs: expect.any(Number), stdoutBytes: 9, stderrBytes: 4, stdoutTruncated: false, stderrTruncated: false },
       ]);
       expect(exitOf(chunks).durationMs).toBeGreaterThanOrEqual(200);
 
       const ok = await exec(daemon, { command: "true" });
-      expect(ok).toEqual([{ type: "exit", exitCode: 0, signal: null, timedOut: false, durationMs: expect.any(Number) }]);
+      expect(ok).toEqual([{ type: "exit", exitCode: 0, signal: null, timedOut: false, durationMs: expect.any(Number), stdoutBytes: 0, stderrBytes: 0, stdoutTruncated: false, stderrTruncated: false }]);
 
       const missing = await exec(daemon, { command: "definitely-not-a-command-xyz" });
       expect(exitOf(missing).exitCode).toBe(127);
@@ -450,10 +450,12 @@ describe("sandboxd (cold start, bound)", () => {
       expect(env.get("SESSION_OTHER")).toBe("two");
       expect(env.get("HOME")).toBe(daemon.workspace);
       expect(env.get("PATH")).toBe(process.env.PATH ?? "/usr/bin:/bin");
+      // The exec's own id (its leftovers are found by it), nothing of the daemon's configuration.
+      expect(env.get(EXEC_ID_VARIABLE)).toMatch(/^[0-9a-f]{24}$/);
       // Nothing but the session's variables and what the shell adds itself.
-      const extra = [...env.keys()].filter((name) => !["SESSION_SECRET", "SESSION_OTHER", "HOME", "PATH", "PWD", "SHLVL", "_", "OLDPWD"].includes(name));
+      const extra = [...env.keys()].filter((name) => !["SESSION_SECRET", "SESSION_OTHER", "HOME", "PATH", "PWD", "SHLVL", "_", "OLDPWD", EXEC_ID_VARIABLE].includes(name));
       expect(extra).toEqual([]);
-      const everything = output(chunks, "stdout");
+      const everything = output(chunks, "stdout").replace(new RegExp(`^${EXEC_ID_VARIABLE}=.*$`, "m"), "");
       expect(everything).not.toMatch(/BERTH_/);
       expect(everything).not.toContain(daemon.token);
       expect(everything).not.toContain(daemon.socket);
@@ -473,15 +475,27 @@ describe("sandboxd (cold start, bound)", () => {
 
     it("SIGKILLs a timed-out group that ignores SIGTERM after the grace period", async () => {
       const started = performance.now();
+      // The shell and its foreground child both ignore SIGTERM: only the SIGKILL ends the exec.
+      const { res } = await send(daemon, "POST", "/v1/exec", { body: { command: "trap '' TERM; echo $$; sleep 30", timeoutMs: 200 } });
+      const lines = streamLines(res);
+      const [shell] = pidsIn(((await lines.next()).value as { data: string }).data);
+      strayPids.add(shell!);
+      const chunks: ExecChunk[] = [];
+      for await (const chunk of lines) chunks.push(chunk);
+      expect(exitOf(chunks)).toMatchObject({ signal: "SIGKILL", timedOut: true });
+      expect(performance.now() - started).toBeGreaterThanOrEqual(KILL_GRACE_MS);
+      expect(isProcessAlive(shell!)).toBe(false);
+    });
+
+    it("kills a timed-out command's background child that ignores SIGTERM when the shell is gone", async () => {
       const chunks = await exec(daemon, { command: "(trap '' TERM; exec sleep 30) & echo $!; wait", timeoutMs: 200 });
       const [stubborn] = pidsIn(output(chunks, "stdout"));
       strayPids.add(stubborn!);
-      expect(exitOf(chunks)).toMatchObject({ signal: "SIGTERM", timedOut: true });
-      // It survived the SIGTERM (so this test means something) ...
-      expect(isProcessAlive(stubborn!)).toBe(true);
-      // ... and is SIGKILLed KILL_GRACE_MS after it.
-      await waitFor("the SIGTERM-ignoring process to be killed", () => !isProcessAlive(stubborn!), KILL_GRACE_MS + 5_000);
-      expect(performance.now() - started).toBeGreaterThanOrEqual(KILL_GRACE_MS);
+      const exit = exitOf(chunks);
+      expect(exit).toMatchObject({ signal: "SIGTERM", timedOut: true });
+      // The shell died of the SIGTERM; what it left was killed before the exit chunk, not KILL_GRACE_MS later.
+      expect(exit.durationMs).toBeLessThan(KILL_GRACE_MS);
+      expect(isProcessAlive(stubborn!)).toBe(false);
     });
 
     it("kills the command's process group when the client goes away", async () => {
@@ -532,16 +546,62 @@ describe("sandboxd (cold start, bound)", () => {
       expect((await call(daemon, "GET", "/v1/health")).status).toBe(200);
     });
 
-    it("ends the exec when the shell exits even if a background process keeps the pipes open", async () => {
+    it("ends the exec when the shell exits even if a background process keeps the pipes open, and kills that process", async () => {
       const started = performance.now();
       const chunks = await exec(daemon, { command: "sleep 30 & echo $!" });
       const [background] = pidsIn(output(chunks, "stdout"));
       strayPids.add(background!);
       expect(exitOf(chunks)).toMatchObject({ exitCode: 0, timedOut: false });
       expect(performance.now() - started).toBeLessThan(10_000); // waiting for the background process would take 30 s
-      // Background servers are allowed to keep running after the exec.
-      expect(isProcessAlive(background!)).toBe(true);
-      process.kill(background!, "SIGKILL");
+      // Gone by the time the exit chunk arrived: nothing outlives its exec.
+      expect(isProcessAlive(background!)).toBe(false);
+    });
+
+    it("kills what left the process group but carries the exec's id (setsid, double fork) when the exec ends", async () => {
+      const chunks = await exec(daemon, {
+        command: "setsid sleep 1000 >/dev/null 2>&1 < /dev/null & echo $!; (setsid sh -c 'sleep 1001 & echo $!' &) ; sleep 0.2",
+      });
+      const pids = pidsIn(output(chunks, "stdout"));
+      expect(pids).toHaveLength(2);
+      pids.forEach((pid) => strayPids.add(pid));
+      expect(exitOf(chunks)).toMatchObject({ exitCode: 0 });
+      for (const pid of pids) expect(isProcessAlive(pid)).toBe(false);
+    });
+
+    it("ending one of two overlapping execs kills only its own processes", async () => {
+      const { res } = await send(daemon, "POST", "/v1/exec", { body: { command: "setsid sleep 1000 >/dev/null 2>&1 & a=$!; sleep 1000 & echo $a $!; sleep 1.5" } });
+      const lines = streamLines(res);
+      const longer = pidsIn(((await lines.next()).value as { data: string }).data);
+      longer.forEach((pid) => strayPids.add(pid));
+      const short = await exec(daemon, { command: "setsid sleep 1000 >/dev/null 2>&1 & a=$!; sleep 1000 & echo $a $!" });
+      const shortPids = pidsIn(output(short, "stdout"));
+      shortPids.forEach((pid) => strayPids.add(pid));
+      for (const pid of shortPids) expect(isProcessAlive(pid)).toBe(false);
+      for (const pid of longer) expect(isProcessAlive(pid)).toBe(true);
+      const rest: ExecChunk[] = [];
+      for await (const chunk of lines) rest.push(chunk);
+      expect(exitOf(rest).exitCode).toBe(0);
+      for (const pid of longer) expect(isProcessAlive(pid)).toBe(false);
+    });
+
+    it("caps each stream at maxOutputBytes on a UTF-8 boundary, drains the rest and says so in the exit chunk", async () => {
+      // 5 euro signs are 15 bytes: a cap of 10 keeps 3 of them (9 bytes), never half a character.
+      const chunks = await exec(daemon, { command: "printf '€€€€€'; printf 'ok' >&2", maxOutputBytes: 10 });
+      expect(output(chunks, "stdout")).toBe("€€€");
+      expect(output(chunks, "stderr")).toBe("ok");
+      expect(exitOf(chunks)).toMatchObject({ exitCode: 0, stdoutBytes: 15, stderrBytes: 2, stdoutTruncated: true, stderrTruncated: false });
+
+      // 300 MB: the daemon reads all of it (the command is not blocked) and sends one MiB.
+      const started = performance.now();
+      const reply = await call(daemon, "POST", "/v1/exec", { body: { command: "head -c 300000000 /dev/zero | tr '\\0' a; echo done >&2", maxOutputBytes: 1024 * 1024 } });
+      const big = parseNdjson(reply.text);
+      expect(output(big, "stdout")).toBe("a".repeat(1024 * 1024));
+      expect(output(big, "stderr")).toBe("done\n");
+      expect(exitOf(big)).toMatchObject({ exitCode: 0, stdoutBytes: 300_000_000, stdoutTruncated: true, stderrTruncated: false });
+      expect(reply.text.length).toBeLessThan(1.1 * 1024 * 1024);
+      console.log(`300 MB through a 1 MiB cap: ${Math.round(performance.now() - started)} ms, ${reply.text.length} bytes on the wire`);
+
+      expectError(await call(daemon, "POST", "/v1/exec", { body: { command: "true", maxOutputBytes: -1 } }), 400, "bad_request", /maxOutputBytes/);
     });
 
     it("runs commands concurrently", async () => {
@@ -751,7 +811,7 @@ describe("sandboxd (unbound, warm pool)", () => {
     expect(env).not.toContain("second");
     expect(env).not.toContain("PLATFORM_ONLY");
     expect(env).not.toContain("must-not-leak");
-    expect(env).not.toMatch(/BERTH_/);
+    expect(env.replace(new RegExp(`^${EXEC_ID_VARIABLE}=.*$`, "m"), "")).not.toMatch(/BERTH_/);
 
     expect((await call(daemon, "PUT", "/v1/files/write", { body: { path: "a.txt", content: "x" } })).status).toBe(200);
   });
@@ -852,12 +912,10 @@ describe("sandboxd process", () => {
 
   it("on SIGTERM kills the commands it started, removes its socket and exits 0", async () => {
     const daemon = await startDaemon();
-    const chunks = await exec(daemon, { command: "sleep 30 & echo $!" });
-    const [background] = pidsIn(output(chunks, "stdout"));
-    strayPids.add(background!);
-    const { res } = await send(daemon, "POST", "/v1/exec", { body: { command: "echo $$; sleep 30" } });
+    const { res } = await send(daemon, "POST", "/v1/exec", { body: { command: "sleep 30 & echo $$ $!; sleep 30" } });
     const running = streamLines(res);
-    const [shell] = pidsIn(((await running.next()).value as { data: string }).data);
+    const [shell, background] = pidsIn(((await running.next()).value as { data: string }).data);
+    strayPids.add(background!);
     expect(isProcessAlive(background!) && isProcessAlive(shell!)).toBe(true);
 
     daemon.child.kill("SIGTERM");

@@ -12,15 +12,18 @@
  *   BERTH_DAEMON_MODEL_RELAY  optional unix:/abs/path.sock: the platform's model relay; commands then
  *                         get BERTH_MODEL_BASE_URL (a loopback URL ending in /v1) and BERTH_MODEL_API_KEY
  *   BERTH_DAEMON_MODEL_TOKEN  the token commands present to the model relay (with the relay)
+ *   BERTH_DAEMON_SWEEP    1 = the daemon is alone in its own PID namespace (a jail, a pod): when the
+ *                         last running exec ends, every other process in the namespace but the
+ *                         daemon's ancestors is killed. Never set it for a daemon running on a host.
  * Every other variable is the session's environment (cold start). Prints `READY <pid>` when listening.
  */
 import fs from "node:fs";
-import { ProcessGroups } from "./exec";
+import { ExecTracker } from "./exec";
 import { startModelForwarder, type ModelForwarder } from "./model-forward";
 import { createDaemonServer, type DaemonState } from "./server";
 import { Workspace } from "./workspace";
 
-const CONFIG_KEYS = ["BERTH_DAEMON_LISTEN", "BERTH_DAEMON_TOKEN", "BERTH_WORKSPACE", "BERTH_DAEMON_UNBOUND", "BERTH_DAEMON_MODEL_RELAY", "BERTH_DAEMON_MODEL_TOKEN"] as const;
+const CONFIG_KEYS = ["BERTH_DAEMON_LISTEN", "BERTH_DAEMON_TOKEN", "BERTH_WORKSPACE", "BERTH_DAEMON_UNBOUND", "BERTH_DAEMON_MODEL_RELAY", "BERTH_DAEMON_MODEL_TOKEN", "BERTH_DAEMON_SWEEP"] as const;
 
 type Listen = { kind: "unix"; path: string } | { kind: "tcp"; host: string; port: number };
 
@@ -69,10 +72,23 @@ function readConfig() {
     if (relayToken.length < 32) fail("BERTH_DAEMON_MODEL_TOKEN is required with BERTH_DAEMON_MODEL_RELAY and must be at least 32 characters");
     modelRelay = { socket, token: relayToken };
   }
+  const sweep = env.BERTH_DAEMON_SWEEP === "1" && sweepIsSafe();
   for (const key of CONFIG_KEYS) delete env[key];
   const sessionEnv: Record<string, string> = {};
   if (!unbound) for (const [key, value] of Object.entries(env)) if (value !== undefined) sessionEnv[key] = value;
-  return { listen, token, workspacePath, workspaceReal, unbound, sessionEnv, modelRelay };
+  return { listen, token, workspacePath, workspaceReal, unbound, sessionEnv, modelRelay, sweep };
+}
+
+/**
+ * A second check before killing every process in sight: in a jail or a pod the daemon is one of the
+ * first processes of its PID namespace (bwrap: 2, a pod: 1). A daemon told to sweep with a higher
+ * PID is most likely on a host by mistake: it does not sweep, and says so.
+ */
+const SWEEP_MAX_PID = 16;
+function sweepIsSafe(): boolean {
+  if (process.pid <= SWEEP_MAX_PID) return true;
+  process.stderr.write(`sandboxd: BERTH_DAEMON_SWEEP=1 ignored: pid ${process.pid} is not among the first of a PID namespace of its own\n`);
+  return false;
 }
 
 function findShell(): string {
@@ -97,7 +113,7 @@ async function main(): Promise<void> {
       fail(`cannot listen for model requests on 127.0.0.1: ${(error as Error).message}`);
     }
   }
-  const groups = new ProcessGroups();
+  const execs = new ExecTracker(config.sweep);
   const state: DaemonState = {
     token: config.token,
     workspace: new Workspace(config.workspaceReal),
@@ -111,7 +127,7 @@ async function main(): Promise<void> {
       forwarder && config.modelRelay
         ? { BERTH_MODEL_BASE_URL: `http://127.0.0.1:${forwarder.port}/v1`, BERTH_MODEL_API_KEY: config.modelRelay.token }
         : {},
-    groups,
+    execs,
   };
   const server = createDaemonServer(state);
   process.stdout.on("error", () => {}); // nobody reading READY any more is not our problem
@@ -132,7 +148,7 @@ async function main(): Promise<void> {
     server.close();
     server.closeAllConnections?.();
     forwarder?.close();
-    void groups.killAll(500).finally(() => {
+    void execs.groups.killAll(500).finally(() => {
       if (config.listen.kind === "unix") fs.rmSync(config.listen.path, { force: true });
       process.exit(0);
     });

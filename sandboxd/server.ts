@@ -3,7 +3,7 @@ import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import { createRequire } from "node:module";
 import { z } from "zod";
 import { HttpError } from "./errors";
-import { streamCommand, type ProcessGroups } from "./exec";
+import { streamCommand, type ExecTracker } from "./exec";
 import { MAX_FILE_BYTES, type Workspace } from "./workspace";
 
 // Loaded with require(): Node 22+ builds an ES module's view of node:http by reading every export,
@@ -14,6 +14,8 @@ const http = createRequire(import.meta.url)("node:http") as typeof import("node:
 /** Largest request body accepted (a 10 MiB file is about 13.4 MiB as base64 JSON). */
 export const MAX_BODY_BYTES = 16 * 1024 * 1024;
 const DEFAULT_EXEC_TIMEOUT_MS = 120_000;
+/** Largest maxOutputBytes an exec may ask for (the platform allows 16 MiB). */
+const MAX_OUTPUT_BYTES_LIMIT = 1024 * 1024 * 1024;
 const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 export type DaemonState = {
@@ -29,7 +31,7 @@ export type DaemonState = {
   env: Record<string, string>;
   /** Set by the platform for every command, after the session's own (model relay address and token). */
   platformEnv: Record<string, string>;
-  groups: ProcessGroups;
+  execs: ExecTracker;
 };
 
 const envName = z.string().regex(/^[^=\0]+$/, "environment variable names must be non-empty and contain no '=' or NUL");
@@ -46,6 +48,8 @@ const execBody = z.strictObject({
   command: z.string().min(1).max(100_000),
   cwd: z.string().optional(),
   timeoutMs: z.number().int().min(1).max(3_600_000).optional(),
+  /** Per stream (stdout, stderr): at most this many bytes are sent, the rest is read and dropped. Default: all. */
+  maxOutputBytes: z.number().int().min(0).max(MAX_OUTPUT_BYTES_LIMIT).optional(),
 });
 
 const writeBody = z.strictObject({
@@ -92,7 +96,8 @@ const routes: Record<string, Partial<Record<string, Handler>>> = {
         cwd,
         env: { HOME: state.workspacePath, PATH: DEFAULT_PATH, ...state.env, ...state.platformEnv },
         timeoutMs: body.timeoutMs ?? DEFAULT_EXEC_TIMEOUT_MS,
-        groups: state.groups,
+        ...(body.maxOutputBytes === undefined ? {} : { maxOutputBytes: body.maxOutputBytes }),
+        execs: state.execs,
       });
     },
   },

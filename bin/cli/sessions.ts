@@ -265,6 +265,10 @@ export async function execCommand(id: string, argv: string[], options: GlobalOpt
   } else {
     process.stdout.write(result.stdout);
     process.stderr.write(result.stderr);
+    if (result.truncated) {
+      const cut = [result.stdoutTruncated ? `stdout (${result.stdoutBytes} bytes)` : null, result.stderrTruncated ? `stderr (${result.stderrBytes} bytes)` : null].filter(Boolean);
+      out.notice(`berth: output truncated: only the first MiB of ${cut.join(" and ")} was kept`);
+    }
     if (result.timedOut) out.notice(`berth: the command timed out after ${result.durationMs} ms`);
   }
   return exitCode;

@@ -2,6 +2,7 @@ import type { DaemonClient, ExecChunk } from "../sandbox/port";
 import type { Harness, TurnRow, TurnStore, TurnToRun, TurnUsage } from "../services/turns";
 import { ClaudeCodeParser } from "./claude-code-events";
 import {
+  boundEvents,
   type ExternalHarnessDeps,
   addUsage,
   beginExternalTurn,
@@ -124,7 +125,7 @@ class RunRecorder {
             this.started = true;
             return onSession(output.sessionId);
           case "events":
-            return this.store.append(this.turn, output.events);
+            return this.store.append(this.turn, boundEvents(output.events));
           case "step":
             if (output.toolStep) await this.store.recordStep(this.turn, [], output.usage);
             else this.usage = addUsage(this.usage, output.usage);

@@ -2,6 +2,7 @@ import type { DaemonClient, ExecChunk } from "../sandbox/port";
 import type { Harness, TurnRow, TurnStore, TurnToRun, TurnUsage } from "../services/turns";
 import { parseCodexLine, type CodexUsage } from "./codex-events";
 import {
+  boundEvents,
   type ExternalHarnessDeps,
   beginExternalTurn,
   checkSandbox,
@@ -127,7 +128,7 @@ class RunRecorder {
             this.started = true;
             return onThread(output.threadId);
           case "events":
-            return this.store.append(this.turn, output.events);
+            return this.store.append(this.turn, boundEvents(output.events));
           case "usage":
             this.total = output.total;
             return;

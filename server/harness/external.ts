@@ -5,6 +5,7 @@ import type { SandboxLifecycle } from "../services/sandbox-lifecycle";
 import { DaemonRequestError, SandboxUnavailableError, type DaemonClient, type ExecChunk } from "../sandbox/port";
 import { TurnSupersededError, type TurnRow, type TurnStore, type TurnUsage } from "../services/turns";
 import { buildConversation } from "./history";
+import { MAX_TOOL_OUTPUT_CHARS, truncateToolOutput } from "./tools";
 
 /**
  * What the external harnesses (coding-agent CLIs run inside the sandbox: opencode, codex, …) share:
@@ -132,24 +133,72 @@ export async function fileExists(client: DaemonClient, file: string): Promise<bo
 }
 
 /**
+ * Longest stdout line of a CLI that is read (its JSON events: a tool result with a large output is
+ * a few hundred KB). A longer line is dropped as it arrives, never held whole, and noted in the
+ * stderr tail.
+ */
+export const MAX_CLI_LINE_CHARS = 4 * 1024 * 1024;
+
+/**
  * Reads a command's output: each complete stdout line goes to `onLine` (awaited, in order), the
- * last 4 KB of stderr are kept; returns the exit chunk.
+ * last 4 KB of stderr are kept; returns the exit chunk. Memory stays bounded: a line longer than
+ * MAX_CLI_LINE_CHARS is skipped (with a note in `stderr`).
  */
 export async function followLines(chunks: AsyncIterable<ExecChunk>, onLine: (line: string) => Promise<unknown>, stderr: { text: string }): Promise<ExecChunk & { type: "exit" }> {
   let pending = "";
+  let skipping = false;
+  let skipped = 0;
+  const note = (text: string) => {
+    stderr.text = (stderr.text + text).slice(-4_000);
+  };
+  const skip = () => {
+    skipped += 1;
+    note(`\n[berth: skipped a stdout line longer than ${MAX_CLI_LINE_CHARS} characters (${skipped} so far)]\n`);
+  };
   for await (const chunk of chunks) {
-    if (chunk.type === "stderr") stderr.text = (stderr.text + chunk.data).slice(-4_000);
+    if (chunk.type === "stderr") note(chunk.data);
     else if (chunk.type === "stdout") {
-      pending += chunk.data;
-      const lines = pending.split("\n");
-      pending = lines.pop()!;
-      for (const line of lines) if (line.trim()) await onLine(line);
+      let data = chunk.data;
+      let newline = data.indexOf("\n");
+      if (skipping) {
+        if (newline === -1) continue;
+        skipping = false;
+        data = data.slice(newline + 1);
+        newline = data.indexOf("\n");
+      }
+      while (newline !== -1) {
+        const line = pending + data.slice(0, newline);
+        pending = "";
+        data = data.slice(newline + 1);
+        if (line.length > MAX_CLI_LINE_CHARS) skip();
+        else if (line.trim()) await onLine(line);
+        newline = data.indexOf("\n");
+      }
+      pending += data;
+      if (pending.length > MAX_CLI_LINE_CHARS) {
+        pending = "";
+        skipping = true;
+        skip();
+      }
     } else {
-      if (pending.trim()) await onLine(pending);
+      if (!skipping && pending.trim()) await onLine(pending);
       return chunk;
     }
   }
   throw new SandboxUnavailableError("the sandbox daemon ended the command without its exit status");
+}
+
+/**
+ * A CLI's events as stored: a tool result's output is cut like the builtin harness's
+ * (MAX_TOOL_OUTPUT_CHARS, head and tail), so the log stays bounded whatever a CLI reports.
+ */
+export function boundEvents<T extends { type: string; payload: unknown }>(events: T[]): T[] {
+  return events.map((event) => {
+    if (event.type !== "tool_result") return event;
+    const payload = event.payload as { output?: unknown };
+    if (typeof payload.output !== "string" || payload.output.length <= MAX_TOOL_OUTPUT_CHARS) return event;
+    return { ...event, payload: { ...payload, output: truncateToolOutput(payload.output) } };
+  });
 }
 
 export type TurnOutcome = { status: "completed" | "failed" | "aborted"; error?: string };

@@ -1,6 +1,7 @@
 import type { DaemonClient, ExecChunk } from "../sandbox/port";
 import type { Harness, TurnRow, TurnStore, TurnToRun, TurnUsage } from "../services/turns";
 import {
+  boundEvents,
   type ExternalHarnessDeps,
   addUsage,
   beginExternalTurn,
@@ -121,7 +122,7 @@ class RunRecorder {
         }
         this.started = true;
         await onSession(output.sessionId);
-        if (output.kind === "events") await this.store.append(this.turn, output.events);
+        if (output.kind === "events") await this.store.append(this.turn, boundEvents(output.events));
         else if (output.kind === "step") {
           if (output.toolStep) await this.store.recordStep(this.turn, [], output.usage);
           else this.usage = addUsage(this.usage, output.usage);

@@ -1,6 +1,6 @@
 import { z } from "zod";
 import type { ToolDefinition } from "../gateway/client";
-import { collectExec } from "../sandbox/daemon-client";
+import { runExec } from "../sandbox/daemon-client";
 import { DaemonRequestError, type DaemonClient } from "../sandbox/port";
 
 /** What a tool returns to the model and records as the `tool_result` event. */
@@ -8,6 +8,11 @@ export type ToolOutcome = { output: string; exitCode?: number | null; isError: b
 
 /** Output kept per tool result (head and tail); the rest is elided, with a note saying so. */
 export const MAX_TOOL_OUTPUT_CHARS = 32_000;
+/**
+ * What the platform takes in of a bash command's output, per stream (the daemon drops the rest):
+ * the result for the model is MAX_TOOL_OUTPUT_CHARS of it.
+ */
+export const MAX_BASH_STREAM_BYTES = 1024 * 1024;
 
 const DEFAULT_BASH_TIMEOUT_S = 120;
 
@@ -74,10 +79,17 @@ export async function runTool(client: DaemonClient, name: ToolName, input: unkno
     switch (name) {
       case "bash": {
         const { command, timeoutSeconds } = inputs.bash.parse(input);
-        const result = await collectExec(client.exec({ command, timeoutMs: (timeoutSeconds ?? DEFAULT_BASH_TIMEOUT_S) * 1000 }, signal));
+        const result = await runExec(client, { command, timeoutMs: (timeoutSeconds ?? DEFAULT_BASH_TIMEOUT_S) * 1000 }, { maxOutputBytes: MAX_BASH_STREAM_BYTES, signal });
         let output = result.stdout + (result.stderr ? (result.stdout && !result.stdout.endsWith("\n") ? "\n" : "") + result.stderr : "");
+        output = truncate(output);
+        // The tail shown after a cut stream is the end of its first MiB, not of the output: say so.
+        const cut = [
+          result.stdoutTruncated ? `stdout (${result.stdoutBytes} bytes)` : null,
+          result.stderrTruncated ? `stderr (${result.stderrBytes} bytes)` : null,
+        ].filter((part) => part !== null);
+        if (cut.length > 0) output += `\n[truncated: only the first ${MAX_BASH_STREAM_BYTES} bytes of ${cut.join(" and ")} were read]`;
         if (result.timedOut) output += `\n[killed: the command ran longer than ${timeoutSeconds ?? DEFAULT_BASH_TIMEOUT_S} s]`;
-        return { output: truncate(output), exitCode: result.exitCode, isError: result.exitCode !== 0 };
+        return { output, exitCode: result.exitCode, isError: result.exitCode !== 0 };
       }
       case "read_file": {
         const { path } = inputs.read_file.parse(input);
@@ -101,6 +113,11 @@ export async function runTool(client: DaemonClient, name: ToolName, input: unkno
     if (error instanceof DaemonRequestError) return { output: error.message, isError: true };
     throw error;
   }
+}
+
+/** Head and tail of `text` in MAX_TOOL_OUTPUT_CHARS, with a note of what was elided. */
+export function truncateToolOutput(text: string): string {
+  return truncate(text);
 }
 
 function truncate(text: string): string {

@@ -38,7 +38,15 @@ const DEFAULT_EXEC_TIMEOUT_MS = 120_000;
 const EXEC_SLACK_MS = 15_000;
 /** Largest JSON reply accepted (a 10 MiB file as base64 JSON is about 13.4 MiB). */
 const MAX_REPLY_BYTES = 32 * 1024 * 1024;
-const MAX_EXEC_LINE_CHARS = 16 * 1024 * 1024;
+/**
+ * Longest NDJSON line of an exec stream. The daemon sends one chunk per pipe read (at most 64 KiB,
+ * about 384 Ki characters as JSON in the worst case), so a longer line is not the daemon speaking.
+ */
+const MAX_EXEC_LINE_CHARS = 4 * 1024 * 1024;
+/** Default per-stream cap of collectExec (and of what it asks the daemon to send). */
+export const DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024;
+/** Largest per-stream cap a caller may ask for. */
+export const MAX_OUTPUT_BYTES_LIMIT = 16 * 1024 * 1024;
 
 const errorReply = z.object({ error: z.object({ code: z.string(), message: z.string() }) });
 const healthReply = z.object({ ok: z.literal(true), pid: z.number().int(), uptimeMs: z.number(), bound: z.boolean() });
@@ -63,6 +71,10 @@ const execChunk = z.discriminatedUnion("type", [
     signal: z.string().nullable(),
     timedOut: z.boolean(),
     durationMs: z.number(),
+    stdoutBytes: z.number().int().nonnegative().optional(),
+    stderrBytes: z.number().int().nonnegative().optional(),
+    stdoutTruncated: z.boolean().optional(),
+    stderrTruncated: z.boolean().optional(),
   }),
 ]);
 
@@ -270,14 +282,89 @@ export function createDaemonClient(options: DaemonClientOptions): DaemonClient {
   };
 }
 
-/** Runs an exec stream to its end and returns the concatenated output and the exit status. */
-export async function collectExec(chunks: AsyncIterable<ExecChunk>): Promise<ExecResult> {
-  let stdout = "";
-  let stderr = "";
+/**
+ * Runs a request to its end and returns the first `maxOutputBytes` (default 1 MiB) of each stream
+ * and the exit status. The daemon is told the cap, so it sends no more; whatever arrives past it
+ * anyway (a daemon without the cap) is read and dropped, never buffered.
+ */
+export async function runExec(
+  client: DaemonClient,
+  request: Omit<ExecRequest, "maxOutputBytes">,
+  options: { maxOutputBytes?: number; signal?: AbortSignal } = {},
+): Promise<ExecResult> {
+  const maxOutputBytes = options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT_BYTES;
+  return collectExec(client.exec({ ...request, maxOutputBytes }, options.signal), { maxOutputBytes });
+}
+
+/** Runs an exec stream to its end and returns the output (the first `maxOutputBytes` of each stream, default 1 MiB) and the exit status. */
+export async function collectExec(chunks: AsyncIterable<ExecChunk>, options: { maxOutputBytes?: number } = {}): Promise<ExecResult> {
+  const limit = options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT_BYTES;
+  const streams = { stdout: new CappedText(limit), stderr: new CappedText(limit) };
   for await (const chunk of chunks) {
-    if (chunk.type === "stdout") stdout += chunk.data;
-    else if (chunk.type === "stderr") stderr += chunk.data;
-    else return { exitCode: chunk.exitCode, signal: chunk.signal, timedOut: chunk.timedOut, durationMs: chunk.durationMs, stdout, stderr };
+    if (chunk.type !== "exit") {
+      streams[chunk.type].append(chunk.data);
+      continue;
+    }
+    const stdoutTruncated = streams.stdout.truncated || chunk.stdoutTruncated === true;
+    const stderrTruncated = streams.stderr.truncated || chunk.stderrTruncated === true;
+    return {
+      exitCode: chunk.exitCode,
+      signal: chunk.signal,
+      timedOut: chunk.timedOut,
+      durationMs: chunk.durationMs,
+      stdout: streams.stdout.text(),
+      stderr: streams.stderr.text(),
+      stdoutTruncated,
+      stderrTruncated,
+      truncated: stdoutTruncated || stderrTruncated,
+      stdoutBytes: Math.max(chunk.stdoutBytes ?? 0, streams.stdout.bytes),
+      stderrBytes: Math.max(chunk.stderrBytes ?? 0, streams.stderr.bytes),
+    };
   }
   throw new SandboxUnavailableError("the exec stream ended without an exit status");
 }
+
+/** Text kept up to `limit` UTF-8 bytes (cut on a character boundary); what comes after is counted and dropped. */
+export class CappedText {
+  private readonly parts: string[] = [];
+  private kept = 0;
+  /** UTF-8 bytes seen in all. */
+  bytes = 0;
+  truncated = false;
+
+  constructor(private readonly limit: number) {}
+
+  append(data: string): void {
+    const size = Buffer.byteLength(data, "utf8");
+    this.bytes += size;
+    if (this.truncated) return;
+    if (this.kept + size <= this.limit) {
+      this.parts.push(data);
+      this.kept += size;
+      return;
+    }
+    this.truncated = true;
+    const head = utf8Prefix(data, this.limit - this.kept);
+    this.parts.push(head);
+    this.kept += Buffer.byteLength(head, "utf8");
+  }
+
+  text(): string {
+    return this.parts.join("");
+  }
+}
+
+/** The longest prefix of `text` whose UTF-8 encoding fits in `maxBytes`, never splitting a character. */
+export function utf8Prefix(text: string, maxBytes: number): string {
+  if (maxBytes <= 0) return "";
+  if (Buffer.byteLength(text, "utf8") <= maxBytes) return text;
+  // maxBytes UTF-16 units encode to at least maxBytes bytes: enough to hold the prefix. Never cut a surrogate pair.
+  const units = maxBytes >= 1 && isHighSurrogate(text.charCodeAt(maxBytes - 1)) ? maxBytes - 1 : maxBytes;
+  const bytes = Buffer.from(text.slice(0, units), "utf8");
+  let end = Math.min(maxBytes, bytes.length);
+  // Back off to the start of a character (continuation bytes are 10xxxxxx).
+  if (end < bytes.length) while (end > 0 && (bytes[end]! & 0xc0) === 0x80) end -= 1;
+  return bytes.toString("utf8", 0, end);
+}
+
+const isHighSurrogate = (code: number) => code >= 0xd800 && code <= 0xdbff;

@@ -90,14 +90,46 @@ export type ExecRequest = {
   /** Relative to the workspace; default the workspace root. */
   cwd?: string;
   timeoutMs?: number;
+  /**
+   * Per stream (stdout, stderr): the daemon sends at most this many bytes (cut on a UTF-8
+   * boundary), reads and drops the rest, and says so in the exit chunk. Default: everything.
+   */
+  maxOutputBytes?: number;
 };
 
 export type ExecChunk =
   | { type: "stdout"; data: string }
   | { type: "stderr"; data: string }
-  | { type: "exit"; exitCode: number | null; signal: string | null; timedOut: boolean; durationMs: number };
+  | {
+      type: "exit";
+      exitCode: number | null;
+      signal: string | null;
+      timedOut: boolean;
+      durationMs: number;
+      /** Bytes the command wrote to each stream, also past the cap (absent from daemons older than the cap). */
+      stdoutBytes?: number;
+      stderrBytes?: number;
+      /** The daemon cut the stream at maxOutputBytes. */
+      stdoutTruncated?: boolean;
+      stderrTruncated?: boolean;
+    };
 
-export type ExecResult = { exitCode: number | null; signal: string | null; timedOut: boolean; stdout: string; stderr: string; durationMs: number };
+export type ExecResult = {
+  exitCode: number | null;
+  signal: string | null;
+  timedOut: boolean;
+  /** The first bytes of each stream, at most the cap (cut on a UTF-8 boundary). */
+  stdout: string;
+  stderr: string;
+  durationMs: number;
+  stdoutTruncated: boolean;
+  stderrTruncated: boolean;
+  /** Either stream was cut. */
+  truncated: boolean;
+  /** Bytes the command wrote to each stream (as far as known: a daemon without the cap does not say). */
+  stdoutBytes: number;
+  stderrBytes: number;
+};
 
 export type FileEntry = { name: string; type: "file" | "directory" | "symlink" | "other"; size: number; modifiedAt: string };
 

@@ -1,7 +1,7 @@
 import { and, desc, eq, isNull, sql } from "drizzle-orm";
 import type { Database } from "../../db/client";
 import { agents, sandboxes, sessions, turns } from "../../db/schema";
-import { collectExec } from "../sandbox/daemon-client";
+import { MAX_OUTPUT_BYTES_LIMIT, runExec } from "../sandbox/daemon-client";
 import { DaemonRequestError, SandboxUnavailableError, type DaemonClient, type FileEntry } from "../sandbox/port";
 import { recordAudit } from "./audit";
 import { conflict, DomainError, invalid, notFound, postgresErrorOf } from "./errors";
@@ -54,6 +54,9 @@ const view = (row: typeof sessions.$inferSelect): SessionView => ({
   createdAt: row.createdAt,
   lastActivityAt: row.lastActivityAt,
 });
+
+/** Largest per-stream output cap `exec` accepts (16 MiB). */
+export const MAX_EXEC_OUTPUT_BYTES = MAX_OUTPUT_BYTES_LIMIT;
 
 /** Sessions of the caller's team, and what runs in their sandboxes. */
 export class SessionService {
@@ -209,12 +212,27 @@ export class SessionService {
     }
   }
 
-  /** Runs a command in the session's sandbox (resuming it if suspended). */
-  async exec(input: { sessionId: string; command: string; timeoutMs?: number }) {
+  /**
+   * Runs a command in the session's sandbox (resuming it if suspended). Each stream keeps its first
+   * `maxOutputBytes` (default 1 MiB, cut on a UTF-8 boundary); `truncated` says one was cut. When
+   * it returns, every process the command started is gone.
+   */
+  async exec(input: { sessionId: string; command: string; timeoutMs?: number; maxOutputBytes?: number }) {
     await this.own(input.sessionId);
     return this.inSandbox(input.sessionId, async (client) => {
-      const result = await collectExec(client.exec({ command: input.command, timeoutMs: input.timeoutMs }));
-      return { exitCode: result.exitCode, stdout: result.stdout, stderr: result.stderr, timedOut: result.timedOut, durationMs: result.durationMs };
+      const result = await runExec(client, { command: input.command, timeoutMs: input.timeoutMs }, { maxOutputBytes: input.maxOutputBytes });
+      return {
+        exitCode: result.exitCode,
+        stdout: result.stdout,
+        stderr: result.stderr,
+        timedOut: result.timedOut,
+        durationMs: result.durationMs,
+        truncated: result.truncated,
+        stdoutTruncated: result.stdoutTruncated,
+        stderrTruncated: result.stderrTruncated,
+        stdoutBytes: result.stdoutBytes,
+        stderrBytes: result.stderrBytes,
+      };
     });
   }
 

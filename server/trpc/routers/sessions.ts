@@ -2,6 +2,7 @@ import { tracked } from "@trpc/server";
 import { z } from "zod";
 import { router, teamProcedure } from "../init";
 import { id, pageInput } from "../inputs";
+import { MAX_EXEC_OUTPUT_BYTES } from "../../services/sessions";
 
 const sessionStatus = z.enum(["pending", "provisioning", "ready", "running", "idle", "suspended", "reconnecting", "failed", "terminated"]);
 const workspacePath = z.string().min(1).max(4096);
@@ -41,7 +42,20 @@ export const sessionsRouter = router({
       }
     }),
   exec: teamProcedure
-    .input(z.strictObject({ sessionId: id, command: z.string().min(1).max(100_000), timeoutMs: z.number().int().min(1).max(3_600_000).optional() }))
+    .input(
+      z.strictObject({
+        sessionId: id,
+        command: z.string().min(1).max(100_000),
+        timeoutMs: z.number().int().min(1).max(3_600_000).optional(),
+        /** Per stream (stdout, stderr), default 1 MiB: the rest is dropped and the result says `truncated`. */
+        maxOutputBytes: z
+          .number()
+          .int()
+          .min(1)
+          .max(MAX_EXEC_OUTPUT_BYTES, `must be at most ${MAX_EXEC_OUTPUT_BYTES} (16 MiB); the output past the cap is dropped and the result says truncated`)
+          .optional(),
+      }),
+    )
     .mutation(({ ctx, input }) => ctx.team.sessions.exec(input)),
   readFile: teamProcedure.input(z.strictObject({ sessionId: id, path: workspacePath })).query(({ ctx, input }) => ctx.team.sessions.readFile(input)),
   writeFile: teamProcedure
