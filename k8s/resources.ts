@@ -137,6 +137,9 @@ export function buildPodTemplate(spec: SandboxSpec, settings: KubernetesSandboxS
           env: [
             { name: "BERTH_DAEMON_LISTEN", value: `tcp:0.0.0.0:${shape.daemonPort}` },
             { name: "BERTH_WORKSPACE", value: WORKSPACE_MOUNT },
+            // The pod has a PID namespace of its own (no shareProcessNamespace), the daemon is its PID 1:
+            // what an exec leaves behind is swept when the last exec ends.
+            { name: "BERTH_DAEMON_SWEEP", value: "1" },
             { name: "HOME", value: WORKSPACE_MOUNT },
           ],
           resources: {
