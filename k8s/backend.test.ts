@@ -4,7 +4,7 @@
  * real sandbox daemon per Sandbox.
  */
 import { Writable } from "node:stream";
-import { CustomObjectsApi, KubeConfig } from "@kubernetes/client-node";
+import { CoreV1Api, CustomObjectsApi, KubeConfig } from "@kubernetes/client-node";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { createLogger } from "../server/logger";
 import { SandboxUnavailableError, type SandboxLoss, type SandboxSpec } from "../server/sandbox/port";
@@ -13,7 +13,17 @@ import { freePort, waitFor } from "../tests/helpers/processes";
 import { createDaemonClient } from "../server/sandbox/daemon-client";
 import { CLAIM_REF, KubernetesSandboxBackend, SANDBOX_REF } from "./backend";
 import { KubeApiError } from "./kube";
-import { buildSandbox, buildSandboxClaim, buildSandboxTemplate, envSecretName, workspaceClaimName, type KubernetesSandboxSettings } from "./resources";
+import {
+  buildSandbox,
+  buildSandboxClaim,
+  buildSandboxTemplate,
+  buildWarmPoolTemplate,
+  envSecretName,
+  quantityBytes,
+  warmPoolNameFor,
+  workspaceClaimName,
+  type KubernetesSandboxSettings,
+} from "./resources";
 
 const NAMESPACE = "berth-test";
 const SECRET_VALUE = "sk-test-7f3a9c1e5b-do-not-leak";
@@ -32,7 +42,7 @@ function kubeConfigFor(server: FakeKubeApi): KubeConfig {
 const tokenFor = (name: string) => (name.includes("-bad-") ? "short" : `token-for-${name}-${"x".repeat(32)}`);
 
 function settings(): KubernetesSandboxSettings {
-  return { namespace: NAMESPACE, image: "berth:test", runtimeClassName: undefined, daemonPort, workspaceSize: "1Gi", storageClassName: undefined };
+  return { namespace: NAMESPACE, image: "berth:test", runtimeClassName: undefined, daemonPort, storageClassName: undefined };
 }
 
 async function makeBackend(overrides: Partial<Parameters<typeof KubernetesSandboxBackend.create>[0]> = {}) {
@@ -185,6 +195,84 @@ describe("KubernetesSandboxBackend against the stand-in API server", () => {
     expect((await run(backend, two.address, "cat notes.txt")).stdout).toBe("kept\n");
     expect(fake.list("persistentvolumeclaims", NAMESPACE).filter((c) => c.metadata.name === workspaceClaimName(first.sessionId))).toHaveLength(1);
     await backend.stop(second.name, "done");
+  });
+
+  it("an agent's diskMb is its workspace claim's requested storage: diskMb 256 gets a claim of 256Mi", async () => {
+    const s = spec({ resources: { cpuMillis: 500, memoryMb: 512, diskMb: 256 } });
+    const provisioned = await backend.provision(s);
+    const claim = fake.get("persistentvolumeclaims", NAMESPACE, workspaceClaimName(s.sessionId))!;
+    expect(claim.spec).toMatchObject({ accessModes: ["ReadWriteOnce"], resources: { requests: { storage: "256Mi" } } });
+    expect((await run(backend, provisioned.address, "echo ok")).stdout).toBe("ok\n");
+    await backend.stop(s.name, "done");
+  });
+
+  it("a workspace claim smaller than diskMb (made before diskMb existed) is asked to grow; a larger one is left alone", async () => {
+    const core = kubeConfigFor(fake).makeApiClient(CoreV1Api);
+    const existingClaim = (sessionId: string, storage: string) =>
+      core.createNamespacedPersistentVolumeClaim({
+        namespace: NAMESPACE,
+        body: {
+          apiVersion: "v1",
+          kind: "PersistentVolumeClaim",
+          metadata: { name: workspaceClaimName(sessionId), labels: { "app.kubernetes.io/managed-by": "berth", "berth.dev/component": "workspace", "berth.dev/session": sessionId } },
+          spec: { accessModes: ["ReadWriteOnce"], resources: { requests: { storage } } },
+        },
+      });
+    const storageOf = (sessionId: string) => (fake.get("persistentvolumeclaims", NAMESPACE, workspaceClaimName(sessionId))!.spec as { resources: { requests: { storage: string } } }).resources.requests.storage;
+
+    const small = spec({ resources: { cpuMillis: 500, memoryMb: 512, diskMb: 4096 } });
+    await existingClaim(small.sessionId, "1Gi");
+    await backend.provision(small);
+    expect(storageOf(small.sessionId)).toBe("4096Mi");
+    await backend.stop(small.name, "done");
+
+    const large = spec({ resources: { cpuMillis: 500, memoryMb: 512, diskMb: 256 } });
+    await existingClaim(large.sessionId, "5Gi");
+    await backend.provision(large);
+    expect(storageOf(large.sessionId)).toBe("5Gi"); // claims never shrink
+    await backend.stop(large.name, "done");
+
+    // A StorageClass without allowVolumeExpansion: the API server refuses (403), the sandbox starts on the claim as it is.
+    fake.volumeExpansion = false;
+    try {
+      const refused = spec({ resources: { cpuMillis: 500, memoryMb: 512, diskMb: 2048 } });
+      await existingClaim(refused.sessionId, "1Gi");
+      const provisioned = await backend.provision(refused);
+      expect(storageOf(refused.sessionId)).toBe("1Gi");
+      expect(logs).toContain("could not expand a workspace claim");
+      expect((await run(backend, provisioned.address, "echo still")).stdout).toBe("still\n");
+      await backend.stop(refused.name, "done");
+      expect(fake.rejected.filter((r) => r.kind === "PersistentVolumeClaim").map((r) => r.code)).toEqual([403]);
+      fake.rejected.length = 0; // expected: the schema test below checks nothing else was refused
+    } finally {
+      fake.volumeExpansion = true;
+    }
+  });
+
+  it("the stand-in validates claims as the API server does: a storage quantity, access modes, only growing, only the storage request changing", async () => {
+    const core = kubeConfigFor(fake).makeApiClient(CoreV1Api);
+    const body = (name: string, spec: Record<string, unknown>) => ({ apiVersion: "v1", kind: "PersistentVolumeClaim", metadata: { name }, spec });
+    const statusOf = (call: Promise<unknown>) => call.then(() => 200, (error: { code?: number }) => error.code);
+    expect(await statusOf(core.createNamespacedPersistentVolumeClaim({ namespace: NAMESPACE, body: body("bad-size", { accessModes: ["ReadWriteOnce"], resources: { requests: { storage: "2 GB" } } }) }))).toBe(422);
+    expect(await statusOf(core.createNamespacedPersistentVolumeClaim({ namespace: NAMESPACE, body: body("no-size", { accessModes: ["ReadWriteOnce"], resources: {} }) }))).toBe(422);
+    expect(await statusOf(core.createNamespacedPersistentVolumeClaim({ namespace: NAMESPACE, body: body("no-modes", { resources: { requests: { storage: "1Gi" } } }) }))).toBe(422);
+    expect(await statusOf(core.createNamespacedPersistentVolumeClaim({ namespace: NAMESPACE, body: body("ok-claim", { accessModes: ["ReadWriteOnce"], resources: { requests: { storage: "1Gi" } } }) }))).toBe(200);
+    const patch = (spec: Record<string, unknown>) =>
+      statusOf(fetch(`${fake.url}/api/v1/namespaces/${NAMESPACE}/persistentvolumeclaims/ok-claim`, { method: "PATCH", headers: { "content-type": "application/merge-patch+json" }, body: JSON.stringify({ spec }) }).then((response) => {
+        if (!response.ok) throw { code: response.status };
+      }));
+    expect(await patch({ resources: { requests: { storage: "512Mi" } } })).toBe(422); // shrink
+    expect(await patch({ accessModes: ["ReadWriteMany"] })).toBe(422); // immutable
+    expect(await patch({ resources: { requests: { storage: "2Gi" } } })).toBe(200); // grow
+    await core.deleteNamespacedPersistentVolumeClaim({ namespace: NAMESPACE, name: "ok-claim" });
+    expect(fake.rejected.filter((r) => r.kind === "PersistentVolumeClaim").map((r) => [r.name, r.code])).toEqual([
+      ["bad-size", 422],
+      ["no-size", 422],
+      ["no-modes", 422],
+      ["ok-claim", 422],
+      ["ok-claim", 422],
+    ]);
+    fake.rejected.length = 0;
   });
 
   it("lists the sessions whose workspaces it keeps and deletes one session's workspace only", async () => {
@@ -425,6 +513,8 @@ describe("warm pools: SandboxWarmPool + SandboxClaim", () => {
     await waitFor("claim deleted", () => (fake.get("sandboxclaims", NAMESPACE, s.name) ? undefined : true));
     const workspace = `workspace-${provisioned.name}`;
     expect(fake.get("persistentvolumeclaims", NAMESPACE, workspace)!.metadata.ownerReferences ?? []).toEqual([]);
+    // The pool's claim template asked for the agent's disk quota.
+    expect(fake.get("persistentvolumeclaims", NAMESPACE, workspace)!.spec).toMatchObject({ resources: { requests: { storage: `${s.resources.diskMb}Mi` } } });
     const second = pooled({ sessionId: s.sessionId, generation: 2 });
     const next = await backend.provision(second);
     expect(next.fromWarmPool).toBe(false);
@@ -621,6 +711,25 @@ describe("resource shapes", () => {
     const pod = (egress.spec!.podTemplate as { spec: { runtimeClassName?: string } }).spec;
     expect(pod.runtimeClassName).toBe("gvisor");
     expect(JSON.stringify(egress.spec!.networkPolicy)).toContain("169.254.0.0/16");
+  });
+
+  it("a warm pool's workspace claim template requests the agent's diskMb, and another diskMb is another pool", () => {
+    const a = spec({ resources: { cpuMillis: 500, memoryMb: 512, diskMb: 256 } });
+    const claimTemplates = (buildWarmPoolTemplate(a, settings()).spec as { volumeClaimTemplates: Array<{ spec: { resources: { requests: { storage: string } } } }> }).volumeClaimTemplates;
+    expect(claimTemplates.map((t) => t.spec.resources.requests.storage)).toEqual(["256Mi"]);
+    const bigger = { ...a, resources: { ...a.resources, diskMb: 4096 } };
+    expect(warmPoolNameFor(bigger, settings())).not.toBe(warmPoolNameFor(a, settings()));
+    // The cold template (the pod) does not depend on the disk quota: the claim is the Sandbox's own.
+    expect(buildSandboxTemplate(bigger, settings()).metadata!.name).toBe(buildSandboxTemplate(a, settings()).metadata!.name);
+  });
+
+  it("reads Kubernetes storage quantities", () => {
+    expect(quantityBytes("256Mi")).toBe(256 * 2 ** 20);
+    expect(quantityBytes("5Gi")).toBe(5 * 2 ** 30);
+    expect(quantityBytes("1G")).toBe(1e9);
+    expect(quantityBytes("1.5Gi")).toBe(1.5 * 2 ** 30);
+    expect(quantityBytes("1073741824")).toBe(2 ** 30);
+    expect(quantityBytes("lots")).toBeNull();
   });
 
 });

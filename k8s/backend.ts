@@ -33,6 +33,7 @@ import {
   CLAIM_SELECTOR,
   CONTROLLER_LABELS,
   pooledWorkspaceClaimName,
+  quantityBytes,
   POOLED_LABEL,
   SANDBOX_CLAIMS,
   SANDBOX_WARM_POOLS,
@@ -40,6 +41,7 @@ import {
   warmPoolNameFor,
   WORKSPACE_ANNOTATION,
   WORKSPACE_SELECTOR,
+  workspaceStorage,
   type SandboxClaimObject,
   type WarmPoolShape,
   buildSandbox,
@@ -104,6 +106,8 @@ export class KubernetesSandboxBackend implements SandboxBackend {
   private readonly templatesSeen = new Set<string>();
   /** Session id -> the name of its workspace PVC, once known. */
   private readonly workspaces = new Map<string, string>();
+  /** `<claim>:<diskMb>` pairs already checked by fitWorkspace. */
+  private readonly workspacesFitted = new Set<string>();
   private readonly poolsSeen = new Set<string>();
   private readonly watch: ListWatch<SandboxObject>;
 
@@ -180,6 +184,7 @@ export class KubernetesSandboxBackend implements SandboxBackend {
     const existingWorkspace = await this.workspaceOf(spec.sessionId);
     // Only a session's first sandbox can come from the pool: later generations need its workspace.
     if (!existingWorkspace && (spec.warmPoolSize ?? 0) > 0) return this.provisionFromPool(spec, started);
+    if (existingWorkspace) await this.fitWorkspace(existingWorkspace, spec);
     const workspace = existingWorkspace ?? (await this.ensureWorkspace(spec));
     const suspended = await this.suspendedSandboxOf(spec, template.metadata!.name!);
     if (suspended) return this.resume(spec, suspended, started);
@@ -298,9 +303,40 @@ export class KubernetesSandboxBackend implements SandboxBackend {
       await this.kube.createPersistentVolumeClaim(claim);
     } catch (error) {
       if (!isConflict(error)) throw error; // kept from an earlier generation: that is the point
+      await this.fitWorkspace(name, spec);
     }
     this.workspaces.set(spec.sessionId, name);
     return name;
+  }
+
+  /**
+   * A session's claim requests the agent version's diskMb; one made before that (an older Berth, which
+   * sized every claim by BERTH_K8S_WORKSPACE_SIZE) may request less. Claims only grow, so a smaller
+   * one gets an expansion request, which the API server grants when the claim's StorageClass has
+   * `allowVolumeExpansion` (the volume then grows online or at the next pod start). A refusal is
+   * logged and the sandbox starts on the claim as it is; a larger claim is left alone (none shrink).
+   */
+  private async fitWorkspace(name: string, spec: SandboxSpec): Promise<void> {
+    const key = `${name}:${spec.resources.diskMb}`;
+    if (this.workspacesFitted.has(key)) return;
+    try {
+      const claim = await this.kube.getPersistentVolumeClaim(name);
+      const requested = claim.spec?.resources?.requests?.storage;
+      const have = quantityBytes(requested);
+      const wanted = workspaceStorage(spec);
+      if (have !== null && have < spec.resources.diskMb * 2 ** 20) {
+        await this.kube.patchPersistentVolumeClaim(name, { spec: { resources: { requests: { storage: wanted } } } });
+        this.logger.info({ claim: name, from: requested, to: wanted }, "asked to expand a workspace claim to the agent's diskMb");
+      }
+      this.workspacesFitted.add(key);
+    } catch (error) {
+      if (error instanceof KubeApiError && error.status >= 400 && error.status < 500) {
+        this.workspacesFitted.add(key); // refused (no volume expansion in its StorageClass): the same answer next time
+        this.logger.warn({ claim: name, diskMb: spec.resources.diskMb, err: error.message }, "could not expand a workspace claim to the agent's diskMb; the session keeps its smaller workspace");
+        return;
+      }
+      throw error;
+    }
   }
 
   /**

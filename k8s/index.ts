@@ -15,7 +15,6 @@ export async function createKubernetesBackend(config: Config, tokenFor: (name: s
     image: settings.image,
     runtimeClassName: settings.runtimeClassName,
     daemonPort: settings.daemonPort,
-    workspaceSize: settings.workspaceSize,
     storageClassName: settings.storageClassName,
     readyTimeoutMs: settings.readyTimeoutMs,
     tokenFor,

@@ -269,6 +269,11 @@ export class KubeClient {
     }
   }
 
+  /** A workspace claim's requested storage (what a resize compares with). */
+  async getPersistentVolumeClaim(name: string): Promise<{ spec?: { resources?: { requests?: Record<string, unknown> } } }> {
+    return this.call(`get persistentvolumeclaims/${name}`, true, (options) => this.core.readNamespacedPersistentVolumeClaim({ namespace: this.namespace, name }, options));
+  }
+
   patchPersistentVolumeClaim(name: string, patch: object): Promise<unknown> {
     return this.call(`patch persistentvolumeclaims/${name}`, true, (options) =>
       this.core.patchNamespacedPersistentVolumeClaim({ namespace: this.namespace, name, body: patch }, setHeaderOptions("Content-Type", PatchStrategy.MergePatch, options)),

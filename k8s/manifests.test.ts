@@ -69,7 +69,6 @@ describe("k8s/manifests", () => {
       image: "berth:latest",
       runtimeClassName: undefined,
       daemonPort: 8080,
-      workspaceSize: "5Gi",
       storageClassName: undefined,
     });
     expect(template.spec).toEqual(built.spec);
@@ -84,7 +83,7 @@ describe("k8s/manifests", () => {
     const docs = all.filter((d) => d.file === "sandbox-warm-pool.example.yaml").map((d) => d.doc);
     expect(docs.map((d) => d.kind)).toEqual(["SandboxTemplate", "SandboxWarmPool", "SandboxClaim"]);
     const s = spec({ name: "s-0000000a-g1-x7k2p", sessionId: "00000000-0000-4000-8000-00000000000a", network: "none", resources: { cpuMillis: 1000, memoryMb: 1024, diskMb: 2048 }, teamId: "00000000-0000-4000-8000-000000000001", agentId: "00000000-0000-4000-8000-000000000002", env: {}, warmPoolSize: 2 });
-    const settings = { namespace: "berth", image: "berth:latest", runtimeClassName: undefined, daemonPort: 8080, workspaceSize: "5Gi", storageClassName: undefined };
+    const settings = { namespace: "berth", image: "berth:latest", runtimeClassName: undefined, daemonPort: 8080, storageClassName: undefined };
     const pool = buildWarmPool(s, settings, 2);
     const built = [buildWarmPoolTemplate(s, settings), pool, buildSandboxClaim(s, settings, pool.metadata!.name!)];
     for (const [index, doc] of docs.entries()) {
@@ -112,7 +111,7 @@ describe("k8s/manifests", () => {
     type Policy = Doc & { spec: { podSelector: { matchLabels: Record<string, string> }; policyTypes: string[]; egress: Array<{ to?: Array<{ ipBlock?: { cidr: string; except: string[] } }> }>; ingress?: unknown[] } };
     const deny = find("NetworkPolicy", "berth-sandboxes-default-deny") as Policy;
     const egress = find("NetworkPolicy", "berth-sandboxes-egress") as Policy;
-    const settings: KubernetesSandboxSettings = { namespace: "berth", image: "berth:latest", runtimeClassName: undefined, daemonPort: 8080, workspaceSize: "5Gi", storageClassName: undefined };
+    const settings: KubernetesSandboxSettings = { namespace: "berth", image: "berth:latest", runtimeClassName: undefined, daemonPort: 8080, storageClassName: undefined };
     const podLabels = (network: "none" | "egress") => {
       const s = spec({ network });
       return (buildSandbox(s, settings, buildSandboxTemplate(s, settings)).spec as { podTemplate: { metadata: { labels: Record<string, string> } } }).podTemplate.metadata.labels;
@@ -159,7 +158,6 @@ describe("the Role grants exactly what the backend calls", () => {
       image: "berth:test",
       runtimeClassName: undefined,
       daemonPort: await freePort(),
-      workspaceSize: "1Gi",
       storageClassName: undefined,
       kubeConfig,
       tokenFor: (name) => `token-${name}-${"y".repeat(32)}`,

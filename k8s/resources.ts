@@ -45,7 +45,6 @@ export type KubernetesSandboxSettings = {
   image: string;
   runtimeClassName: string | undefined;
   daemonPort: number;
-  workspaceSize: string;
   storageClassName: string | undefined;
 };
 
@@ -98,6 +97,23 @@ export function templateNameFor(spec: SandboxSpec, settings: KubernetesSandboxSe
 
 export function workspaceClaimName(sessionId: string): string {
   return `berth-ws-${sessionId.toLowerCase()}`;
+}
+
+/** A workspace claim's requested storage: the agent version's disk quota (`diskMb`), in MiB. */
+export function workspaceStorage(spec: Pick<SandboxSpec, "resources">): string {
+  return `${spec.resources.diskMb}Mi`;
+}
+
+const QUANTITY = /^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?$/;
+const QUANTITY_FACTORS: Record<string, number> = { Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, Ti: 2 ** 40, Pi: 2 ** 50, Ei: 2 ** 60, k: 1e3, M: 1e6, G: 1e9, T: 1e12, P: 1e15, E: 1e18, m: 1e-3 };
+
+/** Bytes of a Kubernetes storage quantity (`5Gi`, `2048Mi`, `1G`, `1073741824`); null when it is not one this reads. */
+export function quantityBytes(quantity: unknown): number | null {
+  if (typeof quantity === "number") return quantity;
+  if (typeof quantity !== "string") return null;
+  const match = QUANTITY.exec(quantity.trim());
+  if (!match) return null;
+  return Number(match[1]) * (match[2] ? QUANTITY_FACTORS[match[2]]! : 1);
 }
 
 export function envSecretName(sandboxName: string): string {
@@ -231,7 +247,7 @@ export function buildWorkspaceClaim(spec: SandboxSpec, settings: KubernetesSandb
     },
     spec: {
       accessModes: ["ReadWriteOnce"],
-      resources: { requests: { storage: settings.workspaceSize } },
+      resources: { requests: { storage: workspaceStorage(spec) } },
       ...(settings.storageClassName ? { storageClassName: settings.storageClassName } : {}),
     },
   };
@@ -311,12 +327,12 @@ export type WarmPoolShape = Pick<SandboxSpec, "teamId" | "agentId" | "network" |
 
 /**
  * One SandboxWarmPool (and its own SandboxTemplate and token Secret, all of the same name) per
- * pod shape of an agent: the cold template's name plus `-pool` when the workspace settings are the
- * ones the pool was made with.
+ * pod shape of an agent: the cold template's name plus `-p` and a hash of the workspace claim the
+ * pool's Sandboxes get (the agent's disk quota, the StorageClass), so a new diskMb is a new pool.
  */
 export function warmPoolNameFor(spec: WarmPoolShape, settings: KubernetesSandboxSettings): string {
   const base = templateNameFor(spec as SandboxSpec, settings);
-  const workspace = createHash("sha256").update(JSON.stringify([settings.workspaceSize, settings.storageClassName ?? null])).digest("hex").slice(0, 4);
+  const workspace = createHash("sha256").update(JSON.stringify([workspaceStorage(spec), settings.storageClassName ?? null])).digest("hex").slice(0, 4);
   return `${base}-p${workspace}`;
 }
 
@@ -363,7 +379,7 @@ export function buildWarmPoolTemplate(spec: WarmPoolShape, settings: KubernetesS
           metadata: { name: WORKSPACE_VOLUME, labels: { ...baseLabels(spec as SandboxSpec, "pooled-workspace") } },
           spec: {
             accessModes: ["ReadWriteOnce"],
-            resources: { requests: { storage: settings.workspaceSize } },
+            resources: { requests: { storage: workspaceStorage(spec) } },
             ...(settings.storageClassName ? { storageClassName: settings.storageClassName } : {}),
           },
         },

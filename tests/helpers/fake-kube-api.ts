@@ -10,6 +10,9 @@
  * schema violation is a 422 Invalid, an unknown field is a 400 under `fieldValidation=Strict` and is
  * pruned (with a Warning header) otherwise, exactly as a real API server treats structural schemas.
  * Defaults from the schema are applied. CEL rules (x-kubernetes-validations) are not evaluated.
+ * PersistentVolumeClaims get core/v1's checks (access modes, a storage request that is a positive
+ * quantity) and, on update, the resize rules: only the storage request may change, it never shrinks,
+ * and it grows only when the StorageClass allows expansion (`volumeExpansion`, default yes).
  *
  * Controller: each Sandbox in operatingMode Running gets a "pod": a real sandbox daemon process
  * (build/sandboxd.js, or sandboxd/main.ts through tsx) with the pod's resolved environment (env and
@@ -291,6 +294,57 @@ const NAME_RE = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)
 const LABEL_VALUE_RE = /^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/;
 const LABEL_NAME_RE = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$/;
 
+const PVC_SPEC_FIELDS = new Set(["accessModes", "resources", "storageClassName", "volumeMode", "volumeName", "selector", "dataSource", "dataSourceRef", "volumeAttributesClassName"]);
+const ACCESS_MODES = new Set(["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"]);
+const STORAGE_QUANTITY = /^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$/;
+const STORAGE_FACTORS: Record<string, number> = { Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, Ti: 2 ** 40, Pi: 2 ** 50, Ei: 2 ** 60, k: 1e3, M: 1e6, G: 1e9, T: 1e12, P: 1e15, E: 1e18 };
+
+function storageBytes(value: unknown): number | null {
+  const match = typeof value === "string" ? STORAGE_QUANTITY.exec(value) : null;
+  return match ? Number(match[1]) * (match[2] ? STORAGE_FACTORS[match[2]]! : 1) : null;
+}
+
+/**
+ * A PersistentVolumeClaim as core/v1 validation and the resize admission plugin see it: access
+ * modes, a positive storage request that is a quantity, unknown spec fields (Strict), and on update
+ * a spec that only changes its storage request, which can only grow, and only when the StorageClass
+ * allows volume expansion.
+ */
+function persistentVolumeClaimProblem(
+  object: Obj,
+  existing: Obj | undefined,
+  fieldValidation: string | undefined,
+  volumeExpansion: boolean,
+): { code: number; reason: string; message: string } | null {
+  const name = object.metadata.name;
+  const invalid = (detail: string) => ({ code: 422, reason: "Invalid", message: `PersistentVolumeClaim "${name}" is invalid: ${detail}` });
+  const spec = (object.spec ?? {}) as Json & { accessModes?: unknown; resources?: { requests?: Record<string, unknown> } };
+  const unknown = Object.keys(spec).filter((key) => !PVC_SPEC_FIELDS.has(key));
+  if (unknown.length && fieldValidation === "Strict") {
+    return { code: 400, reason: "BadRequest", message: `PersistentVolumeClaim in version "v1" cannot be handled as a PersistentVolumeClaim: strict decoding error: ${unknown.map((f) => `unknown field "spec.${f}"`).join(", ")}` };
+  }
+  if (!Array.isArray(spec.accessModes) || spec.accessModes.length === 0) return invalid("spec.accessModes: Required value: at least 1 access mode is required");
+  const badMode = spec.accessModes.find((mode) => !ACCESS_MODES.has(mode as string));
+  if (badMode !== undefined) return invalid(`spec.accessModes: Unsupported value: ${JSON.stringify(badMode)}`);
+  const storage = spec.resources?.requests?.storage;
+  if (storage === undefined) return invalid("spec.resources[storage]: Required value");
+  const bytes = storageBytes(storage);
+  if (bytes === null) return invalid(`spec.resources.requests[storage]: Invalid value: ${JSON.stringify(storage)}: quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'`);
+  if (bytes <= 0) return invalid(`spec.resources[storage]: Invalid value: ${JSON.stringify(storage)}: must be greater than zero`);
+  if (!existing) return null;
+  const before = (existing.spec ?? {}) as typeof spec;
+  const withoutRequests = (value: typeof spec) => JSON.stringify({ ...value, resources: { ...value.resources, requests: undefined } });
+  if (withoutRequests(spec) !== withoutRequests(before)) {
+    return invalid("spec: Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims");
+  }
+  const previous = storageBytes(before.resources?.requests?.storage) ?? 0;
+  if (bytes < previous) return invalid("spec.resources.requests.storage: Forbidden: field can not be less than previous value");
+  if (bytes > previous && !volumeExpansion) {
+    return { code: 403, reason: "Forbidden", message: `persistentvolumeclaims "${name}" is forbidden: only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize` };
+  }
+  return null;
+}
+
 function metadataErrors(meta: Meta): string[] {
   const errors: string[] = [];
   if (!meta.name || meta.name.length > 253 || !NAME_RE.test(meta.name)) errors.push(`metadata.name: Invalid value: ${JSON.stringify(meta.name)}: a lowercase RFC 1123 subdomain is required`);
@@ -321,6 +375,11 @@ export type FakeKubeApiOptions = {
   podRecreateDelayMs?: number;
   /** Bearer token every request must carry. */
   token?: string;
+  /**
+   * Whether the workspace claims' StorageClass has `allowVolumeExpansion` (default true): without it
+   * a request for more storage on an existing claim is refused (403), as the resize admission does.
+   */
+  volumeExpansion?: boolean;
 };
 
 export class FakeKubeApi {
@@ -328,9 +387,11 @@ export class FakeKubeApi {
   readonly requests: RecordedRequest[] = [];
   /** Bodies refused (400/422) with why: proves validation ran. */
   readonly rejected: Array<{ kind: string; name: string | undefined; code: number; message: string }> = [];
-  /** Every CRD body accepted (after validation), in order. */
+  /** Every CRD and PersistentVolumeClaim body accepted (after validation), in order. */
   readonly accepted: Array<{ kind: string; version: string; object: Obj }> = [];
   readonly dataDir: string;
+  /** The claims' StorageClass allows volume expansion (FakeKubeApiOptions.volumeExpansion; tests may flip it). */
+  volumeExpansion: boolean;
   private readonly types: ResourceType[];
   private readonly objects = new Map<string, Obj>();
   private readonly history: WatchEvent[] = [];
@@ -346,6 +407,7 @@ export class FakeKubeApi {
 
   constructor(private readonly options: FakeKubeApiOptions = {}) {
     this.ownsDataDir = !options.dataDir;
+    this.volumeExpansion = options.volumeExpansion ?? true;
     this.dataDir = options.dataDir ?? mkdtempSync(path.join(os.tmpdir(), "fake-kube-"));
     this.types = [
       ...this.schemas.types,
@@ -568,7 +630,7 @@ export class FakeKubeApi {
   }
 
   /** Validates a body the way the API server would; returns the warning for pruned fields. */
-  private admit(type: ResourceType, version: string, object: Obj, fieldValidation: string | undefined): string | undefined {
+  private admit(type: ResourceType, version: string, object: Obj, fieldValidation: string | undefined, existing?: Obj): string | undefined {
     const name = object.metadata?.name;
     const reject = (code: number, reason: string, message: string) => {
       this.rejected.push({ kind: type.kind, name, code, message });
@@ -581,6 +643,11 @@ export class FakeKubeApi {
     const metaErrors = metadataErrors(object.metadata);
     if (metaErrors.length) reject(422, "Invalid", `${type.kind} "${name}" is invalid: ${metaErrors.join(", ")}`);
     if (!type.schemas) {
+      if (type.kind === "PersistentVolumeClaim") {
+        const problem = persistentVolumeClaimProblem(object, existing, fieldValidation, this.volumeExpansion);
+        if (problem) reject(problem.code, problem.reason, problem.message);
+        this.accepted.push({ kind: type.kind, version, object: structuredClone(object) });
+      }
       if (type.kind === "Secret") {
         const data = (object.data ?? {}) as Record<string, string>;
         for (const [key, value] of Object.entries((object.stringData ?? {}) as Record<string, string>)) data[key] = Buffer.from(value).toString("base64");
@@ -639,7 +706,7 @@ export class FakeKubeApi {
       if (statusOnly) next = { ...structuredClone(existing), status: next.status } as Obj;
       else next.status = existing.status;
     }
-    const warning = this.admit(type, version, next, fieldValidation);
+    const warning = this.admit(type, version, next, fieldValidation, existing);
     if (JSON.stringify(next.spec) !== JSON.stringify(existing.spec)) next.metadata.generation = (existing.metadata.generation ?? 1) + 1;
     next.metadata.resourceVersion = String(++this.rv);
     const key = this.key(type, namespace, name);
