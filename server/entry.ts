@@ -38,8 +38,13 @@ function locateBuild(): { serverBuild: string; clientAssetsDir: string; daemonSc
   process.exit(1);
 }
 
+/**
+ * A generated credential, for the operator at the terminal: written plainly to stderr, never through
+ * the logger, so it is in no JSON log line (stdout), only in its 0600 file. The log says where the file is.
+ */
 function printOnce(label: string, value: string, file: string) {
-  process.stdout.write(`\n  ${label}: ${value}\n  (shown once; also saved to ${file}, mode 0600)\n\n`);
+  process.stderr.write(`\n  ${label}: ${value}\n  (shown once; also saved to ${file}, mode 0600)\n\n`);
+  logger.info({ file }, `${label} generated: shown once on the terminal (stderr) and saved to ${file} (mode 0600)`);
 }
 
 const config = readConfig();

@@ -18,7 +18,7 @@ export type TrpcContext = {
   principal: () => Promise<Principal | null>;
 };
 
-export function readCookie(request: Request, name: string): string | undefined {
+export function readCookie(request: Request | { headers: Headers }, name: string): string | undefined {
   const header = request.headers.get("cookie");
   if (!header) return undefined;
   for (const part of header.split(";")) {
@@ -28,14 +28,32 @@ export function readCookie(request: Request, name: string): string | undefined {
   return undefined;
 }
 
-function bearerToken(request: Request): string | undefined {
-  const header = request.headers.get("authorization");
+function bearerToken(headers: Headers): string | undefined {
+  const header = headers.get("authorization");
   const match = header?.match(/^Bearer\s+(\S+)\s*$/i);
   return match?.[1];
 }
 
+/** Whether the request carries a credential at all (an Authorization header or a session cookie); says nothing of its validity. */
+export function hasCredential(headers: Headers): boolean {
+  return headers.has("authorization") || readCookie({ headers }, SESSION_COOKIE) !== undefined;
+}
+
+/** The caller: the bearer key when there is an Authorization header, else the session cookie; null when neither is valid. */
+export async function principalOf(services: Services, headers: Headers): Promise<Principal | null> {
+  const key = bearerToken(headers);
+  if (key !== undefined) return services.auth.authenticateApiKey(key);
+  const session = readCookie({ headers }, SESSION_COOKIE);
+  if (session) return services.auth.authenticateSession(session);
+  return null;
+}
+
 /** What the HTTP server knows of the connection a request came on (not in a fetch Request). */
-export type ConnectionInfo = { peerAddress?: string | null };
+export type ConnectionInfo = {
+  peerAddress?: string | null;
+  /** The principal already looked up from this request's headers (server/body-limit.ts), to be reused. */
+  principal?: Promise<Principal | null>;
+};
 
 /** Builds the per-request context. A present but invalid credential is refused, never ignored. */
 export function createContextFactory(services: Services, options: { clientAddress?: ClientAddressPolicy } = {}) {
@@ -49,13 +67,7 @@ export function createContextFactory(services: Services, options: { clientAddres
       clientAddress: clientAddressOf(request.headers, connection.peerAddress, options.clientAddress ?? {}),
       peerAddress: connection.peerAddress ?? null,
       principal: () => {
-        resolved ??= (async () => {
-          const key = bearerToken(request);
-          if (key !== undefined) return services.auth.authenticateApiKey(key);
-          const session = readCookie(request, SESSION_COOKIE);
-          if (session) return services.auth.authenticateSession(session);
-          return null;
-        })();
+        resolved ??= connection.principal ?? principalOf(services, request.headers);
         return resolved;
       },
     };

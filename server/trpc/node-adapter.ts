@@ -1,10 +1,40 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { incomingMessageToRequest } from "@trpc/server/adapters/node-http";
+import { limitedBodyOf, principalLookedUpFor } from "../body-limit";
+import type { Principal } from "../services/principal";
 import { TRPC_ENDPOINT, type TrpcRequestHandler } from "./handler";
 
 /** Whether a request path is served by tRPC (`/api/trpc` and everything under it). */
 export function isTrpcPath(path: string): boolean {
   return path === TRPC_ENDPOINT || path.startsWith(`${TRPC_ENDPOINT}/`);
+}
+
+/**
+ * The fetch Request tRPC reads. Its body is the one server/body-limit.ts counts against the caller's
+ * limit (tRPC's own adapter reads a body whole, unbounded, before anything checks who sends it); URL,
+ * headers and the abort signal are as tRPC's adapter makes them.
+ */
+function toFetchRequest(req: IncomingMessage, res: ServerResponse): Request {
+  if (req.method === "GET" || req.method === "HEAD") return incomingMessageToRequest(req, res, { maxBodySize: null });
+  const abort = new AbortController();
+  const onClose = () => {
+    if (!res.writableEnded) abort.abort();
+  };
+  res.once("close", onClose);
+  const headers = new Headers();
+  for (const [key, value] of Object.entries(req.headers)) {
+    if (Array.isArray(value)) for (const item of value) headers.append(key, item);
+    else if (value !== undefined) headers.append(key, value);
+  }
+  const base = `http://${req.headers.host ?? "localhost"}`;
+  const url = URL.canParse(req.url ?? "/", base) ? new URL(req.url ?? "/", base) : new URL(req.url ?? "/", "http://localhost");
+  return new Request(url, {
+    method: req.method,
+    headers,
+    signal: abort.signal,
+    body: limitedBodyOf(req) ?? null,
+    duplex: "half",
+  } as RequestInit);
 }
 
 /**
@@ -14,8 +44,14 @@ export function isTrpcPath(path: string): boolean {
  * signal, which ends the stream.
  */
 export async function serveTrpc(handle: TrpcRequestHandler, req: IncomingMessage, res: ServerResponse): Promise<void> {
-  const request = incomingMessageToRequest(req, res, { maxBodySize: null });
-  const response = await handle(request, { peerAddress: req.socket.remoteAddress ?? null });
+  const request = toFetchRequest(req, res);
+  const principal = principalLookedUpFor(req) as Promise<Principal | null> | undefined;
+  const response = await handle(request, { peerAddress: req.socket.remoteAddress ?? null, principal });
+  // The body passed its limit while tRPC read it: the 413 is already sent (server/body-limit.ts).
+  if (res.headersSent) {
+    void response.body?.cancel().catch(() => {});
+    return;
+  }
   res.statusCode = response.status;
   for (const [key, value] of response.headers) {
     if (key !== "set-cookie") res.setHeader(key, value);
