@@ -12,6 +12,7 @@ type FormValues = {
   sandboxImage: string;
   cpuMillis: string;
   memoryMb: string;
+  diskMb: string;
   network: Agent["network"];
   idleTimeoutSeconds: string;
   maxSteps: string;
@@ -28,6 +29,7 @@ export type AgentInput = {
   sandboxImage: string | null;
   cpuMillis: number;
   memoryMb: number;
+  diskMb: number;
   network: Agent["network"];
   idleTimeoutSeconds: number;
   maxSteps: number;
@@ -44,6 +46,7 @@ const DEFAULTS: FormValues = {
   sandboxImage: "",
   cpuMillis: "1000",
   memoryMb: "1024",
+  diskMb: "2048",
   network: "none",
   idleTimeoutSeconds: "900",
   maxSteps: "20",
@@ -61,6 +64,7 @@ function valuesOf(agent: Agent): FormValues {
     sandboxImage: agent.sandboxImage ?? "",
     cpuMillis: String(agent.cpuMillis),
     memoryMb: String(agent.memoryMb),
+    diskMb: String(agent.diskMb),
     network: agent.network,
     idleTimeoutSeconds: String(agent.idleTimeoutSeconds),
     maxSteps: String(agent.maxSteps),
@@ -90,6 +94,7 @@ export function parseEnv(text: string): { env: Record<string, string>; error?: s
 const NUMBERS = {
   cpuMillis: [100, 64_000],
   memoryMb: [128, 262_144],
+  diskMb: [64, 1_048_576],
   idleTimeoutSeconds: [30, 7 * 24 * 3600],
   maxSteps: [1, 500],
   warmPoolSize: [0, 50],
@@ -204,6 +209,9 @@ export function AgentForm({
         </Field>
         <Field label="Memory (MiB)" error={problem("memoryMb")}>
           {(props) => <input {...props} type="number" inputMode="numeric" min={128} max={262144} step={128} value={values.memoryMb} onChange={(event) => set("memoryMb")(event.target.value)} />}
+        </Field>
+        <Field label="Workspace disk (MiB)" error={problem("diskMb")} hint="Quota of the session's /workspace, from 64 MiB to 1 TiB.">
+          {(props) => <input {...props} type="number" inputMode="numeric" min={64} max={1048576} step={64} value={values.diskMb} onChange={(event) => set("diskMb")(event.target.value)} />}
         </Field>
         <Field label="Idle timeout (seconds)" error={problem("idleTimeoutSeconds")} hint="An idle session is suspended after this long; its workspace stays.">
           {(props) => <input {...props} type="number" inputMode="numeric" min={30} value={values.idleTimeoutSeconds} onChange={(event) => set("idleTimeoutSeconds")(event.target.value)} />}

@@ -24,6 +24,7 @@ function Config({ config }: { config: Agent | AgentVersion }) {
       <Detail label="Network">{config.network}</Detail>
       <Detail label="CPU">{config.cpuMillis} millicores</Detail>
       <Detail label="Memory">{config.memoryMb} MiB</Detail>
+      <Detail label="Workspace disk">{config.diskMb} MiB</Detail>
       <Detail label="Idle timeout">{formatDuration(config.idleTimeoutSeconds)}</Detail>
       <Detail label="Max steps">{config.maxSteps}</Detail>
       <Detail label="While busy">{config.busyPolicy}</Detail>
@@ -57,6 +58,7 @@ const FIELD_LABEL: Record<string, string> = {
   sandboxImage: "sandbox image",
   cpuMillis: "CPU",
   memoryMb: "memory",
+  diskMb: "workspace disk",
   network: "network",
   idleTimeoutSeconds: "idle timeout",
   maxSteps: "max steps",

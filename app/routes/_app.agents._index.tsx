@@ -102,7 +102,7 @@ export default function Agents() {
                       {agent.harness !== "builtin" ? <Badge tone="neutral">{agent.harness}</Badge> : null}
                     </td>
                     <td className="hide-sm">
-                      {agent.cpuMillis / 1000} CPU · {agent.memoryMb} MiB · network {agent.network}
+                      {agent.cpuMillis / 1000} CPU · {agent.memoryMb} MiB · disk {agent.diskMb} MiB · network {agent.network}
                     </td>
                     <td className="hide-sm">{formatDuration(agent.idleTimeoutSeconds)}</td>
                     <td className="num">v{agent.version}</td>

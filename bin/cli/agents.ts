@@ -1,3 +1,4 @@
+import { DISK_MB_MAX, DISK_MB_MIN } from "../../server/services/agent-config";
 import { connect, positiveInt, type GlobalOptions } from "./common";
 import { CliError, EXIT, toCliError } from "./errors";
 import { formatTime, table } from "./output";
@@ -41,6 +42,7 @@ type CreateOptions = GlobalOptions & {
   harness?: string;
   maxSteps?: string;
   warmPool?: string;
+  diskMb?: string;
 };
 
 export async function createAgent(options: CreateOptions): Promise<void> {
@@ -61,6 +63,7 @@ export async function createAgent(options: CreateOptions): Promise<void> {
     ...(options.harness !== undefined ? { harness: options.harness as (typeof harnesses)[number] } : {}),
     ...(options.maxSteps !== undefined ? { maxSteps: positiveInt("--max-steps", options.maxSteps) } : {}),
     ...(options.warmPool !== undefined ? { warmPoolSize: positiveInt("--warm-pool", options.warmPool, { min: 0, max: 50 }) } : {}),
+    ...(options.diskMb !== undefined ? { diskMb: positiveInt("--disk-mb", options.diskMb, { min: DISK_MB_MIN, max: DISK_MB_MAX }) } : {}),
   };
   try {
     const agent = await client.agents.create.mutate(input);

@@ -67,6 +67,7 @@ Exit codes: 0 ok, 1 error from the server (or it cannot be reached), 2 usage err
     .addOption(new Option("--harness <name>", "agent harness").choices(["builtin", "opencode", "claude-code", "codex"]))
     .option("--max-steps <n>", "tool steps per turn")
     .option("--warm-pool <n>", "Kubernetes backend: sandboxes kept ready in a SandboxWarmPool (0-50, default 0)")
+    .option("--disk-mb <mib>", "workspace disk quota in MiB (64-1048576, default 2048)")
     .action(action((options) => createAgent(options)));
 
   const sessions = program.command("sessions").description("start, use and stop sessions");

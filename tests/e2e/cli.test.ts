@@ -156,6 +156,8 @@ describe("the berth CLI", () => {
       ["agents", "create", "--name", "x", "--model", "demo", "--idle-timeout", "soon"],
       ["agents", "create", "--name", "x", "--model", "demo", "--warm-pool", "51"],
       ["agents", "create", "--name", "x", "--model", "demo", "--warm-pool", "-1"],
+      ["agents", "create", "--name", "x", "--model", "demo", "--disk-mb", "63"],
+      ["agents", "create", "--name", "x", "--model", "demo", "--disk-mb", "2G"],
       ["sessions", "send"],
       ["sessions", "send", MISSING],
       ["sessions", "exec", MISSING],
@@ -176,8 +178,8 @@ describe("the berth CLI", () => {
     const created = await cli(["agents", "create", "--name", "cli-demo", "--model", "demo", "--system-prompt", "Be brief.", "--network", "none", "--idle-timeout", "600"]);
     expect(created, created.stderr).toMatchObject({ code: 0 });
     expect(created.stdout).toMatch(/Created agent cli-demo [0-9a-f-]{36} \(model demo, offline demo\)/);
-    const agent = await json<{ id: string; name: string; systemPrompt: string; idleTimeoutSeconds: number; network: string; warmPoolSize: number }>(["agents", "create", "--name", "cli-json", "--model", "demo", "--idle-timeout", "120", "--warm-pool", "3"]);
-    expect(agent).toMatchObject({ name: "cli-json", idleTimeoutSeconds: 120, network: "none", warmPoolSize: 3 });
+    const agent = await json<{ id: string; name: string; systemPrompt: string; idleTimeoutSeconds: number; network: string; warmPoolSize: number; diskMb: number }>(["agents", "create", "--name", "cli-json", "--model", "demo", "--idle-timeout", "120", "--warm-pool", "3", "--disk-mb", "256"]);
+    expect(agent).toMatchObject({ name: "cli-json", idleTimeoutSeconds: 120, network: "none", warmPoolSize: 3, diskMb: 256 });
 
     const listed = await cli(["agents", "ls"]);
     expect(listed.code).toBe(0);
@@ -187,6 +189,7 @@ describe("the berth CLI", () => {
     const page = await json<{ items: { name: string; systemPrompt: string }[]; nextCursor: string | null }>(["agents", "ls"]);
     expect(page.items.map((item) => item.name).sort()).toEqual(["cli-demo", "cli-json"]);
     expect(page.items.find((item) => item.name === "cli-demo")!.systemPrompt).toBe("Be brief.");
+    expect((page.items.find((item) => item.name === "cli-demo") as { diskMb?: number }).diskMb).toBe(2048); // the default
 
     const refused = await cli(["agents", "create", "--name", "x", "--model", "demo", "--idle-timeout", "5"]);
     expect(refused.code).toBe(1);
