@@ -6,6 +6,7 @@ import net from "node:net";
 import path from "node:path";
 import { promisify } from "node:util";
 import type { Logger } from "pino";
+import { ensureSystemUser, runningAsRoot } from "../server/system-user";
 
 const run = promisify(execFile);
 
@@ -49,18 +50,8 @@ async function loadBinaries(): Promise<Binaries> {
 }
 
 async function unprivilegedUser(logger: Logger): Promise<{ uid: number; gid: number } | undefined> {
-  if (typeof process.getuid !== "function" || process.getuid() !== 0) return undefined;
-  const lookup = async () => ({
-    uid: Number((await run("id", ["-u", "postgres"])).stdout.trim()),
-    gid: Number((await run("id", ["-g", "postgres"])).stdout.trim()),
-  });
-  try {
-    return await lookup();
-  } catch {
-    logger.info("running as root: creating the 'postgres' system user to run the embedded database");
-    await run("useradd", ["--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", "postgres"]);
-    return lookup();
-  }
+  if (!runningAsRoot()) return undefined;
+  return ensureSystemUser("postgres", "to run the embedded database", logger);
 }
 
 /** Whether a process runs; a zombie (exited, but not reaped by an init that does not reap) does not. */

@@ -5,9 +5,11 @@ import fs from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
 import type { Logger } from "../logger";
+import { ensureSystemUser, runningAsRoot, type HostIdentity } from "../system-user";
 import { Cgroups } from "./cgroups";
 import { createDaemonClient } from "./daemon-client";
 import { startModelRelay, type ModelRelay, type ModelRelayGateway } from "./model-relay";
+import { hostSeccompProgram } from "./seccomp";
 import {
   SandboxUnavailableError,
   type DaemonClient,
@@ -50,6 +52,8 @@ export type LocalBackendOptions = {
 
 type Jail = {
   name: string;
+  /** A warm jail's workspace size (image workspaces only): a session claims it only if its agent's diskMb is the same. */
+  diskMb: number | null;
   child: ChildProcess;
   hostPid: number;
   network: NetworkMode;
@@ -65,7 +69,20 @@ const DAEMON_IN_JAIL = "/opt/berth/sandboxd.js";
 const WORKSPACE_IN_JAIL = "/workspace";
 /** Workspace folders are named by session id (a UUID): nothing else under workspaces/ is listed or deleted. */
 const SESSION_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+/** The jail's run folder: read-only to the sandbox but for DAEMON_DIR_IN_JAIL, where the daemon makes its socket. */
 const SOCKET_DIR_IN_JAIL = "/run/berth";
+const DAEMON_DIR_IN_JAIL = "/run/berth/daemon";
+/** The host identity jails run as when Berth runs as root (decision 022). */
+export const SANDBOX_SYSTEM_USER = "berth-sandbox";
+/**
+ * Where, as root, a jail's private mount namespace shows bwrap the host folders and files it binds:
+ * bwrap runs as SANDBOX_SYSTEM_USER, who cannot reach the data dir (it may sit in /root, 0700).
+ */
+const STAGE_DIR = "/run/berth-stage";
+/** /proc entries that change the whole host: the host's own, bound read-only over the jail's /proc (bwrap makes them a mount of their own only when it runs setuid). */
+const PROC_READ_ONLY = ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs"];
+/** Image workspaces of warm jails have this size; a session whose agent asks for another starts cold. */
+export const WARM_WORKSPACE_DISK_MB = 2048;
 /** Where harness binaries appear in a jail; Kubernetes sandbox images put them at the same place. */
 export const TOOLS_DIR_IN_JAIL = "/opt/berth/bin";
 const SANDBOX_UID = 1000;
@@ -115,7 +132,22 @@ export class LocalSandboxBackend implements SandboxBackend {
     private readonly options: LocalBackendOptions,
     private readonly bwrapPath: string | null,
     private readonly cgroups: Cgroups,
+    /** Who jails run as on the host: SANDBOX_SYSTEM_USER when Berth is root, otherwise Berth's own user (null). */
+    private readonly identity: HostIdentity | null,
+    private readonly seccomp: Buffer | null,
+    /** How workspaces are kept: an ext4 image each (a real disk quota; root only), or a plain folder. */
+    private workspaceKind: "image" | "folder",
+    private readonly mkfsPath: string | null,
   ) {}
+
+  /** What the sandbox boundary is made of here, for system.health and the start-up log. */
+  describeIsolation(): { hostUser: string; seccomp: boolean; diskQuota: boolean } {
+    return {
+      hostUser: this.identity?.name ?? (this.bwrapPath ? "the Berth user (not root)" : "the Berth user, WITHOUT a jail"),
+      seccomp: this.bwrapPath !== null && this.seccomp !== null,
+      diskQuota: this.workspaceKind === "image",
+    };
+  }
 
   /** Checks that a jail can start here, and fails with instructions when it cannot. */
   static async create(options: LocalBackendOptions): Promise<LocalSandboxBackend> {
@@ -134,22 +166,31 @@ export class LocalSandboxBackend implements SandboxBackend {
             "`apt-get install bubblewrap` (Debian/Ubuntu) or `dnf install bubblewrap` (Fedora).",
         );
       }
-      try {
-        await run(bwrapPath, ["--unshare-user", "--uid", String(SANDBOX_UID), "--unshare-pid", "--unshare-net", ...systemBinds(), "--proc", "/proc", "--dev", "/dev", "--", "/bin/true"]);
-      } catch (error) {
-        const detail = ((error as { stderr?: string }).stderr ?? String(error)).trim();
-        throw new Error(`a test sandbox could not start (bwrap: ${detail}). ${DOCKER_HINT}`);
-      }
     }
+    const identity = bwrapPath && runningAsRoot() ? await ensureSystemUser(SANDBOX_SYSTEM_USER, "that sandboxes run as", logger) : null;
+    const seccomp = hostSeccompProgram();
+    if (bwrapPath && !seccomp) logger.warn({ arch: process.arch }, "no seccomp filter for this architecture: sandboxes start without one");
+    const mkfsPath = identity ? (["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"].find((candidate) => existsSync(candidate)) ?? null) : null;
     await fs.mkdir(path.join(options.dataDir, "sandboxes"), { recursive: true, mode: 0o700 });
     await fs.mkdir(path.join(options.dataDir, "workspaces", ".warm"), { recursive: true, mode: 0o700 });
-    const backend = new LocalSandboxBackend({ ...options, logger }, bwrapPath, await Cgroups.detect(logger));
+    if (identity) await fs.mkdir(STAGE_DIR, { recursive: true, mode: 0o755 });
+    const backend = new LocalSandboxBackend({ ...options, logger }, bwrapPath, await Cgroups.detect(logger), identity, seccomp, mkfsPath ? "image" : "folder", mkfsPath);
     await backend.removeLeftovers();
+    if (bwrapPath) await backend.selfTest();
+    const isolation = backend.describeIsolation();
+    if (!isolation.diskQuota) {
+      logger.warn(
+        { reason: identity ? "mkfs.ext4 (e2fsprogs) is missing" : "Berth is not running as root" },
+        "workspace disk quotas (agent diskMb) are NOT enforced: workspaces are plain folders on the data dir's file system",
+      );
+    }
+    logger.info(isolation, "sandbox isolation");
     backend.removeAbandonedCgroups();
     backend.refillWarmPools();
     return backend;
   }
 
+  /** A session's workspace folder (`<id>`); with disk quotas its files live in the image `<id>.img` instead. */
   workspaceOf(sessionId: string): string {
     if (!SESSION_ID.test(sessionId)) throw new Error(`not a session id: ${JSON.stringify(sessionId)}`);
     return path.join(this.options.dataDir, "workspaces", sessionId);
@@ -158,7 +199,12 @@ export class LocalSandboxBackend implements SandboxBackend {
   async listWorkspaces(): Promise<string[]> {
     const entries = await fs.readdir(path.join(this.options.dataDir, "workspaces"), { withFileTypes: true });
     // `.warm` holds the warm jails' empty workspaces; anything else not named for a session is not ours.
-    return entries.filter((entry) => entry.isDirectory() && SESSION_ID.test(entry.name)).map((entry) => entry.name);
+    const names = new Set<string>();
+    for (const entry of entries) {
+      if (entry.isDirectory() && SESSION_ID.test(entry.name)) names.add(entry.name);
+      else if (entry.isFile() && entry.name.endsWith(IMAGE_SUFFIX) && SESSION_ID.test(entry.name.slice(0, -IMAGE_SUFFIX.length))) names.add(entry.name.slice(0, -IMAGE_SUFFIX.length));
+    }
+    return [...names];
   }
 
   async deleteWorkspace(sessionId: string): Promise<void> {
@@ -167,6 +213,7 @@ export class LocalSandboxBackend implements SandboxBackend {
       if (jail.sessionId === sessionId && !jail.stopping) throw new Error(`the workspace of session ${sessionId} is in use by sandbox ${jail.name}`);
     }
     await fs.rm(workspace, { recursive: true, force: true });
+    await fs.rm(workspace + IMAGE_SUFFIX, { force: true });
   }
 
   onLost(listener: (loss: SandboxLoss) => void): void {
@@ -174,18 +221,23 @@ export class LocalSandboxBackend implements SandboxBackend {
   }
 
   connect(address: string): DaemonClient {
-    // unix:<dataDir>/sandboxes/<name>/run/daemon.sock
-    const name = path.basename(path.dirname(path.dirname(address.replace(/^unix:/, ""))));
+    // unix:<dataDir>/sandboxes/<name>/run/daemon/daemon.sock
+    const [name = ""] = path.relative(path.join(this.options.dataDir, "sandboxes"), address.replace(/^unix:/, "")).split(path.sep);
     return createDaemonClient({ address, token: this.options.tokenFor(name) });
   }
 
   async provision(spec: SandboxSpec): Promise<ProvisionedSandbox> {
     const started = performance.now();
-    const workspace = this.workspaceOf(spec.sessionId);
-    const claimed = existsSync(workspace) ? undefined : this.warm[spec.network].shift();
+    const folder = this.workspaceOf(spec.sessionId);
+    const image = folder + IMAGE_SUFFIX;
+    const existing = existsSync(image) ? image : existsSync(folder) ? folder : null;
+    const claimable = (jail: Jail) => this.workspaceKind === "folder" || jail.diskMb === spec.resources.diskMb;
+    const warmIndex = existing ? -1 : this.warm[spec.network].findIndex(claimable);
+    const claimed = warmIndex === -1 ? undefined : this.warm[spec.network].splice(warmIndex, 1)[0];
     if (claimed) {
       try {
-        // A new session adopts the warm jail's empty workspace: the jail's bind mount follows the rename.
+        // A new session adopts the warm jail's empty workspace: the jail's mount follows the rename.
+        const workspace = this.workspaceKind === "image" ? image : folder;
         await fs.rename(claimed.workspace, workspace);
         claimed.workspace = workspace;
         claimed.sessionId = spec.sessionId;
@@ -200,7 +252,8 @@ export class LocalSandboxBackend implements SandboxBackend {
         setTimeout(() => this.refillWarmPools(), REFILL_DELAY_MS).unref();
       }
     }
-    await fs.mkdir(workspace, { recursive: true, mode: 0o700 });
+    const workspace = existing ?? (await this.newWorkspace(this.workspaceKind === "image" ? image : folder, spec.resources.diskMb));
+    if (workspace === folder) await this.ownWorkspaceFolder(folder);
     const jail = await this.startJail({ name: spec.name, network: spec.network, sessionId: spec.sessionId, workspace, env: spec.env, resources: spec.resources });
     return { name: jail.name, address: addressOf(jail), hostPid: jail.hostPid, fromWarmPool: false, startMs: performance.now() - started };
   }
@@ -240,9 +293,9 @@ export class LocalSandboxBackend implements SandboxBackend {
         try {
           while (!this.shuttingDown && this.warm[network].length < this.options.warmPoolSize) {
             const name = `warm-${network}-${randomBytes(5).toString("hex")}`;
-            const workspace = path.join(this.options.dataDir, "workspaces", ".warm", name);
-            await fs.mkdir(workspace, { mode: 0o700 });
-            const jail = await this.startJail({ name, network, sessionId: null, workspace, env: null, resources: { memoryMb: 1024, cpuMillis: 1000 } });
+            const folder = path.join(this.options.dataDir, "workspaces", ".warm", name);
+            const workspace = await this.newWorkspace(this.workspaceKind === "image" ? folder + IMAGE_SUFFIX : folder, WARM_WORKSPACE_DISK_MB);
+            const jail = await this.startJail({ name, network, sessionId: null, workspace, env: null, resources: { memoryMb: 1024, cpuMillis: 1000, diskMb: WARM_WORKSPACE_DISK_MB } });
             // A fresh runtime compiles its request path lazily; pay that now, not at claim time.
             await this.connect(addressOf(jail)).health();
             if (this.shuttingDown) await this.stop(jail.name, "platform shutdown");
@@ -269,35 +322,44 @@ export class LocalSandboxBackend implements SandboxBackend {
     sessionId: string | null;
     workspace: string;
     env: Record<string, string> | null;
-    resources: { memoryMb: number; cpuMillis: number };
+    resources: { memoryMb: number; cpuMillis: number; diskMb: number };
   }): Promise<Jail> {
     const sandboxDir = path.join(this.options.dataDir, "sandboxes", input.name);
     const socketDir = path.join(sandboxDir, "run");
-    await fs.mkdir(socketDir, { recursive: true, mode: 0o700 });
-    const procsFiles = await this.cgroups.create(input.name, { ...input.resources, pids: PIDS_LIMIT });
+    const daemonDir = path.join(socketDir, "daemon");
+    // Traversable (not listable) for the sandbox user, who reaches them only through the jail's binds.
+    await fs.mkdir(daemonDir, { recursive: true, mode: 0o700 });
+    await fs.chmod(sandboxDir, 0o711);
+    await fs.chmod(socketDir, 0o755);
+    if (this.identity) await fs.chown(daemonDir, this.identity.uid, this.identity.gid);
+    const procsFiles = await this.cgroups.create(input.name, { memoryMb: input.resources.memoryMb, cpuMillis: input.resources.cpuMillis, pids: PIDS_LIMIT });
     const addressSpace = addressSpaceLimit(input.resources.memoryMb, this.cgroups.mode !== "unavailable");
     const modelToken = randomBytes(24).toString("hex");
+    const modelSocket = path.join(socketDir, "model.sock");
     const modelRelay = this.options.modelGateway
-      ? await startModelRelay({ socketPath: path.join(socketDir, "model.sock"), token: modelToken, gateway: this.options.modelGateway, logger: this.options.logger })
+      ? await startModelRelay({ socketPath: modelSocket, token: modelToken, gateway: this.options.modelGateway, logger: this.options.logger })
       : null;
+    // Connecting needs write access to the socket; the relay checks the sandbox's token on every request.
+    if (modelRelay) await fs.chmod(modelSocket, 0o666);
     const limits = ["prlimit", `--nofile=${OPEN_FILES_LIMIT}`, ...(addressSpace === null ? [] : [`--as=${addressSpace}`]), "--core=0", "--"];
     const daemonEnv = {
       ...(input.env ?? {}),
-      BERTH_DAEMON_LISTEN: `unix:${this.bwrapPath ? SOCKET_DIR_IN_JAIL : socketDir}/daemon.sock`,
+      BERTH_DAEMON_LISTEN: `unix:${this.bwrapPath ? DAEMON_DIR_IN_JAIL : daemonDir}/daemon.sock`,
       BERTH_DAEMON_TOKEN: this.options.tokenFor(input.name),
       BERTH_WORKSPACE: this.bwrapPath ? WORKSPACE_IN_JAIL : input.workspace,
       ...(input.env ? {} : { BERTH_DAEMON_UNBOUND: "1" }),
+      // Alone in the jail's PID namespace: when its last command ends, it ends whatever that left running.
+      ...(this.bwrapPath ? { BERTH_DAEMON_SWEEP: "1" } : {}),
       ...(modelRelay ? { BERTH_DAEMON_MODEL_RELAY: `unix:${this.bwrapPath ? SOCKET_DIR_IN_JAIL : socketDir}/model.sock`, BERTH_DAEMON_MODEL_TOKEN: modelToken } : {}),
     };
+    const stage = new Stage(this.identity);
     const jailCommand = this.bwrapPath
-      ? [this.bwrapPath, ...(await this.bwrapArgs(input.network, input.workspace, socketDir, sandboxDir)), this.options.runtimePath, DAEMON_IN_JAIL]
+      ? [...stage.prefix(this.bwrapPath, await this.bwrapArgs(stage, input.network, input.workspace, sandboxDir), this.seccomp !== null), this.options.runtimePath, DAEMON_IN_JAIL]
       : [this.options.runtimePath, this.options.daemonScript];
-    // The shell joins the sandbox's cgroups, then becomes prlimit, then bwrap: nothing starts outside them.
-    const joinCgroups = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 97; shift; n=$((n-1)); done; exec "$@"';
-    const child = spawn("/bin/sh", ["-c", joinCgroups, "berth-jail", String(procsFiles.length), ...procsFiles, ...limits, ...jailCommand], {
+    const child = spawnJail([...limits, ...jailCommand], procsFiles, {
       // Exactly the session's environment (plus the daemon's own settings, which it removes at start).
-      env: daemonEnv as unknown as NodeJS.ProcessEnv,
-      stdio: ["ignore", "pipe", "pipe"],
+      env: daemonEnv,
+      seccomp: this.bwrapPath ? this.seccomp : null,
       detached: !this.bwrapPath,
     });
     if (!child.pid) {
@@ -309,12 +371,13 @@ export class LocalSandboxBackend implements SandboxBackend {
     let exitHandled!: () => void;
     const jail: Jail = {
       name: input.name,
+      diskMb: this.workspaceKind === "image" ? input.resources.diskMb : null,
       child,
       hostPid: child.pid,
       network: input.network,
       sessionId: input.sessionId,
       workspace: input.workspace,
-      socketPath: path.join(socketDir, "daemon.sock"),
+      socketPath: path.join(daemonDir, "daemon.sock"),
       modelRelay,
       stopping: false,
       exited: new Promise((resolve) => (exitHandled = resolve)),
@@ -358,58 +421,158 @@ export class LocalSandboxBackend implements SandboxBackend {
     else this.refillWarmPools();
   }
 
-  private async bwrapArgs(network: NetworkMode, workspace: string, socketDir: string, sandboxDir: string): Promise<string[]> {
+  private async bwrapArgs(stage: Stage, network: NetworkMode, workspace: string, sandboxDir: string): Promise<string[]> {
     const passwd = path.join(sandboxDir, "passwd");
     const group = path.join(sandboxDir, "group");
-    await fs.writeFile(passwd, `root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:${SANDBOX_UID}:${SANDBOX_UID}:sandbox:${WORKSPACE_IN_JAIL}:/bin/bash\n`);
-    await fs.writeFile(group, `root:x:0:\nsandbox:x:${SANDBOX_UID}:\n`);
+    await fs.writeFile(passwd, `root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:${SANDBOX_UID}:${SANDBOX_UID}:sandbox:${WORKSPACE_IN_JAIL}:/bin/bash\n`, { mode: 0o644 });
+    await fs.writeFile(group, `root:x:0:\nsandbox:x:${SANDBOX_UID}:\n`, { mode: 0o644 });
     const runtime = realpathSync(this.options.runtimePath);
+    const sandbox = stage.view(sandboxDir);
+    const tools = Object.entries(this.options.tools ?? {}).filter(([, hostPath]) => existsSync(hostPath));
     return [
       "--unshare-user",
       "--uid",
       String(SANDBOX_UID),
       "--gid",
       String(SANDBOX_UID),
+      // No user namespaces inside (the seccomp filter refuses them too).
+      "--disable-userns",
       "--unshare-pid",
       "--unshare-ipc",
       "--unshare-uts",
       "--unshare-cgroup-try",
       ...(network === "none" ? ["--unshare-net"] : []),
       "--die-with-parent",
+      // A new session: no TIOCSTI into a terminal the platform holds.
       "--new-session",
       "--hostname",
       "sandbox",
       ...systemBinds(),
       ...ETC_FILES.flatMap((file) => ["--ro-bind-try", file, file]),
       "--ro-bind",
-      passwd,
+      `${sandbox}/passwd`,
       "/etc/passwd",
       "--ro-bind",
-      group,
+      `${sandbox}/group`,
       "/etc/group",
       "--proc",
       "/proc",
+      // The kernel's global knobs, read-only (bwrap covers them only when it runs setuid).
+      ...PROC_READ_ONLY.flatMap((entry) => ["--ro-bind-try", entry, entry]),
       "--dev",
       "/dev",
       "--tmpfs",
       "/tmp",
       "--tmpfs",
       "/run",
-      "--bind",
-      socketDir,
+      "--ro-bind",
+      `${sandbox}/run`,
       SOCKET_DIR_IN_JAIL,
       "--bind",
-      workspace,
+      `${sandbox}/run/daemon`,
+      DAEMON_DIR_IN_JAIL,
+      "--bind",
+      stage.view(workspace, workspace.endsWith(IMAGE_SUFFIX) ? "image" : "bind"),
       WORKSPACE_IN_JAIL,
-      ...(runtime.startsWith("/usr/") ? [] : ["--ro-bind", runtime, runtime]),
-      ...Object.entries(this.options.tools ?? {}).flatMap(([name, hostPath]) => ["--ro-bind-try", hostPath, `${TOOLS_DIR_IN_JAIL}/${name}`]),
+      ...(runtime.startsWith("/usr/") ? [] : ["--ro-bind", stage.view(runtime), runtime]),
+      ...tools.flatMap(([name, hostPath]) => ["--ro-bind", stage.view(hostPath), `${TOOLS_DIR_IN_JAIL}/${name}`]),
       "--ro-bind",
-      this.options.daemonScript,
+      stage.view(this.options.daemonScript),
       DAEMON_IN_JAIL,
       "--chdir",
       WORKSPACE_IN_JAIL,
       "--",
     ];
+  }
+
+  /**
+   * Starts a jail that runs `/bin/true` the way every sandbox starts (as the sandbox user, seccomp,
+   * staged binds, an image workspace where quotas are on), so a host that cannot do it fails at
+   * start with the reason rather than at the first session. An image that cannot be mounted (no
+   * loop devices, as in many containers) turns quotas off with a warning instead.
+   */
+  private async selfTest(): Promise<void> {
+    const dir = path.join(this.options.dataDir, "sandboxes", ".self-test");
+    await fs.rm(dir, { recursive: true, force: true });
+    await fs.mkdir(dir, { mode: 0o711 });
+    const attempt = async (workspace: string) => {
+      const stage = new Stage(this.identity);
+      const args = [
+        "--unshare-user",
+        "--uid",
+        String(SANDBOX_UID),
+        "--disable-userns",
+        "--unshare-pid",
+        "--unshare-net",
+        ...systemBinds(),
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--bind",
+        stage.view(workspace, workspace.endsWith(IMAGE_SUFFIX) ? "image" : "bind"),
+        WORKSPACE_IN_JAIL,
+        "--",
+        "/bin/sh",
+        "-c",
+        `touch ${WORKSPACE_IN_JAIL}/.berth-self-test`,
+      ];
+      const child = spawnJail(stage.prefix(this.bwrapPath!, args, this.seccomp !== null), [], { env: {}, seccomp: this.seccomp, detached: false });
+      let stderr = "";
+      child.stderr!.setEncoding("utf8").on("data", (chunk: string) => (stderr = (stderr + chunk).slice(-2000)));
+      child.stdout!.resume();
+      const code = await new Promise<number | null>((resolve) => child.once("close", (exitCode) => resolve(exitCode)));
+      if (code !== 0) throw new Error(stderr.trim() || `exit code ${code}`);
+    };
+    try {
+      if (this.workspaceKind === "image") {
+        try {
+          await attempt(await this.newWorkspace(path.join(dir, `workspace${IMAGE_SUFFIX}`), 16));
+          return;
+        } catch (error) {
+          this.options.logger.warn({ err: error }, "a workspace image could not be mounted (are loop devices available?): disk quotas are off");
+          this.workspaceKind = "folder";
+        }
+      }
+      const folder = path.join(dir, "workspace");
+      await this.newWorkspace(folder, 0);
+      await attempt(folder);
+    } catch (error) {
+      throw new Error(`a test sandbox could not start (bwrap ${(error as Error).message}). ${DOCKER_HINT}`);
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  /** An empty workspace: an ext4 image of `diskMb` (path ends in .img), or a folder the sandbox user owns. */
+  private async newWorkspace(target: string, diskMb: number): Promise<string> {
+    if (!target.endsWith(IMAGE_SUFFIX)) {
+      await fs.mkdir(target, { recursive: true, mode: 0o700 });
+      if (this.identity) await fs.chown(target, this.identity.uid, this.identity.gid);
+      return target;
+    }
+    const partial = `${target}.partial`;
+    try {
+      await fs.writeFile(partial, "", { mode: 0o600 });
+      await fs.truncate(partial, diskMb * 1024 * 1024);
+      // No reserved blocks, lazy init (a sparse file: a new 2 GiB workspace takes about 1 MB on disk),
+      // the root folder owned by the sandbox user.
+      const owner = this.identity ? `,root_owner=${this.identity.uid}:${this.identity.gid}` : "";
+      await run(this.mkfsPath!, ["-q", "-F", "-m", "0", "-E", `lazy_itable_init=1,lazy_journal_init=1,nodiscard${owner}`, partial]);
+      await fs.rename(partial, target);
+    } catch (error) {
+      await fs.rm(partial, { force: true });
+      throw new SandboxUnavailableError(`could not create a ${diskMb} MB workspace image: ${(error as Error).message}`);
+    }
+    return target;
+  }
+
+  /** Workspaces from before jails ran as the sandbox user (or copied in by hand) are handed to it once. */
+  private async ownWorkspaceFolder(folder: string): Promise<void> {
+    if (!this.identity) return;
+    const stat = await fs.stat(folder);
+    if (stat.uid === this.identity.uid) return;
+    await run("chown", ["-R", "--no-dereference", `${this.identity.uid}:${this.identity.gid}`, folder]);
   }
 
   /** In the background: cgroups any Berth process on this machine left behind (Cgroups.removeAbandoned). */
@@ -445,6 +608,72 @@ export class LocalSandboxBackend implements SandboxBackend {
 export function addressSpaceLimit(memoryMb: number, memoryCgroup: boolean): number | null {
   if (memoryCgroup) return null;
   return (memoryMb + ADDRESS_SPACE_HEADROOM_MB) * 1024 * 1024;
+}
+
+const IMAGE_SUFFIX = ".img";
+
+/**
+ * As root, bwrap runs as the sandbox user, who cannot reach the data dir: each host path the jail
+ * binds is mounted first (by root, in a private mount namespace of the jail's own) under STAGE_DIR,
+ * and bwrap binds it from there; an image workspace is loop-mounted there, nosuid and nodev. Then
+ * the stage drops to the sandbox user (no groups, no capabilities, no new privileges) and runs bwrap.
+ * As another user there is nothing to stage: bwrap binds the paths themselves.
+ */
+class Stage {
+  private readonly mounts: string[] = [];
+
+  constructor(private readonly identity: HostIdentity | null) {}
+
+  /** The path bwrap binds for a host path (`image`: a workspace image, mounted). */
+  view(hostPath: string, kind: "bind" | "image" = "bind"): string {
+    if (!this.identity) {
+      if (kind === "image") throw new Error("workspace images need Berth to run as root");
+      return hostPath;
+    }
+    const target = `t${this.mounts.length / 3}`;
+    this.mounts.push(kind, hostPath, target);
+    return `${STAGE_DIR}/${target}`;
+  }
+
+  /** The command that runs bwrap with `args` (up to "--"; append the program), reading a seccomp program on fd 3 if asked. */
+  prefix(bwrapPath: string, args: string[], seccomp: boolean): string[] {
+    const bwrap = [bwrapPath, ...(seccomp ? ["--seccomp", "3"] : []), ...args];
+    if (!this.identity) return bwrap;
+    const { uid, gid } = this.identity;
+    return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", STAGE_SCRIPT, "berth-stage", String(uid), String(gid), String(this.mounts.length / 3), ...this.mounts, ...bwrap];
+  }
+}
+
+const STAGE_SCRIPT = `set -e
+uid=$1; gid=$2; n=$3; shift 3
+mount -t tmpfs -o mode=0755,nosuid,nodev,noexec,size=64k berth-stage ${STAGE_DIR}
+while [ "$n" -gt 0 ]; do
+  kind=$1; source=$2; target=${STAGE_DIR}/$3; shift 3; n=$((n-1))
+  if [ "$kind" = image ]; then mkdir "$target"; mount -o loop,nosuid,nodev,noatime "$source" "$target"; rmdir "$target/lost+found" 2>/dev/null || true
+  elif [ -d "$source" ]; then mkdir "$target"; mount --bind "$source" "$target"
+  else : > "$target"; mount --bind "$source" "$target"; fi
+done
+exec setpriv --reuid="$uid" --regid="$gid" --clear-groups --inh-caps=-all --no-new-privs -- "$@"`;
+
+/**
+ * Spawns a jail's command line: a shell joins the sandbox's cgroups, then becomes the command, so
+ * nothing starts outside them. The seccomp program reaches bwrap on fd 3 (`--seccomp 3`).
+ */
+function spawnJail(command: string[], procsFiles: string[], options: { env: Record<string, string>; seccomp: Buffer | null; detached: boolean }): ChildProcess {
+  // (`command` passes --seccomp 3 to bwrap whenever `seccomp` is given: Stage.prefix.)
+  const joinCgroups = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 97; shift; n=$((n-1)); done; exec "$@"';
+  const child = spawn("/bin/sh", ["-c", joinCgroups, "berth-jail", String(procsFiles.length), ...procsFiles, ...command], {
+    env: options.env as unknown as NodeJS.ProcessEnv,
+    stdio: ["ignore", "pipe", "pipe", options.seccomp ? "pipe" : "ignore"],
+    detached: options.detached,
+  });
+  const seccompPipe = child.stdio[3] as NodeJS.WritableStream | null;
+  if (seccompPipe && options.seccomp) {
+    // A jail that dies before bwrap reads it closes the pipe: its exit is reported elsewhere.
+    seccompPipe.on("error", () => {});
+    seccompPipe.end(options.seccomp);
+  }
+  return child;
 }
 
 function addressOf(jail: Jail): string {
