@@ -6,7 +6,7 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { collectExec, createDaemonClient, DaemonProtocolError } from "./daemon-client";
+import { collectExec, createDaemonClient, DaemonProtocolError, utf8Prefix } from "./daemon-client";
 import { DaemonRequestError, SandboxUnavailableError, type DaemonClient, type ExecChunk } from "./port";
 import { isProcessAlive } from "../../db/embedded";
 import { waitFor } from "../../tests/helpers/processes";
@@ -157,20 +157,32 @@ describe("createDaemonClient against a real sandboxd", () => {
       { type: "stdout", data: "out\n" },
       { type: "stderr", data: "err\n" },
       { type: "stdout", data: "more\n" },
-      { type: "exit", exitCode: 4, signal: null, timedOut: false, durationMs: expect.any(Number) },
+      { type: "exit", exitCode: 4, signal: null, timedOut: false, durationMs: expect.any(Number), stdoutBytes: 9, stderrBytes: 4, stdoutTruncated: false, stderrTruncated: false },
     ]);
   });
 
   it("collectExec aggregates the output and the exit status", async () => {
     const result = await collectExec(client.exec({ command: "printf 'a\\nb'; printf E1 >&2; sleep 0.05; printf c; printf E2 >&2; exit 2" }));
-    expect(result).toEqual({ exitCode: 2, signal: null, timedOut: false, durationMs: expect.any(Number), stdout: "a\nbc", stderr: "E1E2" });
+    expect(result).toEqual({
+      exitCode: 2,
+      signal: null,
+      timedOut: false,
+      durationMs: expect.any(Number),
+      stdout: "a\nbc",
+      stderr: "E1E2",
+      stdoutBytes: 4,
+      stderrBytes: 4,
+      stdoutTruncated: false,
+      stderrTruncated: false,
+      truncated: false,
+    });
     expect(await collectExec(client.exec({ command: "pwd", cwd: "." }))).toMatchObject({ exitCode: 0, stdout: `${fs.realpathSync(daemon.workspace)}\n` });
   });
 
   it("exec sees the session env and not the daemon's configuration", async () => {
     const result = await collectExec(client.exec({ command: "env" }));
     expect(result.stdout).toMatch(/^SESSION_SECRET=client-visible-secret$/m);
-    expect(result.stdout).not.toMatch(/BERTH_/);
+    expect(result.stdout.replace(/^BERTH_EXEC_ID=.*$/m, "")).not.toMatch(/BERTH_/);
     expect(result.stdout).not.toContain(daemon.token);
   });
 
@@ -436,6 +448,11 @@ describe("createDaemonClient when the daemon is unreachable or misbehaves", () =
       durationMs: 5,
       stdout: "h€llo",
       stderr: "",
+      stdoutBytes: 7,
+      stderrBytes: 0,
+      stdoutTruncated: false,
+      stderrTruncated: false,
+      truncated: false,
     });
   });
 
@@ -465,8 +482,40 @@ describe("collectExec", () => {
       consumedAfterExit = true;
       yield { type: "stdout", data: "after the exit" };
     }
-    expect(await collectExec(stream())).toEqual({ exitCode: null, signal: "SIGTERM", timedOut: true, durationMs: 42, stdout: "o1o2", stderr: "e1e2" });
+    expect(await collectExec(stream())).toEqual({
+      exitCode: null,
+      signal: "SIGTERM",
+      timedOut: true,
+      durationMs: 42,
+      stdout: "o1o2",
+      stderr: "e1e2",
+      stdoutBytes: 4,
+      stderrBytes: 4,
+      stdoutTruncated: false,
+      stderrTruncated: false,
+      truncated: false,
+    });
     expect(consumedAfterExit).toBe(false);
+  });
+
+  it("keeps the first maxOutputBytes of each stream on a UTF-8 boundary, drains the rest and says truncated", async () => {
+    // "€" is 3 bytes, "😀" 4 (a surrogate pair): a 10-byte cap keeps "ab€€" (8 bytes), never half of either.
+    const result = await collectExec(
+      chunks([
+        { type: "stdout", data: "ab€" },
+        { type: "stdout", data: "€😀tail" },
+        { type: "stdout", data: "x".repeat(100_000) },
+        { type: "stderr", data: "small" },
+        { type: "exit", exitCode: 0, signal: null, timedOut: false, durationMs: 1 },
+      ]),
+      { maxOutputBytes: 10 },
+    );
+    expect(result).toMatchObject({ stdout: "ab€€", stderr: "small", stdoutTruncated: true, stderrTruncated: false, truncated: true, stdoutBytes: 100_016 });
+    expect(utf8Prefix("a😀b", 2)).toBe("a");
+    expect(utf8Prefix("a😀b", 5)).toBe("a😀");
+    // The daemon's own truncation (it was told the cap) is reported too.
+    const capped = await collectExec(chunks([{ type: "stdout", data: "abc" }, { type: "exit", exitCode: 0, signal: null, timedOut: false, durationMs: 1, stdoutBytes: 300_000_000, stdoutTruncated: true }]));
+    expect(capped).toMatchObject({ stdout: "abc", stdoutTruncated: true, truncated: true, stdoutBytes: 300_000_000 });
   });
 
   it("a stream without an exit chunk is SandboxUnavailableError", async () => {
