@@ -12,15 +12,19 @@ export const meta: MetaFunction = () => [{ title: "Audit log · Berth" }];
 
 type Entry = RouterOutputs["audit"]["list"]["items"][number];
 
-const TARGET_TYPES = ["agent", "api_key", "job", "secret", "session", "team", "user"];
+const TARGET_TYPES = ["agent", "api_key", "invitation", "job", "secret", "session", "team", "user"];
 const ACTIONS = [
   "agent.create",
   "agent.update",
   "agent.delete",
   "api_key.create",
   "api_key.revoke",
+  "invitation.accepted",
+  "invitation.declined",
+  "invitation.revoked",
   "job.retry",
   "member.add",
+  "member.invited",
   "member.remove",
   "member.role",
   "sandbox.lost",

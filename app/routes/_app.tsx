@@ -1,8 +1,8 @@
 import type { LoaderFunctionArgs } from "@remix-run/node";
-import { NavLink, Outlet, isRouteErrorResponse, redirect, useLoaderData, useRouteError, type ShouldRevalidateFunction } from "@remix-run/react";
-import { useMutation, useQueryClient } from "@tanstack/react-query";
+import { NavLink, Outlet, isRouteErrorResponse, redirect, useLoaderData, useRevalidator, useRouteError, type ShouldRevalidateFunction } from "@remix-run/react";
+import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { useState } from "react";
-import { ErrorState, MutationError } from "../components/ui";
+import { ErrorState, MutationError, Notice } from "../components/ui";
 import { useAppData } from "../lib/app-data";
 import { markSigningOut } from "../lib/errors";
 import { useTRPC } from "../lib/trpc";
@@ -84,6 +84,66 @@ function TeamSwitcher() {
   );
 }
 
+/**
+ * Invitations to other teams for the signed-in person (matched by their account's email): accept or
+ * decline. An accepted team appears in the team switcher.
+ */
+function ReceivedInvitations() {
+  const trpc = useTRPC();
+  const queryClient = useQueryClient();
+  const revalidator = useRevalidator();
+  const [joined, setJoined] = useState<{ teamId: string; name: string } | null>(null);
+  const invitations = useQuery(trpc.invitations.mine.queryOptions());
+  const onDone = () => void queryClient.invalidateQueries({ queryKey: trpc.invitations.mine.pathKey() });
+  const accept = useMutation(
+    trpc.invitations.accept.mutationOptions({
+      onSuccess: (result, variables) => {
+        setJoined({ teamId: result.teamId, name: invitations.data?.find((item) => item.id === variables.invitationId)?.team.name ?? "the team" });
+        onDone();
+        // The layout's loader lists the person's teams: load it again for the team switcher.
+        revalidator.revalidate();
+      },
+    }),
+  );
+  const decline = useMutation(trpc.invitations.decline.mutationOptions({ onSuccess: onDone }));
+  const switchTeam = useMutation(trpc.auth.switchTeam.mutationOptions({ onSuccess: () => window.location.assign("/sessions") }));
+  const items = invitations.data ?? [];
+  if (items.length === 0 && !joined) return null;
+  return (
+    <section className="invitations-banner" aria-label="Invitations">
+      {joined ? (
+        <Notice kind="success">
+          You joined {joined.name}.{" "}
+          <button type="button" className="button button-small" onClick={() => switchTeam.mutate({ teamId: joined.teamId })} disabled={switchTeam.isPending}>
+            Switch to {joined.name}
+          </button>
+        </Notice>
+      ) : null}
+      {items.map((invitation) => (
+        <div key={invitation.id} className="invitation-row" data-testid="received-invitation">
+          <span>
+            <strong>{invitation.team.name}</strong> invited you to join as <strong>{invitation.role}</strong>.
+          </span>
+          <span className="invitation-row-actions">
+            <button
+              type="button"
+              className="button button-small button-primary"
+              disabled={accept.isPending || decline.isPending}
+              onClick={() => accept.mutate({ invitationId: invitation.id })}
+            >
+              Accept
+            </button>
+            <button type="button" className="button button-small" disabled={accept.isPending || decline.isPending} onClick={() => decline.mutate({ invitationId: invitation.id })}>
+              Decline
+            </button>
+          </span>
+        </div>
+      ))}
+      <MutationError error={accept.error ?? decline.error ?? switchTeam.error} />
+    </section>
+  );
+}
+
 function SignOut() {
   const trpc = useTRPC();
   const queryClient = useQueryClient();
@@ -137,6 +197,7 @@ export default function AppLayout() {
         </div>
       </aside>
       <main id="main" className="content" tabIndex={-1}>
+        {me.via === "session" ? <ReceivedInvitations /> : null}
         <Outlet />
       </main>
     </div>

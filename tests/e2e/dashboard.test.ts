@@ -394,17 +394,50 @@ describe("web dashboard", () => {
     await shot("api-keys");
   });
 
-  it("adds a member and changes roles", async () => {
+  it("invites a person, who joins through the link; changes roles; revokes an invitation", async () => {
     await visit("/members");
     await page.getByLabel("Email").fill("colleague@dashboard.test");
-    await page.getByLabel("Name").fill("Colleague");
-    await page.getByLabel("Password").fill("colleague-password-1");
-    await page.getByRole("button", { name: "Add member" }).click();
-    const row = page.getByRole("row").filter({ hasText: "colleague@dashboard.test" });
+    await page.getByRole("button", { name: "Invite", exact: true }).click();
+    const link = await page.getByTestId("invitation-link-value").textContent();
+    expect(link).toMatch(new RegExp(`^${relay.url}/invite#[A-Za-z0-9_-]{43}$`));
+    await shot("members-invited");
+    await page.getByRole("button", { name: "Done" }).click();
+    const pending = page.getByRole("table", { name: "Pending invitations" }).getByRole("row").filter({ hasText: "colleague@dashboard.test" });
+    await pending.waitFor();
+    // Nobody joins before accepting.
+    expect((await api.teams.members.query({ limit: 10 })).items.map((member) => member.email)).not.toContain("colleague@dashboard.test");
+
+    // The colleague, in a browser of their own, opens the link and chooses a password.
+    const colleague = await browser.newContext({ viewport: LAPTOP });
+    const colleaguePage = await colleague.newPage();
+    colleaguePage.on("pageerror", (error) => pageErrors.push(error.message));
+    await colleaguePage.goto(link!);
+    await colleaguePage.getByText("is invited to join").waitFor();
+    await colleaguePage.getByLabel("Your name").fill("Colleague");
+    await colleaguePage.getByLabel("Password", { exact: true }).fill("colleague-password-1");
+    await colleaguePage.getByLabel("Password again").fill("colleague-password-1");
+    await colleaguePage.screenshot({ path: path.join(SHOTS, "invitation-link.png") });
+    await colleaguePage.getByRole("button", { name: "Create account and join Admin" }).click();
+    await colleaguePage.waitForURL(/\/sessions$/);
+    await colleague.close();
+
+    await visit("/members");
+    const row = page.getByRole("table", { name: "Members" }).getByRole("row").filter({ hasText: "colleague@dashboard.test" });
     await row.waitFor();
+    expect(await page.getByRole("table", { name: "Pending invitations" }).count()).toBe(0);
     await row.getByLabel("Role of colleague@dashboard.test").selectOption("admin");
     await expect.poll(async () => (await api.teams.members.query({ limit: 10 })).items.find((member) => member.email === "colleague@dashboard.test")?.role).toBe("admin");
+
+    await page.getByLabel("Email").fill("not-coming@dashboard.test");
+    await page.getByRole("button", { name: "Invite", exact: true }).click();
+    await page.getByRole("button", { name: "Done" }).click();
+    const invitation = page.getByRole("table", { name: "Pending invitations" }).getByRole("row").filter({ hasText: "not-coming@dashboard.test" });
+    await invitation.waitFor();
     await shot("members");
+    await invitation.getByRole("button", { name: "Revoke" }).click();
+    await invitation.getByRole("button", { name: "Confirm revoke" }).click();
+    await invitation.waitFor({ state: "detached" });
+    expect((await api.teams.invitations.query({})).items).toEqual([]);
   });
 
   it("shows the audit log", async () => {
@@ -481,8 +514,16 @@ describe("web dashboard", () => {
 
   it("switches between the teams of a user", async () => {
     const other = await createTeamWithKey(berth.databaseUrl, "second-team", "owner");
-    await berth.client(other.apiKey).teams.addMember.mutate({ email: EMAIL, role: "admin" });
+    await berth.client(other.apiKey).teams.invite.mutate({ email: EMAIL, role: "admin" });
     await visit("/sessions");
+    // Not a member until accepted: the invitation shows on every page, the switcher does not list the team yet.
+    const invitation = page.getByTestId("received-invitation");
+    await invitation.filter({ hasText: "second-team" }).waitFor();
+    expect(await page.locator("#team-switcher").count()).toBe(0);
+    await shot("invitation-received");
+    await invitation.getByRole("button", { name: "Accept" }).click();
+    await page.getByText("You joined second-team").waitFor();
+    await invitation.waitFor({ state: "detached" });
     const switcher = page.getByLabel("Team");
     await switcher.selectOption({ label: "second-team" });
     await page.waitForURL(/\/sessions$/);
