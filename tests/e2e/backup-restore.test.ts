@@ -118,6 +118,7 @@ describe("backup and restore", () => {
     const agent = await api.agents.create.mutate({ name: "survivor", model: "demo" });
     await api.secrets.set.mutate({ name: "SURVIVING_SECRET", value: SECRET_VALUE, agentId: agent.id });
     const ciKey = await api.apiKeys.create.mutate({ name: "ci", role: "admin" });
+    await api.teams.invite.mutate({ email: "pending@example.com", role: "member" });
     const { id: sessionId } = await api.sessions.create.mutate({ agentId: agent.id });
     await waitFor("the session to be ready", async () => ((await api.sessions.get.query({ sessionId })).status === "ready" ? true : undefined), 30_000);
     await api.sessions.send.mutate({ sessionId, text: "run: echo before-backup" });
@@ -146,7 +147,7 @@ describe("backup and restore", () => {
                (select count(*)::int from agent_versions) as agent_versions, (select count(*)::int from secrets) as secrets,
                (select count(*)::int from sessions) as sessions, (select count(*)::int from session_events) as session_events,
                (select count(*)::int from turns) as turns, (select count(*)::int from sandboxes) as sandboxes,
-               (select count(*)::int from audit_log) as audit_log`;
+               (select count(*)::int from audit_log) as audit_log, (select count(*)::int from invitations) as invitations`;
       sourceCounts = counts;
     } finally {
       await sourceSql.end({ timeout: 5 });
