@@ -17,6 +17,7 @@ import {
   type NetworkMode,
   type ProvisionedSandbox,
   type SandboxBackend,
+  type SandboxIsolation,
   type SandboxLoss,
   type SandboxSpec,
   type SandboxState,
@@ -141,7 +142,7 @@ export class LocalSandboxBackend implements SandboxBackend {
   ) {}
 
   /** What the sandbox boundary is made of here, for system.health and the start-up log. */
-  describeIsolation(): { hostUser: string; seccomp: boolean; diskQuota: boolean } {
+  describeIsolation(): SandboxIsolation {
     return {
       hostUser: this.identity?.name ?? (this.bwrapPath ? "the Berth user (not root)" : "the Berth user, WITHOUT a jail"),
       seccomp: this.bwrapPath !== null && this.seccomp !== null,
@@ -343,7 +344,8 @@ export class LocalSandboxBackend implements SandboxBackend {
     if (modelRelay) await fs.chmod(modelSocket, 0o666);
     const limits = ["prlimit", `--nofile=${OPEN_FILES_LIMIT}`, ...(addressSpace === null ? [] : [`--as=${addressSpace}`]), "--core=0", "--"];
     const daemonEnv = {
-      ...(input.env ?? {}),
+      // The daemon's own settings come from here only, never from an agent's env or secrets.
+      ...Object.fromEntries(Object.entries(input.env ?? {}).filter(([name]) => !name.startsWith("BERTH_DAEMON_"))),
       BERTH_DAEMON_LISTEN: `unix:${this.bwrapPath ? DAEMON_DIR_IN_JAIL : daemonDir}/daemon.sock`,
       BERTH_DAEMON_TOKEN: this.options.tokenFor(input.name),
       BERTH_WORKSPACE: this.bwrapPath ? WORKSPACE_IN_JAIL : input.workspace,

@@ -47,8 +47,20 @@ export type ListedSandbox = { name: string; sessionId: string | null; state: San
 
 export type SandboxLoss = { name: string; reason: string };
 
+/** What a sandbox's boundary is made of on this backend and host (system.health, the start-up log). */
+export type SandboxIsolation = {
+  /** Who sandboxed processes are on the host. */
+  hostUser: string;
+  /** A seccomp filter refuses the system calls sandboxes never need. */
+  seccomp: boolean;
+  /** An agent's diskMb really stops writes. */
+  diskQuota: boolean;
+};
+
 export interface SandboxBackend {
   readonly name: "local" | "kubernetes";
+  /** Optional: what isolates sandboxes here. */
+  describeIsolation?(): SandboxIsolation;
   /** Starts (or claims from a warm pool) a sandbox and returns once its daemon answers health. */
   provision(spec: SandboxSpec): Promise<ProvisionedSandbox>;
   /** Stops the sandbox and releases its compute; the session workspace is kept (see deleteWorkspace). Idempotent. */

@@ -1,6 +1,7 @@
 import type postgres from "postgres";
 import { pendingMigrationCount } from "../../db/migrate";
 import type { Config } from "../config";
+import type { SandboxIsolation } from "../sandbox/port";
 import { BERTH_VERSION } from "../version";
 
 export type ComponentState = "ok" | "unreachable" | "not configured";
@@ -11,6 +12,8 @@ export type Health = {
   database: "ok" | "unreachable";
   gateway: ComponentState;
   sandboxBackend: string;
+  /** What isolates sandboxes, where the backend says (local: host user, seccomp, disk quotas). */
+  sandboxIsolation?: SandboxIsolation;
 };
 
 export type Readiness = {
@@ -33,6 +36,7 @@ export class HealthService {
       isWorkerRunning: () => boolean;
       /** Name of the sandbox backend in use, or undefined until one is wired. */
       sandboxBackend: () => string | undefined;
+      sandboxIsolation?: () => SandboxIsolation | undefined;
       fetch?: typeof fetch;
     },
   ) {}
@@ -72,6 +76,7 @@ export class HealthService {
       database,
       gateway,
       sandboxBackend: this.deps.sandboxBackend() ?? "not configured",
+      ...(this.deps.sandboxIsolation?.() ? { sandboxIsolation: this.deps.sandboxIsolation() } : {}),
     };
   }
 

@@ -91,6 +91,7 @@ export function createServices(deps: ServiceDependencies) {
       shippedMigrations: deps.shippedMigrations,
       isWorkerRunning: deps.isWorkerRunning,
       sandboxBackend: () => deps.sandboxBackend.name,
+      sandboxIsolation: () => deps.sandboxBackend.describeIsolation?.(),
     }),
     auth,
     loginThrottle,

@@ -62,9 +62,7 @@ describe("exec output caps and process cleanup in local jails", () => {
 
   beforeAll(async () => {
     berth = await startTestBerth({
-      // Until the local backend sets BERTH_DAEMON_SWEEP=1 for its jails' daemons itself, the platform's
-      // sandbox environment carries it there (the daemon reads it as configuration and removes it).
-      env: { BERTH_ADMIN_API_KEY: KEY, BERTH_WARM_POOL_SIZE: "0", CONTAINER_ENV_BERTH_DAEMON_SWEEP: "1" },
+      env: { BERTH_ADMIN_API_KEY: KEY, BERTH_WARM_POOL_SIZE: "0" },
     });
     api = berth.client(KEY);
   });

@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isProcessAlive } from "../../db/embedded";
 import { startTestBerth, type TestBerth } from "../helpers/berth";
 import { waitFor } from "../helpers/processes";
+import { workspaceExists, workspaceFile } from "../helpers/workspaces";
 
 const KEY = "sandbox_test_key_0123456789abcdefghij";
 
@@ -93,7 +94,7 @@ describe("per-session sandboxes on the local backend", () => {
     const [a, b] = [await readySession(agent.id), await readySession(agent.id)];
     await exec(a.id, "echo private-to-a > note.txt");
     const workspaceA = path.join(berth.config.dataDir, "workspaces", a.id);
-    expect(existsSync(path.join(workspaceA, "note.txt"))).toBe(true);
+    expect(workspaceFile(berth.config.dataDir, a.id, "note.txt")).toBe("private-to-a\n");
 
     const seen = await exec(b.id, `cat ${workspaceA}/note.txt; ls ${berth.config.dataDir}; ls /workspace/..; cat /workspace/../*/note.txt`);
     expect(seen.stdout).not.toContain("private-to-a");
@@ -238,8 +239,7 @@ describe("per-session sandboxes on the local backend", () => {
     const session = await readySession((await api.agents.create.mutate({ name: "busy", model: "demo", idleTimeoutSeconds: 30 })).id);
     const running = exec(session.id, "touch busy.txt; sleep 3; echo done");
     // Only once the command has started is it sure to count as running (it first waits for the sandbox).
-    const marker = path.join(berth.config.dataDir, "workspaces", session.id, "busy.txt");
-    await waitFor("the command to start", () => existsSync(marker), 20_000);
+    await waitFor("the command to start", () => (workspaceFile(berth.config.dataDir, session.id, "busy.txt") === null ? undefined : true), 20_000);
     await sql`update sessions set last_activity_at = now() - interval '1 hour' where id = ${session.id}`;
     await berth.services.sandboxes.suspendIdle();
     expect((await running).stdout).toBe("done\n");
@@ -260,7 +260,7 @@ describe("per-session sandboxes on the local backend", () => {
     }
     expect(session!.sandbox!.fromWarmPool).toBe(true);
     expect((await exec(session!.id, "echo $WARM_SECRET $SAMPLE_SECRET; pwd; touch made-in-warm")).stdout).toBe("bound-at-claim s3\n/workspace\n");
-    expect(existsSync(path.join(berth.config.dataDir, "workspaces", session!.id, "made-in-warm"))).toBe(true);
+    expect(workspaceFile(berth.config.dataDir, session!.id, "made-in-warm")).toBe("");
   });
 
   it("reconciliation stops jails no live session owns, reconnects sessions whose sandbox vanished, deletes terminated sessions' workspaces", async () => {
@@ -291,8 +291,8 @@ describe("per-session sandboxes on the local backend", () => {
     expect(orphanRow).toEqual({ status: "stopped", end_reason: "orphan: no live session owns it" });
     const [vanishedRow] = await sql<{ status: string; end_reason: string }[]>`select status, end_reason from sandboxes where session_id = ${vanished.id} and generation = 1`;
     expect(vanishedRow).toEqual({ status: "lost", end_reason: "sandbox vanished" });
-    await waitFor("the terminated session's workspace to be deleted", () => (existsSync(path.join(workspaces, orphaned.id)) ? undefined : true));
-    expect(existsSync(path.join(workspaces, vanished.id))).toBe(true);
+    await waitFor("the terminated session's workspace to be deleted", () => (workspaceExists(berth.config.dataDir, orphaned.id) ? undefined : true));
+    expect(workspaceExists(berth.config.dataDir, vanished.id)).toBe(true);
     expect(existsSync(unknown)).toBe(true);
     expect(existsSync(notASession)).toBe(true);
   });
@@ -321,13 +321,12 @@ describe("per-session sandboxes on the local backend", () => {
   it("terminates: the jail is stopped, the workspace deleted, and the session is final", async () => {
     const session = await readySession((await api.agents.create.mutate({ name: "terminate", model: "demo" })).id);
     await exec(session.id, "mkdir -p deep/er && echo data > deep/er/file.txt");
-    const workspace = path.join(berth.config.dataDir, "workspaces", session.id);
-    expect(existsSync(path.join(workspace, "deep", "er", "file.txt"))).toBe(true);
+    expect(workspaceFile(berth.config.dataDir, session.id, "deep/er/file.txt")).toBe("data\n");
     const terminated = await api.sessions.terminate.mutate({ sessionId: session.id });
     expect(terminated.status).toBe("terminated");
     expect(terminated.sandbox).toMatchObject({ status: "stopped", endReason: "terminated" });
     expect(isProcessAlive(session.sandbox!.hostPid!)).toBe(false);
-    expect(existsSync(workspace)).toBe(false);
+    expect(workspaceExists(berth.config.dataDir, session.id)).toBe(false);
     const error = await exec(session.id, "true").catch((e: unknown) => e);
     expect((error as TRPCClientError<never>).data).toMatchObject({ code: "CONFLICT" });
   });
@@ -352,20 +351,20 @@ describe("workspace retention after termination (BERTH_WORKSPACE_RETENTION_HOURS
     const session = await api.sessions.create.mutate({ agentId: agent.id });
     await waitFor("session ready", async () => ((await api.sessions.get.query({ sessionId: session.id })).status === "ready" ? true : undefined), 30_000);
     await api.sessions.exec.mutate({ sessionId: session.id, command: "echo kept > notes.txt", timeoutMs: 20_000 });
-    const workspace = path.join(berth.config.dataDir, "workspaces", session.id);
+    const dataDir = berth.config.dataDir;
 
     await api.sessions.terminate.mutate({ sessionId: session.id });
-    expect(readFileSync(path.join(workspace, "notes.txt"), "utf8")).toBe("kept\n");
+    expect(workspaceFile(dataDir, session.id, "notes.txt")).toBe("kept\n");
     await berth.services.sandboxes.reconcile();
-    expect(existsSync(workspace)).toBe(true);
+    expect(workspaceExists(dataDir, session.id)).toBe(true);
 
     // 23 hours after termination: still inside the period.
     await sql`update sessions set updated_at = now() - interval '23 hours' where id = ${session.id}`;
     await berth.services.sandboxes.reconcile();
-    expect(existsSync(workspace)).toBe(true);
+    expect(workspaceExists(dataDir, session.id)).toBe(true);
 
     await sql`update sessions set updated_at = now() - interval '25 hours' where id = ${session.id}`;
     await berth.services.sandboxes.reconcile();
-    expect(existsSync(workspace)).toBe(false);
+    expect(workspaceExists(dataDir, session.id)).toBe(false);
   });
 });
