@@ -1,0 +1,303 @@
+import { execFileSync } from "node:child_process";
+import { chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createBerthClient } from "../../server/client";
+import { SECCOMP_TABLES, type SeccompArch } from "../../server/sandbox/seccomp";
+import { freePort, readyzStatus, startProcess, waitFor, type BerthProcess } from "../helpers/processes";
+
+/**
+ * The standing escape suite (issue 24): a real Berth, started from the build as root (or, with
+ * BERTH_SECURITY_SERVER_USER, as that unprivileged user: .ci/run runs the suite a second time as
+ * `nobody`; a run that is not root's runs it as its own user), attacked through the public API with
+ * an ordinary member's API key, the way a prompt-injected agent or a malicious member would. Every
+ * probe runs inside a real bubblewrap jail; each test also checks from the host that nothing
+ * changed there. Probes only ever talk to 127.0.0.1.
+ */
+const serverUser = process.env.BERTH_SECURITY_SERVER_USER;
+const asRoot = process.getuid?.() === 0 && !serverUser;
+const arch: SeccompArch | null = process.arch === "x64" || process.arch === "arm64" ? process.arch : null;
+const ADMIN_KEY = "security_suite_admin_key_0123456789abcdef";
+
+/** Host values a jail must never change. */
+const SYSCTLS = ["/proc/sys/vm/swappiness", "/proc/sys/kernel/core_pattern", "/proc/sys/kernel/hostname", "/proc/sys/kernel/domainname", "/proc/sys/fs/file-max"];
+
+function hostUid(name: string): number {
+  return Number(execFileSync("id", ["-u", name], { encoding: "utf8" }).trim());
+}
+
+/** Every process below `root`, with its host uids (real, effective, saved, filesystem) and command line. */
+function processTree(root: number): Array<{ pid: number; uids: number[]; command: string }> {
+  const parents = new Map<number, number>();
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      parents.set(Number(entry), Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]));
+    } catch {
+      // ended meanwhile
+    }
+  }
+  const found: Array<{ pid: number; uids: number[]; command: string }> = [];
+  const queue = [root];
+  while (queue.length > 0) {
+    const pid = queue.shift()!;
+    try {
+      const status = readFileSync(`/proc/${pid}/status`, "utf8");
+      const uids = status.match(/^Uid:\s+(.*)$/m)![1]!.trim().split(/\s+/).map(Number);
+      if (/^State:\s+Z/m.test(status)) continue;
+      found.push({ pid, uids, command: readFileSync(`/proc/${pid}/cmdline`, "utf8").replaceAll("\0", " ").trim() });
+    } catch {
+      continue;
+    }
+    for (const [child, parent] of parents) if (parent === pid) queue.push(child);
+  }
+  return found;
+}
+
+/** Files under `dir` with the setuid or setgid bit, as the host sees them. */
+function setuidFiles(dir: string): string[] {
+  const found: string[] = [];
+  const walk = (current: string) => {
+    for (const entry of readdirSync(current, { withFileTypes: true })) {
+      const full = path.join(current, entry.name);
+      const stat = statSync(full, { throwIfNoEntry: false });
+      if (!stat) continue;
+      if ((stat.mode & 0o6000) !== 0) found.push(full);
+      if (entry.isDirectory()) walk(full);
+    }
+  };
+  walk(dir);
+  return found;
+}
+
+describe(`sandbox escape probes (Berth running as ${serverUser ?? (asRoot ? "root" : "the test's own user")})`, () => {
+  let dataDir: string;
+  let berth: BerthProcess;
+  let api: ReturnType<typeof createBerthClient>;
+  let sessionId: string;
+  let jailPid: number;
+  let expectedUid: number;
+  const sysctlsBefore = new Map<string, string>();
+
+  async function exec(command: string, timeoutMs = 60_000) {
+    return api.sessions.exec.mutate({ sessionId, command, timeoutMs });
+  }
+
+  beforeAll(async () => {
+    for (const file of SYSCTLS) sysctlsBefore.set(file, readFileSync(file, "utf8"));
+    dataDir = mkdtempSync(path.join(os.tmpdir(), "berth-security-"));
+    const runAs = serverUser ? { uid: hostUid(serverUser), gid: Number(execFileSync("id", ["-g", serverUser], { encoding: "utf8" }).trim()) } : undefined;
+    if (runAs) chownSync(dataDir, runAs.uid, runAs.gid);
+    expectedUid = asRoot ? -1 : (runAs?.uid ?? process.getuid!());
+    const port = await freePort();
+    berth = startProcess(
+      process.execPath,
+      ["build/main.js"],
+      {
+        BERTH_DATA_DIR: dataDir,
+        HOME: dataDir,
+        PORT: String(port),
+        HOST: "127.0.0.1",
+        BERTH_ADMIN_API_KEY: ADMIN_KEY,
+        BERTH_WARM_POOL_SIZE: "0",
+        // A model relay socket in every jail's run folder (never called here).
+        LITELLM_BASE_URL: "http://127.0.0.1:9",
+      },
+      runAs,
+    );
+    await waitFor("/readyz", async () => ((await readyzStatus(port)) === 200 ? true : undefined), 90_000);
+    if (asRoot) expectedUid = hostUid("berth-sandbox");
+    const admin = createBerthClient({ url: `http://127.0.0.1:${port}`, apiKey: ADMIN_KEY });
+    const member = await admin.apiKeys.create.mutate({ name: "attacker", role: "member" });
+    api = createBerthClient({ url: `http://127.0.0.1:${port}`, apiKey: member.key });
+    // Agents are an admin's to define; sessions and commands are what a member (or an agent) gets.
+    const agent = await admin.agents.create.mutate({ name: "probe", model: "demo", memoryMb: 256, diskMb: 256 });
+    sessionId = (await api.sessions.create.mutate({ agentId: agent.id })).id;
+    const session = await waitFor("the session's sandbox", async () => {
+      const current = await api.sessions.get.query({ sessionId });
+      if (current.status === "failed") throw new Error(`sandbox failed: ${berth.output().slice(-2000)}`);
+      return current.status === "ready" ? current : undefined;
+    }, 90_000);
+    jailPid = session.sandbox!.hostPid!;
+  }, 180_000);
+
+  afterAll(async () => {
+    if (berth) {
+      berth.child.kill("SIGTERM");
+      await berth.exited;
+    }
+    // The host as it was: no sysctl changed, nothing setuid left in the data dir.
+    for (const [file, value] of sysctlsBefore) expect(readFileSync(file, "utf8"), file).toBe(value);
+    if (dataDir && existsSync(dataDir)) {
+      expect(setuidFiles(dataDir)).toEqual([]);
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+
+  it("runs every jail process as an unprivileged host user (never host root), uid 1000 inside", async () => {
+    expect((await exec("id -u; id -g")).stdout).toBe("1000\n1000\n");
+    const tree = processTree(jailPid);
+    expect(tree.length).toBeGreaterThanOrEqual(2);
+    for (const process of tree) {
+      expect(process.uids, `${process.pid} ${process.command}`).not.toContain(0);
+      expect(process.uids.every((uid) => uid === expectedUid), `${process.pid} ${process.command}: ${process.uids}`).toBe(true);
+    }
+  });
+
+  it("cannot change host sysctls: /proc/sys and the other global /proc knobs are read-only", async () => {
+    const result = await exec(
+      [
+        "echo 61 > /proc/sys/vm/swappiness; echo swappiness=$?",
+        "echo '|/workspace/pwn %p' > /proc/sys/kernel/core_pattern; echo core_pattern=$?",
+        "echo h > /proc/sysrq-trigger; echo sysrq=$?",
+        "awk '$2 == \"/proc/sys\" { print \"mount=\" $4 }' /proc/self/mounts",
+      ].join("; "),
+    );
+    expect(result.stdout).toMatch(/swappiness=[1-9]/);
+    expect(result.stdout).toMatch(/core_pattern=[1-9]/);
+    expect(result.stdout).toMatch(/sysrq=[1-9]/);
+    expect(result.stdout).toMatch(/mount=ro,/);
+    expect(result.stderr).toMatch(/Read-only file system|Permission denied/);
+    for (const [file, value] of sysctlsBefore) expect(readFileSync(file, "utf8"), file).toBe(value);
+  });
+
+  it("leaves nothing setuid or setgid on the host: chmod, open and mknod with those bits are refused", async () => {
+    const result = await exec(
+      [
+        "cp /bin/true ./suid; chmod 4755 suid; echo chmod4755=$?",
+        "chmod u+s suid; echo chmodus=$?",
+        "chmod g+s .; echo chmodgs=$?",
+        "install -m 6755 /bin/true ./installed; echo install=$?",
+        `perl -e 'use Fcntl; sysopen(my $f, "opened", O_CREAT|O_WRONLY, 04755) or exit 1; exit 0'; echo sysopen=$?`,
+        "stat -c '%a %n' suid . installed opened 2>/dev/null",
+        "chmod 755 suid; echo chmod755=$?",
+      ].join("; "),
+    );
+    expect(result.stdout).toMatch(/chmod4755=1/);
+    expect(result.stdout).toMatch(/chmodus=1/);
+    expect(result.stdout).toMatch(/chmodgs=1/);
+    expect(result.stdout).toMatch(/install=1/);
+    expect(result.stdout).toMatch(/sysopen=1/);
+    expect(result.stdout).toContain("chmod755=0");
+    for (const line of result.stdout.split("\n").filter((l) => /^\d+ /.test(l))) expect(Number.parseInt(line.split(" ")[0]!, 8) & 0o6000, line).toBe(0);
+    expect(setuidFiles(dataDir)).toEqual([]);
+  });
+
+  it("cannot create user namespaces (unshare -Ur fails)", async () => {
+    const result = await exec("unshare -Ur true; echo userns=$?; unshare -U true; echo plain=$?; unshare -m true; echo mountns=$?");
+    expect(result.stdout).toMatch(/userns=[1-9]/);
+    expect(result.stdout).toMatch(/plain=[1-9]/);
+    expect(result.stdout).toMatch(/mountns=[1-9]/);
+  });
+
+  it("mount, keyctl and bpf are refused", async () => {
+    const result = await exec("mkdir -p m; mount -t tmpfs none m; echo mount=$?; keyctl show 2>/dev/null; perl -e '$! = 0; syscall(250, 0, 0); print \"keyctl=\", $! + 0, \"\\n\"; $! = 0; syscall(321, 0, 0, 0); print \"bpf=\", $! + 0, \"\\n\"'");
+    expect(result.stdout).toMatch(/mount=[1-9]/);
+    expect(result.stdout).toContain("keyctl=1\n"); // EPERM
+    expect(result.stdout).toContain("bpf=1\n");
+  });
+
+  it.runIf(arch !== null)("the seccomp filter refuses every call on its list, and allows ordinary ones", async () => {
+    const table = SECCOMP_TABLES[arch!];
+    // Arguments that would make each call succeed were it allowed do not matter: the filter answers first.
+    const probes: Array<[string, number[] | string, number]> = [
+      ...Object.entries(table.refused).map(([name, nr]) => [name, [nr], 1] as [string, number[], number]),
+      ...Object.entries(table.unsupported).map(([name, nr]) => [name, [nr], 38] as [string, number[], number]),
+      ["clone(CLONE_NEWUSER)", [table.clone, 0x10000000 | 17, 0, 0, 0, 0], 1],
+      ["clone(CLONE_NEWNET)", [table.clone, 0x40000000 | 17, 0, 0, 0, 0], 1],
+      ["ioctl(TIOCSTI)", [table.ioctl, 0, 0x5412, 0], 1],
+      ["ioctl(TIOCLINUX)", [table.ioctl, 0, 0x541c, 0], 1],
+    ];
+    const perl = probes
+      .map(([name, args]) => `$! = 0; my $r = syscall(${(args as number[]).join(", ")}); print "${name} ", ($r == -1 ? $! + 0 : "ok"), "\\n";`)
+      .join(" ");
+    const result = await exec(`perl -e '${perl} print "getpid ", syscall(${arch === "x64" ? 39 : 172}) > 0 ? "ok" : "failed", "\\n";'`);
+    const answers = new Map(result.stdout.trim().split("\n").map((line) => line.split(" ") as [string, string]));
+    for (const [name, , errno] of probes) expect(answers.get(name), name).toBe(String(errno));
+    expect(answers.get("getpid")).toBe("ok");
+  });
+
+  it("/run/berth is read-only to the sandbox, but for the daemon's own socket folder", async () => {
+    const result = await exec(
+      "ls /run/berth; touch /run/berth/x; echo touch=$?; rm -f /run/berth/model.sock; echo rm=$?; ln -sf /workspace /run/berth/link; echo ln=$?; ls /run/berth",
+    );
+    expect(result.stdout).toMatch(/touch=[1-9]/);
+    expect(result.stdout).toMatch(/rm=[1-9]/);
+    expect(result.stdout).toMatch(/ln=[1-9]/);
+    expect(result.stdout.match(/model\.sock/g)).toHaveLength(2);
+  });
+
+  it("a new session: no controlling terminal to push input into (TIOCSTI)", async () => {
+    const result = await exec("ps -o sid= -p $$; ps -o tty= -p $$");
+    expect(result.stdout.split("\n")[1]?.trim()).toBe("?");
+  });
+
+  it("a fork bomb and daemonised processes do not outlive their exec", async () => {
+    // Bounded so the jail's 256 MB are not the limit that stops it (the pids cgroup caps a real bomb at 512: tests/e2e/sandbox-exec).
+    const bomb = await exec("setsid sleep 1000 & (sleep 1000 &) ; for i in $(seq 1 200); do sleep 1000 & done; echo started", 120_000);
+    expect(bomb.stdout, JSON.stringify(bomb)).toContain("started");
+    await waitFor("the exec's processes to be gone", () => (processTree(jailPid).some((p) => p.command.includes("sleep")) ? undefined : true), 20_000);
+    // The jail still works afterwards.
+    expect((await exec("echo alive")).stdout).toBe("alive\n");
+  });
+
+  it("a memory hog is stopped at the agent's memory limit, and the platform stays ready", async () => {
+    const health = await api.system.health.query();
+    const hog = await exec("perl -e '$x = \"a\" x (768 * 1024 * 1024); print \"allocated\\n\"'");
+    // With cgroups the kernel kills it at 256 MB; without, the address-space backstop is memory + 64 GiB (docs/security.md).
+    if (cgroupsActive(jailPid)) {
+      expect(hog.stdout).not.toContain("allocated");
+      expect(hog.exitCode === null || hog.exitCode !== 0).toBe(true);
+    }
+    expect(health.ok).toBe(true);
+    expect((await exec("echo still-here")).stdout).toBe("still-here\n");
+  });
+
+  it("file paths and symlinks cannot leave the workspace", async () => {
+    await exec("ln -sf /etc/shadow shadow-link; ln -sf ../../../../ up-link");
+    for (const probe of ["../../../etc/shadow", "/etc/shadow", "shadow-link", "up-link/etc/shadow"]) {
+      const read = await api.sessions.readFile.query({ sessionId, path: probe }).then(
+        (file) => JSON.stringify(file),
+        (error: Error) => error.message,
+      );
+      expect(read, probe).not.toMatch(/root:[^:]*:\d+:/);
+    }
+    const seen = await exec(`cat ${dataDir}/admin-api-key 2>&1; ls ${dataDir} 2>&1`);
+    expect(seen.stdout).not.toContain(ADMIN_KEY);
+    expect(seen.stdout).toContain("No such file or directory");
+  });
+
+  it("the workspace disk quota stops writes inside the sandbox, and the host's disk is untouched", async () => {
+    const health = await api.system.health.query();
+    if (!health.sandboxIsolation?.diskQuota) {
+      // Honest about what does not hold: without root (or mkfs.ext4) quotas are off, and the server says so.
+      expect(asRoot).toBe(false);
+      expect(health.sandboxIsolation?.diskQuota).toBe(false);
+      return;
+    }
+    const before = statfsFree(dataDir);
+    const result = await exec("dd if=/dev/zero of=big bs=1M count=400 2>&1; echo dd=$?; du -sm big; rm -f big", 120_000);
+    expect(result.stdout).toMatch(/No space left on device/);
+    expect(result.stdout).toMatch(/dd=[1-9]/);
+    const written = Number(result.stdout.match(/^(\d+)\s+big$/m)![1]);
+    expect(written).toBeGreaterThan(200);
+    expect(written).toBeLessThanOrEqual(256);
+    // The image is sparse: what the sandbox wrote and removed is all it ever took on the host.
+    expect(before - statfsFree(dataDir)).toBeLessThan(300 * 1024 * 1024);
+  });
+});
+
+function cgroupsActive(pid: number): boolean {
+  try {
+    return /berth/.test(readFileSync(`/proc/${pid}/cgroup`, "utf8"));
+  } catch {
+    return false;
+  }
+}
+
+function statfsFree(dir: string): number {
+  const output = execFileSync("df", ["--output=avail", "-B1", dir], { encoding: "utf8" });
+  return Number(output.trim().split("\n")[1]);
+}
