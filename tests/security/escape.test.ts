@@ -2,7 +2,7 @@ import { execFileSync } from "node:child_process";
 import { chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { createBerthClient } from "../../server/client";
 import { SECCOMP_TABLES, type SeccompArch } from "../../server/sandbox/seccomp";
 import { freePort, readyzStatus, startProcess, waitFor, type BerthProcess } from "../helpers/processes";
@@ -122,6 +122,15 @@ describe(`sandbox escape probes (Berth running as ${serverUser ?? (asRoot ? "roo
     }, 90_000);
     jailPid = session.sandbox!.hostPid!;
   }, 180_000);
+
+  // After every probe the host is as it was: sysctls, no setuid/setgid file in the data dir, and no
+  // orphan of the jails' host user (a process that left its jail, or outlived it, is reparented to
+  // init; other test files' jails, run alongside, are their own test processes' children).
+  afterEach(() => {
+    for (const [file, value] of sysctlsBefore) expect(readFileSync(file, "utf8"), file).toBe(value);
+    expect(setuidFiles(dataDir)).toEqual([]);
+    expect(orphansOf(expectedUid), "orphaned processes of the sandbox user").toEqual([]);
+  });
 
   afterAll(async () => {
     if (berth) {
@@ -288,6 +297,24 @@ describe(`sandbox escape probes (Berth running as ${serverUser ?? (asRoot ? "roo
     expect(before - statfsFree(dataDir)).toBeLessThan(300 * 1024 * 1024);
   });
 });
+
+/** Live processes whose real or effective host uid is `uid` and whose parent is init. */
+function orphansOf(uid: number): string[] {
+  const found: string[] = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const status = readFileSync(`/proc/${entry}/status`, "utf8");
+      if (/^State:\s+Z/m.test(status)) continue;
+      const [real, effective] = status.match(/^Uid:\s+(.*)$/m)![1]!.trim().split(/\s+/).map(Number);
+      const parent = Number(status.match(/^PPid:\s+(\d+)$/m)![1]);
+      if ((real === uid || effective === uid) && parent === 1) found.push(`${entry} ${readFileSync(`/proc/${entry}/cmdline`, "utf8").replaceAll("\0", " ")}`);
+    } catch {
+      // ended meanwhile
+    }
+  }
+  return found;
+}
 
 function cgroupsActive(pid: number): boolean {
   try {
