@@ -30,6 +30,12 @@ describe("HTTP surface of one Berth process", () => {
       database: "ok",
       gateway: "not configured",
       sandboxBackend: "local",
+      // As root: the berth-sandbox user, with quotas where loop devices work; otherwise this process's user, without.
+      sandboxIsolation: {
+        hostUser: process.getuid?.() === 0 ? "berth-sandbox" : "the Berth user (not root)",
+        seccomp: process.arch === "x64" || process.arch === "arm64",
+        diskQuota: expect.any(Boolean),
+      },
     });
   });
 

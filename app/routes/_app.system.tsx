@@ -46,6 +46,23 @@ export default function System() {
               hint={health.data.gateway === "not configured" ? "(set LITELLM_BASE_URL; the offline demo model works without it)" : undefined}
             />
             <Row label="Sandbox backend" value={health.data.sandboxBackend} good={health.data.sandboxBackend !== "not configured"} />
+            {health.data.sandboxIsolation ? (
+              <>
+                <Row label="Sandbox user" value={health.data.sandboxIsolation.hostUser} good hint="(the host user sandboxed processes run as)" />
+                <Row
+                  label="Seccomp filter"
+                  value={health.data.sandboxIsolation.seccomp ? "on" : "off"}
+                  good={health.data.sandboxIsolation.seccomp}
+                  hint={health.data.sandboxIsolation.seccomp ? undefined : "(no filter for this architecture, or no jail)"}
+                />
+                <Row
+                  label="Disk quotas"
+                  value={health.data.sandboxIsolation.diskQuota ? "enforced" : "not enforced"}
+                  good={health.data.sandboxIsolation.diskQuota}
+                  hint={health.data.sandboxIsolation.diskQuota ? undefined : "(needs Berth as root, loop devices and mkfs.ext4: see docs/security.md)"}
+                />
+              </>
+            ) : null}
             <Row label="Version" value={health.data.version} good />
           </dl>
         )}

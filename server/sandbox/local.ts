@@ -210,10 +210,12 @@ export class LocalSandboxBackend implements SandboxBackend {
 
   async deleteWorkspace(sessionId: string): Promise<void> {
     const workspace = this.workspaceOf(sessionId);
-    for (const jail of this.jails.values()) {
-      if (jail.sessionId === sessionId && !jail.stopping) throw new Error(`the workspace of session ${sessionId} is in use by sandbox ${jail.name}`);
-    }
-    await fs.rm(workspace, { recursive: true, force: true });
+    const jails = [...this.jails.values()].filter((jail) => jail.sessionId === sessionId);
+    const running = jails.find((jail) => !jail.stopping);
+    if (running) throw new Error(`the workspace of session ${sessionId} is in use by sandbox ${running.name}`);
+    // A stopping jail's processes could still change the tree while it is deleted.
+    await Promise.all(jails.map((jail) => jail.exited));
+    await removeTree(workspace);
     await fs.rm(workspace + IMAGE_SUFFIX, { force: true });
   }
 
@@ -356,7 +358,7 @@ export class LocalSandboxBackend implements SandboxBackend {
     };
     const stage = new Stage(this.identity);
     const jailCommand = this.bwrapPath
-      ? [...stage.prefix(this.bwrapPath, await this.bwrapArgs(stage, input.network, input.workspace, sandboxDir), this.seccomp !== null), this.options.runtimePath, DAEMON_IN_JAIL]
+      ? [...stage.prefix(this.bwrapPath, await this.bwrapArgs(stage, input.network, input.workspace, sandboxDir, input.resources.memoryMb), this.seccomp !== null), this.options.runtimePath, DAEMON_IN_JAIL]
       : [this.options.runtimePath, this.options.daemonScript];
     const child = spawnJail([...limits, ...jailCommand], procsFiles, {
       // Exactly the session's environment (plus the daemon's own settings, which it removes at start).
@@ -398,6 +400,9 @@ export class LocalSandboxBackend implements SandboxBackend {
 
     try {
       await waitForReadyLine(child, READY_TIMEOUT_MS);
+      // The daemon has made its socket: from now on the folder is root's, and nothing in the sandbox
+      // can add to it, or swap the socket for a link to a socket of its choosing that root would dial.
+      if (this.identity) await fs.chown(daemonDir, 0, 0);
     } catch (error) {
       await this.stop(jail.name, "did not become ready");
       throw new SandboxUnavailableError(`sandbox ${input.name} did not start: ${(error as Error).message}. ${output.trim()}`.trim());
@@ -409,13 +414,15 @@ export class LocalSandboxBackend implements SandboxBackend {
     this.jails.delete(jail.name);
     await jail.modelRelay?.close();
     for (const network of ["none", "egress"] as const) this.warm[network] = this.warm[network].filter((j) => j !== jail);
-    await fs.rm(path.join(this.options.dataDir, "sandboxes", jail.name), { recursive: true, force: true }).catch(() => {});
-    if (!jail.sessionId) await fs.rm(jail.workspace, { recursive: true, force: true }).catch(() => {});
     // bwrap's --die-with-parent chain takes a jail's processes down with it, except one whose parent
     // died before it set that up (a jail stopped while it starts): removing the groups kills those
-    // still there once the others have had a moment to exit.
+    // still there once the others have had a moment to exit. Only then are its folders removed.
     const strays = await this.cgroups.remove(jail.name, { graceMs: JAIL_EXIT_GRACE_MS });
     if (strays > 0) this.options.logger.warn({ sandbox: jail.name, processes: strays }, "killed processes left behind by a stopped sandbox");
+    await removeTree(path.join(this.options.dataDir, "sandboxes", jail.name)).catch((error: unknown) =>
+      this.options.logger.warn({ err: error, sandbox: jail.name }, "could not remove a stopped sandbox's folder"),
+    );
+    if (!jail.sessionId) await removeTree(jail.workspace).catch(() => {});
     if (jail.stopping) return;
     const reason = `sandbox process exited (${signal ?? `code ${code}`})`;
     this.options.logger.warn({ sandbox: jail.name, sessionId: jail.sessionId, code, signal, output: output.slice(-500) }, "sandbox lost");
@@ -423,7 +430,7 @@ export class LocalSandboxBackend implements SandboxBackend {
     else this.refillWarmPools();
   }
 
-  private async bwrapArgs(stage: Stage, network: NetworkMode, workspace: string, sandboxDir: string): Promise<string[]> {
+  private async bwrapArgs(stage: Stage, network: NetworkMode, workspace: string, sandboxDir: string, memoryMb: number): Promise<string[]> {
     const passwd = path.join(sandboxDir, "passwd");
     const group = path.join(sandboxDir, "group");
     await fs.writeFile(passwd, `root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:${SANDBOX_UID}:${SANDBOX_UID}:sandbox:${WORKSPACE_IN_JAIL}:/bin/bash\n`, { mode: 0o644 });
@@ -463,8 +470,13 @@ export class LocalSandboxBackend implements SandboxBackend {
       ...PROC_READ_ONLY.flatMap((entry) => ["--ro-bind-try", entry, entry]),
       "--dev",
       "/dev",
+      // Sized: without a memory cgroup nothing else would bound them.
+      "--size",
+      String(memoryMb * 1024 * 1024),
       "--tmpfs",
       "/tmp",
+      "--size",
+      String(1024 * 1024),
       "--tmpfs",
       "/run",
       "--ro-bind",
@@ -591,11 +603,16 @@ export class LocalSandboxBackend implements SandboxBackend {
   private async removeLeftovers(): Promise<void> {
     const sandboxesDir = path.join(this.options.dataDir, "sandboxes");
     for (const name of await fs.readdir(sandboxesDir)) {
-      const killed = await this.cgroups.remove(name);
-      if (killed > 0) this.options.logger.warn({ sandbox: name, killed }, "stopped the processes of a jail that outlived the previous process");
-      await fs.rm(path.join(sandboxesDir, name), { recursive: true, force: true });
+      try {
+        const killed = await this.cgroups.remove(name);
+        if (killed > 0) this.options.logger.warn({ sandbox: name, killed }, "stopped the processes of a jail that outlived the previous process");
+        await removeTree(path.join(sandboxesDir, name));
+      } catch (error) {
+        // What a jail left must never keep Berth from starting.
+        this.options.logger.error({ err: error, sandbox: name }, "could not remove a previous process's sandbox folder; remove it by hand");
+      }
     }
-    await fs.rm(path.join(this.options.dataDir, "workspaces", ".warm"), { recursive: true, force: true });
+    await removeTree(path.join(this.options.dataDir, "workspaces", ".warm"));
     await fs.mkdir(path.join(this.options.dataDir, "workspaces", ".warm"), { recursive: true, mode: 0o700 });
   }
 }
@@ -676,6 +693,14 @@ function spawnJail(command: string[], procsFiles: string[], options: { env: Reco
     seccompPipe.end(options.seccomp);
   }
   return child;
+}
+
+/**
+ * Removes a folder a sandbox wrote into: coreutils' rm walks by directory handles, so a tree nested
+ * past PATH_MAX (which fs.rm fails on) goes too, and it never follows links.
+ */
+async function removeTree(target: string): Promise<void> {
+  await run("rm", ["-rf", "--one-file-system", "--", target]);
 }
 
 function addressOf(jail: Jail): string {

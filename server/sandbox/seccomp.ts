@@ -2,7 +2,7 @@
  * The seccomp filter every local jail runs under (bubblewrap's `--seccomp FD`): classic BPF that
  * refuses, with EPERM, the system calls a sandboxed command never needs and that widen the kernel
  * surface a jail can reach (mounts, namespaces, keyrings, BPF, perf, module and kexec loading,
- * userfaultfd, io_uring, ptrace, clock and swap changes, TIOCSTI), and any mode that would make a
+ * userfaultfd, io_uring, ptrace, clock and swap changes, TIOCSTI, AF_VSOCK sockets), and any mode that would make a
  * file setuid or setgid. Everything else is allowed: this is a deny list on top of the namespaces,
  * not an allow list. Foreign system call ABIs (i386 and x32 on x86-64) end the process.
  *
@@ -36,6 +36,8 @@ const O_TMPFILE = 0o20000000;
 const TIOCSTI = 0x5412;
 const TIOCLINUX = 0x541c;
 const X32_SYSCALL_BIT = 0x40000000;
+/** Virtual-machine sockets reach the hypervisor's services, which no network namespace separates. */
+const AF_VSOCK = 40;
 
 export type SeccompArch = "x64" | "arm64";
 
@@ -47,6 +49,7 @@ type Table = {
   unsupported: Record<string, number>;
   clone: number;
   ioctl: number;
+  socket: number;
   /** Calls whose mode argument (index) is refused when it carries setuid or setgid bits. */
   modeArg: Record<string, [number, number]>;
   /** Calls that create a file when their flags argument has O_CREAT or O_TMPFILE: [nr, flags index, mode index]. */
@@ -118,6 +121,7 @@ export const SECCOMP_TABLES: Record<SeccompArch, Table> = {
     unsupported: { clone3: 435, openat2: 437 },
     clone: 56,
     ioctl: 16,
+    socket: 41,
     modeArg: { chmod: [90, 1], fchmod: [91, 1], fchmodat: [268, 2], fchmodat2: [452, 2], creat: [85, 1], mknod: [133, 1], mknodat: [259, 2] },
     createMode: { open: [2, 1, 2], openat: [257, 2, 3] },
   },
@@ -167,6 +171,7 @@ export const SECCOMP_TABLES: Record<SeccompArch, Table> = {
     unsupported: { clone3: 435, openat2: 437 },
     clone: 220,
     ioctl: 29,
+    socket: 198,
     modeArg: { fchmod: [52, 1], fchmodat: [53, 2], fchmodat2: [452, 2], mknodat: [33, 2] },
     createMode: { openat: [56, 2, 3] },
   },
@@ -187,6 +192,7 @@ export function seccompProgram(arch: SeccompArch): Buffer {
   program.push([JEQ_K, 0, 4, table.clone], [LD_W_ABS, 0, 0, argLow(0)], [JSET_K, 0, 1, CLONE_NAMESPACES], errno(EPERM), loadNr);
   // ioctl(fd, TIOCSTI | TIOCLINUX): typing into the terminal of whoever else holds it.
   program.push([JEQ_K, 0, 5, table.ioctl], [LD_W_ABS, 0, 0, argLow(1)], [JEQ_K, 1, 0, TIOCSTI], [JEQ_K, 0, 1, TIOCLINUX], errno(EPERM), loadNr);
+  program.push([JEQ_K, 0, 4, table.socket], [LD_W_ABS, 0, 0, argLow(0)], [JEQ_K, 0, 1, AF_VSOCK], errno(EPERM), loadNr);
   for (const [nr, modeIndex] of Object.values(table.modeArg)) {
     program.push([JEQ_K, 0, 4, nr], [LD_W_ABS, 0, 0, argLow(modeIndex)], [JSET_K, 0, 1, SETUID_SETGID], errno(EPERM), loadNr);
   }

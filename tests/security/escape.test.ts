@@ -79,6 +79,8 @@ describe(`sandbox escape probes (Berth running as ${serverUser ?? (asRoot ? "roo
   let sessionId: string;
   let jailPid: number;
   let expectedUid: number;
+  let port: number;
+  let startServer: () => Promise<void>;
   const sysctlsBefore = new Map<string, string>();
 
   async function exec(command: string, timeoutMs = 60_000) {
@@ -91,23 +93,26 @@ describe(`sandbox escape probes (Berth running as ${serverUser ?? (asRoot ? "roo
     const runAs = serverUser ? { uid: hostUid(serverUser), gid: Number(execFileSync("id", ["-g", serverUser], { encoding: "utf8" }).trim()) } : undefined;
     if (runAs) chownSync(dataDir, runAs.uid, runAs.gid);
     expectedUid = asRoot ? -1 : (runAs?.uid ?? process.getuid!());
-    const port = await freePort();
-    berth = startProcess(
-      process.execPath,
-      ["build/main.js"],
-      {
-        BERTH_DATA_DIR: dataDir,
-        HOME: dataDir,
-        PORT: String(port),
-        HOST: "127.0.0.1",
-        BERTH_ADMIN_API_KEY: ADMIN_KEY,
-        BERTH_WARM_POOL_SIZE: "0",
-        // A model relay socket in every jail's run folder (never called here).
-        LITELLM_BASE_URL: "http://127.0.0.1:9",
-      },
-      runAs,
-    );
-    await waitFor("/readyz", async () => ((await readyzStatus(port)) === 200 ? true : undefined), 90_000);
+    port = await freePort();
+    startServer = async () => {
+      berth = startProcess(
+        process.execPath,
+        ["build/main.js"],
+        {
+          BERTH_DATA_DIR: dataDir,
+          HOME: dataDir,
+          PORT: String(port),
+          HOST: "127.0.0.1",
+          BERTH_ADMIN_API_KEY: ADMIN_KEY,
+          BERTH_WARM_POOL_SIZE: "0",
+          // A model relay socket in every jail's run folder (never called here).
+          LITELLM_BASE_URL: "http://127.0.0.1:9",
+        },
+        runAs,
+      );
+      await waitFor("/readyz", async () => ((await readyzStatus(port)) === 200 ? true : undefined), 90_000);
+    };
+    await startServer();
     if (asRoot) expectedUid = hostUid("berth-sandbox");
     const admin = createBerthClient({ url: `http://127.0.0.1:${port}`, apiKey: ADMIN_KEY });
     const member = await admin.apiKeys.create.mutate({ name: "attacker", role: "member" });
@@ -218,6 +223,8 @@ describe(`sandbox escape probes (Berth running as ${serverUser ?? (asRoot ? "roo
       ["clone(CLONE_NEWNET)", [table.clone, 0x40000000 | 17, 0, 0, 0, 0], 1],
       ["ioctl(TIOCSTI)", [table.ioctl, 0, 0x5412, 0], 1],
       ["ioctl(TIOCLINUX)", [table.ioctl, 0, 0x541c, 0], 1],
+      // Only creating the socket is tried: it never connects anywhere.
+      ["socket(AF_VSOCK)", [table.socket, 40, 1, 0], 1],
     ];
     const perl = probes
       .map(([name, args]) => `$! = 0; my $r = syscall(${(args as number[]).join(", ")}); print "${name} ", ($r == -1 ? $! + 0 : "ok"), "\\n";`)
@@ -236,6 +243,14 @@ describe(`sandbox escape probes (Berth running as ${serverUser ?? (asRoot ? "roo
     expect(result.stdout).toMatch(/rm=[1-9]/);
     expect(result.stdout).toMatch(/ln=[1-9]/);
     expect(result.stdout.match(/model\.sock/g)).toHaveLength(2);
+    // As root the daemon's folder is sealed once its socket exists: the socket cannot be swapped for a
+    // link root would dial, and nothing can be written there. (Not as another user: docs/security.md.)
+    if (asRoot) {
+      const daemonFolder = await exec("mkdir /run/berth/daemon/x; echo mkdir=$?; ln -sf /run/berth/model.sock /run/berth/daemon/daemon.sock; echo swap=$?");
+      expect(daemonFolder.stdout).toMatch(/mkdir=[1-9]/);
+      expect(daemonFolder.stdout).toMatch(/swap=[1-9]/);
+      expect((await exec("echo daemon-still-answers")).stdout).toBe("daemon-still-answers\n");
+    }
   });
 
   it("a new session: no controlling terminal to push input into (TIOCSTI)", async () => {
@@ -295,6 +310,26 @@ describe(`sandbox escape probes (Berth running as ${serverUser ?? (asRoot ? "roo
     expect(written).toBeLessThanOrEqual(256);
     // The image is sparse: what the sandbox wrote and removed is all it ever took on the host.
     expect(before - statfsFree(dataDir)).toBeLessThan(300 * 1024 * 1024);
+  });
+
+  it("a tree nested past PATH_MAX where the sandbox can write neither outlives its session nor keeps Berth from starting again", async () => {
+    const agent = (await api.agents.list.query({})).items.find((item) => item.name === "probe")!;
+    const { id: deepSession } = await api.sessions.create.mutate({ agentId: agent.id });
+    const jailName = await waitFor("the second session's sandbox", async () => {
+      const current = await api.sessions.get.query({ sessionId: deepSession });
+      return current.status === "ready" ? current.sandbox!.name! : undefined;
+    }, 90_000);
+    const nest = (dir: string) => `(cd ${dir} && mkdir deep && cd deep && n=$(printf 'a%.0s' $(seq 200)); for i in $(seq 30); do mkdir $n && cd $n || exit 1; done; echo nested)`;
+    const deep = await api.sessions.exec.mutate({ sessionId: deepSession, command: `${nest("/workspace")}; ${nest("/run/berth/daemon")} 2>&1; true`, timeoutMs: 60_000 });
+    expect(deep.stdout).toContain("nested");
+    // A crash leaves the jail's folder behind; the next start must clear it and come up.
+    berth.child.kill("SIGKILL");
+    await berth.exited;
+    await startServer();
+    await api.sessions.terminate.mutate({ sessionId: deepSession });
+    const folder = path.join(dataDir, "workspaces", deepSession);
+    await waitFor("the terminated session's workspace to be deleted", () => (existsSync(folder) || existsSync(`${folder}.img`) ? undefined : true), 30_000);
+    expect(existsSync(path.join(dataDir, "sandboxes", jailName))).toBe(false);
   });
 });
 
