@@ -10,7 +10,7 @@
  */
 import { execFile } from "node:child_process";
 import { randomBytes, randomUUID } from "node:crypto";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, realpathSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs, promisify } from "node:util";
@@ -48,12 +48,13 @@ function spec(sessionId: string): SandboxSpec {
     generation: 1,
     network: "none",
     env: { BENCH: "1" },
-    resources: { cpuMillis: 1000, memoryMb: 512, diskMb: 1024 },
+    resources: { cpuMillis: 1000, memoryMb: 512, diskMb: 2048 },
     image: null,
   };
 }
 
-async function bwrapFloor(): Promise<number[]> {
+/** `bwrap <flags> <program…>`, spawn to exit: `/bin/true`, or the daemon's runtime doing nothing. */
+async function bwrapFloor(program: string[] = ["/bin/true"], extraBinds: string[] = []): Promise<number[]> {
   const { stdout } = await run("sh", ["-c", "command -v bwrap"]);
   const bwrap = stdout.trim();
   const flags = ["--unshare-user", "--uid", "1000", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net", "--die-with-parent"];
@@ -61,7 +62,7 @@ async function bwrapFloor(): Promise<number[]> {
   const samples: number[] = [];
   for (let i = 0; i < count; i++) {
     const started = performance.now();
-    await run(bwrap, [...flags, ...binds, "--proc", "/proc", "--dev", "/dev", "--", "/bin/true"]);
+    await run(bwrap, [...flags, ...binds, ...extraBinds, "--proc", "/proc", "--dev", "/dev", "--", ...program]);
     samples.push(performance.now() - started);
   }
   return samples;
@@ -99,9 +100,16 @@ async function measure(warmPoolSize: number): Promise<{ samples: number[]; fromW
 }
 
 console.log(`Local sandbox benchmark: ${count} sandboxes per figure, ${os.cpus().length} CPUs, ${process.release.name} ${process.version}`);
-report("bwrap true (floor)", await bwrapFloor());
+const bwrapTrue = await bwrapFloor();
+report("bwrap true (floor)", bwrapTrue);
+const runtime = realpathSync(process.execPath);
+const bareRuntime = await bwrapFloor([runtime, "-e", ""], runtime.startsWith("/usr/") ? [] : ["--ro-bind", runtime, runtime]);
+report("node -e '' in bare bwrap (floor)", bareRuntime);
 const cold = await measure(0);
 report("cold start to healthy daemon", cold.samples);
 const warm = await measure(2);
 report("warm claim to healthy daemon", warm.samples);
+const p50 = (samples: number[]) => [...samples].sort((a, b) => a - b)[Math.floor(samples.length / 2)]!;
+console.log(`cold start p50 / node-in-bwrap p50: ${(p50(cold.samples) / p50(bareRuntime)).toFixed(2)}x (target 1.3x)`);
+console.log(`warm claim p50 / bwrap-true p50:    ${(p50(warm.samples) / p50(bwrapTrue)).toFixed(2)}x (target 1.2x)`);
 if (warm.fromWarmPool !== count) console.log(`note: only ${warm.fromWarmPool} of ${count} warm runs claimed a pre-started jail`);
