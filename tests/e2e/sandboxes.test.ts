@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { spawn } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, realpathSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { TRPCClientError } from "@trpc/client";
@@ -8,35 +8,10 @@ import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isProcessAlive } from "../../db/embedded";
 import { startTestBerth, type TestBerth } from "../helpers/berth";
-import { waitFor } from "../helpers/processes";
+import { descendants, waitFor } from "../helpers/processes";
 import { workspaceExists, workspaceFile } from "../helpers/workspaces";
 
 const KEY = "sandbox_test_key_0123456789abcdefghij";
-
-/** Every process below `root` (from /proc's parent links). */
-function descendants(root: number): number[] {
-  const parents = new Map<number, number>();
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      parents.set(Number(entry), Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]));
-    } catch {
-      // the process ended meanwhile
-    }
-  }
-  const found: number[] = [];
-  const queue = [root];
-  while (queue.length > 0) {
-    const parent = queue.shift()!;
-    for (const [pid, ppid] of parents) {
-      if (ppid !== parent) continue;
-      found.push(pid);
-      queue.push(pid);
-    }
-  }
-  return found;
-}
 
 /**
  * Real bubblewrap jails: isolation, secrets injection, network policy, loss detection,

@@ -5,7 +5,7 @@ import path from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { createBerthClient } from "../../server/client";
 import { SECCOMP_TABLES, type SeccompArch } from "../../server/sandbox/seccomp";
-import { freePort, readyzStatus, startProcess, waitFor, type BerthProcess } from "../helpers/processes";
+import { descendants, freePort, readyzStatus, startProcess, waitFor, type BerthProcess } from "../helpers/processes";
 
 /**
  * The standing escape suite (issue 24): a real Berth, started from the build as root (or, with
@@ -27,31 +27,18 @@ function hostUid(name: string): number {
   return Number(execFileSync("id", ["-u", name], { encoding: "utf8" }).trim());
 }
 
-/** Every process below `root`, with its host uids (real, effective, saved, filesystem) and command line. */
+/** `root` and every live process below it, with its host uids (real, effective, saved, filesystem) and command line. */
 function processTree(root: number): Array<{ pid: number; uids: number[]; command: string }> {
-  const parents = new Map<number, number>();
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
+  const found: Array<{ pid: number; uids: number[]; command: string }> = [];
+  for (const pid of [root, ...descendants(root)]) {
     try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      parents.set(Number(entry), Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]));
+      const status = readFileSync(`/proc/${pid}/status`, "utf8");
+      if (/^State:\s+Z/m.test(status)) continue;
+      const uids = status.match(/^Uid:\s+(.*)$/m)![1]!.trim().split(/\s+/).map(Number);
+      found.push({ pid, uids, command: readFileSync(`/proc/${pid}/cmdline`, "utf8").replaceAll("\0", " ").trim() });
     } catch {
       // ended meanwhile
     }
-  }
-  const found: Array<{ pid: number; uids: number[]; command: string }> = [];
-  const queue = [root];
-  while (queue.length > 0) {
-    const pid = queue.shift()!;
-    try {
-      const status = readFileSync(`/proc/${pid}/status`, "utf8");
-      const uids = status.match(/^Uid:\s+(.*)$/m)![1]!.trim().split(/\s+/).map(Number);
-      if (/^State:\s+Z/m.test(status)) continue;
-      found.push({ pid, uids, command: readFileSync(`/proc/${pid}/cmdline`, "utf8").replaceAll("\0", " ").trim() });
-    } catch {
-      continue;
-    }
-    for (const [child, parent] of parents) if (parent === pid) queue.push(child);
   }
   return found;
 }
