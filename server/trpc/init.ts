@@ -31,11 +31,14 @@ const t = initTRPC.context<TrpcContext>().meta<ProcedureMeta>().create({
   sse: { ping: { enabled: true, intervalMs: 10_000 }, client: { reconnectAfterInactivityMs: 30_000 } },
   errorFormatter({ shape, error, ctx }) {
     const cause = error.cause;
+    const development = ctx?.services.config.nodeEnv === "development";
     return {
       ...shape,
+      // An unexpected error's own text (a database error, a path) is for the server log, not the caller.
+      message: shape.data.code === "INTERNAL_SERVER_ERROR" && !development ? "internal error (the server log has the details)" : shape.message,
       data: {
         ...shape.data,
-        ...(ctx?.services.config.nodeEnv === "development" ? { stack: error.stack } : {}),
+        ...(development ? { stack: error.stack } : {}),
         // Field-level messages for invalid input, keyed by the dotted path of the field.
         fieldErrors:
           cause instanceof ZodError
