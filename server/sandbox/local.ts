@@ -330,7 +330,8 @@ export class LocalSandboxBackend implements SandboxBackend {
     const sandboxDir = path.join(this.options.dataDir, "sandboxes", input.name);
     const socketDir = path.join(sandboxDir, "run");
     const daemonDir = path.join(socketDir, "daemon");
-    // Traversable (not listable) for the sandbox user, who reaches them only through the jail's binds.
+    // The sandbox folder only traversable and the run folder readable by the sandbox user (they
+    // reach it through the jail's binds); the daemon's folder its own until it is sealed.
     await fs.mkdir(daemonDir, { recursive: true, mode: 0o700 });
     await fs.chmod(sandboxDir, 0o711);
     await fs.chmod(socketDir, 0o755);

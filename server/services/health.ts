@@ -70,13 +70,14 @@ export class HealthService {
 
   async health(): Promise<Health> {
     const [database, gateway] = await Promise.all([this.databaseState(), this.gatewayState()]);
+    const sandboxIsolation = this.deps.sandboxIsolation?.();
     return {
       ok: database === "ok",
       version: BERTH_VERSION,
       database,
       gateway,
       sandboxBackend: this.deps.sandboxBackend() ?? "not configured",
-      ...(this.deps.sandboxIsolation?.() ? { sandboxIsolation: this.deps.sandboxIsolation() } : {}),
+      ...(sandboxIsolation ? { sandboxIsolation } : {}),
     };
   }
 
