@@ -24,6 +24,14 @@ import {
  * `team_id`, so every query can be, and is, scoped by team.
  */
 
+/** An agent version's egress policy as stored (validated by server/egress/policy.ts before it is written). */
+export type StoredEgressPolicy = {
+  mode: "none" | "allowlist" | "open";
+  allow: Array<{ host: string; ports?: number[]; methods?: string[]; paths?: string[] }>;
+};
+/** How the egress gateway uses a brokered secret: the header it sets, on requests to these hosts only. */
+export type StoredBrokering = { hosts: string[]; header: string; template: string };
+
 const bytea = customType<{ data: Buffer; driverData: Buffer }>({ dataType: () => "bytea" });
 const createdAt = () => timestamp("created_at", { withTimezone: true }).notNull().defaultNow();
 
@@ -50,6 +58,7 @@ export const sessionEventType = pgEnum("session_event_type", [
   "status",
   "error",
   "usage",
+  "egress",
 ]);
 export const sandboxStatus = pgEnum("sandbox_status", [
   "provisioning",
@@ -214,7 +223,10 @@ export const agentVersions = pgTable(
     memoryMb: integer("memory_mb").notNull().default(1024),
     /** Workspace disk quota in MiB; versions written before it existed got the default (agent-config.ts DISK_MB_DEFAULT). */
     diskMb: integer("disk_mb").notNull().default(2048),
+    /** Shorthand kept in step with `egress` (none = mode none, egress = any other mode). */
     network: networkPolicy("network").notNull().default("none"),
+    /** What the egress gateway lets this agent's sandboxes reach (server/egress/policy.ts). */
+    egress: jsonb("egress").$type<StoredEgressPolicy>().notNull().default({ mode: "none", allow: [] }),
     idleTimeoutSeconds: integer("idle_timeout_seconds").notNull().default(900),
     maxSteps: integer("max_steps").notNull().default(20),
     busyPolicy: busyPolicy("busy_policy").notNull().default("queue"),
@@ -239,6 +251,8 @@ export const secrets = pgTable(
     name: text("name").notNull(),
     /** AES-256-GCM: 12-byte IV, ciphertext, 16-byte tag, concatenated. */
     ciphertext: bytea("ciphertext").notNull(),
+    /** Set: the sandbox sees a stub; the egress gateway puts the value into this header for these hosts only. */
+    brokered: jsonb("brokered").$type<StoredBrokering>(),
     createdAt: createdAt(),
     updatedAt: timestamp("updated_at", { withTimezone: true }).notNull().defaultNow(),
   },
@@ -356,7 +370,8 @@ export const sandboxes = pgTable(
     endedAt: timestamp("ended_at", { withTimezone: true }),
     endReason: text("end_reason"),
   },
-  (table) => [unique().on(table.sessionId, table.generation), index().on(table.status)],
+  // By name: the egress gateway finds a sandbox's session from the name in its token, per connection.
+  (table) => [unique().on(table.sessionId, table.generation), index().on(table.status), index().on(table.name)],
 );
 
 export const auditLog = pgTable(

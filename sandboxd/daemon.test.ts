@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import fs from "node:fs";
 import http from "node:http";
+import https from "node:https";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -248,7 +249,7 @@ describe("sandboxd (cold start, bound)", () => {
       expect(reply.status).toBe(200);
       expect(reply.headers["content-type"]).toBe("application/json; charset=utf-8");
       expect(reply.headers["cache-control"]).toBe("no-store");
-      expect(reply.json).toEqual({ ok: true, pid: daemon.pid, uptimeMs: expect.any(Number), bound: true });
+      expect(reply.json).toEqual({ ok: true, pid: daemon.pid, uptimeMs: expect.any(Number), bound: true, gateway: false });
       expect((reply.json as { uptimeMs: number }).uptimeMs).toBeGreaterThanOrEqual(0);
       expect(daemon.pid).toBe(daemon.child.pid);
       // A query string does not change the route.
@@ -847,6 +848,368 @@ describe("sandboxd (unbound, bind rotates the token)", () => {
   });
 });
 
+// ---- the egress gateway ---------------------------------------------------------------------------
+
+// A test-only CA and a server certificate it issued for tls.example.test (EC P-256, valid 2000–2100;
+// made with `openssl ca`). Only the server certificate's key is here: the CA's was thrown away.
+const TEST_CA_PEM = `-----BEGIN CERTIFICATE-----
+MIIBcTCCARegAwIBAgIBATAKBggqhkjOPQQDAjAfMR0wGwYDVQQDDBRCZXJ0aCB0
+ZXN0IGVncmVzcyBDQTAgFw0wMDAxMDEwMDAwMDBaGA8yMTAwMDEwMTAwMDAwMFow
+HzEdMBsGA1UEAwwUQmVydGggdGVzdCBlZ3Jlc3MgQ0EwWTATBgcqhkjOPQIBBggq
+hkjOPQMBBwNCAAQSUfIi4G3E2DJv/pXqGG8it54s8CQe1MMGTU+GB3Ubo1V5k8i0
+T0n0B4iWUr9y3Bf5itzQLlX7Txr2wLf21qz2o0IwQDAPBgNVHRMBAf8EBTADAQH/
+MA4GA1UdDwEB/wQEAwIBBjAdBgNVHQ4EFgQUjhHf+VPLWu1fg0tk3oTkXsePXLEw
+CgYIKoZIzj0EAwIDSAAwRQIhAPJhPZZ+7elirxNvVNCChWXpBtvY18ck5ItmQibD
+7iSqAiBoSrdquyuqwFGr7Th5S7RhG2yQR9KCSQm3973Tq02ZrQ==
+-----END CERTIFICATE-----
+`;
+const TLS_HOST_CERT = `-----BEGIN CERTIFICATE-----
+MIIBqjCCAVCgAwIBAgIBAjAKBggqhkjOPQQDAjAfMR0wGwYDVQQDDBRCZXJ0aCB0
+ZXN0IGVncmVzcyBDQTAgFw0wMDAxMDEwMDAwMDBaGA8yMTAwMDEwMTAwMDAwMFow
+GzEZMBcGA1UEAwwQdGxzLmV4YW1wbGUudGVzdDBZMBMGByqGSM49AgEGCCqGSM49
+AwEHA0IABHQQxN+0RnGowfQWdoYHhe33RxH72a3g2HqhpRuK8Gjtocrmob9WmhVn
+kd9+A3TS+9uxfuv3cthXTnlXhYNgn5ijfzB9MAkGA1UdEwQCMAAwGwYDVR0RBBQw
+EoIQdGxzLmV4YW1wbGUudGVzdDATBgNVHSUEDDAKBggrBgEFBQcDATAfBgNVHSME
+GDAWgBSOEd/5U8ta7V+DS2TehORex49csTAdBgNVHQ4EFgQUPOV9CcFwzj5uCewF
+sdsb8KiXb/QwCgYIKoZIzj0EAwIDSAAwRQIgWlTOSixMj+zA+Q3f99gsbGSKyNao
+t9vIxqLOSVbetCACIQDBpNJ6Qo//XLxqq+h/chIbjQvDb9onaHMx2ix+ewlKxg==
+-----END CERTIFICATE-----
+`;
+const TLS_HOST_KEY = `-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgg6c8fFYwhrsaIDA1
+/0Nbmug2FghwKj3Js9zOTHAxx6ahRANCAAR0EMTftEZxqMH0FnaGB4Xt90cR+9mt
+4Nh6oaUbivBo7aHK5qG/VpoVZ5HffgN00vvbsX7r93LYV055V4WDYJ+Y
+-----END PRIVATE KEY-----
+`;
+const SYSTEM_BUNDLE = ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"]
+  .map((file) => {
+    try {
+      return fs.readFileSync(file, "utf8");
+    } catch {
+      return null;
+    }
+  })
+  .find((text) => text !== null);
+
+/** A gateway token as the platform makes them: URL-safe, at least 32 characters. */
+const newGatewayToken = () => randomBytes(30).toString("base64url");
+const basicFor = (token: string) => `Basic ${Buffer.from(`berth:${token}`).toString("base64")}`;
+
+type GatewaySeen = {
+  kind: "request" | "connect" | "tls-request";
+  method: string;
+  url: string;
+  proxyAuthorization: string | undefined;
+  authorization: string | undefined;
+  body: string;
+};
+
+type FakeGateway = { address: string; seen: GatewaySeen[]; close(): Promise<void> };
+
+/**
+ * The platform's egress gateway as the daemon sees it: an HTTP server answering origin-form and
+ * absolute-form requests with what it saw, and CONNECTs with 200 and then either TLS for
+ * tls.example.test (a certificate of TEST_CA_PEM) or an echo of every byte. Only on a Unix socket or 127.0.0.1.
+ */
+async function startFakeGateway(on: { socket: string } | "tcp"): Promise<FakeGateway> {
+  const seen: GatewaySeen[] = [];
+  const sockets = new Set<net.Socket>();
+  const answer = (kind: GatewaySeen["kind"]) => (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (chunk: Buffer) => chunks.push(chunk));
+    req.on("end", () => {
+      const entry: GatewaySeen = {
+        kind,
+        method: req.method ?? "",
+        url: req.url ?? "",
+        proxyAuthorization: req.headers["proxy-authorization"],
+        authorization: req.headers.authorization,
+        body: Buffer.concat(chunks).toString("utf8"),
+      };
+      seen.push(entry);
+      res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ gateway: kind, url: entry.url }));
+    });
+  };
+  const tlsServer = https.createServer({ key: TLS_HOST_KEY, cert: TLS_HOST_CERT }, answer("tls-request"));
+  const server = http.createServer(answer("request"));
+  server.on("connection", (socket: net.Socket) => {
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+  });
+  server.on("connect", (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => {
+    seen.push({ kind: "connect", method: req.method ?? "", url: req.url ?? "", proxyAuthorization: req.headers["proxy-authorization"], authorization: req.headers.authorization, body: "" });
+    socket.on("error", () => socket.destroy());
+    socket.write("HTTP/1.1 200 Connection Established\r\n\r\n");
+    if (head.length > 0) socket.unshift(head);
+    if (req.url === "tls.example.test:443") tlsServer.emit("connection", socket);
+    else socket.pipe(socket);
+  });
+  await new Promise<void>((resolve) => (on === "tcp" ? server.listen(0, "127.0.0.1", resolve) : server.listen(on.socket, resolve)));
+  const address = on === "tcp" ? `tcp:127.0.0.1:${(server.address() as net.AddressInfo).port}` : `unix:${on.socket}`;
+  return {
+    address,
+    seen,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/** The environment a command of `daemon` sees. */
+async function commandEnv(daemon: Daemon): Promise<Map<string, string>> {
+  const chunks = await exec(daemon, { command: "env -0" });
+  return new Map(
+    output(chunks, "stdout")
+      .split("\0")
+      .filter((line) => line !== "")
+      .map((line) => [line.slice(0, line.indexOf("=")), line.slice(line.indexOf("=") + 1)] as const),
+  );
+}
+
+async function run(daemon: Daemon, command: string): Promise<{ stdout: string; stderr: string; exitCode: number | null }> {
+  const chunks = await exec(daemon, { command, timeoutMs: 30_000 });
+  return { stdout: output(chunks, "stdout"), stderr: output(chunks, "stderr"), exitCode: exitOf(chunks).exitCode };
+}
+
+/** Opens a raw connection to the daemon's forwarder (the port in BERTH_MODEL_BASE_URL). */
+function forwarderPort(env: Map<string, string>): number {
+  return Number(/^http:\/\/127\.0\.0\.1:(\d+)\/v1$/.exec(env.get("BERTH_MODEL_BASE_URL") ?? "")![1]);
+}
+
+function readUntil(socket: net.Socket, predicate: (text: string) => boolean): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let text = "";
+    const onData = (chunk: Buffer) => {
+      text += chunk.toString("latin1");
+      if (predicate(text)) {
+        socket.off("data", onData).off("error", reject);
+        resolve(text);
+      }
+    };
+    socket.on("data", onData).once("error", reject);
+  });
+}
+
+describe("sandboxd with an egress gateway (Unix socket, cold start, CA)", () => {
+  let gateway: FakeGateway;
+  let daemon: Daemon;
+  let gatewayToken: string;
+  let env: Map<string, string>;
+  let tmp: string;
+
+  beforeAll(async () => {
+    const dir = tempDir();
+    tmp = path.join(dir, "tmp");
+    fs.mkdirSync(tmp);
+    gateway = await startFakeGateway({ socket: path.join(dir, "gateway.sock") });
+    gatewayToken = newGatewayToken();
+    daemon = await startDaemon({
+      dir,
+      env: { TMPDIR: tmp, BERTH_DAEMON_GATEWAY: gateway.address, BERTH_DAEMON_GATEWAY_TOKEN: gatewayToken, BERTH_DAEMON_CA_PEM: TEST_CA_PEM },
+    });
+    env = await commandEnv(daemon);
+  });
+
+  afterAll(async () => {
+    await stop(daemon);
+    await gateway.close();
+  });
+
+  afterEach(() => {
+    gateway.seen.length = 0;
+    expect(daemon.stderr()).toBe("");
+  });
+
+  it("says in its health that a gateway forwarder runs", async () => {
+    expect((await call(daemon, "GET", "/v1/health")).json).toMatchObject({ ok: true, bound: true, gateway: true });
+  });
+
+  it("gives commands the proxy, model and CA variables, and none of its configuration", () => {
+    const port = forwarderPort(env);
+    const proxy = `http://berth:${gatewayToken}@127.0.0.1:${port}`;
+    for (const name of ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"]) expect(env.get(name), name).toBe(proxy);
+    expect(env.get("NO_PROXY")).toBe("localhost,127.0.0.1,::1");
+    expect(env.get("no_proxy")).toBe("localhost,127.0.0.1,::1");
+    expect(env.get("BERTH_MODEL_API_KEY")).toBe(gatewayToken);
+    const bundle = env.get("SSL_CERT_FILE")!;
+    expect(bundle).toMatch(new RegExp(`^${tmp}/berth-ca-[^/]+/ca-bundle\\.pem$`));
+    for (const name of ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "PIP_CERT"]) expect(env.get(name), name).toBe(bundle);
+    expect(env.get("NODE_EXTRA_CA_CERTS")).toBe(path.join(path.dirname(bundle), "berth-ca.pem"));
+    expect(env.has("npm_config_cafile")).toBe(false);
+    const all = [...env].map(([name, value]) => `${name}=${value}`).join("\n");
+    expect(all).not.toMatch(/BERTH_DAEMON_/);
+    expect(all).not.toContain(gateway.address.slice("unix:".length));
+    expect(all).not.toContain("BEGIN CERTIFICATE");
+  });
+
+  it("writes the CA alone and the system roots + the CA, readable by anyone", () => {
+    const bundle = env.get("SSL_CERT_FILE")!;
+    const caFile = env.get("NODE_EXTRA_CA_CERTS")!;
+    expect(fs.statSync(path.dirname(bundle)).mode & 0o777).toBe(0o755);
+    for (const file of [bundle, caFile]) {
+      const stat = fs.lstatSync(file);
+      expect(stat.isFile()).toBe(true);
+      expect(stat.mode & 0o777).toBe(0o644);
+    }
+    expect(fs.readFileSync(caFile, "utf8")).toBe(TEST_CA_PEM);
+    const text = fs.readFileSync(bundle, "utf8");
+    expect(text.endsWith(TEST_CA_PEM)).toBe(true);
+    if (SYSTEM_BUNDLE) expect(text.startsWith(SYSTEM_BUNDLE)).toBe(true);
+    else expect(text).toBe(TEST_CA_PEM);
+  });
+
+  it("curl sends a plain HTTP request to the gateway as an absolute-form proxy request with Basic auth", async () => {
+    const result = await run(daemon, "curl -sS http://api.example.test/x?y=1");
+    expect(result.stderr).toBe("");
+    expect(JSON.parse(result.stdout)).toEqual({ gateway: "request", url: "http://api.example.test/x?y=1" });
+    expect(gateway.seen).toEqual([
+      { kind: "request", method: "GET", url: "http://api.example.test/x?y=1", proxyAuthorization: basicFor(gatewayToken), authorization: undefined, body: "" },
+    ]);
+  });
+
+  it("curl calls the model base URL directly (origin-form, bearer token), not through the proxy", async () => {
+    const result = await run(
+      daemon,
+      `curl -sS "$BERTH_MODEL_BASE_URL/chat/completions" -H "Authorization: Bearer $BERTH_MODEL_API_KEY" -H "content-type: application/json" -d '{"model":"m"}'`,
+    );
+    expect(result.stderr).toBe("");
+    expect(JSON.parse(result.stdout)).toEqual({ gateway: "request", url: "/v1/chat/completions" });
+    expect(gateway.seen).toEqual([
+      { kind: "request", method: "POST", url: "/v1/chat/completions", proxyAuthorization: undefined, authorization: `Bearer ${gatewayToken}`, body: '{"model":"m"}' },
+    ]);
+  });
+
+  it("curl reaches an HTTPS host through CONNECT and trusts the gateway's certificate through the CA bundle", async () => {
+    const result = await run(daemon, "curl -sS https://tls.example.test/secure");
+    expect(result.stderr).toBe("");
+    expect(JSON.parse(result.stdout)).toEqual({ gateway: "tls-request", url: "/secure" });
+    expect(gateway.seen.map(({ kind, method, url, proxyAuthorization }) => ({ kind, method, url, proxyAuthorization }))).toEqual([
+      { kind: "connect", method: "CONNECT", url: "tls.example.test:443", proxyAuthorization: basicFor(gatewayToken) },
+      { kind: "tls-request", method: "GET", url: "/secure", proxyAuthorization: undefined },
+    ]);
+    // Without the bundle, the same certificate is refused (the CA is what makes it trusted).
+    const untrusted = await run(daemon, "env -u CURL_CA_BUNDLE -u SSL_CERT_FILE curl -sS https://tls.example.test/secure");
+    expect(untrusted.exitCode).not.toBe(0);
+    expect(untrusted.stderr).toMatch(/certificate/i);
+  });
+
+  it("passes a CONNECT tunnel's bytes both ways, and answers a client that half-closed after its request", async () => {
+    const port = forwarderPort(env);
+    const tunnel = net.connect(port, "127.0.0.1");
+    tunnel.write(`CONNECT echo.example.test:7 HTTP/1.1\r\nHost: echo.example.test:7\r\nProxy-Authorization: ${basicFor(gatewayToken)}\r\n\r\n`);
+    expect(await readUntil(tunnel, (text) => text.endsWith("\r\n\r\n"))).toMatch(/^HTTP\/1\.1 200 Connection Established\r\n/);
+    const echoed = readUntil(tunnel, (text) => text === "ping pong");
+    tunnel.write("ping ");
+    tunnel.write("pong");
+    expect(await echoed).toBe("ping pong");
+    tunnel.destroy();
+
+    const halfClosed = net.connect(port, "127.0.0.1");
+    const reply = readUntil(halfClosed, (text) => text.includes("}"));
+    halfClosed.end("GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    expect(await reply).toMatch(/^HTTP\/1\.1 200 OK\r\n[\s\S]*\{"gateway":"request","url":"\/v1\/models"\}/);
+    await new Promise((resolve) => halfClosed.once("close", resolve));
+  });
+
+  it("removes its CA files on SIGTERM", async () => {
+    const folder = path.dirname(env.get("SSL_CERT_FILE")!);
+    expect(fs.existsSync(folder)).toBe(true);
+    daemon.child.kill("SIGTERM");
+    expect(await daemon.exited).toEqual({ code: 0, signal: null });
+    expect(fs.existsSync(folder)).toBe(false);
+  });
+});
+
+describe("sandboxd with an egress gateway (TCP, warm pool, bind replaces the token and the CA)", () => {
+  let gateway: FakeGateway;
+  let daemon: Daemon;
+  let tmp: string;
+  const poolGatewayToken = newGatewayToken();
+
+  beforeAll(async () => {
+    gateway = await startFakeGateway("tcp");
+    const dir = tempDir();
+    tmp = path.join(dir, "tmp");
+    fs.mkdirSync(tmp);
+    daemon = await startDaemon({
+      dir,
+      unbound: true,
+      env: { TMPDIR: tmp, BERTH_DAEMON_GATEWAY: gateway.address, BERTH_DAEMON_GATEWAY_TOKEN: poolGatewayToken, BERTH_DAEMON_CA_PEM: TEST_CA_PEM },
+    });
+  });
+
+  afterAll(async () => {
+    await stop(daemon);
+    await gateway.close();
+  });
+
+  it("refuses a bad gatewayToken or caPem, then binds with the session's token and CA", async () => {
+    expect((await call(daemon, "GET", "/v1/health")).json).toMatchObject({ bound: false, gateway: true });
+    const caFolders = () => fs.readdirSync(tmp).filter((name) => name.startsWith("berth-ca-")); // tsx keeps its cache beside them
+    const startFolders = caFolders();
+    expect(startFolders).toHaveLength(1);
+    const badBinds: [Record<string, unknown>, RegExp][] = [
+      [{ gatewayToken: "short" }, /^gatewayToken: must be 32 to 1024 characters/],
+      [{ gatewayToken: `${"a".repeat(40)}/+=` }, /^gatewayToken: /],
+      [{ gatewayToken: `${"a".repeat(40)}@x` }, /^gatewayToken: /],
+      [{ caPem: "not a certificate" }, /^caPem: no -----BEGIN CERTIFICATE----- block/],
+      [{ caPem: TEST_CA_PEM + TLS_HOST_KEY }, /^caPem: only CERTIFICATE blocks are allowed, found PRIVATE KEY/],
+      [{ caPem: TEST_CA_PEM.replace("-----END CERTIFICATE-----", "") }, /^caPem: malformed PEM/],
+    ];
+    for (const [extra, message] of badBinds) {
+      expectError(await call(daemon, "POST", "/v1/bind", { body: { sessionId: "s1", env: {}, ...extra } }), 400, "bad_request", message);
+    }
+    expect(caFolders()).toEqual(startFolders);
+
+    const sessionGatewayToken = newGatewayToken();
+    // Any certificate will do as "the installation's CA" here.
+    const bound = await call(daemon, "POST", "/v1/bind", {
+      body: { sessionId: "s1", env: { HTTPS_PROXY: "http://session-proxy.invalid", SESSION_VAR: "x" }, gatewayToken: sessionGatewayToken, caPem: TLS_HOST_CERT },
+    });
+    expect(bound.status).toBe(204);
+
+    const env = await commandEnv(daemon);
+    expect(env.get("SESSION_VAR")).toBe("x");
+    // The platform's variables win over the session's.
+    expect(env.get("HTTPS_PROXY")).toBe(`http://berth:${sessionGatewayToken}@127.0.0.1:${forwarderPort(env)}`);
+    expect(env.get("BERTH_MODEL_API_KEY")).toBe(sessionGatewayToken);
+    expect([...env.values()].join("\n")).not.toContain(poolGatewayToken);
+    // A new CA folder replaced the one of the start.
+    const folders = caFolders();
+    expect(folders).toHaveLength(1);
+    expect(folders).not.toEqual(startFolders);
+    expect(path.dirname(env.get("SSL_CERT_FILE")!)).toBe(path.join(tmp, folders[0]!));
+    expect(fs.readFileSync(env.get("NODE_EXTRA_CA_CERTS")!, "utf8")).toBe(TLS_HOST_CERT);
+    expect(fs.readFileSync(env.get("SSL_CERT_FILE")!, "utf8").endsWith(TLS_HOST_CERT)).toBe(true);
+
+    const result = await run(daemon, "curl -sS http://api.example.test/after-bind");
+    expect(result.stderr).toBe("");
+    expect(gateway.seen).toEqual([
+      { kind: "request", method: "GET", url: "http://api.example.test/after-bind", proxyAuthorization: basicFor(sessionGatewayToken), authorization: undefined, body: "" },
+    ]);
+    expect(daemon.stderr()).toBe("");
+  });
+});
+
+describe("sandboxd with an egress gateway (TCP, warm pool, bind without gateway fields)", () => {
+  it("keeps the pool's gateway token when the bind carries none, and has no CA variables without a CA", async () => {
+    const gateway = await startFakeGateway("tcp");
+    const poolGatewayToken = newGatewayToken();
+    const daemon = await startDaemon({ unbound: true, env: { BERTH_DAEMON_GATEWAY: gateway.address, BERTH_DAEMON_GATEWAY_TOKEN: poolGatewayToken } });
+    expect((await call(daemon, "POST", "/v1/bind", { body: { sessionId: "s1", env: {} } })).status).toBe(204);
+    const env = await commandEnv(daemon);
+    expect(env.get("BERTH_MODEL_API_KEY")).toBe(poolGatewayToken);
+    for (const name of ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "PIP_CERT", "NODE_EXTRA_CA_CERTS"]) expect(env.has(name), name).toBe(false);
+    const result = await run(daemon, `curl -sS "$BERTH_MODEL_BASE_URL/models" -H "Authorization: Bearer $BERTH_MODEL_API_KEY"`);
+    expect(JSON.parse(result.stdout)).toEqual({ gateway: "request", url: "/v1/models" });
+    expect(gateway.seen).toMatchObject([{ url: "/v1/models", authorization: `Bearer ${poolGatewayToken}`, proxyAuthorization: undefined }]);
+    await stop(daemon);
+    await gateway.close();
+  });
+});
+
 // ---- process lifecycle and configuration ---------------------------------------------------------
 
 describe("sandboxd process", () => {
@@ -857,6 +1220,7 @@ describe("sandboxd process", () => {
     fs.writeFileSync(path.join(dir, "not-a-socket"), "keep me");
     fs.writeFileSync(path.join(dir, "a-file"), "");
     const good = { BERTH_DAEMON_LISTEN: `unix:${dir}/ok.sock`, BERTH_DAEMON_TOKEN: newToken(), BERTH_WORKSPACE: workspace };
+    const gateway = { BERTH_DAEMON_GATEWAY: `unix:${dir}/gateway.sock`, BERTH_DAEMON_GATEWAY_TOKEN: newGatewayToken() };
     const cases: [Record<string, string>, RegExp][] = [
       [{ BERTH_DAEMON_TOKEN: "x".repeat(31) }, /BERTH_DAEMON_TOKEN .*at least 32 characters/],
       [{ BERTH_DAEMON_LISTEN: "unix:relative/d.sock" }, /socket path must be absolute/],
@@ -867,10 +1231,25 @@ describe("sandboxd process", () => {
       [{ BERTH_WORKSPACE: path.join(dir, "a-file") }, /BERTH_WORKSPACE .*a-file is not a directory/],
       [{ BERTH_DAEMON_LISTEN: `unix:${dir}/not-a-socket` }, /not-a-socket exists and is not a socket; refusing to replace it/],
       [{ BERTH_DAEMON_LISTEN: `unix:${dir}/no-such-dir/d.sock` }, /cannot listen on unix:.*no-such-dir/],
+      [{ ...gateway, BERTH_DAEMON_GATEWAY: "http://127.0.0.1:9" }, /BERTH_DAEMON_GATEWAY must be unix:\/abs\/path\.sock or tcp:HOST:PORT, got http:/],
+      [{ ...gateway, BERTH_DAEMON_GATEWAY: "unix:gateway.sock" }, /BERTH_DAEMON_GATEWAY: the socket path must be absolute/],
+      [{ ...gateway, BERTH_DAEMON_GATEWAY: "tcp:::1:8080" }, /BERTH_DAEMON_GATEWAY: HOST must be a host name, an IPv4 address or an IPv6 address in brackets/],
+      [{ ...gateway, BERTH_DAEMON_GATEWAY: "tcp:[gateway]:8080" }, /BERTH_DAEMON_GATEWAY: HOST must be/],
+      [{ ...gateway, BERTH_DAEMON_GATEWAY: "tcp:gateway.berth.svc:0" }, /BERTH_DAEMON_GATEWAY: port out of range/],
+      [{ BERTH_DAEMON_GATEWAY: "tcp:[::1]:8080" }, /BERTH_DAEMON_GATEWAY_TOKEN is required with BERTH_DAEMON_GATEWAY and must be 32 to 1024 characters of/],
+      [{ ...gateway, BERTH_DAEMON_GATEWAY_TOKEN: "a".repeat(31) }, /BERTH_DAEMON_GATEWAY_TOKEN is required/],
+      [{ ...gateway, BERTH_DAEMON_GATEWAY_TOKEN: `${"a".repeat(40)}:x` }, /BERTH_DAEMON_GATEWAY_TOKEN is required/],
+      [{ BERTH_DAEMON_GATEWAY_TOKEN: gateway.BERTH_DAEMON_GATEWAY_TOKEN }, /BERTH_DAEMON_GATEWAY_TOKEN is set but BERTH_DAEMON_GATEWAY is not/],
+      [{ BERTH_DAEMON_CA_PEM: TEST_CA_PEM }, /BERTH_DAEMON_CA_PEM is set but BERTH_DAEMON_GATEWAY is not/],
+      [{ ...gateway, BERTH_DAEMON_CA_PEM: "garbage" }, /BERTH_DAEMON_CA_PEM: no -----BEGIN CERTIFICATE----- block/],
+      [{ ...gateway, BERTH_DAEMON_CA_PEM: TEST_CA_PEM + TLS_HOST_KEY }, /BERTH_DAEMON_CA_PEM: only CERTIFICATE blocks are allowed, found PRIVATE KEY/],
+      [{ BERTH_DAEMON_MODEL_RELAY: `unix:${dir}/model.sock` }, /BERTH_DAEMON_MODEL_RELAY is no longer supported: use BERTH_DAEMON_GATEWAY and BERTH_DAEMON_GATEWAY_TOKEN/],
     ];
+    // The built daemon: tsx itself would fail on a TMPDIR that is a file.
+    cases.push([{ ...gateway, BERTH_DAEMON_CA_PEM: TEST_CA_PEM, TMPDIR: path.join(dir, "a-file") }, /cannot write the CA bundle under .*a-file: ENOTDIR/]);
     const results = await Promise.all(
-      cases.map(async ([overrides]) => {
-        const launched = launch({ ...good, ...overrides });
+      cases.map(async ([overrides], index) => {
+        const launched = launch({ ...good, ...overrides }, index === cases.length - 1 ? [path.join(ROOT, "build/sandboxd.js")] : undefined);
         return { ...(await launched.exited), stdout: launched.stdout(), stderr: launched.stderr() };
       }),
     );

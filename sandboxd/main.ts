@@ -9,49 +9,104 @@
  *   BERTH_DAEMON_TOKEN    bearer token, at least 32 characters
  *   BERTH_WORKSPACE       workspace directory (default /workspace)
  *   BERTH_DAEMON_UNBOUND  1 = warm-pool mode: no session until POST /v1/bind
- *   BERTH_DAEMON_MODEL_RELAY  optional unix:/abs/path.sock: the platform's model relay; commands then
- *                         get BERTH_MODEL_BASE_URL (a loopback URL ending in /v1) and BERTH_MODEL_API_KEY
- *   BERTH_DAEMON_MODEL_TOKEN  the token commands present to the model relay (with the relay)
+ *   BERTH_DAEMON_GATEWAY  optional unix:/abs/path.sock | tcp:HOST:PORT (HOST a name, an IPv4 or a
+ *                         [bracketed] IPv6): the platform's egress gateway, an HTTP proxy (absolute-form,
+ *                         CONNECT) that also serves the model route (origin-form /v1/...). The daemon
+ *                         forwards a port on 127.0.0.1 to it; commands then get HTTP(S)_PROXY, ALL_PROXY
+ *                         (and lowercase) = http://berth:<token>@127.0.0.1:<port>, NO_PROXY = loopback,
+ *                         BERTH_MODEL_BASE_URL = http://127.0.0.1:<port>/v1 and BERTH_MODEL_API_KEY = <token>
+ *   BERTH_DAEMON_GATEWAY_TOKEN  the sandbox's gateway token (required with the gateway): 32 to 1024
+ *                         characters of A-Z a-z 0-9 . _ ~ -; a bind may replace it (gatewayToken)
+ *   BERTH_DAEMON_CA_PEM   optional, with the gateway: the installation's egress CA (PEM, one or more
+ *                         certificates). Written to a new folder $TMPDIR/berth-ca-XXXXXX (or /tmp): berth-ca.pem
+ *                         (the CA alone: NODE_EXTRA_CA_CERTS) and ca-bundle.pem (the system roots + the CA:
+ *                         SSL_CERT_FILE, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, GIT_SSL_CAINFO, PIP_CERT);
+ *                         a bind may replace it (caPem)
  *   BERTH_DAEMON_SWEEP    1 = the daemon is alone in its own PID namespace (a jail, a pod): when the
  *                         last running exec ends, every other process in the namespace but the
  *                         daemon's ancestors is killed. Never set it for a daemon running on a host.
  * Every other variable is the session's environment (cold start). Prints `READY <pid>` when listening.
  */
 import fs from "node:fs";
+import net from "node:net";
+import os from "node:os";
 import { ExecTracker } from "./exec";
-import { startModelForwarder, type ModelForwarder } from "./model-forward";
+import { GATEWAY_TOKEN, GATEWAY_TOKEN_RULE, gatewayEnv, parseCertificates, removeCaFiles, writeCaFiles, type CaFiles } from "./gateway-env";
+import { startGatewayForwarder, type GatewayForwarder, type GatewayTarget } from "./gateway-forward";
 import { createDaemonServer, type DaemonState } from "./server";
 import { Workspace } from "./workspace";
 
-const CONFIG_KEYS = ["BERTH_DAEMON_LISTEN", "BERTH_DAEMON_TOKEN", "BERTH_WORKSPACE", "BERTH_DAEMON_UNBOUND", "BERTH_DAEMON_MODEL_RELAY", "BERTH_DAEMON_MODEL_TOKEN", "BERTH_DAEMON_SWEEP"] as const;
+const CONFIG_KEYS = [
+  "BERTH_DAEMON_LISTEN",
+  "BERTH_DAEMON_TOKEN",
+  "BERTH_WORKSPACE",
+  "BERTH_DAEMON_UNBOUND",
+  "BERTH_DAEMON_GATEWAY",
+  "BERTH_DAEMON_GATEWAY_TOKEN",
+  "BERTH_DAEMON_CA_PEM",
+  "BERTH_DAEMON_SWEEP",
+  // Replaced by the gateway: refused, and never passed on to commands.
+  "BERTH_DAEMON_MODEL_RELAY",
+  "BERTH_DAEMON_MODEL_TOKEN",
+] as const;
 
-type Listen = { kind: "unix"; path: string } | { kind: "tcp"; host: string; port: number };
+type Listen = GatewayTarget;
 
 function fail(message: string): never {
   process.stderr.write(`sandboxd: ${message}\n`);
   process.exit(1);
 }
 
-function parseListen(value: string | undefined): Listen {
-  if (!value) fail("BERTH_DAEMON_LISTEN is required (unix:/abs/path.sock or tcp:HOST:PORT)");
+/** `unix:/abs/path.sock` or `tcp:HOST:PORT` (HOST a name, an IPv4 address or a bracketed IPv6 address). */
+function parseAddress(name: string, value: string): Listen {
   if (value.startsWith("unix:")) {
     const path = value.slice("unix:".length);
-    if (!path.startsWith("/")) fail(`BERTH_DAEMON_LISTEN: the socket path must be absolute, got ${value}`);
+    if (!path.startsWith("/")) fail(`${name}: the socket path must be absolute, got ${value}`);
     return { kind: "unix", path };
   }
   const tcp = /^tcp:(.+):(\d{1,5})$/.exec(value);
   if (tcp) {
-    const host = tcp[1]!.replace(/^\[(.*)\]$/, "$1");
+    const bracketed = /^\[(.*)\]$/.exec(tcp[1]!);
+    const host = bracketed ? bracketed[1]! : tcp[1]!;
+    if (bracketed ? !net.isIPv6(host) : !/^[A-Za-z0-9._-]+$/.test(host)) {
+      fail(`${name}: HOST must be a host name, an IPv4 address or an IPv6 address in brackets, got ${value}`);
+    }
     const port = Number(tcp[2]);
-    if (port < 1 || port > 65_535) fail(`BERTH_DAEMON_LISTEN: port out of range in ${value}`);
+    if (port < 1 || port > 65_535) fail(`${name}: port out of range in ${value}`);
     return { kind: "tcp", host, port };
   }
-  fail(`BERTH_DAEMON_LISTEN must be unix:/abs/path.sock or tcp:HOST:PORT, got ${value}`);
+  fail(`${name} must be unix:/abs/path.sock or tcp:HOST:PORT, got ${value}`);
+}
+
+function readGateway(env: NodeJS.ProcessEnv): { target: GatewayTarget; token: string; certificates: string[] | null } | null {
+  for (const old of ["BERTH_DAEMON_MODEL_RELAY", "BERTH_DAEMON_MODEL_TOKEN"]) {
+    if (env[old] !== undefined) fail(`${old} is no longer supported: use BERTH_DAEMON_GATEWAY and BERTH_DAEMON_GATEWAY_TOKEN`);
+  }
+  const value = env.BERTH_DAEMON_GATEWAY;
+  if (value === undefined || value === "") {
+    for (const dependent of ["BERTH_DAEMON_GATEWAY_TOKEN", "BERTH_DAEMON_CA_PEM"]) {
+      if (env[dependent] !== undefined) fail(`${dependent} is set but BERTH_DAEMON_GATEWAY is not`);
+    }
+    return null;
+  }
+  const target = parseAddress("BERTH_DAEMON_GATEWAY", value);
+  const token = env.BERTH_DAEMON_GATEWAY_TOKEN ?? "";
+  if (!GATEWAY_TOKEN.test(token)) fail(`BERTH_DAEMON_GATEWAY_TOKEN is required with BERTH_DAEMON_GATEWAY and ${GATEWAY_TOKEN_RULE}`);
+  let certificates: string[] | null = null;
+  if (env.BERTH_DAEMON_CA_PEM) {
+    try {
+      certificates = parseCertificates(env.BERTH_DAEMON_CA_PEM);
+    } catch (error) {
+      fail(`BERTH_DAEMON_CA_PEM: ${(error as Error).message}`);
+    }
+  }
+  return { target, token, certificates };
 }
 
 function readConfig() {
   const env = process.env;
-  const listen = parseListen(env.BERTH_DAEMON_LISTEN);
+  if (!env.BERTH_DAEMON_LISTEN) fail("BERTH_DAEMON_LISTEN is required (unix:/abs/path.sock or tcp:HOST:PORT)");
+  const listen = parseAddress("BERTH_DAEMON_LISTEN", env.BERTH_DAEMON_LISTEN);
   const token = env.BERTH_DAEMON_TOKEN ?? "";
   if (token.length < 32) fail("BERTH_DAEMON_TOKEN is required and must be at least 32 characters");
   const workspacePath = env.BERTH_WORKSPACE || "/workspace";
@@ -64,19 +119,12 @@ function readConfig() {
     fail(`BERTH_WORKSPACE ${workspacePath} is not usable: ${(error as Error).message}`);
   }
   const unbound = env.BERTH_DAEMON_UNBOUND === "1";
-  let modelRelay: { socket: string; token: string } | null = null;
-  if (env.BERTH_DAEMON_MODEL_RELAY) {
-    const socket = env.BERTH_DAEMON_MODEL_RELAY.replace(/^unix:/, "");
-    if (!env.BERTH_DAEMON_MODEL_RELAY.startsWith("unix:/")) fail(`BERTH_DAEMON_MODEL_RELAY must be unix:/abs/path.sock, got ${env.BERTH_DAEMON_MODEL_RELAY}`);
-    const relayToken = env.BERTH_DAEMON_MODEL_TOKEN ?? "";
-    if (relayToken.length < 32) fail("BERTH_DAEMON_MODEL_TOKEN is required with BERTH_DAEMON_MODEL_RELAY and must be at least 32 characters");
-    modelRelay = { socket, token: relayToken };
-  }
+  const gateway = readGateway(env);
   const sweep = env.BERTH_DAEMON_SWEEP === "1" && sweepIsSafe();
   for (const key of CONFIG_KEYS) delete env[key];
   const sessionEnv: Record<string, string> = {};
   if (!unbound) for (const [key, value] of Object.entries(env)) if (value !== undefined) sessionEnv[key] = value;
-  return { listen, token, workspacePath, workspaceReal, unbound, sessionEnv, modelRelay, sweep };
+  return { listen, token, workspacePath, workspaceReal, unbound, sessionEnv, gateway, sweep };
 }
 
 /**
@@ -105,14 +153,23 @@ function findShell(): string {
 
 async function main(): Promise<void> {
   const config = readConfig();
-  let forwarder: ModelForwarder | null = null;
-  if (config.modelRelay) {
+  let forwarder: GatewayForwarder | null = null;
+  let ca: CaFiles | null = null;
+  if (config.gateway) {
     try {
-      forwarder = await startModelForwarder(config.modelRelay.socket);
+      forwarder = await startGatewayForwarder(config.gateway.target);
     } catch (error) {
-      fail(`cannot listen for model requests on 127.0.0.1: ${(error as Error).message}`);
+      fail(`cannot listen for the gateway forwarder on 127.0.0.1: ${(error as Error).message}`);
+    }
+    if (config.gateway.certificates) {
+      try {
+        ca = writeCaFiles(config.gateway.certificates);
+      } catch (error) {
+        fail(`cannot write the CA bundle under ${os.tmpdir()}: ${(error as Error).message}`);
+      }
     }
   }
+  const gateway = forwarder && config.gateway ? { port: forwarder.port, token: config.gateway.token, ca } : null;
   const execs = new ExecTracker(config.sweep);
   const state: DaemonState = {
     token: config.token,
@@ -123,10 +180,8 @@ async function main(): Promise<void> {
     bound: !config.unbound,
     sessionId: null,
     env: config.sessionEnv,
-    platformEnv:
-      forwarder && config.modelRelay
-        ? { BERTH_MODEL_BASE_URL: `http://127.0.0.1:${forwarder.port}/v1`, BERTH_MODEL_API_KEY: config.modelRelay.token }
-        : {},
+    gateway,
+    platformEnv: gatewayEnv(gateway),
     execs,
   };
   const server = createDaemonServer(state);
@@ -150,6 +205,8 @@ async function main(): Promise<void> {
     forwarder?.close();
     void execs.groups.killAll(500).finally(() => {
       if (config.listen.kind === "unix") fs.rmSync(config.listen.path, { force: true });
+      // The CA files of now (a bind may have replaced those of the start).
+      removeCaFiles(state.gateway?.ca ?? null);
       process.exit(0);
     });
   };

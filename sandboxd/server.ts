@@ -4,6 +4,7 @@ import { createRequire } from "node:module";
 import { z } from "zod";
 import { HttpError } from "./errors";
 import { streamCommand, type ExecTracker } from "./exec";
+import { GATEWAY_TOKEN, GATEWAY_TOKEN_RULE, gatewayEnv, parseCertificates, removeCaFiles, writeCaFiles, type GatewaySession } from "./gateway-env";
 import { MAX_FILE_BYTES, type Workspace } from "./workspace";
 
 // Loaded with require(): Node 22+ builds an ES module's view of node:http by reading every export,
@@ -29,7 +30,9 @@ export type DaemonState = {
   sessionId: string | null;
   /** The session's environment, passed to every command. */
   env: Record<string, string>;
-  /** Set by the platform for every command, after the session's own (model relay address and token). */
+  /** The egress gateway commands reach through the daemon's forwarder; null: none configured. */
+  gateway: GatewaySession | null;
+  /** Set by the platform for every command, after the session's own (proxy, model and CA variables: gatewayEnv(gateway)). */
   platformEnv: Record<string, string>;
   execs: ExecTracker;
 };
@@ -42,6 +45,21 @@ const bindBody = z.strictObject({
   env: z.record(envName, envValue),
   /** The bearer token from now on (a warm-pool daemon starts with the pool's token; the claimed one gets its own). */
   token: z.string().min(32).max(1024).optional(),
+  /** The session's own gateway token (a warm-pool daemon starts with the pool's); ignored without a gateway. */
+  gatewayToken: z.string().regex(GATEWAY_TOKEN, GATEWAY_TOKEN_RULE).optional(),
+  /** The installation's egress CA (PEM, certificates only), replacing the one the daemon started with; ignored without a gateway. */
+  caPem: z
+    .string()
+    .max(1024 * 1024)
+    .transform((pem, context) => {
+      try {
+        return parseCertificates(pem);
+      } catch (error) {
+        context.addIssue({ code: "custom", message: (error as Error).message });
+        return z.NEVER;
+      }
+    })
+    .optional(),
 });
 
 const execBody = z.strictObject({
@@ -70,13 +88,21 @@ type Handler = (req: IncomingMessage, res: ServerResponse, url: URL, state: Daem
 const routes: Record<string, Partial<Record<string, Handler>>> = {
   "/v1/health": {
     GET: async (_req, res, _url, state) => {
-      sendJson(res, 200, { ok: true, pid: process.pid, uptimeMs: Date.now() - state.startedAt, bound: state.bound });
+      sendJson(res, 200, { ok: true, pid: process.pid, uptimeMs: Date.now() - state.startedAt, bound: state.bound, gateway: state.gateway !== null });
     },
   },
   "/v1/bind": {
     POST: async (req, res, _url, state) => {
       const body = parse(bindBody, await readJson(req));
       if (state.bound) throw new HttpError(409, "already_bound", "this sandbox daemon is already bound to a session");
+      if (state.gateway && (body.gatewayToken !== undefined || body.caPem !== undefined)) {
+        const previous = state.gateway;
+        // Written before anything changes: a bind that fails here leaves the daemon unbound as it was.
+        const ca = body.caPem === undefined ? previous.ca : writeCaFiles(body.caPem);
+        state.gateway = { ...previous, token: body.gatewayToken ?? previous.token, ca };
+        state.platformEnv = gatewayEnv(state.gateway);
+        if (ca !== previous.ca) removeCaFiles(previous.ca);
+      }
       state.bound = true;
       state.sessionId = body.sessionId;
       state.env = { ...body.env };

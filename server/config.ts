@@ -2,6 +2,7 @@ import path from "node:path";
 import { z } from "zod";
 import { postgresTarget } from "../db/postgres-url";
 import { parseTrustedProxies, type TrustedProxies } from "./client-address";
+import { parseCidrList, parseResolveMap, type Cidr, type ResolveMap } from "./egress/addresses";
 
 /**
  * The whole configuration surface of Berth. Environment variables are read here, once, and nowhere
@@ -94,6 +95,17 @@ const binaryPath = (name: string) =>
       .optional(),
   );
 
+/** A setting parsed by a function that throws a readable Error. */
+function parsedWith<T>(parse: (value: string) => T, value: string | undefined, ctx: z.RefinementCtx): T | undefined {
+  if (value === undefined) return undefined;
+  try {
+    return parse(value);
+  } catch (error) {
+    ctx.addIssue({ code: "custom", message: error instanceof Error ? error.message : String(error) });
+    return z.NEVER;
+  }
+}
+
 const environmentSchema = z.object({
   NODE_ENV: z.enum(["development", "production", "test"]).default("production"),
   PORT: port(3000),
@@ -178,6 +190,15 @@ const environmentSchema = z.object({
       message: "must be a whole number of bytes from 65536 (64 KiB) to 1073741824 (1 GiB)",
     })
     .transform(Number),
+  BERTH_EGRESS_ALLOW_PRIVATE: optionalString.transform((value, ctx) => parsedWith(parseCidrList, value, ctx)),
+  BERTH_EGRESS_RESOLVE: optionalString.transform((value, ctx) => parsedWith(parseResolveMap, value, ctx)),
+  BERTH_EGRESS_PORT: port(8081),
+  BERTH_K8S_EGRESS_ADDRESS: optionalString.pipe(
+    z
+      .string()
+      .regex(/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, "must be HOST:PORT (a name or address the sandbox pods reach the Berth pods' egress port at)")
+      .optional(),
+  ),
   BERTH_METRICS_TOKEN: optionalString.pipe(z.string().min(16, "must be at least 16 characters").optional()),
   LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
 });
@@ -233,6 +254,14 @@ export type Config = {
   trustedProxies: TrustedProxies | undefined;
   /** The origin (`https://berth.example.com`) browsers reach Berth at; when set, the only one cookie-authenticated mutations may come from. */
   publicUrl: string | undefined;
+  /** The egress gateway: address ranges it may connect to after all, the test-only name map, and (Kubernetes) its port. */
+  egress: {
+    allowPrivate: Cidr[];
+    resolveMap: ResolveMap;
+    port: number;
+    /** HOST:PORT the sandbox pods dial (Kubernetes). */
+    podAddress: string;
+  };
   /** Largest request body of a caller with a valid credential; anonymous callers get ANONYMOUS_BODY_BYTES (server/body-limit.ts). */
   maxBodyBytes: number;
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
@@ -320,6 +349,12 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     clientAddressHeader: parsed.BERTH_CLIENT_ADDRESS_HEADER,
     trustedProxies: parsed.BERTH_TRUSTED_PROXIES,
     publicUrl: parsed.BERTH_PUBLIC_URL,
+    egress: {
+      allowPrivate: parsed.BERTH_EGRESS_ALLOW_PRIVATE ?? [],
+      resolveMap: parsed.BERTH_EGRESS_RESOLVE ?? new Map(),
+      port: parsed.BERTH_EGRESS_PORT,
+      podAddress: parsed.BERTH_K8S_EGRESS_ADDRESS ?? `berth-egress.${parsed.BERTH_K8S_NAMESPACE}.svc:${parsed.BERTH_EGRESS_PORT}`,
+    },
     maxBodyBytes: parsed.BERTH_MAX_BODY_BYTES,
     logLevel: parsed.LOG_LEVEL,
     metricsToken: parsed.BERTH_METRICS_TOKEN,

@@ -21,6 +21,14 @@ import { createDemoModel, DEMO_MODEL } from "./gateway/demo";
 import type { ModelResolver } from "./harness/builtin";
 import { findClaudeCodeBinary, findCodexBinary, findOpencodeBinary } from "./harness/binaries";
 import { EventBus } from "./services/event-bus";
+import { AddressRules } from "./egress/addresses";
+import { EgressCa, fileCaStore } from "./egress/ca";
+import { EgressLog } from "./egress/egress-log";
+import { EgressGateway } from "./egress/gateway";
+import { createGatewayTokens } from "./egress/tokens";
+import { writeTrustBundle } from "./egress/trust-bundle";
+import { createModelRelay } from "./sandbox/model-relay";
+import { EgressDirectory } from "./services/egress-directory";
 import { BerthMetrics } from "./metrics";
 
 /**
@@ -76,10 +84,13 @@ export async function startBerth(options: BerthOptions): Promise<RunningBerth> {
     if (shortfall) logger.warn(shortfall);
 
     const secretKey = loadOrCreateSecretKey(config.secretKey, config.dataDir);
-    const sandboxBackend = await createSandboxBackend(config, secretKey, options.daemonScript, logger);
+    const secretBox = new SecretBox(secretKey);
+    const metrics = new BerthMetrics(database.sql);
+    const egress = await startEgressGateway({ config, db: database.db, secretKey, secretBox, metrics, logger: logger.child({ component: "egress" }) });
+    cleanups.push(() => egress.gateway.close());
+    const sandboxBackend = await createSandboxBackend(config, secretKey, options.daemonScript, egress, logger);
     cleanups.push(() => sandboxBackend.shutdown());
 
-    const metrics = new BerthMetrics(database.sql);
     const bus = new EventBus(database.sql, logger.child({ component: "event-bus" }));
     await bus.start();
     cleanups.push(() => bus.stop());
@@ -92,7 +103,7 @@ export async function startBerth(options: BerthOptions): Promise<RunningBerth> {
       databaseUrl,
       config,
       logger,
-      secretBox: new SecretBox(secretKey),
+      secretBox,
       sandboxBackend,
       shippedMigrations: shippedMigrationCount(),
       isWorkerRunning: () => worker.runner?.isRunning() ?? false,
@@ -205,13 +216,50 @@ function localSandboxTools(config: Config, logger: Logger): Record<string, strin
   return tools;
 }
 
-async function createSandboxBackend(config: Config, secretKey: Buffer, daemonScript: string, logger: Logger): Promise<SandboxBackend> {
+/**
+ * The egress gateway with everything it needs: the sandboxes' policies and brokered secrets from
+ * the database, the installation's CA, the address rules, the model relay, and the event log its
+ * records go to.
+ */
+async function startEgressGateway(input: { config: Config; db: DatabaseClient["db"]; secretKey: Buffer; secretBox: SecretBox; metrics: BerthMetrics; logger: Logger }) {
+  const { config, logger } = input;
+  const directory = new EgressDirectory(input.db, input.secretBox);
+  // In a cluster every replica must present the same CA: it lives in a Secret there.
+  const caStore = config.sandboxBackend === "kubernetes" ? (await import("../k8s/index")).kubernetesCaStore(config) : fileCaStore(config.dataDir);
+  const ca = await EgressCa.open(caStore);
+  const trustBundlePath = await writeTrustBundle(config.dataDir, ca.certificatePem);
+  if (config.egress.resolveMap.size > 0) {
+    logger.warn({ hosts: [...config.egress.resolveMap.keys()] }, "BERTH_EGRESS_RESOLVE is set: these names bypass DNS and the address rules (for tests only)");
+  }
+  const tokens = createGatewayTokens(input.secretKey);
+  const gateway = new EgressGateway({
+    directory,
+    tokens,
+    addressRules: new AddressRules({ allowPrivate: config.egress.allowPrivate, ownAddresses: AddressRules.ownHostAddresses() }),
+    resolveMap: config.egress.resolveMap,
+    ca: async () => ca,
+    modelRelay: createModelRelay({ gateway: config.gateway ?? null, logger }),
+    log: new EgressLog((sessionId, events) => directory.record(sessionId, events), { windowMs: 1_000, logger, metrics: input.metrics }),
+    metrics: input.metrics,
+    logger,
+  });
+  if (config.sandboxBackend === "kubernetes") {
+    // Sandbox pods reach the gateway over the network (a NetworkPolicy makes it their only egress).
+    const listener = await gateway.listenTcp(config.egress.port, config.host);
+    logger.info({ port: listener.port }, "egress gateway listening for sandbox pods");
+  }
+  return { gateway, tokens, ca, trustBundlePath };
+}
+
+type StartedEgress = Awaited<ReturnType<typeof startEgressGateway>>;
+
+async function createSandboxBackend(config: Config, secretKey: Buffer, daemonScript: string, egress: StartedEgress, logger: Logger): Promise<SandboxBackend> {
   // Derived, not stored: any process holding the secret key can reach a sandbox by its name.
   const tokenFor = (name: string) => createHmac("sha256", secretKey).update(`sandbox-daemon:${name}`).digest("base64url");
   if (config.sandboxBackend === "kubernetes") {
     // Loaded only when used: the local backend never pays for the Kubernetes client.
     const { createKubernetesBackend } = await import("../k8s/index");
-    return createKubernetesBackend(config, tokenFor, logger);
+    return createKubernetesBackend(config, tokenFor, { address: config.egress.podAddress, tokenFor: (name) => egress.tokens.issue(name), caPem: egress.ca.certificatePem }, logger);
   }
   return LocalSandboxBackend.create({
     dataDir: config.dataDir,
@@ -219,7 +267,12 @@ async function createSandboxBackend(config: Config, secretKey: Buffer, daemonScr
     daemonScript,
     warmPoolSize: config.warmPoolSize,
     unsafeNoIsolation: config.unsafeNoSandboxIsolation,
-    modelGateway: config.gateway,
+    egress: {
+      listenForSandbox: (socketPath, name) => egress.gateway.listenForSandbox(socketPath, name),
+      tokenFor: (name) => egress.tokens.issue(name),
+      caPem: egress.ca.certificatePem,
+      trustBundlePath: egress.trustBundlePath,
+    },
     tools: localSandboxTools(config, logger),
     tokenFor,
     logger,

@@ -50,6 +50,27 @@ export class BerthMetrics {
     registers: [this.registry],
   });
 
+  readonly egressRequests = new Counter({
+    name: "berth_egress_requests_total",
+    help: "Connections (HTTPS tunnels) and requests (plain or inspected HTTP) through the egress gateway, by decision (allowed, denied) and kind (connect, http, model).",
+    labelNames: ["decision", "kind"] as const,
+    registers: [this.registry],
+  });
+
+  readonly egressBytes = new Counter({
+    name: "berth_egress_bytes_total",
+    help: "Bytes through the egress gateway, by direction (out: from sandboxes, in: to them).",
+    labelNames: ["direction"] as const,
+    registers: [this.registry],
+  });
+
+  readonly egressErrors = new Counter({
+    name: "berth_egress_errors_total",
+    help: "Egress gateway failures after a connection was allowed: the outside host unreachable or the connection broken (by kind).",
+    labelNames: ["kind"] as const,
+    registers: [this.registry],
+  });
+
   constructor(sql: postgres.Sql) {
     collectDefaultMetrics({ register: this.registry, prefix: "berth_" });
     const registers = [this.registry];

@@ -8,13 +8,11 @@ import type { Logger } from "../logger";
 import { ensureSystemUser, runningAsRoot, type HostIdentity } from "../system-user";
 import { Cgroups } from "./cgroups";
 import { createDaemonClient } from "./daemon-client";
-import { startModelRelay, type ModelRelay, type ModelRelayGateway } from "./model-relay";
 import { hostSeccompProgram } from "./seccomp";
 import {
   SandboxUnavailableError,
   type DaemonClient,
   type ListedSandbox,
-  type NetworkMode,
   type ProvisionedSandbox,
   type SandboxBackend,
   type SandboxIsolation,
@@ -35,12 +33,12 @@ export type LocalBackendOptions = {
   runtimePath: string;
   /** The bundled daemon, build/sandboxd.js. */
   daemonScript: string;
-  /** Idle pre-started jails kept per network mode. */
+  /** Idle pre-started jails kept (every jail is alike: what it may reach is decided at the egress gateway). */
   warmPoolSize: number;
   /** Run daemons without bubblewrap. Only for machines where bwrap cannot work; unsafe. */
   unsafeNoIsolation: boolean;
-  /** The LiteLLM Gateway that each jail's model relay forwards to; without it jails get no relay. */
-  modelGateway?: ModelRelayGateway;
+  /** The egress gateway: each jail gets a socket of it in its run folder, its only way out (and its model relay). */
+  egress?: SandboxEgress;
   /**
    * Host programs every jail sees read-only at /opt/berth/bin/<name> (the coding-agent harnesses'
    * binaries, e.g. opencode). Missing files are skipped.
@@ -51,17 +49,28 @@ export type LocalBackendOptions = {
   logger: Logger;
 };
 
+/** What the local backend needs of the egress gateway. */
+export type SandboxEgress = {
+  /** Serves one jail on a Unix socket: connections there can only be that sandbox's. */
+  listenForSandbox(socketPath: string, sandboxName: string): Promise<{ close(): Promise<void> }>;
+  /** The sandbox's gateway token (proxy credentials and model relay key). */
+  tokenFor(sandboxName: string): string;
+  /** PEM of the installation's egress CA, which the sandbox trusts. */
+  caPem: string;
+  /** A host file of the system's trusted roots plus that CA: bound over the jail's trust store. */
+  trustBundlePath: string;
+};
+
 type Jail = {
   name: string;
   /** A warm jail's workspace size (image workspaces only): a session claims it only if its agent's diskMb is the same. */
   diskMb: number | null;
   child: ChildProcess;
   hostPid: number;
-  network: NetworkMode;
   sessionId: string | null;
   workspace: string;
   socketPath: string;
-  modelRelay: ModelRelay | null;
+  egressListener: { close(): Promise<void> } | null;
   stopping: boolean;
   exited: Promise<void>;
 };
@@ -70,6 +79,8 @@ const DAEMON_IN_JAIL = "/opt/berth/sandboxd.js";
 const WORKSPACE_IN_JAIL = "/workspace";
 /** Workspace folders are named by session id (a UUID): nothing else under workspaces/ is listed or deleted. */
 const SESSION_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+/** Where jails find the system's trusted roots (Debian's layout; other distributions link into it or ignore it). */
+const TRUST_STORE = "/etc/ssl/certs/ca-certificates.crt";
 /** The jail's run folder: read-only to the sandbox but for DAEMON_DIR_IN_JAIL, where the daemon makes its socket. */
 const SOCKET_DIR_IN_JAIL = "/run/berth";
 const DAEMON_DIR_IN_JAIL = "/run/berth/daemon";
@@ -117,15 +128,16 @@ export const DOCKER_HINT =
 
 /**
  * The `local` backend: each sandbox is a bubblewrap jail around the sandbox daemon, with its own user,
- * PID, IPC, UTS, cgroup (and, unless egress is allowed, network) namespaces, a read-only view of the
- * system folders, a private /tmp, and the session's workspace at /workspace. The platform reaches the
- * daemon over a Unix socket in a folder bound into the jail, so a jail with no network still answers.
+ * PID, IPC, UTS, cgroup and network namespaces (loopback only), a read-only view of the system
+ * folders, a private /tmp, and the session's workspace at /workspace. The platform reaches the daemon
+ * over a Unix socket in a folder bound into the jail; the jail's only way out is the egress gateway's
+ * socket next to it, which the daemon forwards a loopback port to.
  */
 export class LocalSandboxBackend implements SandboxBackend {
   readonly name = "local" as const;
   private readonly jails = new Map<string, Jail>();
-  private readonly warm: Record<NetworkMode, Jail[]> = { none: [], egress: [] };
-  private readonly refilling: Record<NetworkMode, Promise<void> | null> = { none: null, egress: null };
+  private warm: Jail[] = [];
+  private refilling: Promise<void> | null = null;
   private readonly lossListeners: Array<(loss: SandboxLoss) => void> = [];
   private shuttingDown = false;
 
@@ -235,8 +247,8 @@ export class LocalSandboxBackend implements SandboxBackend {
     const image = folder + IMAGE_SUFFIX;
     const existing = existsSync(image) ? image : existsSync(folder) ? folder : null;
     const claimable = (jail: Jail) => this.workspaceKind === "folder" || jail.diskMb === spec.resources.diskMb;
-    const warmIndex = existing ? -1 : this.warm[spec.network].findIndex(claimable);
-    const claimed = warmIndex === -1 ? undefined : this.warm[spec.network].splice(warmIndex, 1)[0];
+    const warmIndex = existing ? -1 : this.warm.findIndex(claimable);
+    const claimed = warmIndex === -1 ? undefined : this.warm.splice(warmIndex, 1)[0];
     if (claimed) {
       try {
         // A new session adopts the warm jail's empty workspace: the jail's mount follows the rename.
@@ -257,7 +269,7 @@ export class LocalSandboxBackend implements SandboxBackend {
     }
     const workspace = existing ?? (await this.newWorkspace(this.workspaceKind === "image" ? image : folder, spec.resources.diskMb));
     if (workspace === folder) await this.ownWorkspaceFolder(folder);
-    const jail = await this.startJail({ name: spec.name, network: spec.network, sessionId: spec.sessionId, workspace, env: spec.env, resources: spec.resources });
+    const jail = await this.startJail({ name: spec.name, sessionId: spec.sessionId, workspace, env: spec.env, resources: spec.resources });
     return { name: jail.name, address: addressOf(jail), hostPid: jail.hostPid, fromWarmPool: false, startMs: performance.now() - started };
   }
 
@@ -288,40 +300,37 @@ export class LocalSandboxBackend implements SandboxBackend {
     await Promise.all([...this.jails.keys()].map((name) => this.stop(name, "platform shutdown")));
   }
 
-  /** Keeps `warmPoolSize` idle jails per network mode, one refill at a time per mode. */
+  /** Keeps `warmPoolSize` idle jails, one refill at a time. */
   private refillWarmPools(): void {
-    for (const network of ["none", "egress"] as const) {
-      if (this.shuttingDown || this.refilling[network] || this.warm[network].length >= this.options.warmPoolSize) continue;
-      this.refilling[network] = (async () => {
-        try {
-          while (!this.shuttingDown && this.warm[network].length < this.options.warmPoolSize) {
-            const name = `warm-${network}-${randomBytes(5).toString("hex")}`;
-            const folder = path.join(this.options.dataDir, "workspaces", ".warm", name);
-            const workspace = await this.newWorkspace(this.workspaceKind === "image" ? folder + IMAGE_SUFFIX : folder, WARM_WORKSPACE_DISK_MB);
-            const jail = await this.startJail({ name, network, sessionId: null, workspace, env: null, resources: { memoryMb: 1024, cpuMillis: 1000, diskMb: WARM_WORKSPACE_DISK_MB } });
-            // A fresh runtime compiles its request path lazily; pay that now, not at claim time.
-            await this.connect(addressOf(jail)).health();
-            if (this.shuttingDown) await this.stop(jail.name, "platform shutdown");
-            else this.warm[network].push(jail);
-          }
-        } catch (error) {
-          if (!this.shuttingDown) this.options.logger.error({ err: error, network }, "could not fill the warm sandbox pool");
-        } finally {
-          this.refilling[network] = null;
+    if (this.shuttingDown || this.refilling || this.warm.length >= this.options.warmPoolSize) return;
+    this.refilling = (async () => {
+      try {
+        while (!this.shuttingDown && this.warm.length < this.options.warmPoolSize) {
+          const name = `warm-${randomBytes(5).toString("hex")}`;
+          const folder = path.join(this.options.dataDir, "workspaces", ".warm", name);
+          const workspace = await this.newWorkspace(this.workspaceKind === "image" ? folder + IMAGE_SUFFIX : folder, WARM_WORKSPACE_DISK_MB);
+          const jail = await this.startJail({ name, sessionId: null, workspace, env: null, resources: { memoryMb: 1024, cpuMillis: 1000, diskMb: WARM_WORKSPACE_DISK_MB } });
+          // A fresh runtime compiles its request path lazily; pay that now, not at claim time.
+          await this.connect(addressOf(jail)).health();
+          if (this.shuttingDown) await this.stop(jail.name, "platform shutdown");
+          else this.warm.push(jail);
         }
-      })();
-    }
+      } catch (error) {
+        if (!this.shuttingDown) this.options.logger.error({ err: error }, "could not fill the warm sandbox pool");
+      } finally {
+        this.refilling = null;
+      }
+    })();
   }
 
-  /** Waits until every warm pool is full (benchmarks and tests). */
+  /** Waits until the warm pool is full (benchmarks and tests). */
   async warmPoolsReady(): Promise<void> {
     this.refillWarmPools();
-    while (this.refilling.none || this.refilling.egress) await Promise.all([this.refilling.none, this.refilling.egress]);
+    while (this.refilling) await this.refilling;
   }
 
   private async startJail(input: {
     name: string;
-    network: NetworkMode;
     sessionId: string | null;
     workspace: string;
     env: Record<string, string> | null;
@@ -338,13 +347,11 @@ export class LocalSandboxBackend implements SandboxBackend {
     if (this.identity) await fs.chown(daemonDir, this.identity.uid, this.identity.gid);
     const procsFiles = await this.cgroups.create(input.name, { memoryMb: input.resources.memoryMb, cpuMillis: input.resources.cpuMillis, pids: PIDS_LIMIT });
     const addressSpace = addressSpaceLimit(input.resources.memoryMb, this.cgroups.mode !== "unavailable");
-    const modelToken = randomBytes(24).toString("hex");
-    const modelSocket = path.join(socketDir, "model.sock");
-    const modelRelay = this.options.modelGateway
-      ? await startModelRelay({ socketPath: modelSocket, token: modelToken, gateway: this.options.modelGateway, logger: this.options.logger })
-      : null;
-    // Connecting needs write access to the socket; the relay checks the sandbox's token on every request.
-    if (modelRelay) await fs.chmod(modelSocket, 0o666);
+    const egress = this.options.egress;
+    const egressSocket = path.join(socketDir, "egress.sock");
+    const egressListener = egress ? await egress.listenForSandbox(egressSocket, input.name) : null;
+    // Connecting needs write access to the socket; the gateway checks the sandbox's token on every request.
+    if (egressListener) await fs.chmod(egressSocket, 0o666);
     const limits = ["prlimit", `--nofile=${OPEN_FILES_LIMIT}`, ...(addressSpace === null ? [] : [`--as=${addressSpace}`]), "--core=0", "--"];
     const daemonEnv = {
       // The daemon's own settings come from here only, never from an agent's env or secrets.
@@ -355,11 +362,17 @@ export class LocalSandboxBackend implements SandboxBackend {
       ...(input.env ? {} : { BERTH_DAEMON_UNBOUND: "1" }),
       // Alone in the jail's PID namespace: when its last command ends, it ends whatever that left running.
       ...(this.bwrapPath ? { BERTH_DAEMON_SWEEP: "1" } : {}),
-      ...(modelRelay ? { BERTH_DAEMON_MODEL_RELAY: `unix:${this.bwrapPath ? SOCKET_DIR_IN_JAIL : socketDir}/model.sock`, BERTH_DAEMON_MODEL_TOKEN: modelToken } : {}),
+      ...(egress
+        ? {
+            BERTH_DAEMON_GATEWAY: `unix:${this.bwrapPath ? SOCKET_DIR_IN_JAIL : socketDir}/egress.sock`,
+            BERTH_DAEMON_GATEWAY_TOKEN: egress.tokenFor(input.name),
+            BERTH_DAEMON_CA_PEM: egress.caPem,
+          }
+        : {}),
     };
     const stage = new Stage(this.identity);
     const jailCommand = this.bwrapPath
-      ? [...stage.prefix(this.bwrapPath, await this.bwrapArgs(stage, input.network, input.workspace, sandboxDir, input.resources.memoryMb), this.seccomp !== null), this.options.runtimePath, DAEMON_IN_JAIL]
+      ? [...stage.prefix(this.bwrapPath, await this.bwrapArgs(stage, input.workspace, sandboxDir, input.resources.memoryMb), this.seccomp !== null), this.options.runtimePath, DAEMON_IN_JAIL]
       : [this.options.runtimePath, this.options.daemonScript];
     const child = spawnJail([...limits, ...jailCommand], procsFiles, {
       // Exactly the session's environment (plus the daemon's own settings, which it removes at start).
@@ -368,7 +381,7 @@ export class LocalSandboxBackend implements SandboxBackend {
       detached: !this.bwrapPath,
     });
     if (!child.pid) {
-      await modelRelay?.close();
+      await egressListener?.close();
       throw new SandboxUnavailableError(`could not start sandbox ${input.name}`);
     }
     // `exited` settles once the exit is handled (groups emptied and removed), so a stop or a shutdown
@@ -379,11 +392,10 @@ export class LocalSandboxBackend implements SandboxBackend {
       diskMb: this.workspaceKind === "image" ? input.resources.diskMb : null,
       child,
       hostPid: child.pid,
-      network: input.network,
       sessionId: input.sessionId,
       workspace: input.workspace,
       socketPath: path.join(daemonDir, "daemon.sock"),
-      modelRelay,
+      egressListener,
       stopping: false,
       exited: new Promise((resolve) => (exitHandled = resolve)),
     };
@@ -413,8 +425,8 @@ export class LocalSandboxBackend implements SandboxBackend {
 
   private async onJailExit(jail: Jail, code: number | null, signal: NodeJS.Signals | null, output: string) {
     this.jails.delete(jail.name);
-    await jail.modelRelay?.close();
-    for (const network of ["none", "egress"] as const) this.warm[network] = this.warm[network].filter((j) => j !== jail);
+    await jail.egressListener?.close();
+    this.warm = this.warm.filter((j) => j !== jail);
     // bwrap's --die-with-parent chain takes a jail's processes down with it, except one whose parent
     // died before it set that up (a jail stopped while it starts): removing the groups kills those
     // still there once the others have had a moment to exit. Only then are its folders removed.
@@ -431,7 +443,7 @@ export class LocalSandboxBackend implements SandboxBackend {
     else this.refillWarmPools();
   }
 
-  private async bwrapArgs(stage: Stage, network: NetworkMode, workspace: string, sandboxDir: string, memoryMb: number): Promise<string[]> {
+  private async bwrapArgs(stage: Stage, workspace: string, sandboxDir: string, memoryMb: number): Promise<string[]> {
     const passwd = path.join(sandboxDir, "passwd");
     const group = path.join(sandboxDir, "group");
     await fs.writeFile(passwd, `root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:${SANDBOX_UID}:${SANDBOX_UID}:sandbox:${WORKSPACE_IN_JAIL}:/bin/bash\n`, { mode: 0o644 });
@@ -451,7 +463,8 @@ export class LocalSandboxBackend implements SandboxBackend {
       "--unshare-ipc",
       "--unshare-uts",
       "--unshare-cgroup-try",
-      ...(network === "none" ? ["--unshare-net"] : []),
+      // Never the host's network: loopback only; the way out is the egress gateway's socket.
+      "--unshare-net",
       "--die-with-parent",
       // A new session: no TIOCSTI into a terminal the platform holds.
       "--new-session",
@@ -459,6 +472,8 @@ export class LocalSandboxBackend implements SandboxBackend {
       "sandbox",
       ...systemBinds(),
       ...ETC_FILES.flatMap((file) => ["--ro-bind-try", file, file]),
+      // The system's roots plus the installation's egress CA, for programs that read the trust store itself.
+      ...(this.options.egress && existsSync(TRUST_STORE) ? ["--ro-bind", stage.view(this.options.egress.trustBundlePath), TRUST_STORE] : []),
       "--ro-bind",
       `${sandbox}/passwd`,
       "/etc/passwd",

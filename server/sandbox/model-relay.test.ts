@@ -5,7 +5,23 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestGateway, type TestGateway } from "../../tests/helpers/test-gateway";
 import { createLogger } from "../logger";
-import { startModelRelay, type ModelRelay } from "./model-relay";
+import { createModelRelay, type ModelRelayGateway } from "./model-relay";
+
+type ModelRelay = { close(): Promise<void> };
+
+/** The relay as the egress gateway mounts it, on a Unix socket of its own, with one sandbox's token. */
+async function startModelRelay(options: { socketPath: string; token: string; gateway: ModelRelayGateway }): Promise<ModelRelay> {
+  const relay = createModelRelay({ gateway: options.gateway, logger: createLogger("silent") });
+  const server = http.createServer((req, res) => relay(req, res, (presented) => presented === options.token));
+  await new Promise<void>((resolve) => server.listen(options.socketPath, resolve));
+  return {
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}
 
 const TOKEN = "sandbox-model-token-0123456789abcdef0123456789";
 const GATEWAY_KEY = "sk-the-real-gateway-key-never-in-a-sandbox";
@@ -39,7 +55,7 @@ describe("the model relay of a sandbox", () => {
     gateway = await startTestGateway({ apiKey: GATEWAY_KEY, models: ["m"] });
     dir = mkdtempSync(path.join(os.tmpdir(), "berth-relay-"));
     socket = path.join(dir, "model.sock");
-    relay = await startModelRelay({ socketPath: socket, token: TOKEN, gateway: { baseUrl: `${gateway.url}/v1`, apiKey: GATEWAY_KEY }, logger: createLogger("silent") });
+    relay = await startModelRelay({ socketPath: socket, token: TOKEN, gateway: { baseUrl: `${gateway.url}/v1`, apiKey: GATEWAY_KEY } });
   });
   afterAll(async () => {
     await relay?.close();
@@ -100,7 +116,7 @@ describe("the model relay of a sandbox", () => {
 
   it("answers 502 with a readable error when the gateway cannot be reached", async () => {
     const deadSocket = path.join(dir, "dead.sock");
-    const unreachable = await startModelRelay({ socketPath: deadSocket, token: TOKEN, gateway: { baseUrl: "http://127.0.0.1:9/v1", apiKey: undefined }, logger: createLogger("silent") });
+    const unreachable = await startModelRelay({ socketPath: deadSocket, token: TOKEN, gateway: { baseUrl: "http://127.0.0.1:9/v1", apiKey: undefined } });
     try {
       const answer = await request(deadSocket, { method: "POST", path: "/v1/chat/completions", headers: { authorization: `Bearer ${TOKEN}` }, body: chat });
       expect(answer.status).toBe(502);

@@ -1,20 +1,20 @@
-import { timingSafeEqual } from "node:crypto";
-import fs from "node:fs/promises";
 import http from "node:http";
 import https from "node:https";
 import type { Logger } from "../logger";
 
 /**
- * The model relay of one local sandbox: an HTTP server on a Unix socket bound into the jail (the
- * daemon forwards the jail's loopback port to it). Programs in the sandbox (opencode and other
- * coding-agent harnesses) call it like an OpenAI-compatible API with the sandbox's own model token;
- * the relay checks that token, swaps it for the platform's gateway key and streams the gateway's
- * answer back. The gateway key never enters the sandbox, and only inference paths pass: a LiteLLM
- * master key must not open the gateway's admin API to agent code.
+ * The model relay: the egress gateway's route for requests that are not proxy requests (on both
+ * backends the sandbox reaches it at a loopback address the daemon forwards to the gateway).
+ * Programs in the sandbox (opencode and other coding-agent harnesses) call it like an
+ * OpenAI-compatible API with the sandbox's own gateway token; the relay checks that token, swaps it
+ * for the platform's LiteLLM Gateway key and streams the gateway's answer back. The gateway key
+ * never enters the sandbox, and only inference paths pass: a LiteLLM master key must not open the
+ * gateway's admin API to agent code.
  */
 export type ModelRelayGateway = { baseUrl: string; apiKey: string | undefined };
 
-export type ModelRelay = { close(): Promise<void> };
+/** Handles one request; `authenticate` says whether the token the caller presented is the sandbox's. */
+export type ModelRelay = (req: http.IncomingMessage, res: http.ServerResponse, authenticate: (token: string) => boolean) => void;
 
 /** Inference endpoints of the OpenAI (and Anthropic, for LiteLLM's /v1/messages) wire formats. */
 const ALLOWED = [
@@ -29,19 +29,21 @@ const ALLOWED = [
 /** Request headers that describe the hop or carry credentials: never forwarded as they are. */
 const DROPPED_HEADERS = new Set(["host", "authorization", "x-api-key", "api-key", "connection", "keep-alive", "proxy-authorization", "transfer-encoding", "upgrade"]);
 
-export async function startModelRelay(options: { socketPath: string; token: string; gateway: ModelRelayGateway; logger: Logger }): Promise<ModelRelay> {
-  const root = new URL(options.gateway.baseUrl.replace(/\/+$/, "").replace(/\/v1$/, "") + "/");
-  const expected = Buffer.from(options.token);
-  const transport = root.protocol === "https:" ? https : http;
+export function createModelRelay(options: { gateway: ModelRelayGateway | null; logger: Logger }): ModelRelay {
+  const root = options.gateway ? new URL(options.gateway.baseUrl.replace(/\/+$/, "").replace(/\/v1$/, "") + "/") : null;
+  const transport = root?.protocol === "https:" ? https : http;
 
-  const server = http.createServer((req, res) => {
+  return (req, res, authenticate) => {
     const url = new URL(req.url ?? "/", "http://relay");
     if (!ALLOWED.some((allowed) => allowed.method === req.method && allowed.path === url.pathname)) {
       return refuse(res, 404, "not_found", `${req.method} ${url.pathname} is not a model endpoint the relay serves`);
     }
     const presented = bearer(req);
-    if (!presented || presented.length !== expected.length || !timingSafeEqual(presented, expected)) {
+    if (!presented || !authenticate(presented)) {
       return refuse(res, 401, "invalid_api_key", "the sandbox's model token is missing or wrong (use BERTH_MODEL_API_KEY)");
+    }
+    if (!root || !options.gateway) {
+      return refuse(res, 503, "no_gateway", "this Berth has no LiteLLM Gateway configured (LITELLM_BASE_URL), so the model relay has nowhere to send requests");
     }
     const headers: http.OutgoingHttpHeaders = {};
     for (const [name, value] of Object.entries(req.headers)) if (!DROPPED_HEADERS.has(name) && value !== undefined) headers[name] = value;
@@ -61,31 +63,14 @@ export async function startModelRelay(options: { socketPath: string; token: stri
       if (!res.writableFinished) upstream.destroy();
     });
     req.pipe(upstream);
-  });
-  server.keepAliveTimeout = 30_000;
-
-  await fs.rm(options.socketPath, { force: true });
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(options.socketPath, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
-  return {
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
-      }),
   };
 }
 
-function bearer(req: http.IncomingMessage): Buffer | null {
+function bearer(req: http.IncomingMessage): string | null {
   const header = req.headers.authorization;
-  if (header?.toLowerCase().startsWith("bearer ")) return Buffer.from(header.slice(7).trim());
+  if (header?.toLowerCase().startsWith("bearer ")) return header.slice(7).trim();
   const apiKey = req.headers["x-api-key"];
-  return typeof apiKey === "string" ? Buffer.from(apiKey) : null;
+  return typeof apiKey === "string" ? apiKey : null;
 }
 
 function refuse(res: http.ServerResponse, status: number, code: string, message: string): void {

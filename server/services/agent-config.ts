@@ -1,4 +1,6 @@
 import { z } from "zod";
+import { egressPolicy, networkOf, policyFromNetwork, type EgressPolicy } from "../egress/policy";
+import { invalid } from "./errors";
 
 /** Environment variable names: what a sandbox can receive (secrets and agent env alike). */
 export const envName = z
@@ -27,7 +29,10 @@ export const agentConfigFields = {
     .int("must be a whole number of MiB")
     .min(DISK_MB_MIN, `must be at least ${DISK_MB_MIN} MiB`)
     .max(DISK_MB_MAX, `must be at most ${DISK_MB_MAX} MiB (1 TiB)`),
+  /** Shorthand of `egress`: none = mode none, egress = mode open. Kept in step with `egress`. */
   network: z.enum(["none", "egress"]),
+  /** What the egress gateway lets this agent's sandboxes reach; read per connection, so edits apply at once. */
+  egress: egressPolicy,
   idleTimeoutSeconds: z.number().int().min(30).max(7 * 24 * 3600),
   maxSteps: z.number().int().min(1).max(500),
   busyPolicy: z.enum(["queue", "reject"]),
@@ -48,6 +53,7 @@ export const AGENT_DEFAULTS = {
   memoryMb: 1024,
   diskMb: DISK_MB_DEFAULT,
   network: "none",
+  egress: { mode: "none", allow: [] } as EgressPolicy,
   idleTimeoutSeconds: 900,
   maxSteps: 20,
   busyPolicy: "queue",
@@ -61,3 +67,19 @@ export type AgentConfig = {
 
 /** The offline model that needs no gateway (for evaluation and tests). */
 export const DEMO_MODEL = "demo";
+
+/**
+ * Fills `egress` from the `network` shorthand (or `network` from `egress`) in a set of changes;
+ * both given must agree. An update that names neither leaves both as they were.
+ */
+export function withEgressShorthand<T extends Partial<Pick<AgentConfig, "network" | "egress">>>(changes: T): T {
+  if (changes.egress) {
+    const implied = networkOf(changes.egress);
+    if (changes.network && changes.network !== implied) {
+      throw invalid(`network "${changes.network}" contradicts egress mode "${changes.egress.mode}" (network is a shorthand: none = mode none, egress = mode open); give only egress`);
+    }
+    return { ...changes, network: implied };
+  }
+  if (changes.network) return { ...changes, egress: policyFromNetwork(changes.network) };
+  return changes;
+}

@@ -1,7 +1,7 @@
 import { and, desc, eq, isNull, lt, sql } from "drizzle-orm";
 import type { Database } from "../../db/client";
 import { agents, agentVersions, secrets } from "../../db/schema";
-import { AGENT_DEFAULTS, DEMO_MODEL, type AgentConfig } from "./agent-config";
+import { AGENT_DEFAULTS, DEMO_MODEL, withEgressShorthand, type AgentConfig } from "./agent-config";
 import { recordAudit } from "./audit";
 import { conflict, isUniqueViolation, notFound } from "./errors";
 import { enqueueJob } from "./job-queue";
@@ -33,6 +33,7 @@ function configOf(version: VersionRow): AgentConfig {
     memoryMb: version.memoryMb,
     diskMb: version.diskMb,
     network: version.network,
+    egress: version.egress,
     idleTimeoutSeconds: version.idleTimeoutSeconds,
     maxSteps: version.maxSteps,
     busyPolicy: version.busyPolicy,
@@ -72,7 +73,7 @@ export class AgentService {
   async create(input: { name: string } & Partial<AgentConfig> & Pick<AgentConfig, "model">): Promise<AgentView> {
     requireRole(this.principal, "admin", "creating agents");
     const { name, ...config } = input;
-    const full: AgentConfig = { ...AGENT_DEFAULTS, ...config };
+    const full: AgentConfig = { ...AGENT_DEFAULTS, ...withEgressShorthand(config) };
     try {
       return await this.db.transaction(async (tx) => {
         const [agent] = await tx.insert(agents).values({ teamId: this.principal.teamId, name, currentVersion: 1 }).returning();
@@ -126,7 +127,8 @@ export class AgentService {
 
   async update(input: { agentId: string; name?: string } & Partial<AgentConfig>): Promise<AgentView> {
     requireRole(this.principal, "admin", "updating agents");
-    const { agentId, name, ...changes } = input;
+    const { agentId, name, ...given } = input;
+    const changes = withEgressShorthand(given);
     try {
       return await this.db.transaction(async (tx) => {
         const [agent] = await tx.select().from(agents).where(this.ownAgent(agentId)).for("update");

@@ -12,6 +12,28 @@ export const eventPayloads = {
   status: z.object({ from: z.string(), to: z.string(), reason: z.string().optional() }),
   error: z.object({ message: z.string() }),
   usage: z.object({ promptTokens: z.number().int(), completionTokens: z.number().int(), cost: z.number().optional() }),
+  /**
+   * A connection (HTTPS tunnel) or request (where the gateway sees HTTP) of the sandbox through the
+   * egress gateway. `count` > 1: that many alike within a second, summed (path kept when all shared
+   * it). `brokered`: secrets the gateway put into the request; `stubsSeen`: stubs of secrets sent
+   * to a host they are not bound to (left as they were).
+   */
+  egress: z.object({
+    host: z.string(),
+    port: z.number().int(),
+    method: z.string().optional(),
+    path: z.string().optional(),
+    status: z.number().int().optional(),
+    decision: z.enum(["allowed", "denied"]),
+    rule: z.string().optional(),
+    reason: z.string().optional(),
+    bytesOut: z.number().int(),
+    bytesIn: z.number().int(),
+    durationMs: z.number(),
+    count: z.number().int().optional(),
+    brokered: z.array(z.string()).optional(),
+    stubsSeen: z.array(z.string()).optional(),
+  }),
 };
 
 export type EventType = keyof typeof eventPayloads;

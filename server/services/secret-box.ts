@@ -1,4 +1,4 @@
-import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
+import { createCipheriv, createDecipheriv, createHmac, randomBytes } from "node:crypto";
 import { readFileSync, writeFileSync, mkdirSync } from "node:fs";
 import path from "node:path";
 
@@ -21,6 +21,11 @@ export class SecretBox {
     cipher.setAAD(Buffer.from(associatedData));
     const body = Buffer.concat([cipher.update(plaintext, "utf8"), cipher.final()]);
     return Buffer.concat([iv, body, cipher.getAuthTag()]);
+  }
+
+  /** A keyed digest of `label` (hex): stable for the key, meaningless without it. */
+  mac(label: string): string {
+    return createHmac("sha256", this.key).update(label).digest("hex");
   }
 
   open(sealed: Buffer, associatedData: string): string {

@@ -1,22 +1,41 @@
 import { and, desc, eq, isNull, sql } from "drizzle-orm";
 import type { Database } from "../../db/client";
-import { agents, secrets } from "../../db/schema";
+import { agents, secrets, type StoredBrokering } from "../../db/schema";
 import { recordAudit } from "./audit";
-import { notFound } from "./errors";
+import { invalid, notFound } from "./errors";
 import { before, cursorAt, toPage, type Page } from "./pagination";
 import { requireRole, type Principal } from "./principal";
 import type { SecretBox } from "./secret-box";
 
+/** How the egress gateway uses a brokered secret (the sandbox sees only its stub). */
+export type Brokering = StoredBrokering;
+
 /** What the API shows of a secret: never its value. */
-export type SecretView = { id: string; name: string; agentId: string | null; createdAt: Date; updatedAt: Date };
+export type SecretView = { id: string; name: string; agentId: string | null; brokered: Brokering | null; createdAt: Date; updatedAt: Date };
 
 const view = (row: typeof secrets.$inferSelect): SecretView => ({
   id: row.id,
   name: row.name,
   agentId: row.agentId,
+  brokered: row.brokered ?? null,
   createdAt: row.createdAt,
   updatedAt: row.updatedAt,
 });
+
+export const BROKERED_DEFAULT_HEADER = "Authorization";
+export const BROKERED_DEFAULT_TEMPLATE = "Bearer {{value}}";
+/** Every stub starts so: the gateway finds stubs in requests by it, and a person reading a log knows one. */
+export const STUB_PREFIX = "berth-stub-";
+export const STUB_PATTERN = /berth-stub-[0-9a-f]{40}/g;
+
+/**
+ * The value a sandbox sees for a brokered secret: derived from the secret key and the secret's
+ * scope, so it stays the same across rotations (a running sandbox keeps working) and means nothing
+ * anywhere but at the egress gateway.
+ */
+export function brokeredStub(box: SecretBox, teamId: string, agentId: string | null, name: string): string {
+  return STUB_PREFIX + box.mac(`berth-brokered-stub:${teamId}:${agentId ?? "team"}:${name}`).slice(0, 40);
+}
 
 /** What a secret's ciphertext is bound to (also used by bin/restore.ts to check the secret key). */
 export const associatedData = (teamId: string, agentId: string | null, name: string) => `berth-secret:${teamId}:${agentId ?? "team"}:${name}`;
@@ -37,18 +56,34 @@ export class SecretService {
     if (!agent) throw notFound("agent");
   }
 
-  async set(input: { name: string; value: string; agentId?: string }): Promise<SecretView> {
+  /**
+   * Creates or replaces a secret (value and brokering together: setting one without `brokered`
+   * makes it a plain environment secret again). A brokered value goes into an HTTP header, so it
+   * may not hold line breaks.
+   */
+  async set(input: { name: string; value: string; agentId?: string; brokered?: Brokering }): Promise<SecretView> {
     requireRole(this.principal, "admin", "setting secrets");
     const agentId = input.agentId ?? null;
+    const brokered = input.brokered ?? null;
+    if (brokered && /[\r\n\0]/.test(brokered.template.replaceAll("{{value}}", input.value))) {
+      throw invalid("a brokered secret's value goes into an HTTP header: it must not contain line breaks or NUL");
+    }
     if (agentId) await this.assertOwnAgent(agentId);
     const ciphertext = this.box.seal(input.value, associatedData(this.principal.teamId, agentId, input.name));
     return this.db.transaction(async (tx) => {
       const [row] = await tx
         .insert(secrets)
-        .values({ teamId: this.principal.teamId, agentId, name: input.name, ciphertext })
-        .onConflictDoUpdate({ target: [secrets.teamId, secrets.agentId, secrets.name], set: { ciphertext, updatedAt: sql`now()` } })
+        .values({ teamId: this.principal.teamId, agentId, name: input.name, ciphertext, brokered })
+        .onConflictDoUpdate({ target: [secrets.teamId, secrets.agentId, secrets.name], set: { ciphertext, brokered, updatedAt: sql`now()` } })
         .returning();
-      await recordAudit(tx, { teamId: this.principal.teamId, actor: this.principal.actor, action: "secret.set", targetType: "secret", targetId: row!.id, metadata: { name: input.name, agentId } });
+      await recordAudit(tx, {
+        teamId: this.principal.teamId,
+        actor: this.principal.actor,
+        action: "secret.set",
+        targetType: "secret",
+        targetId: row!.id,
+        metadata: { name: input.name, agentId, ...(brokered ? { brokeredHosts: brokered.hosts, header: brokered.header } : {}) },
+      });
       return view(row!);
     });
   }
@@ -81,8 +116,9 @@ export class SecretService {
   }
 
   /**
-   * The decrypted environment a sandbox of this agent receives from secrets: team-wide ones,
-   * overridden by the agent's own. For the sandbox layer only; never returned by the API.
+   * The environment a sandbox of this agent receives from secrets: team-wide ones, overridden by
+   * the agent's own; decrypted, except brokered ones, which the sandbox sees as their stub. For the
+   * sandbox layer only; never returned by the API.
    */
   async environmentFor(agentId: string): Promise<Record<string, string>> {
     const rows = await this.db
@@ -90,8 +126,10 @@ export class SecretService {
       .from(secrets)
       .where(and(eq(secrets.teamId, this.principal.teamId), sql`(${secrets.agentId} is null or ${secrets.agentId} = ${agentId})`));
     const env: Record<string, string> = {};
-    for (const row of rows.filter((r) => r.agentId === null)) env[row.name] = this.box.open(row.ciphertext, associatedData(row.teamId, null, row.name));
-    for (const row of rows.filter((r) => r.agentId !== null)) env[row.name] = this.box.open(row.ciphertext, associatedData(row.teamId, row.agentId, row.name));
+    const valueOf = (row: (typeof rows)[number]) =>
+      row.brokered ? brokeredStub(this.box, row.teamId, row.agentId, row.name) : this.box.open(row.ciphertext, associatedData(row.teamId, row.agentId, row.name));
+    for (const row of rows.filter((r) => r.agentId === null)) env[row.name] = valueOf(row);
+    for (const row of rows.filter((r) => r.agentId !== null)) env[row.name] = valueOf(row);
     return env;
   }
 }
