@@ -193,6 +193,12 @@ const environmentSchema = z.object({
   BERTH_EGRESS_ALLOW_PRIVATE: optionalString.transform((value, ctx) => parsedWith(parseCidrList, value, ctx)),
   BERTH_EGRESS_RESOLVE: optionalString.transform((value, ctx) => parsedWith(parseResolveMap, value, ctx)),
   BERTH_EGRESS_PORT: port(8081),
+  BERTH_EGRESS_EXTRA_CA_FILE: optionalString.pipe(
+    z
+      .string()
+      .refine((value) => path.isAbsolute(value), { message: "must be an absolute path to a PEM file of CA certificates" })
+      .optional(),
+  ),
   BERTH_K8S_EGRESS_ADDRESS: optionalString.pipe(
     z
       .string()
@@ -261,6 +267,8 @@ export type Config = {
     port: number;
     /** HOST:PORT the sandbox pods dial (Kubernetes). */
     podAddress: string;
+    /** PEM file of CAs trusted (besides the system's) for the outside hosts the gateway inspects: a company's own CA. */
+    extraCaFile: string | undefined;
   };
   /** Largest request body of a caller with a valid credential; anonymous callers get ANONYMOUS_BODY_BYTES (server/body-limit.ts). */
   maxBodyBytes: number;
@@ -353,6 +361,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       allowPrivate: parsed.BERTH_EGRESS_ALLOW_PRIVATE ?? [],
       resolveMap: parsed.BERTH_EGRESS_RESOLVE ?? new Map(),
       port: parsed.BERTH_EGRESS_PORT,
+      extraCaFile: parsed.BERTH_EGRESS_EXTRA_CA_FILE,
       podAddress: parsed.BERTH_K8S_EGRESS_ADDRESS ?? `berth-egress.${parsed.BERTH_K8S_NAMESPACE}.svc:${parsed.BERTH_EGRESS_PORT}`,
     },
     maxBodyBytes: parsed.BERTH_MAX_BODY_BYTES,

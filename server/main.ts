@@ -11,6 +11,7 @@ import { startHttpServer, type HttpServer } from "./http";
 import type { Logger } from "./logger";
 import { createServices, type Services } from "./services";
 import { createHmac } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { LocalSandboxBackend } from "./sandbox/local";
 import type { SandboxBackend } from "./sandbox/port";
 import { loadOrCreateSecretKey, SecretBox } from "./services/secret-box";
@@ -242,6 +243,7 @@ async function startEgressGateway(input: { config: Config; db: DatabaseClient["d
     log: new EgressLog((sessionId, events) => directory.record(sessionId, events), { windowMs: 1_000, logger, metrics: input.metrics }),
     metrics: input.metrics,
     logger,
+    ...(config.egress.extraCaFile ? { extraUpstreamCa: readFileSync(config.egress.extraCaFile, "utf8") } : {}),
   });
   if (config.sandboxBackend === "kubernetes") {
     // Sandbox pods reach the gateway over the network (a NetworkPolicy makes it their only egress).

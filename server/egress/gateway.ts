@@ -41,12 +41,15 @@ export type EgressGatewayOptions = {
   log: EgressLog;
   metrics: BerthMetrics | null;
   logger: Logger;
+  /** CA certificates (PEM) trusted besides the system's roots when the gateway itself connects with TLS (inspected hosts). */
+  extraUpstreamCa?: string;
   /** Open connections one sandbox may hold through the gateway. */
   maxConnectionsPerSandbox?: number;
 };
 
 const DEFAULT_MAX_CONNECTIONS_PER_SANDBOX = 256;
 const CONNECT_TIMEOUT_MS = 15_000;
+const RESOLVE_TIMEOUT_MS = 10_000;
 /** A tunnel or keep-alive connection quiet this long is closed. */
 const IDLE_TIMEOUT_MS = 10 * 60_000;
 /** Request headers that describe the hop: never forwarded. */
@@ -64,9 +67,15 @@ export class EgressGateway {
   private readonly openBySandbox = new Map<string, number>();
   private readonly listeners = new Set<net.Server>();
   private readonly upstreamHttp = new http.Agent({ keepAlive: true, maxFreeSockets: 64, timeout: IDLE_TIMEOUT_MS });
-  private readonly upstreamHttps = new https.Agent({ keepAlive: true, maxFreeSockets: 64, timeout: IDLE_TIMEOUT_MS });
+  private readonly upstreamHttps: https.Agent;
 
   constructor(private readonly options: EgressGatewayOptions) {
+    this.upstreamHttps = new https.Agent({
+      keepAlive: true,
+      maxFreeSockets: 64,
+      timeout: IDLE_TIMEOUT_MS,
+      ...(options.extraUpstreamCa ? { ca: [...tls.rootCertificates, options.extraUpstreamCa] } : {}),
+    });
     this.proxy = http.createServer({ requestTimeout: 0 }, (req, res) => void this.onRequest(req, res));
     this.proxy.on("connect", (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => void this.onConnect(req, socket, head));
     this.proxy.on("upgrade", (req: http.IncomingMessage, socket: net.Socket) => {
@@ -100,6 +109,8 @@ export class EgressGateway {
       socket.on("error", () => socket.destroy());
       this.proxy.emit("connection", socket);
     });
+    // A sandbox's own socket: its open connections are bounded here (over the network, per CONNECT).
+    if (boundSandbox !== null) server.maxConnections = this.options.maxConnectionsPerSandbox ?? DEFAULT_MAX_CONNECTIONS_PER_SANDBOX;
     this.listeners.add(server);
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
@@ -210,7 +221,7 @@ export class EgressGateway {
     }
     let address: { address: string; port: number };
     try {
-      address = await resolveTarget(target.host, target.port, { rules: this.options.addressRules, resolveMap: this.options.resolveMap, lookup: this.options.lookup });
+      address = await this.resolve(target.host, target.port);
     } catch (error) {
       if (!(error instanceof EgressRefusedError)) throw error;
       req.resume();
@@ -285,7 +296,10 @@ export class EgressGateway {
     );
     const headers: http.OutgoingHttpHeaders = {};
     for (const [name, value] of Object.entries(req.headers)) if (!HOP_HEADERS.has(name) && !connectionTokens.has(name) && value !== undefined) headers[name] = value;
-    headers.host = req.headers.host ?? (target.port === (target.scheme === "https" ? 443 : 80) ? target.host : `${target.host}:${target.port}`);
+    // The host the policy allowed is the one the request names (RFC 9112 §3.2.2: a proxy replaces a
+    // received Host with the target's authority), so an allowed address cannot front for another name.
+    const hostText = net.isIPv6(target.host) ? `[${target.host}]` : target.host;
+    headers.host = target.port === (target.scheme === "https" ? 443 : 80) ? hostText : `${hostText}:${target.port}`;
     const brokered: string[] = [];
     const bound = target.scheme === "https" ? context.brokered.filter((credential) => credential.hosts.some((pattern) => hostMatches(pattern, target.host))) : [];
     for (const credential of bound) {
@@ -350,7 +364,7 @@ export class EgressGateway {
 
     let address: { address: string; port: number };
     try {
-      address = await resolveTarget(host, port, { rules: this.options.addressRules, resolveMap: this.options.resolveMap, lookup: this.options.lookup });
+      address = await this.resolve(host, port);
     } catch (error) {
       if (!(error instanceof EgressRefusedError)) throw error;
       this.record(context, { ...base, status: 403, decision: "denied", rule: decision.rule, reason: error.reason, bytesOut: 0, bytesIn: 0, durationMs: elapsed(started) });
@@ -411,6 +425,15 @@ export class EgressGateway {
     secure.on("error", () => secure.destroy());
     this.info.set(secure, { boundSandbox: this.info.get(client)?.boundSandbox ?? null, inspected: target });
     this.inspector.emit("connection", secure);
+  }
+
+  /** The checked address to connect to; a name that does not resolve in time is refused like one that does not resolve. */
+  private resolve(host: string, port: number) {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new EgressRefusedError(`${host} did not resolve within ${RESOLVE_TIMEOUT_MS / 1000} s`, "resolve")), RESOLVE_TIMEOUT_MS);
+    });
+    return Promise.race([resolveTarget(host, port, { rules: this.options.addressRules, resolveMap: this.options.resolveMap, lookup: this.options.lookup }), timeout]).finally(() => clearTimeout(timer));
   }
 
   private record(context: SandboxEgressContext, record: EgressRecord): void {
