@@ -84,8 +84,9 @@ describe("per-session sandboxes on the local backend", () => {
     const env = await exec(b.id, "env");
     const names = env.stdout.trim().split("\n").map((line) => line.split("=")[0]);
     expect(names).not.toContain("DATABASE_URL");
-    // Only the exec's own id (what it leaves behind is found by it), nothing of the platform's.
-    expect(names.filter((name) => name!.startsWith("BERTH_"))).toEqual(["BERTH_EXEC_ID"]);
+    // Only the exec's own id (what it leaves behind is found by it) and the model relay's address and
+    // the sandbox's own gateway token, nothing of the platform's.
+    expect(names.filter((name) => name!.startsWith("BERTH_")).sort()).toEqual(["BERTH_EXEC_ID", "BERTH_MODEL_API_KEY", "BERTH_MODEL_BASE_URL"]);
     expect(env.stdout).not.toContain(berth.databaseUrl);
     expect(env.stdout).not.toContain(KEY);
 
@@ -126,13 +127,17 @@ describe("per-session sandboxes on the local backend", () => {
     expect((await exec(session.id, "echo $ROTATED")).stdout).toBe("after\n");
   });
 
-  it("cuts the network off unless the agent allows egress", async () => {
+  it("never shares the host's network: a host loopback service is out of reach whatever the agent's egress", async () => {
     const probe = `(exec 3<>/dev/tcp/127.0.0.1/${listenerPort} && head -1 <&3) 2>&1 || echo unreachable`;
     const closed = await readySession((await api.agents.create.mutate({ name: "offline", model: "demo", network: "none" })).id);
     expect((await exec(closed.id, probe)).stdout).toMatch(/unreachable/);
     expect((await exec(closed.id, probe)).stdout).not.toContain("hello from the host");
+    // Open egress goes through the gateway, which refuses loopback: neither directly nor through the proxy.
     const open = await readySession((await api.agents.create.mutate({ name: "online", model: "demo", network: "egress" })).id);
-    expect((await exec(open.id, probe)).stdout).toContain("hello from the host");
+    expect((await exec(open.id, probe)).stdout).toMatch(/unreachable/);
+    const proxied = await exec(open.id, `curl -sS --noproxy '' -w ' %{http_code}' http://127.0.0.1:${listenerPort}/ 2>&1`);
+    expect(proxied.stdout).toMatch(/loopback.* 403$/s);
+    expect(proxied.stdout).not.toContain("hello from the host");
   });
 
   it("runs programs that reserve much more address space than they use (WebAssembly memories, as Node's fetch makes)", async () => {
