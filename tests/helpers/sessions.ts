@@ -58,7 +58,9 @@ export function sessionProbe(api: Api, sql: postgres.Sql) {
 
 /** The events of the last turn (from its user message on), without status changes. */
 export function lastTurn(log: LoggedEvent[]): LoggedEvent[] {
-  return log.slice(log.findLastIndex((event) => event.type === "user_message")).filter((event) => event.type !== "status");
+  // Status changes and egress records (written by the gateway as the sandbox connects, e.g. opencode
+  // asking registry.npmjs.org at start) interleave with a turn but are not the harness's own events.
+  return log.slice(log.findLastIndex((event) => event.type === "user_message")).filter((event) => event.type !== "status" && event.type !== "egress");
 }
 
 /** Queues scripted replies on a test gateway and returns the requests that consumed them, in order. */
