@@ -3,6 +3,8 @@
  * only through @kubernetes/client-node: real HTTP, real watch streams, CRD schema validation, and a
  * real sandbox daemon per Sandbox.
  */
+import http from "node:http";
+import type { AddressInfo } from "node:net";
 import { Writable } from "node:stream";
 import { CoreV1Api, CustomObjectsApi, KubeConfig } from "@kubernetes/client-node";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -40,9 +42,24 @@ function kubeConfigFor(server: FakeKubeApi): KubeConfig {
 
 /** A sandbox named "...-bad-..." gets a token its daemon refuses (too short): its pod fails. */
 const tokenFor = (name: string) => (name.includes("-bad-") ? "short" : `token-for-${name}-${"x".repeat(32)}`);
+/** The egress gateway token of a sandbox (the platform's is `<name>~<MAC>`, server/egress/tokens.ts). */
+const gatewayTokenFor = (name: string) => `${name}~gateway-${"g".repeat(32)}`;
+/** A certificate as far as the daemon checks (PEM blocks): it writes it for commands to trust. */
+const CA_PEM = "-----BEGIN CERTIFICATE-----\nTUlJQmVydGhUZXN0Q0E=\n-----END CERTIFICATE-----\n";
+/** Stands in for the Berth pods' egress gateway: records what the sandboxes' forwarders send it. */
+let gateway: http.Server;
+let gatewayPort: number;
+const proxied: Array<{ url: string; authorization: string }> = [];
 
 function settings(): KubernetesSandboxSettings {
-  return { namespace: NAMESPACE, image: "berth:test", runtimeClassName: undefined, daemonPort, storageClassName: undefined };
+  return {
+    namespace: NAMESPACE,
+    image: "berth:test",
+    runtimeClassName: undefined,
+    daemonPort,
+    storageClassName: undefined,
+    gateway: { address: `127.0.0.1:${gatewayPort}`, listenPort: gatewayPort, caPem: CA_PEM },
+  };
 }
 
 async function makeBackend(overrides: Partial<Parameters<typeof KubernetesSandboxBackend.create>[0]> = {}) {
@@ -59,6 +76,7 @@ async function makeBackend(overrides: Partial<Parameters<typeof KubernetesSandbo
     ...settings(),
     kubeConfig: kubeConfigFor(fake),
     tokenFor,
+    gatewayTokenFor,
     logger,
     readyTimeoutMs: 20_000,
     retryBaseMs: 20,
@@ -99,11 +117,28 @@ async function run(backend: KubernetesSandboxBackend, address: string, command: 
 beforeAll(async () => {
   fake = await new FakeKubeApi().start();
   daemonPort = await freePort();
+  gateway = http.createServer((req, res) => {
+    const basic = /^Basic (.+)$/.exec(req.headers["proxy-authorization"] ?? "")?.[1];
+    proxied.push({ url: req.url ?? "", authorization: basic ? Buffer.from(basic, "base64").toString("utf8") : "" });
+    res.end("through the gateway\n");
+  });
+  await new Promise<void>((resolve) => gateway.listen(0, "127.0.0.1", resolve));
+  gatewayPort = (gateway.address() as AddressInfo).port;
 });
 
 afterAll(async () => {
   await fake?.stop();
+  gateway?.close();
 });
+
+/** What a sandbox's proxied request looks like at the gateway: the proxy user and token it carried. */
+async function proxiedBy(backend: KubernetesSandboxBackend, address: string, marker: string): Promise<string> {
+  const result = await run(backend, address, `curl -sS --max-time 10 http://${marker}.example.test/`);
+  expect(result).toEqual({ stdout: "through the gateway\n", exitCode: 0 });
+  const seen = proxied.find((request) => request.url === `http://${marker}.example.test/`);
+  expect(seen).toBeDefined();
+  return seen!.authorization;
+}
 
 describe("KubernetesSandboxBackend against the stand-in API server", () => {
   let backend: KubernetesSandboxBackend;
@@ -181,6 +216,34 @@ describe("KubernetesSandboxBackend against the stand-in API server", () => {
     await backend.stop(s.name, "test");
     expect(fake.get("secrets", NAMESPACE, envSecretName(s.name))).toBeUndefined();
     expect(await backend.status(s.name)).toBe("gone");
+  });
+
+  it("gives the pod the egress gateway (template env), its own gateway token (env Secret), and commands the proxy through it", async () => {
+    const s = spec();
+    const provisioned = await backend.provision(s);
+    const pod = fake.pod(s.name)!;
+    expect(pod.env.BERTH_DAEMON_GATEWAY).toBe(`tcp:127.0.0.1:${gatewayPort}`);
+    expect(pod.env.BERTH_DAEMON_CA_PEM).toBe(CA_PEM);
+    expect(pod.env.BERTH_DAEMON_GATEWAY_TOKEN).toBe(gatewayTokenFor(s.name));
+    // The token is the sandbox's own: in its env Secret, never in the shared template or the Sandbox.
+    const secret = fake.get("secrets", NAMESPACE, envSecretName(s.name))!;
+    expect(Buffer.from((secret.data as Record<string, string>).BERTH_DAEMON_GATEWAY_TOKEN!, "base64").toString()).toBe(gatewayTokenFor(s.name));
+    const template = fake.get("sandboxtemplates", NAMESPACE, buildSandboxTemplate(s, settings()).metadata!.name!)!;
+    expect(JSON.stringify(template)).toContain("BERTH_DAEMON_GATEWAY");
+    for (const object of [template, fake.get("sandboxes", NAMESPACE, s.name)!]) expect(JSON.stringify(object)).not.toContain(gatewayTokenFor(s.name));
+
+    // Commands: proxy variables on the daemon's loopback forwarder, the model relay there too, the CA to trust.
+    const env = await run(backend, provisioned.address, 'echo "$HTTPS_PROXY|$BERTH_MODEL_BASE_URL|$BERTH_MODEL_API_KEY"; cat "$NODE_EXTRA_CA_CERTS"; env | grep -c BERTH_DAEMON_ || true');
+    const [proxy, baseUrl, apiKey] = env.stdout.split("\n")[0]!.split("|");
+    expect(proxy).toMatch(/^http:\/\/berth:[^@]+@127\.0\.0\.1:\d+$/);
+    expect(proxy!.slice("http://berth:".length, proxy!.indexOf("@"))).toBe(gatewayTokenFor(s.name));
+    expect(baseUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/v1$/);
+    expect(apiKey).toBe(gatewayTokenFor(s.name));
+    expect(env.stdout).toContain(CA_PEM);
+    expect(env.stdout.trim().split("\n").at(-1)).toBe("0"); // the daemon's own settings are not the commands'
+    // A proxied request arrives at the gateway with the sandbox's token.
+    expect(await proxiedBy(backend, provisioned.address, "cold")).toBe(`berth:${gatewayTokenFor(s.name)}`);
+    await backend.stop(s.name, "done");
   });
 
   it("keeps the session's workspace (its PersistentVolumeClaim) across generations", async () => {
@@ -402,6 +465,8 @@ describe("KubernetesSandboxBackend against the stand-in API server", () => {
     expect(fake.get("sandboxes", NAMESPACE, next.name)).toBeUndefined();
     expect(fake.get("sandboxes", NAMESPACE, s.name)!.metadata.labels!["berth.dev/generation"]).toBe("2");
     expect((await run(backend, resumed.address, 'cat suspended.txt; echo "$GREETING"')).stdout).toBe("before\nrotated\n");
+    // The new generation's row gets the resumed Sandbox's name: its gateway token is for that name.
+    expect(fake.pod(s.name)!.env.BERTH_DAEMON_GATEWAY_TOKEN).toBe(gatewayTokenFor(s.name));
     const secret = fake.get("secrets", NAMESPACE, envSecretName(s.name))!;
     expect(secret.metadata.ownerReferences).toEqual([expect.objectContaining({ kind: "Sandbox", uid: suspended.metadata.uid })]);
     expect(losses.find((l) => l.name === s.name)).toBeUndefined();
@@ -475,6 +540,10 @@ describe("warm pools: SandboxWarmPool + SandboxClaim", () => {
     const member = readyMembers()[0]!;
     expect(fake.pod(member.metadata.name!)!.env.BERTH_DAEMON_TOKEN).toBe(tokenFor(name));
     expect(fake.pod(member.metadata.name!)!.env.API_TOKEN).toBeUndefined();
+    // The pool's gateway token (no sandbox row has the pool's name: the gateway lets nothing out for it).
+    expect(fake.pod(member.metadata.name!)!.env.BERTH_DAEMON_GATEWAY_TOKEN).toBe(gatewayTokenFor(name));
+    expect(fake.pod(member.metadata.name!)!.env.BERTH_DAEMON_GATEWAY).toBe(`tcp:127.0.0.1:${gatewayPort}`);
+    expect(JSON.stringify(template)).not.toContain(gatewayTokenFor(name));
     // Not Berth's yet: neither the watch nor reconciliation sees pooled Sandboxes.
     expect((await backend.list()).map((l) => l.name)).not.toContain(member.metadata.name);
   });
@@ -503,6 +572,8 @@ describe("warm pools: SandboxWarmPool + SandboxClaim", () => {
     expect((await run(backend, provisioned.address, 'echo "$API_TOKEN"; echo pooled > notes.txt')).stdout).toBe(`${SECRET_VALUE}\n`);
     const poolClient = createDaemonClient({ address: provisioned.address, token: tokenFor(pool().metadata.name!) });
     await expect(poolClient.health()).rejects.toThrow(/401|token/);
+    // The bind replaced the pool's gateway token by the one of the adopted Sandbox's name (the row's name).
+    expect(await proxiedBy(backend, provisioned.address, "pooled")).toBe(`berth:${gatewayTokenFor(provisioned.name)}`);
 
     expect((await backend.list()).find((l) => l.name === provisioned.name)).toMatchObject({ sessionId: s.sessionId, state: "running" });
     await waitFor("the pool refilled", () => (readyMembers().length === 2 ? true : undefined), 20_000);
@@ -687,7 +758,7 @@ describe("Kubernetes API errors", () => {
     const port = await freePort();
     const kc = new KubeConfig();
     kc.loadFromString(fake.kubeconfig(NAMESPACE).replace(`127.0.0.1:${fake.port}`, `127.0.0.1:${port}`));
-    const error = await KubernetesSandboxBackend.create({ ...settings(), kubeConfig: kc, tokenFor, logger: createLogger("silent"), retries: 1, retryBaseMs: 10 }).catch((e: unknown) => e);
+    const error = await KubernetesSandboxBackend.create({ ...settings(), kubeConfig: kc, tokenFor, gatewayTokenFor, logger: createLogger("silent"), retries: 1, retryBaseMs: 10 }).catch((e: unknown) => e);
     expect((error as Error).message).toMatch(/cannot start: list sandboxes: the Kubernetes API is unreachable \(ECONNREFUSED\)/);
   }, 30_000);
 
@@ -707,10 +778,22 @@ describe("resource shapes", () => {
     const b = spec({ agentId: a.agentId });
     expect(buildSandboxTemplate(a, settings()).metadata!.name).toBe(buildSandboxTemplate(b, settings()).metadata!.name);
     expect(buildSandboxTemplate({ ...a, resources: { cpuMillis: 1000, memoryMb: 512, diskMb: 2048 } }, settings()).metadata!.name).not.toBe(buildSandboxTemplate(a, settings()).metadata!.name);
-    const egress = buildSandboxTemplate({ ...a, network: "egress" }, { ...settings(), runtimeClassName: "gvisor" });
-    const pod = (egress.spec!.podTemplate as { spec: { runtimeClassName?: string } }).spec;
+    const gvisor = buildSandboxTemplate(a, { ...settings(), runtimeClassName: "gvisor" });
+    const pod = (gvisor.spec!.podTemplate as { spec: { runtimeClassName?: string } }).spec;
     expect(pod.runtimeClassName).toBe("gvisor");
-    expect(JSON.stringify(egress.spec!.networkPolicy)).toContain("169.254.0.0/16");
+    // Not the agent's network: every pod's way out is the gateway, which applies the policy.
+    const open: SandboxSpec = { ...a, network: "egress" };
+    expect(buildSandboxTemplate(open, settings())).toEqual(buildSandboxTemplate(a, settings()));
+    expect(buildWarmPoolTemplate(open, settings())).toEqual(buildWarmPoolTemplate(a, settings()));
+    // The gateway's address and CA are: pods never start with a stale one.
+    const base = settings().gateway!;
+    expect(buildSandboxTemplate(a, { ...settings(), gateway: { ...base, caPem: CA_PEM.replace("TUlJ", "T1RI") } }).metadata!.name).not.toBe(buildSandboxTemplate(a, settings()).metadata!.name);
+    expect(buildSandboxTemplate(a, { ...settings(), gateway: { ...base, address: "10.96.0.42:8081" } }).metadata!.name).not.toBe(buildSandboxTemplate(a, settings()).metadata!.name);
+    expect(JSON.stringify(gvisor.spec!.networkPolicy)).not.toContain("ipBlock");
+    expect(JSON.stringify(gvisor.spec!.networkPolicy)).toContain(`"port":${gatewayPort}`);
+    // Without a gateway, no egress at all.
+    expect(buildSandboxTemplate(a, { ...settings(), gateway: null }).spec!.networkPolicy).toEqual({ egress: [] });
+    expect(JSON.stringify(buildSandboxTemplate(a, { ...settings(), gateway: null }))).not.toContain("BERTH_DAEMON_GATEWAY");
   });
 
   it("a warm pool's workspace claim template requests the agent's diskMb, and another diskMb is another pool", () => {

@@ -73,6 +73,11 @@ export type KubernetesBackendOptions = KubernetesSandboxSettings & {
   kubeConfig: KubeConfig;
   /** The daemon token of a sandbox, derived from its name exactly as for the local backend. */
   tokenFor: (name: string) => string;
+  /**
+   * The egress gateway token of a sandbox (or a warm pool), derived from its name; required with
+   * `gateway`. The gateway finds a sandbox's session by that name in the `sandboxes` table.
+   */
+  gatewayTokenFor?: (name: string) => string;
   logger: Logger;
   /** Longest wait for a new Sandbox to be Ready and its daemon to answer. */
   readyTimeoutMs?: number;
@@ -112,6 +117,7 @@ export class KubernetesSandboxBackend implements SandboxBackend {
   private readonly watch: ListWatch<SandboxObject>;
 
   constructor(private readonly options: KubernetesBackendOptions) {
+    if (options.gateway && !options.gatewayTokenFor) throw new Error("the Kubernetes backend's gateway needs gatewayTokenFor");
     this.logger = options.logger.child({ component: "sandbox-kubernetes", namespace: options.namespace });
     this.kube = new KubeClient(options.kubeConfig, {
       namespace: options.namespace,
@@ -188,7 +194,8 @@ export class KubernetesSandboxBackend implements SandboxBackend {
     const workspace = existingWorkspace ?? (await this.ensureWorkspace(spec));
     const suspended = await this.suspendedSandboxOf(spec, template.metadata!.name!);
     if (suspended) return this.resume(spec, suspended, started);
-    const secret = buildEnvSecret(spec, settings, this.options.tokenFor(spec.name));
+    // A cold Sandbox keeps spec.name, the name its sandboxes row gets: its gateway token is for that.
+    const secret = buildEnvSecret(spec, settings, this.options.tokenFor(spec.name), this.gatewayTokenFor(spec.name));
     await this.putEnvSecret(secret);
 
     let created: SandboxObject;
@@ -220,6 +227,10 @@ export class KubernetesSandboxBackend implements SandboxBackend {
     }
   }
 
+  private gatewayTokenFor(name: string): string | null {
+    return this.options.gateway && this.options.gatewayTokenFor ? this.options.gatewayTokenFor(name) : null;
+  }
+
   /** Idle suspension: `operatingMode: Suspended` stops the pod and keeps the Sandbox for a resume. */
   async suspend(name: string): Promise<void> {
     this.logger.debug({ sandbox: name }, "suspending sandbox");
@@ -238,8 +249,10 @@ export class KubernetesSandboxBackend implements SandboxBackend {
       if (sandbox.spec?.operatingMode !== "Suspended" || sandbox.metadata?.deletionTimestamp) continue;
       // A pooled Sandbox (its daemon was bound through the API, not its pod's env) is not resumed: a
       // new pod would start unbound. The session goes on cold on the same workspace.
-      const sameShape =
-        sandbox.metadata?.annotations?.[TEMPLATE_ANNOTATION] === templateName && sandbox.metadata?.labels?.[LABELS.network] === spec.network && !sandbox.metadata?.labels?.[CLAIM_LABEL];
+      // The template's name hashes the pod's shape (image, resources, runtime class, the gateway's
+      // address and CA); the agent's network or egress policy is not part of it: the gateway applies
+      // the current one to every connection.
+      const sameShape = sandbox.metadata?.annotations?.[TEMPLATE_ANNOTATION] === templateName && !sandbox.metadata?.labels?.[CLAIM_LABEL];
       if (sameShape && !found) found = sandbox;
       else await this.stop(sandbox.metadata!.name!, "suspended with another shape: replaced");
     }
@@ -253,7 +266,8 @@ export class KubernetesSandboxBackend implements SandboxBackend {
    */
   private async resume(spec: SandboxSpec, sandbox: SandboxObject, started: number): Promise<ProvisionedSandbox> {
     const name = sandbox.metadata!.name!;
-    const secret = buildEnvSecret({ ...spec, name }, this.options, this.options.tokenFor(name));
+    // The resumed Sandbox's name becomes the new generation's row name: both tokens are for it.
+    const secret = buildEnvSecret({ ...spec, name }, this.options, this.options.tokenFor(name), this.gatewayTokenFor(name));
     secret.metadata!.ownerReferences = [{ apiVersion: `${SANDBOX_GROUP}/${API_VERSION}`, kind: "Sandbox", name, uid: sandbox.metadata!.uid!, blockOwnerDeletion: false }];
     await this.putEnvSecret(secret);
     this.logger.debug({ sandbox: name, generation: spec.generation }, "resuming suspended sandbox");
@@ -365,7 +379,7 @@ export class KubernetesSandboxBackend implements SandboxBackend {
   private async ensureWarmPool(shape: WarmPoolShape, size: number, scale: boolean): Promise<string> {
     const name = warmPoolNameFor(shape, this.options);
     if (this.poolsSeen.has(name) && !scale) return name;
-    const token = buildPoolTokenSecret(shape, this.options, this.options.tokenFor(name));
+    const token = buildPoolTokenSecret(shape, this.options, this.options.tokenFor(name), this.gatewayTokenFor(name));
     try {
       await this.kube.createSecret(token);
     } catch (error) {
@@ -468,7 +482,6 @@ export class KubernetesSandboxBackend implements SandboxBackend {
             [LABELS.agent]: spec.agentId,
             [LABELS.session]: spec.sessionId,
             [LABELS.generation]: String(spec.generation),
-            [LABELS.network]: spec.network,
             [CLAIM_LABEL]: spec.name,
             [POOLED_LABEL]: "true",
           },
@@ -530,12 +543,17 @@ export class KubernetesSandboxBackend implements SandboxBackend {
     return found!;
   }
 
-  /** Gives a pooled daemon its session: env, and its own token in place of the pool's. */
+  /**
+   * Gives a pooled daemon its session: env, its own daemon token in place of the pool's, and its own
+   * gateway token in place of the pool's. Both are for `name`, the adopted Sandbox's: the name the
+   * session's sandboxes row gets (provision returns it), which the gateway looks the session up by.
+   */
   private async bindPooled(name: string, address: string, spec: SandboxSpec, poolToken: string): Promise<void> {
     const env = Object.fromEntries(Object.entries(spec.env).filter(([key]) => !key.startsWith("BERTH_DAEMON_")));
     const own = this.options.tokenFor(name);
+    const gatewayToken = this.gatewayTokenFor(name);
     try {
-      await createDaemonClient({ address, token: poolToken, timeoutMs: 10_000 }).bind({ sessionId: spec.sessionId, env, token: own });
+      await createDaemonClient({ address, token: poolToken, timeoutMs: 10_000 }).bind({ sessionId: spec.sessionId, env, token: own, ...(gatewayToken ? { gatewayToken } : {}) });
     } catch (error) {
       // A retried provision may find it bound already, by this session, with its own token.
       const health = await createDaemonClient({ address, token: own, timeoutMs: 5_000 })

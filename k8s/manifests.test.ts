@@ -9,11 +9,14 @@ import path from "node:path";
 import { KubeConfig } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import YAML from "yaml";
+import { EgressCa } from "../server/egress/ca";
 import { createLogger } from "../server/logger";
 import type { SandboxSpec } from "../server/sandbox/port";
 import { CrdSchemas, FakeKubeApi } from "../tests/helpers/fake-kube-api";
 import { freePort, waitFor } from "../tests/helpers/processes";
 import { KubernetesSandboxBackend } from "./backend";
+import { kubeSecretCaStore } from "./ca-secret";
+import { KubeClient } from "./kube";
 import { buildSandbox, buildSandboxClaim, buildSandboxTemplate, buildWarmPool, buildWarmPoolTemplate, type KubernetesSandboxSettings } from "./resources";
 
 const DIR = path.join(import.meta.dirname, "manifests");
@@ -28,6 +31,18 @@ function load(file: string): Doc[] {
 const files = readdirSync(DIR).filter((file) => file.endsWith(".yaml"));
 const all = files.flatMap((file) => load(file).map((doc) => ({ file, doc })));
 const find = (kind: string, name?: string) => all.map((d) => d.doc).find((doc) => doc.kind === kind && (!name || doc.metadata.name === name));
+
+/** The placeholder the examples show where the installation's egress CA goes. */
+const EXAMPLE_CA = "-----BEGIN CERTIFICATE-----\n(the installation's egress CA: tls.crt of the Secret berth-egress-ca)\n-----END CERTIFICATE-----\n";
+/** What the examples (and k8s/manifests/deployment.yaml's defaults) are built with. */
+const EXAMPLE_SETTINGS: KubernetesSandboxSettings = {
+  namespace: "berth",
+  image: "berth:latest",
+  runtimeClassName: undefined,
+  daemonPort: 8080,
+  storageClassName: undefined,
+  gateway: { address: "berth-egress.berth.svc:8081", listenPort: 8081, caPem: EXAMPLE_CA },
+};
 
 function spec(overrides: Partial<SandboxSpec> = {}): SandboxSpec {
   return {
@@ -64,14 +79,11 @@ describe("k8s/manifests", () => {
     expect(template.apiVersion).toBe("extensions.agents.x-k8s.io/v1beta1");
     expect(schemas.unknownFields("SandboxTemplate", "v1beta1", template)).toEqual([]);
     expect(schemas.validate("SandboxTemplate", "v1beta1", template)).toEqual([]);
-    const built = buildSandboxTemplate(spec({ network: "none", resources: { cpuMillis: 1000, memoryMb: 1024, diskMb: 2048 }, teamId: "00000000-0000-4000-8000-000000000001", agentId: "00000000-0000-4000-8000-000000000002" }), {
-      namespace: "berth",
-      image: "berth:latest",
-      runtimeClassName: undefined,
-      daemonPort: 8080,
-      storageClassName: undefined,
-    });
+    const built = buildSandboxTemplate(spec({ network: "none", resources: { cpuMillis: 1000, memoryMb: 1024, diskMb: 2048 }, teamId: "00000000-0000-4000-8000-000000000001", agentId: "00000000-0000-4000-8000-000000000002" }), EXAMPLE_SETTINGS);
     expect(template.spec).toEqual(built.spec);
+    // The name is the builder's but for the agent-id part (a hash of the very shape shown).
+    expect(template.metadata.name.replace("berth-example-", "berth-00000000-")).toBe(built.metadata!.name);
+    expect(JSON.stringify(template)).toContain("BERTH_DAEMON_GATEWAY");
     // And a broken copy is refused, so the check above means something.
     const broken = structuredClone(template) as Doc & { spec: Record<string, unknown> };
     broken.spec.envVarsInjectionPolicy = "Sometimes";
@@ -83,7 +95,7 @@ describe("k8s/manifests", () => {
     const docs = all.filter((d) => d.file === "sandbox-warm-pool.example.yaml").map((d) => d.doc);
     expect(docs.map((d) => d.kind)).toEqual(["SandboxTemplate", "SandboxWarmPool", "SandboxClaim"]);
     const s = spec({ name: "s-0000000a-g1-x7k2p", sessionId: "00000000-0000-4000-8000-00000000000a", network: "none", resources: { cpuMillis: 1000, memoryMb: 1024, diskMb: 2048 }, teamId: "00000000-0000-4000-8000-000000000001", agentId: "00000000-0000-4000-8000-000000000002", env: {}, warmPoolSize: 2 });
-    const settings = { namespace: "berth", image: "berth:latest", runtimeClassName: undefined, daemonPort: 8080, storageClassName: undefined };
+    const settings = EXAMPLE_SETTINGS;
     const pool = buildWarmPool(s, settings, 2);
     const built = [buildWarmPoolTemplate(s, settings), pool, buildSandboxClaim(s, settings, pool.metadata!.name!)];
     for (const [index, doc] of docs.entries()) {
@@ -102,34 +114,80 @@ describe("k8s/manifests", () => {
     expect(env).toContainEqual({ name: "BERTH_SANDBOX_BACKEND", value: "kubernetes" });
     expect(find("ServiceAccount", "berth")).toBeDefined();
     expect(find("Service", "berth")).toBeDefined();
+    // The egress gateway: a container port, BERTH_EGRESS_PORT on it, and the Service the pods dial by default.
+    const container = deployment.spec.template.spec.containers[0]! as unknown as { ports: Array<{ name: string; containerPort: number }>; env: Array<{ name: string; value?: string }> };
+    expect(container.ports).toContainEqual({ name: "egress", containerPort: 8081 });
+    expect(env).toContainEqual({ name: "BERTH_EGRESS_PORT", value: "8081" });
+    const egress = find("Service", "berth-egress") as Doc & { spec: { type: string; selector: Record<string, string>; ports: Array<{ port: number; targetPort: string }> } };
+    expect(egress.spec.type).toBe("ClusterIP");
+    expect(egress.spec.selector).toEqual((deployment.spec as unknown as { selector: { matchLabels: Record<string, string> } }).selector.matchLabels);
+    expect(egress.spec.ports).toEqual([{ name: "egress", port: 8081, targetPort: "egress", protocol: "TCP" }]);
+    // What the platform defaults to (BERTH_K8S_EGRESS_ADDRESS unset) is that Service, in the pods' namespace.
+    expect(EXAMPLE_SETTINGS.gateway!.address).toBe(`${egress.metadata.name}.${egress.metadata.namespace}.svc:${egress.spec.ports[0]!.port}`);
     const binding = find("RoleBinding") as Doc & { subjects: Array<{ name: string }>; roleRef: { name: string } };
     expect(binding.subjects).toEqual([{ kind: "ServiceAccount", name: "berth", namespace: "berth" }]);
     expect(binding.roleRef.name).toBe(find("Role")!.metadata.name);
   });
 
-  it("the NetworkPolicies select the sandbox pods the backend makes: no egress by default, no metadata or cluster ranges with egress", () => {
-    type Policy = Doc & { spec: { podSelector: { matchLabels: Record<string, string> }; policyTypes: string[]; egress: Array<{ to?: Array<{ ipBlock?: { cidr: string; except: string[] } }> }>; ingress?: unknown[] } };
+  it("the NetworkPolicies: sandbox pods reach only the gateway port of the Berth pods and DNS, whatever their agent's network; the gateway port accepts sandbox pods only", () => {
+    type Peer = { podSelector?: { matchLabels: Record<string, string> }; namespaceSelector?: { matchLabels: Record<string, string> }; ipBlock?: unknown };
+    type Rule = { to?: Peer[]; from?: Peer[]; ports?: Array<{ protocol: string; port: number }> };
+    type Policy = Doc & { spec: { podSelector: { matchLabels: Record<string, string> }; policyTypes: string[]; egress?: Rule[]; ingress?: Rule[] } };
+    const policies = all.filter((d) => d.doc.kind === "NetworkPolicy").map((d) => d.doc as Policy);
+    expect(policies.map((p) => p.metadata.name).sort()).toEqual(["berth-platform-ingress", "berth-sandboxes-default-deny", "berth-sandboxes-gateway"]);
     const deny = find("NetworkPolicy", "berth-sandboxes-default-deny") as Policy;
-    const egress = find("NetworkPolicy", "berth-sandboxes-egress") as Policy;
-    const settings: KubernetesSandboxSettings = { namespace: "berth", image: "berth:latest", runtimeClassName: undefined, daemonPort: 8080, storageClassName: undefined };
+    const gateway = find("NetworkPolicy", "berth-sandboxes-gateway") as Policy;
+    const platform = find("NetworkPolicy", "berth-platform-ingress") as Policy;
+    const deployment = find("Deployment", "berth") as Doc & { spec: { template: { metadata: { labels: Record<string, string> } } } };
+    const platformLabels = deployment.spec.template.metadata.labels;
+    const selects = (selector: { matchLabels: Record<string, string> } | undefined, labels: Record<string, string>) => Boolean(selector) && Object.entries(selector!.matchLabels).every(([k, v]) => labels[k] === v);
+    const settings = EXAMPLE_SETTINGS;
     const podLabels = (network: "none" | "egress") => {
       const s = spec({ network });
       return (buildSandbox(s, settings, buildSandboxTemplate(s, settings)).spec as { podTemplate: { metadata: { labels: Record<string, string> } } }).podTemplate.metadata.labels;
     };
-    const selects = (policy: Policy, labels: Record<string, string>) => Object.entries(policy.spec.podSelector.matchLabels).every(([k, v]) => labels[k] === v);
-    expect(selects(deny, podLabels("none"))).toBe(true);
-    expect(selects(deny, podLabels("egress"))).toBe(true);
-    expect(selects(egress, podLabels("none"))).toBe(false);
-    expect(selects(egress, podLabels("egress"))).toBe(true);
-    // Pooled pods (warm pools) are selected the same way.
     const pooledLabels = (network: "none" | "egress") => (buildWarmPoolTemplate(spec({ network }), settings).spec as { podTemplate: { metadata: { labels: Record<string, string> } } }).podTemplate.metadata.labels;
-    expect(selects(deny, pooledLabels("none"))).toBe(true);
-    expect(selects(egress, pooledLabels("none"))).toBe(false);
-    expect(selects(egress, pooledLabels("egress"))).toBe(true);
+    const sandboxPods = [podLabels("none"), podLabels("egress"), pooledLabels("none"), pooledLabels("egress")];
+
+    // The agent's network setting no longer shapes the pod: same labels, same template, same pool.
+    expect(podLabels("none")).toEqual(podLabels("egress"));
+    expect(JSON.stringify(sandboxPods)).not.toContain("berth.dev/network");
+    expect(buildSandboxTemplate(spec({ network: "none" }), settings).metadata!.name).toBe(buildSandboxTemplate(spec({ network: "egress" }), settings).metadata!.name);
+
+    // Every sandbox pod, pooled or not: both sandbox policies select it, the platform's does not.
+    for (const labels of sandboxPods) {
+      expect(selects(deny.spec.podSelector, labels)).toBe(true);
+      expect(selects(gateway.spec.podSelector, labels)).toBe(true);
+      expect(selects(platform.spec.podSelector, labels)).toBe(false);
+    }
+    expect(selects(platform.spec.podSelector, platformLabels)).toBe(true);
+    expect(selects(deny.spec.podSelector, platformLabels)).toBe(false);
+
+    // In: only the platform, on the daemon port. Out: nothing but what the gateway policy lists.
     expect(deny.spec.policyTypes).toEqual(["Ingress", "Egress"]);
     expect(deny.spec.egress).toEqual([]);
-    const blocked = egress.spec.egress.flatMap((rule) => rule.to ?? []).flatMap((peer) => peer.ipBlock?.except ?? []);
-    for (const range of ["169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]) expect(blocked).toContain(range);
+    expect(deny.spec.ingress).toEqual([{ from: [{ podSelector: { matchLabels: platformLabels } }], ports: [{ protocol: "TCP", port: 8080 }] }]);
+    expect(gateway.spec.policyTypes).toEqual(["Egress"]);
+    const [toGateway, toDns, ...others] = gateway.spec.egress!;
+    expect(others).toEqual([]);
+    expect(toGateway).toEqual({ to: [{ podSelector: { matchLabels: platformLabels } }], ports: [{ protocol: "TCP", port: 8081 }] });
+    expect(toDns!.to).toEqual([{ namespaceSelector: { matchLabels: { "kubernetes.io/metadata.name": "kube-system" } }, podSelector: { matchLabels: { "k8s-app": "kube-dns" } } }]);
+    expect(toDns!.ports).toEqual([
+      { protocol: "UDP", port: 53 },
+      { protocol: "TCP", port: 53 },
+    ]);
+    expect(JSON.stringify(policies)).not.toContain("ipBlock");
+    // The templates say the same (informational: networkPolicyManagement Unmanaged).
+    expect((buildSandboxTemplate(spec(), settings).spec as { networkPolicy: unknown }).networkPolicy).toEqual({ egress: gateway.spec.egress });
+    expect((buildWarmPoolTemplate(spec(), settings).spec as { networkPolicy: unknown }).networkPolicy).toEqual({ egress: gateway.spec.egress });
+
+    // The Berth pods: HTTP from anywhere (as without a policy), the gateway port from sandbox pods only.
+    const egressService = find("Service", "berth-egress") as Doc & { spec: { ports: Array<{ port: number }> } };
+    expect(platform.spec.policyTypes).toEqual(["Ingress"]);
+    expect(platform.spec.ingress).toEqual([
+      { ports: [{ protocol: "TCP", port: 3000 }] },
+      { from: [{ podSelector: { matchLabels: deny.spec.podSelector.matchLabels } }], ports: [{ protocol: "TCP", port: egressService.spec.ports[0]!.port }] },
+    ]);
   });
 });
 
@@ -149,18 +207,26 @@ describe("the Role grants exactly what the backend calls", () => {
   let fake: FakeKubeApi;
   let backend: KubernetesSandboxBackend;
 
+  let kubeConfig: KubeConfig;
+  const caStore = () =>
+    kubeSecretCaStore({ kube: new KubeClient(kubeConfig, { namespace: "berth", requestTimeoutMs: 5_000, retries: 2, retryBaseMs: 20, logger: createLogger("silent") }), namespace: "berth" });
+
   beforeAll(async () => {
     fake = await new FakeKubeApi().start();
-    const kubeConfig = new KubeConfig();
+    kubeConfig = new KubeConfig();
     kubeConfig.loadFromString(fake.kubeconfig("berth"));
+    // The egress CA (what server/main.ts opens through kubernetesCaStore): the first replica creates it.
+    const ca = await EgressCa.open(caStore());
     backend = await KubernetesSandboxBackend.create({
       namespace: "berth",
       image: "berth:test",
       runtimeClassName: undefined,
       daemonPort: await freePort(),
       storageClassName: undefined,
+      gateway: { address: `127.0.0.1:${await freePort()}`, listenPort: 8081, caPem: ca.certificatePem },
       kubeConfig,
       tokenFor: (name) => `token-${name}-${"y".repeat(32)}`,
+      gatewayTokenFor: (name) => `${name}~gateway-${"z".repeat(32)}`,
       logger: createLogger("silent"),
       // A wait that hangs fails with its own message (which sandbox, which condition), well inside the test's timeout.
       readyTimeoutMs: 30_000,
@@ -197,18 +263,28 @@ describe("the Role grants exactly what the backend calls", () => {
     await backend.list();
     await backend.stop(pooled.name, "done");
     await backend.syncWarmPools([]);
+    // Another replica starting: it reads the egress CA the first one made.
+    await EgressCa.open(caStore());
 
+    const role = find("Role") as Doc & { rules: Array<{ apiGroups: string[]; resources: string[]; resourceNames?: string[]; verbs: string[] }> };
+    // A rule with resourceNames grants its verbs on those objects only: "group/resource/verb:name".
+    const granted = new Set(
+      role.rules.flatMap((rule) =>
+        rule.apiGroups.flatMap((g) => rule.resources.flatMap((r) => rule.verbs.flatMap((v) => (rule.resourceNames ? rule.resourceNames.map((n) => `${g}/${r}/${v}:${n}`) : [`${g}/${r}/${v}`])))),
+      ),
+    );
     const used = new Set<string>();
     for (const request of fake.requests) {
-      const core = /^\/api\/v1\/namespaces\/[^/]+\/([^/]+)(\/[^/]+)?$/.exec(request.path);
-      const grouped = /^\/apis\/([^/]+)\/[^/]+\/namespaces\/[^/]+\/([^/]+)(\/[^/]+)?$/.exec(request.path);
-      const [group, resource, named] = core ? ["", core[1]!, Boolean(core[2])] : [grouped![1]!, grouped![2]!, Boolean(grouped![3])];
+      const core = /^\/api\/v1\/namespaces\/[^/]+\/([^/]+)(?:\/([^/]+))?$/.exec(request.path);
+      const grouped = /^\/apis\/([^/]+)\/[^/]+\/namespaces\/[^/]+\/([^/]+)(?:\/([^/]+))?$/.exec(request.path);
+      const [group, resource, name] = core ? ["", core[1]!, core[2]] : [grouped![1]!, grouped![2]!, grouped![3]];
       const verb =
-        request.method === "GET" ? (named ? "get" : request.query.watch ? "watch" : "list") : ({ POST: "create", PUT: "update", PATCH: "patch", DELETE: "delete" } as Record<string, string>)[request.method]!;
-      used.add(`${group}/${resource}/${verb}`);
+        request.method === "GET" ? (name ? "get" : request.query.watch ? "watch" : "list") : ({ POST: "create", PUT: "update", PATCH: "patch", DELETE: "delete" } as Record<string, string>)[request.method]!;
+      // Counted against a named grant when there is one for exactly this object, otherwise against the resource-wide one.
+      const key = name && granted.has(`${group}/${resource}/${verb}:${name}`) ? `${group}/${resource}/${verb}:${name}` : `${group}/${resource}/${verb}`;
+      used.add(key);
     }
-    const role = find("Role") as Doc & { rules: Array<{ apiGroups: string[]; resources: string[]; verbs: string[] }> };
-    const granted = new Set(role.rules.flatMap((rule) => rule.apiGroups.flatMap((g) => rule.resources.flatMap((r) => rule.verbs.map((v) => `${g}/${r}/${v}`)))));
+    expect(used).toContain("/secrets/get:berth-egress-ca");
     expect([...used].sort()).toEqual([...granted].sort());
   });
 });

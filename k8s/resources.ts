@@ -4,7 +4,7 @@
  * Pure functions: no API calls here, so the shapes are easy to test against the CRD schemas.
  */
 import { createHash } from "node:crypto";
-import type { NetworkMode, SandboxSpec } from "../server/sandbox/port";
+import type { SandboxSpec } from "../server/sandbox/port";
 
 export const SANDBOX_GROUP = "agents.x-k8s.io";
 export const EXTENSIONS_GROUP = "extensions.agents.x-k8s.io";
@@ -19,7 +19,6 @@ export const LABELS = {
   agent: "berth.dev/agent",
   session: "berth.dev/session",
   generation: "berth.dev/generation",
-  network: "berth.dev/network",
   sandbox: "berth.dev/sandbox",
 } as const;
 export const MANAGED_BY = "berth";
@@ -46,6 +45,18 @@ export type KubernetesSandboxSettings = {
   runtimeClassName: string | undefined;
   daemonPort: number;
   storageClassName: string | undefined;
+  /** The egress gateway, the sandbox pods' only way out; null: pods without one (no egress at all). */
+  gateway: SandboxGateway | null;
+};
+
+/** Where sandbox pods reach the egress gateway in the Berth pods, and what they trust. */
+export type SandboxGateway = {
+  /** HOST:PORT the pods dial (BERTH_K8S_EGRESS_ADDRESS; by default the `berth-egress` Service). */
+  address: string;
+  /** The port the Berth pods' gateway listens on (BERTH_EGRESS_PORT): the one port their NetworkPolicy opens. */
+  listenPort: number;
+  /** PEM of the installation's egress CA (the gateway terminates TLS of inspected hosts with it). Public. */
+  caPem: string;
 };
 
 export type KubeObject = {
@@ -74,15 +85,21 @@ export type SandboxObject = KubeObject & {
   status?: { serviceFQDN?: string; service?: string; conditions?: Condition[]; podIPs?: string[]; [key: string]: unknown };
 };
 
-/** The identity of a template: everything that shapes the pod except the session's own env and volume. */
-function templateShape(spec: SandboxSpec, settings: KubernetesSandboxSettings) {
+/**
+ * The identity of a template: everything that shapes the pod except the session's own env and volume.
+ * Not the agent's network mode or egress policy: every pod is alike there (its one way out is the
+ * gateway, which decides per connection), so agents that differ only in that share templates. The
+ * gateway's address and CA are in it: a new CA (or address) is a new template, never a pod that
+ * trusts the wrong one.
+ */
+function templateShape(spec: Pick<SandboxSpec, "image" | "resources">, settings: KubernetesSandboxSettings) {
   return {
     image: spec.image ?? settings.image,
     cpuMillis: spec.resources.cpuMillis,
     memoryMb: spec.resources.memoryMb,
-    network: spec.network,
     runtimeClassName: settings.runtimeClassName ?? null,
     daemonPort: settings.daemonPort,
+    gateway: settings.gateway ? { address: settings.gateway.address, listenPort: settings.gateway.listenPort, ca: createHash("sha256").update(settings.gateway.caPem).digest("hex") } : null,
   };
 }
 
@@ -90,7 +107,7 @@ function templateShape(spec: SandboxSpec, settings: KubernetesSandboxSettings) {
  * One SandboxTemplate per agent version: the name is the agent plus a hash of what shapes its pod,
  * so every session of that version (and an unchanged later version) shares it.
  */
-export function templateNameFor(spec: SandboxSpec, settings: KubernetesSandboxSettings): string {
+export function templateNameFor(spec: Pick<SandboxSpec, "agentId" | "image" | "resources">, settings: KubernetesSandboxSettings): string {
   const hash = createHash("sha256").update(JSON.stringify(templateShape(spec, settings))).digest("hex").slice(0, 12);
   return `berth-${spec.agentId.slice(0, 8).toLowerCase()}-${hash}`;
 }
@@ -120,15 +137,20 @@ export function envSecretName(sandboxName: string): string {
   return `${sandboxName}-env`;
 }
 
-function baseLabels(spec: SandboxSpec, component: string): Record<string, string> {
+function baseLabels(spec: Pick<SandboxSpec, "teamId" | "agentId">, component: string): Record<string, string> {
   return { [LABELS.managedBy]: MANAGED_BY, [LABELS.component]: component, [LABELS.team]: spec.teamId, [LABELS.agent]: spec.agentId };
 }
 
-/** The pod every sandbox of this agent version runs: no session data in it, ever. */
-export function buildPodTemplate(spec: SandboxSpec, settings: KubernetesSandboxSettings) {
+/**
+ * The pod every sandbox of this agent version runs: no session data in it, ever. With the gateway,
+ * the daemon forwards a loopback port to it and gives commands the proxy variables; the sandbox's
+ * own gateway token comes from its env Secret (cold) or its bind (warm pool), never from here.
+ */
+export function buildPodTemplate(spec: Pick<SandboxSpec, "image" | "resources">, settings: KubernetesSandboxSettings) {
   const shape = templateShape(spec, settings);
   const memory = `${shape.memoryMb}Mi`;
-  const labels: Record<string, string> = { [LABELS.managedBy]: MANAGED_BY, [LABELS.component]: "sandbox", [LABELS.network]: spec.network };
+  const labels: Record<string, string> = { [LABELS.managedBy]: MANAGED_BY, [LABELS.component]: "sandbox" };
+  const gateway = settings.gateway;
   return {
     metadata: { labels },
     spec: {
@@ -157,7 +179,14 @@ export function buildPodTemplate(spec: SandboxSpec, settings: KubernetesSandboxS
             // what an exec leaves behind is swept when the last exec ends.
             { name: "BERTH_DAEMON_SWEEP", value: "1" },
             { name: "HOME", value: WORKSPACE_MOUNT },
-          ],
+            ...(gateway
+              ? [
+                  { name: "BERTH_DAEMON_GATEWAY", value: `tcp:${gateway.address}` },
+                  // Public (a certificate): the template may carry it; it is in the template's name hash.
+                  { name: "BERTH_DAEMON_CA_PEM", value: gateway.caPem },
+                ]
+              : []),
+          ] as Array<{ name: string; value?: string; valueFrom?: unknown }>,
           resources: {
             requests: { cpu: `${shape.cpuMillis}m`, memory },
             limits: { cpu: `${shape.cpuMillis}m`, memory },
@@ -185,14 +214,25 @@ export function buildPodTemplate(spec: SandboxSpec, settings: KubernetesSandboxS
   };
 }
 
-/** Egress "on": the public internet only; metadata, link-local and private (cluster) ranges stay closed. */
-export function egressRules(network: NetworkMode): Array<Record<string, unknown>> {
-  if (network === "none") return [];
+/** The Berth pods (k8s/manifests/deployment.yaml): where the egress gateway runs. */
+export const PLATFORM_POD_LABELS = { "app.kubernetes.io/name": "berth", "app.kubernetes.io/component": "platform" } as const;
+
+/**
+ * What a sandbox pod may reach, whatever its agent's egress policy (the gateway applies that, per
+ * connection): the Berth pods' gateway port, and cluster DNS so the gateway's Service name resolves
+ * (the one other channel; an address given as an IP, BERTH_K8S_EGRESS_ADDRESS, needs no DNS). The
+ * same rules as the `berth-sandboxes-gateway` NetworkPolicy in k8s/manifests/networkpolicies.yaml;
+ * none without a gateway.
+ */
+export function egressRules(gateway: SandboxGateway | null): Array<Record<string, unknown>> {
+  if (!gateway) return [];
   return [
+    { to: [{ podSelector: { matchLabels: { ...PLATFORM_POD_LABELS } } }], ports: [{ protocol: "TCP", port: gateway.listenPort }] },
     {
-      to: [
-        { ipBlock: { cidr: "0.0.0.0/0", except: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10", "127.0.0.0/8"] } },
-        { ipBlock: { cidr: "::/0", except: ["fc00::/7", "fe80::/10", "::1/128"] } },
+      to: [{ namespaceSelector: { matchLabels: { "kubernetes.io/metadata.name": "kube-system" } }, podSelector: { matchLabels: { "k8s-app": "kube-dns" } } }],
+      ports: [
+        { protocol: "UDP", port: 53 },
+        { protocol: "TCP", port: 53 },
       ],
     },
   ];
@@ -205,22 +245,27 @@ export function buildSandboxTemplate(spec: SandboxSpec, settings: KubernetesSand
     metadata: {
       name: templateNameFor(spec, settings),
       namespace: settings.namespace,
-      labels: { ...baseLabels(spec, "template"), [LABELS.network]: spec.network },
+      labels: baseLabels(spec, "template"),
     },
     spec: {
       podTemplate: buildPodTemplate(spec, settings),
       service: true,
       // Berth creates Sandboxes itself (not through claims), and its own NetworkPolicies (k8s/manifests/)
       // select the pods by Berth's labels; the controller's per-template policy would block the platform.
+      // `networkPolicy` says what those allow out (informational while Unmanaged).
       networkPolicyManagement: "Unmanaged",
-      networkPolicy: { egress: egressRules(spec.network) },
+      networkPolicy: { egress: egressRules(settings.gateway) },
       envVarsInjectionPolicy: "Disallowed",
     },
   };
 }
 
-/** The per-generation Secret holding the session's environment and the daemon token. */
-export function buildEnvSecret(spec: SandboxSpec, settings: KubernetesSandboxSettings, token: string): KubeObject {
+/**
+ * The per-generation Secret holding the session's environment, the daemon token and (with the
+ * gateway) the sandbox's gateway token, issued for `spec.name`: the name its `sandboxes` row ends
+ * up with, which is how the gateway finds its session.
+ */
+export function buildEnvSecret(spec: SandboxSpec, settings: KubernetesSandboxSettings, token: string, gatewayToken: string | null = null): KubeObject {
   return {
     apiVersion: "v1",
     kind: "Secret",
@@ -231,7 +276,11 @@ export function buildEnvSecret(spec: SandboxSpec, settings: KubernetesSandboxSet
     },
     type: "Opaque",
     // The daemon's own settings are not the session's to choose.
-    stringData: { ...Object.fromEntries(Object.entries(spec.env).filter(([key]) => !key.startsWith("BERTH_DAEMON_"))), BERTH_DAEMON_TOKEN: token },
+    stringData: {
+      ...Object.fromEntries(Object.entries(spec.env).filter(([key]) => !key.startsWith("BERTH_DAEMON_"))),
+      BERTH_DAEMON_TOKEN: token,
+      ...(settings.gateway && gatewayToken ? { BERTH_DAEMON_GATEWAY_TOKEN: gatewayToken } : {}),
+    },
   };
 }
 
@@ -260,7 +309,7 @@ export function buildWorkspaceClaim(spec: SandboxSpec, settings: KubernetesSandb
 export function buildSandbox(spec: SandboxSpec, settings: KubernetesSandboxSettings, template: KubeObject, workspaceClaim = workspaceClaimName(spec.sessionId)): SandboxObject {
   const templateSpec = (template.spec ?? {}) as { podTemplate?: ReturnType<typeof buildPodTemplate> };
   const podTemplate = structuredClone(templateSpec.podTemplate ?? buildPodTemplate(spec, settings));
-  const labels = { ...baseLabels(spec, "sandbox"), [LABELS.session]: spec.sessionId, [LABELS.generation]: String(spec.generation), [LABELS.network]: spec.network };
+  const labels = { ...baseLabels(spec, "sandbox"), [LABELS.session]: spec.sessionId, [LABELS.generation]: String(spec.generation) };
   podTemplate.metadata = { labels: { ...podTemplate.metadata?.labels, ...labels, [LABELS.sandbox]: spec.name } };
   for (const container of podTemplate.spec.containers) {
     (container as Record<string, unknown>).envFrom = [{ secretRef: { name: envSecretName(spec.name) } }];
@@ -323,7 +372,7 @@ export const WARM_POOL_SELECTOR = `${LABELS.managedBy}=${MANAGED_BY},${LABELS.co
 export const WORKSPACE_SELECTOR = `${LABELS.managedBy}=${MANAGED_BY},${LABELS.component}=workspace`;
 
 /** What a warm pool's pods share: the template's shape plus the workspace volume each pooled Sandbox gets. */
-export type WarmPoolShape = Pick<SandboxSpec, "teamId" | "agentId" | "network" | "resources" | "image">;
+export type WarmPoolShape = Pick<SandboxSpec, "teamId" | "agentId" | "resources" | "image">;
 
 /**
  * One SandboxWarmPool (and its own SandboxTemplate and token Secret, all of the same name) per
@@ -331,7 +380,7 @@ export type WarmPoolShape = Pick<SandboxSpec, "teamId" | "agentId" | "network" |
  * pool's Sandboxes get (the agent's disk quota, the StorageClass), so a new diskMb is a new pool.
  */
 export function warmPoolNameFor(spec: WarmPoolShape, settings: KubernetesSandboxSettings): string {
-  const base = templateNameFor(spec as SandboxSpec, settings);
+  const base = templateNameFor(spec, settings);
   const workspace = createHash("sha256").update(JSON.stringify([workspaceStorage(spec), settings.storageClassName ?? null])).digest("hex").slice(0, 4);
   return `${base}-p${workspace}`;
 }
@@ -352,7 +401,7 @@ export function pooledWorkspaceClaimName(sandboxName: string): string {
  */
 export function buildWarmPoolTemplate(spec: WarmPoolShape, settings: KubernetesSandboxSettings): KubeObject {
   const name = warmPoolNameFor(spec, settings);
-  const podTemplate = buildPodTemplate(spec as SandboxSpec, settings);
+  const podTemplate = buildPodTemplate(spec, settings);
   podTemplate.metadata.labels[LABELS.team] = spec.teamId;
   podTemplate.metadata.labels[LABELS.agent] = spec.agentId;
   podTemplate.metadata.labels[POOLED_LABEL] = "true";
@@ -360,6 +409,9 @@ export function buildWarmPoolTemplate(spec: WarmPoolShape, settings: KubernetesS
     (container.env as Array<Record<string, unknown>>).push(
       { name: "BERTH_DAEMON_UNBOUND", value: "1" },
       { name: "BERTH_DAEMON_TOKEN", valueFrom: { secretKeyRef: { name: poolTokenSecretName(name), key: "BERTH_DAEMON_TOKEN" } } },
+      // The pool's gateway token: no sandbox row has the pool's name, so the gateway lets nothing
+      // out for it; the claim's bind replaces it with the claimed sandbox's own.
+      ...(settings.gateway ? [{ name: "BERTH_DAEMON_GATEWAY_TOKEN", valueFrom: { secretKeyRef: { name: poolTokenSecretName(name), key: "BERTH_DAEMON_GATEWAY_TOKEN" } } }] : []),
     );
   }
   // The controller mounts the volumeClaimTemplate of the same name in its place.
@@ -370,13 +422,13 @@ export function buildWarmPoolTemplate(spec: WarmPoolShape, settings: KubernetesS
     metadata: {
       name,
       namespace: settings.namespace,
-      labels: { ...baseLabels(spec as SandboxSpec, "template"), [LABELS.network]: spec.network, [POOLED_LABEL]: "true" },
+      labels: { ...baseLabels(spec, "template"), [POOLED_LABEL]: "true" },
     },
     spec: {
       podTemplate,
       volumeClaimTemplates: [
         {
-          metadata: { name: WORKSPACE_VOLUME, labels: { ...baseLabels(spec as SandboxSpec, "pooled-workspace") } },
+          metadata: { name: WORKSPACE_VOLUME, labels: { ...baseLabels(spec, "pooled-workspace") } },
           spec: {
             accessModes: ["ReadWriteOnce"],
             resources: { requests: { storage: workspaceStorage(spec) } },
@@ -386,7 +438,7 @@ export function buildWarmPoolTemplate(spec: WarmPoolShape, settings: KubernetesS
       ],
       service: true,
       networkPolicyManagement: "Unmanaged",
-      networkPolicy: { egress: egressRules(spec.network) },
+      networkPolicy: { egress: egressRules(settings.gateway) },
       // A claim carrying env (or volumeClaimTemplates) would bypass the pool: Berth binds env through the daemon.
       envVarsInjectionPolicy: "Disallowed",
       volumeClaimTemplatesPolicy: "Disallowed",
@@ -394,18 +446,18 @@ export function buildWarmPoolTemplate(spec: WarmPoolShape, settings: KubernetesS
   };
 }
 
-/** The pool's daemon token: a platform value derived for the pool, never a session's. */
-export function buildPoolTokenSecret(spec: WarmPoolShape, settings: KubernetesSandboxSettings, token: string): KubeObject {
+/** The pool's daemon and gateway tokens: platform values derived for the pool, never a session's. */
+export function buildPoolTokenSecret(spec: WarmPoolShape, settings: KubernetesSandboxSettings, token: string, gatewayToken: string | null = null): KubeObject {
   return {
     apiVersion: "v1",
     kind: "Secret",
     metadata: {
       name: poolTokenSecretName(warmPoolNameFor(spec, settings)),
       namespace: settings.namespace,
-      labels: { ...baseLabels(spec as SandboxSpec, "warm-pool-token") },
+      labels: { ...baseLabels(spec, "warm-pool-token") },
     },
     type: "Opaque",
-    stringData: { BERTH_DAEMON_TOKEN: token },
+    stringData: { BERTH_DAEMON_TOKEN: token, ...(settings.gateway && gatewayToken ? { BERTH_DAEMON_GATEWAY_TOKEN: gatewayToken } : {}) },
   };
 }
 
@@ -414,7 +466,7 @@ export function buildWarmPool(spec: WarmPoolShape, settings: KubernetesSandboxSe
   return {
     apiVersion: `${EXTENSIONS_GROUP}/${API_VERSION}`,
     kind: "SandboxWarmPool",
-    metadata: { name, namespace: settings.namespace, labels: { ...baseLabels(spec as SandboxSpec, "warm-pool"), [LABELS.network]: spec.network } },
+    metadata: { name, namespace: settings.namespace, labels: baseLabels(spec, "warm-pool") },
     spec: { replicas, sandboxTemplateRef: { name } },
   };
 }

@@ -226,7 +226,7 @@ async function startEgressGateway(input: { config: Config; db: DatabaseClient["d
   const { config, logger } = input;
   const directory = new EgressDirectory(input.db, input.secretBox);
   // In a cluster every replica must present the same CA: it lives in a Secret there.
-  const caStore = config.sandboxBackend === "kubernetes" ? (await import("../k8s/index")).kubernetesCaStore(config) : fileCaStore(config.dataDir);
+  const caStore = config.sandboxBackend === "kubernetes" ? (await import("../k8s/index")).kubernetesCaStore(config, logger) : fileCaStore(config.dataDir);
   const ca = await EgressCa.open(caStore);
   const trustBundlePath = await writeTrustBundle(config.dataDir, ca.certificatePem);
   if (config.egress.resolveMap.size > 0) {

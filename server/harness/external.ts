@@ -103,7 +103,10 @@ export async function clearRunning(store: TurnStore, turn: TurnRow, harness: str
   await store.clearRunningTurn(turn, harness);
 }
 
-/** Checks the sandbox has the CLI at `binary` and a model relay; a HarnessSetupError says what is missing. */
+/**
+ * Checks the sandbox has the CLI at `binary` and a model relay (BERTH_MODEL_BASE_URL, which the daemon
+ * sets on both backends: it is the egress gateway's model route); a HarnessSetupError says what is missing.
+ */
 export async function checkSandbox(client: DaemonClient, input: { binary: string; label: string; packageName: string }): Promise<void> {
   let output = "";
   let exitCode: number | null = null;
@@ -116,7 +119,9 @@ export async function checkSandbox(client: DaemonClient, input: { binary: string
     throw new HarnessSetupError(`${input.label} is not installed in this sandbox (${input.binary}); the local backend binds the binary of the ${input.packageName} package, Kubernetes sandbox images must carry it there`);
   }
   if (output.includes("missing-relay")) {
-    throw new HarnessSetupError(`this sandbox has no model relay (BERTH_MODEL_BASE_URL), which ${input.label} needs to reach the gateway; the Kubernetes backend does not provide one yet`);
+    throw new HarnessSetupError(
+      `this sandbox has no model relay (BERTH_MODEL_BASE_URL), which ${input.label} needs to reach the LiteLLM Gateway: the sandbox daemon sets it when it has the platform's egress gateway (BERTH_DAEMON_GATEWAY); check that the sandbox's image runs this Berth's sandboxd`,
+    );
   }
 }
 

@@ -147,8 +147,11 @@ export type FileEntry = { name: string; type: "file" | "directory" | "symlink" |
 
 export interface DaemonClient {
   health(): Promise<{ ok: true; pid: number; uptimeMs: number; bound: boolean }>;
-  /** Warm-pool claim: gives an unbound daemon its session's environment (and, optionally, its own token from then on). Once only. */
-  bind(input: { sessionId: string; env: Record<string, string>; token?: string }): Promise<void>;
+  /**
+   * Warm-pool claim: gives an unbound daemon its session's environment (and, optionally, its own token
+   * from then on, and its own egress gateway token in place of the pool's). Once only.
+   */
+  bind(input: { sessionId: string; env: Record<string, string>; token?: string; gatewayToken?: string }): Promise<void>;
   /** Runs `bash -lc command` (or sh) and streams its output; the last chunk is `exit`. */
   exec(request: ExecRequest, signal?: AbortSignal): AsyncIterable<ExecChunk>;
   readFile(path: string): Promise<{ content: string; encoding: "utf8" | "base64"; size: number }>;

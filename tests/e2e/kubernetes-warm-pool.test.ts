@@ -34,6 +34,7 @@ describe("warm pools on the kubernetes backend (stand-in API server)", () => {
     kubeDir = mkdtempSync(path.join(os.tmpdir(), "berth-kubeconfig-"));
     writeFileSync(path.join(kubeDir, "config"), fake.kubeconfig(NAMESPACE), { mode: 0o600 });
     process.env.KUBECONFIG = path.join(kubeDir, "config");
+    const egressPort = await freePort();
     berth = await startTestBerth({
       env: {
         BERTH_ADMIN_API_KEY: KEY,
@@ -42,6 +43,8 @@ describe("warm pools on the kubernetes backend (stand-in API server)", () => {
         BERTH_SANDBOX_IMAGE: "berth:e2e",
         BERTH_K8S_NAMESPACE: NAMESPACE,
         BERTH_SANDBOX_DAEMON_PORT: String(await freePort()),
+        BERTH_EGRESS_PORT: String(egressPort),
+        BERTH_K8S_EGRESS_ADDRESS: `127.0.0.1:${egressPort}`,
         CONTAINER_ENV_PLATFORM_WIDE: "from-the-platform",
       },
     });
@@ -115,6 +118,21 @@ describe("warm pools on the kubernetes backend (stand-in API server)", () => {
     // ... while the sandbox's own token (derived from its name, as the platform does) does.
     const ownToken = createHmac("sha256", Buffer.from(SECRET_KEY, "hex")).update(`sandbox-daemon:${claimedName}`).digest("base64url");
     expect(await createDaemonClient({ address: daemonAddress, token: ownToken }).health()).toMatchObject({ ok: true, bound: true });
+
+    // The gateway token too: the pod started with the pool's; the bind gave it the one of its
+    // Sandbox's name, the session's sandboxes row: the gateway finds the session by it, records
+    // the refused request in its log (the agent's default egress policy lets nothing out).
+    const poolGatewayToken = Buffer.from((poolSecret.data as Record<string, string>).BERTH_DAEMON_GATEWAY_TOKEN!, "base64").toString("utf8");
+    expect(fake.pod(claimedName)!.env.BERTH_DAEMON_GATEWAY_TOKEN).toBe(poolGatewayToken);
+    expect(poolGatewayToken.startsWith(`${pool.metadata.name}~`)).toBe(true);
+    const gatewayToken = (await exec(session.id, "echo $BERTH_MODEL_API_KEY")).stdout.trim();
+    expect(gatewayToken.startsWith(`${claimedName}~`)).toBe(true);
+    const refused = await exec(session.id, "curl -sS --max-time 10 -o /dev/null -w '%{http_code}' http://nowhere.example.test/");
+    expect(refused.stdout).toBe("403");
+    await waitFor("the denied egress event in the session's log", async () => {
+      const [row] = await sql<{ n: number }[]>`select count(*)::int as n from session_events where session_id = ${session.id} and type = 'egress' and payload->>'decision' = 'denied' and payload->>'host' = 'nowhere.example.test'`;
+      return row!.n > 0 ? true : undefined;
+    }, 15_000);
 
     // The pool refills to two ready, unclaimed sandboxes.
     await waitFor("the pool refilled", () => (readyMembers(pool).length === 2 && !readyMembers(pool).some((s) => s.metadata.name === claimedName) ? true : undefined), 30_000);

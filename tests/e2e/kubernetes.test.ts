@@ -1,4 +1,6 @@
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { TRPCClientError } from "@trpc/client";
@@ -29,6 +31,9 @@ describe("sessions on the kubernetes backend (stand-in API server)", () => {
   let sql: postgres.Sql;
   let kubeDir: string;
   let kubeEnv: Record<string, string>;
+  /** A server "outside" (on loopback, reached through BERTH_EGRESS_RESOLVE): what the gateway let through. */
+  let outside: http.Server;
+  const outsideSeen: string[] = [];
   const previousKubeconfig = process.env.KUBECONFIG;
 
   beforeAll(async () => {
@@ -36,6 +41,12 @@ describe("sessions on the kubernetes backend (stand-in API server)", () => {
     kubeDir = mkdtempSync(path.join(os.tmpdir(), "berth-kubeconfig-"));
     writeFileSync(path.join(kubeDir, "config"), fake.kubeconfig(NAMESPACE), { mode: 0o600 });
     process.env.KUBECONFIG = path.join(kubeDir, "config");
+    outside = http.createServer((req, res) => {
+      outsideSeen.push(`${req.method} ${req.headers.host}${req.url}`);
+      res.end(`hello from ${req.headers.host}\n`);
+    });
+    await new Promise<void>((resolve) => outside.listen(0, "127.0.0.1", resolve));
+    const egressPort = await freePort();
     kubeEnv = {
       BERTH_ADMIN_API_KEY: KEY,
       BERTH_SECRET_KEY: SECRET_KEY,
@@ -43,6 +54,11 @@ describe("sessions on the kubernetes backend (stand-in API server)", () => {
       BERTH_SANDBOX_IMAGE: "berth:e2e",
       BERTH_K8S_NAMESPACE: NAMESPACE,
       BERTH_SANDBOX_DAEMON_PORT: String(await freePort()),
+      // The Berth pods' gateway port, and where the "pods" (daemons on 127.0.0.N) dial it.
+      BERTH_EGRESS_PORT: String(egressPort),
+      BERTH_K8S_EGRESS_ADDRESS: `127.0.0.1:${egressPort}`,
+      // Test-only: these names are this server on loopback (the gateway refuses loopback otherwise).
+      BERTH_EGRESS_RESOLVE: `api.example.test=127.0.0.1:${(outside.address() as AddressInfo).port}`,
       CONTAINER_ENV_PLATFORM_WIDE: "from-the-platform",
     };
     berth = await startTestBerth({ env: kubeEnv });
@@ -54,6 +70,7 @@ describe("sessions on the kubernetes backend (stand-in API server)", () => {
     await sql?.end();
     await berth?.close();
     await fake?.stop();
+    outside?.close();
     if (previousKubeconfig === undefined) delete process.env.KUBECONFIG;
     else process.env.KUBECONFIG = previousKubeconfig;
     if (kubeDir) rmSync(kubeDir, { recursive: true, force: true });
@@ -163,7 +180,8 @@ describe("sessions on the kubernetes backend (stand-in API server)", () => {
 
   it("two replicas share the sandboxes: either one reaches them, a lost pod reconnects once, a stopping replica leaves them running", async () => {
     const dataDir = mkdtempSync(path.join(os.tmpdir(), "berth-replica-"));
-    const config = loadConfig({ ...kubeEnv, NODE_ENV: "test", PORT: "1", HOST: "127.0.0.1", DATABASE_URL: berth.databaseUrl, BERTH_DATA_DIR: dataDir, LOG_LEVEL: "warn", BERTH_WARM_POOL_SIZE: "0" });
+    // Its own gateway port (one host here); the pods keep dialing the first one's (BERTH_K8S_EGRESS_ADDRESS), as behind one Service.
+    const config = loadConfig({ ...kubeEnv, BERTH_EGRESS_PORT: String(await freePort()), NODE_ENV: "test", PORT: "1", HOST: "127.0.0.1", DATABASE_URL: berth.databaseUrl, BERTH_DATA_DIR: dataDir, LOG_LEVEL: "warn", BERTH_WARM_POOL_SIZE: "0" });
     config.port = 0;
     const replica = await startBerth({
       config,
@@ -198,6 +216,47 @@ describe("sessions on the kubernetes backend (stand-in API server)", () => {
       await replica.stop();
       rmSync(dataDir, { recursive: true, force: true });
     }
+  });
+
+  it("a pod's way out is the egress gateway: an allowed host answers, another gets 403 and a denied egress event; a brokered secret is only a stub in the pod's env Secret", async () => {
+    const agent = await api.agents.create.mutate({ name: "egress-on-kubernetes", model: "demo", egress: { mode: "allowlist", allow: [{ host: "api.example.test" }] } });
+    const brokeredValue = "sk-live-brokered-value-on-kubernetes-9f8e7d";
+    await api.secrets.set.mutate({ name: "UPSTREAM_TOKEN", value: brokeredValue, agentId: agent.id, brokered: { hosts: ["api.example.test"] } });
+    const session = await readySession(agent.id);
+    const name = session.sandbox!.name;
+
+    // The pod: the gateway from its template, its own gateway token from its env Secret.
+    const pod = fake.pod(name)!;
+    expect(pod.env.BERTH_DAEMON_GATEWAY).toBe(`tcp:${kubeEnv.BERTH_K8S_EGRESS_ADDRESS}`);
+    expect(pod.env.BERTH_DAEMON_CA_PEM).toContain("-----BEGIN CERTIFICATE-----");
+    const envSecret = fake.get("secrets", NAMESPACE, `${name}-env`)!;
+    const envData = Object.fromEntries(Object.entries(envSecret.data as Record<string, string>).map(([key, value]) => [key, Buffer.from(value, "base64").toString("utf8")]));
+    expect(envData.BERTH_DAEMON_GATEWAY_TOKEN).toMatch(new RegExp(`^${name}~`));
+    // The brokered secret: a stub in the Secret (and so in the pod), never its value, anywhere.
+    expect(envData.UPSTREAM_TOKEN).toMatch(/^berth-stub-[0-9a-f]{40}$/);
+    for (const object of [envSecret, fake.get("sandboxes", NAMESPACE, name)!, ...fake.list("sandboxtemplates", NAMESPACE)]) {
+      expect(JSON.stringify(object)).not.toContain(brokeredValue);
+      expect(JSON.stringify(object)).not.toContain(Buffer.from(brokeredValue).toString("base64"));
+    }
+    expect((await exec(session.id, "echo $UPSTREAM_TOKEN")).stdout.trim()).toBe(envData.UPSTREAM_TOKEN);
+
+    // Allowed: through the daemon's forwarder and the gateway to the host.
+    const allowed = await exec(session.id, "curl -sS --max-time 10 http://api.example.test/hello");
+    expect(allowed).toMatchObject({ exitCode: 0, stdout: "hello from api.example.test\n" });
+    expect(outsideSeen).toContain("GET api.example.test/hello");
+    // Outside the policy: 403 from the gateway, nothing sent (the name is not even looked up).
+    const refused = await exec(session.id, "curl -sS --max-time 10 -o /dev/stderr -w '%{http_code}' http://blocked.example.test/secret-path");
+    expect(refused.stdout).toBe("403");
+    expect(outsideSeen.some((request) => request.includes("blocked.example.test"))).toBe(false);
+
+    // Both recorded in the session's log as egress events (written once a second).
+    type Egress = { host: string; port: number; method?: string; decision: string; status?: number; reason?: string };
+    const egressEvents = () => sql<{ payload: Egress }[]>`select payload from session_events where session_id = ${session.id} and type = 'egress' order by seq`;
+    await waitFor("the denied egress event", async () => ((await egressEvents()).some((event) => event.payload.decision === "denied") ? true : undefined), 15_000);
+    const events = (await egressEvents()).map((event) => event.payload);
+    expect(events).toContainEqual(expect.objectContaining({ host: "blocked.example.test", port: 80, method: "GET", decision: "denied", status: 403 }));
+    expect(events).toContainEqual(expect.objectContaining({ host: "api.example.test", port: 80, method: "GET", decision: "allowed", status: 200 }));
+    expect(berth.logs()).not.toContain(brokeredValue);
   });
 
   it("reconciliation removes Sandboxes no live session owns, and terminated sessions' workspaces", async () => {

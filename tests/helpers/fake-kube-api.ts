@@ -14,18 +14,25 @@
  * quantity) and, on update, the resize rules: only the storage request may change, it never shrinks,
  * and it grows only when the StorageClass allows expansion (`volumeExpansion`, default yes).
  *
+ * Secrets get core/v1's checks too: data keys, and a `kubernetes.io/tls` Secret must hold `tls.crt`
+ * and `tls.key`; a Secret's type cannot change.
+ *
  * Controller: each Sandbox in operatingMode Running gets a "pod": a real sandbox daemon process
  * (build/sandboxd.js, or sandboxd/main.ts through tsx) with the pod's resolved environment (env and
- * envFrom Secrets), its workspace volume mapped to a folder per PersistentVolumeClaim, listening on
- * the container's port at a loopback address of its own (127.0.0.N = the pod IP). Once the daemon
- * prints READY the Sandbox gets `status.serviceFQDN` (that address), podIPs and Ready=True.
+ * envFrom Secrets, secretKeyRef values), its workspace volume mapped to a folder per
+ * PersistentVolumeClaim, listening on the container's port at a loopback address of its own
+ * (127.0.0.N = the pod IP). Once the daemon prints READY the Sandbox gets `status.serviceFQDN` (that
+ * address), podIPs and Ready=True. Pods share the host's network (no NetworkPolicy): a daemon given
+ * `BERTH_DAEMON_GATEWAY=tcp:127.0.0.1:<port>` reaches a gateway listening there. What an image
+ * carries beyond the host's files (`imageFiles`, e.g. a harness binary at /opt/berth/bin/opencode)
+ * is bound at its path for that image's pods with bubblewrap (a mount namespace, nothing else).
  * `killDaemon` ends the process (restartPolicy Never: the pod fails, Ready=False PodFailed),
  * `deletePod` removes the pod (Ready=False until the controller makes a new one), deleting the
  * Sandbox stops its pod and garbage-collects objects it owns.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import http from "node:http";
 import os from "node:os";
 import path from "node:path";
@@ -380,6 +387,21 @@ export type FakeKubeApiOptions = {
    * a request for more storage on an existing claim is refused (403), as the resize admission does.
    */
   volumeExpansion?: boolean;
+  /**
+   * What an image carries besides the host's own filesystem, by image name: path in the pod → host
+   * file (e.g. `{ "berth:e2e": { "/opt/berth/bin/opencode": "/…/node_modules/…/opencode" } }`). A pod
+   * of such an image runs its daemon under bubblewrap (`bwrap --dev-bind / /`, the host's network,
+   * a mount namespace of its own) with each file bound read-only at its path, on a tmpfs over its
+   * deepest folder that exists on the host (e.g. /opt: the host's /opt is hidden from that pod), and
+   * a /tmp of its own (its `tmp` emptyDir), its workspace folder bound back in.
+   */
+  imageFiles?: Record<string, Record<string, string>>;
+  /**
+   * As the kubelet: each daemon runs as its pod's `securityContext` user and group (runAsUser,
+   * runAsGroup; the container's win), with its volumes group-owned by `fsGroup` and group-writable.
+   * Needs root (tests running as root); off by default (daemons run as the test's own user).
+   */
+  runAsPodUser?: boolean;
 };
 
 export class FakeKubeApi {
@@ -654,6 +676,11 @@ export class FakeKubeApi {
         for (const key of Object.keys(data)) if (!/^[-._a-zA-Z0-9]+$/.test(key)) reject(422, "Invalid", `Secret "${name}" is invalid: data[${key}]: Invalid value: a valid config key must consist of alphanumeric characters, '-', '_' or '.'`);
         object.data = data;
         delete object.stringData;
+        object.type ??= "Opaque";
+        if (object.type === "kubernetes.io/tls") {
+          for (const key of ["tls.crt", "tls.key"]) if (!(key in data)) reject(422, "Invalid", `Secret "${name}" is invalid: data[${key}]: Required value`);
+        }
+        if (existing && (existing.type ?? "Opaque") !== object.type) reject(422, "Invalid", `Secret "${name}" is invalid: type: Invalid value: ${JSON.stringify(object.type)}: field is immutable`);
       }
       return undefined;
     }
@@ -830,13 +857,15 @@ export class FakeKubeApi {
     this.setSandboxStatus(name, (status) => ({ ...status, conditions: [condition("Ready", "False", "DependenciesNotReady", "Pod is not ready")] }));
     try {
       this.reconcileVolumeClaims(sandbox, namespace);
-      const { env, workspace, port } = await this.resolvePod(sandbox, namespace);
+      const { env, workspace, port, image, user } = await this.resolvePod(sandbox, namespace);
       if (pod.ending) return;
       pod.env = env;
       pod.workspace = workspace;
       const script = path.join(ROOT, "build/sandboxd.js");
-      const args = existsSync(script) ? [script] : ["--import", "tsx", path.join(ROOT, "sandboxd/main.ts")];
-      const child = spawn(process.execPath, args, {
+      const daemon = [process.execPath, ...(existsSync(script) ? [script] : ["--import", "tsx", path.join(ROOT, "sandboxd/main.ts")])];
+      const asUser = user ? ["setpriv", `--reuid=${user.uid}`, `--regid=${user.gid}`, "--clear-groups", "--"] : [];
+      const [command, ...args] = [...podMounts(this.options.imageFiles?.[image ?? ""], workspace), ...asUser, ...daemon];
+      const child = spawn(command!, args, {
         cwd: workspace,
         env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...env, BERTH_DAEMON_LISTEN: `tcp:${ip}:${port}`, BERTH_WORKSPACE: workspace } as unknown as NodeJS.ProcessEnv,
         stdio: ["ignore", "pipe", "pipe"],
@@ -903,9 +932,14 @@ export class FakeKubeApi {
   }
 
   /** What the kubelet would give the container: env (incl. envFrom Secrets), volumes, port. */
-  private async resolvePod(sandbox: Obj, namespace: string): Promise<{ env: Record<string, string>; workspace: string; port: number }> {
+  private async resolvePod(
+    sandbox: Obj,
+    namespace: string,
+  ): Promise<{ env: Record<string, string>; workspace: string; port: number; image: string | undefined; user: { uid: number; gid: number } | null }> {
+    type SecurityContext = { runAsUser?: number; runAsGroup?: number; fsGroup?: number };
     const podSpec = ((sandbox.spec as Json).podTemplate as Json).spec as {
-      containers: Array<{ env?: Array<{ name: string; value?: string; valueFrom?: { secretKeyRef?: { name: string; key: string } } }>; envFrom?: Array<{ secretRef?: { name: string }; prefix?: string }>; volumeMounts?: Array<{ name: string; mountPath: string }>; ports?: Array<{ containerPort: number }> }>;
+      securityContext?: SecurityContext;
+      containers: Array<{ image?: string; securityContext?: SecurityContext; env?: Array<{ name: string; value?: string; valueFrom?: { secretKeyRef?: { name: string; key: string } } }>; envFrom?: Array<{ secretRef?: { name: string }; prefix?: string }>; volumeMounts?: Array<{ name: string; mountPath: string }>; ports?: Array<{ containerPort: number }> }>;
       volumes?: Array<{ name: string; persistentVolumeClaim?: { claimName: string }; emptyDir?: unknown }>;
     };
     const container = podSpec.containers[0]!;
@@ -940,7 +974,20 @@ export class FakeKubeApi {
     }
     mkdirSync(workspace, { recursive: true });
     for (const [key, value] of Object.entries(env)) if (value === mountPath) env[key] = workspace;
-    return { env, workspace, port };
+    let user: { uid: number; gid: number } | null = null;
+    if (this.options.runAsPodUser) {
+      const uid = container.securityContext?.runAsUser ?? podSpec.securityContext?.runAsUser ?? 0;
+      const gid = container.securityContext?.runAsGroup ?? podSpec.securityContext?.runAsGroup ?? 0;
+      user = { uid, gid };
+      // The kubelet makes a volume group-owned by fsGroup, group-writable, setgid; the folders above it are traversable.
+      const fsGroup = podSpec.securityContext?.fsGroup;
+      if (fsGroup !== undefined) {
+        chownSync(workspace, 0, fsGroup);
+        chmodSync(workspace, 0o2775);
+      }
+      for (let folder = path.dirname(workspace); folder.startsWith(this.dataDir); folder = path.dirname(folder)) chmodSync(folder, 0o711);
+    }
+    return { env, workspace, port, image: container.image, user };
   }
 
   // ---- the extensions controller: SandboxWarmPool and SandboxClaim (extensions/controllers/)
@@ -1162,6 +1209,49 @@ export class FakeKubeApi {
     const n = this.nextIp++;
     return `127.0.${Math.floor(n / 250)}.${(n % 250) + 2}`;
   }
+}
+
+/**
+ * The command prefix that gives a pod the files its image carries (FakeKubeApiOptions.imageFiles):
+ * bubblewrap with the host's root and network; a tmpfs over each file's deepest folder that exists
+ * on the host (nothing is created on the host) with the file bound read-only at its path; a /tmp of
+ * the pod's own (mode 1777), with the pod's workspace folder (under the stand-in's data dir, often in
+ * /tmp) bound back in at its path. No files: [] (the daemon runs on the host as it is).
+ */
+function podMounts(files: Record<string, string> | undefined, workspace: string): string[] {
+  if (!files || Object.keys(files).length === 0) return [];
+  const roots = new Map<string, string>([["/tmp", "1777"]]);
+  for (const [inPod, onHost] of Object.entries(files)) {
+    if (!path.isAbsolute(inPod) || !existsSync(onHost)) throw new Error(`imageFiles: ${inPod} must be absolute and ${onHost} must exist`);
+    let folder = path.dirname(inPod);
+    while (!existsSync(folder)) folder = path.dirname(folder);
+    if (folder === "/") throw new Error(`imageFiles: ${inPod} would need a tmpfs over / (make its top folder exist on the host)`);
+    if (![...roots.keys()].some((root) => folder === root || folder.startsWith(`${root}/`))) roots.set(folder, "0755");
+  }
+  const args = ["bwrap", "--dev-bind", "/", "/", "--die-with-parent"];
+  for (const [root, mode] of roots) args.push("--perms", mode, "--tmpfs", root);
+  const made = new Set<string>();
+  /** bwrap makes the folders on the way to a mount point 0700: these are made 0755 first. */
+  const folders = (target: string) => {
+    const root = [...roots.keys()].find((r) => target.startsWith(`${r}/`));
+    if (!root) return;
+    const chain: string[] = [];
+    for (let folder = path.dirname(target); folder !== root; folder = path.dirname(folder)) chain.unshift(folder);
+    for (const folder of chain) {
+      if (made.has(folder)) continue;
+      made.add(folder);
+      args.push("--perms", "0755", "--dir", folder);
+    }
+  };
+  for (const [inPod, onHost] of Object.entries(files)) {
+    folders(inPod);
+    args.push("--ro-bind", onHost, inPod);
+  }
+  if ([...roots.keys()].some((root) => workspace.startsWith(`${root}/`))) {
+    folders(workspace);
+    args.push("--bind", workspace, workspace);
+  }
+  return [...args, "--"];
 }
 
 function condition(type: string, status: "True" | "False" | "Unknown", reason: string, message: string) {
