@@ -45,13 +45,27 @@ export type EgressGatewayOptions = {
   extraUpstreamCa?: string;
   /** Open connections one sandbox may hold through the gateway. */
   maxConnectionsPerSandbox?: number;
+  /** Milliseconds; the defaults suit production (tests shorten them). */
+  timeouts?: Partial<GatewayTimeouts>;
+};
+
+type GatewayTimeouts = {
+  /** To establish a connection to a target (TCP, and TLS for inspected hosts). */
+  connectMs: number;
+  /** A tunnel, keep-alive connection or upstream request quiet this long is closed. */
+  idleMs: number;
+  /** For a client to send a request's headers (slowloris). */
+  headersMs: number;
 };
 
 const DEFAULT_MAX_CONNECTIONS_PER_SANDBOX = 256;
-const CONNECT_TIMEOUT_MS = 15_000;
+const DEFAULT_TIMEOUTS: GatewayTimeouts = { connectMs: 15_000, idleMs: 10 * 60_000, headersMs: 60_000 };
 const RESOLVE_TIMEOUT_MS = 10_000;
-/** A tunnel or keep-alive connection quiet this long is closed. */
-const IDLE_TIMEOUT_MS = 10 * 60_000;
+/** Longest host and reason an event carries (a sandbox chooses them: up to the 16 KiB of a request head). */
+const MAX_RECORDED_HOST = 300;
+const MAX_RECORDED_REASON = 600;
+/** Characters Node accepts in a header value or reason phrase (anything else throws when it is set). */
+const HEADER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
 /** Request headers that describe the hop: never forwarded. */
 const HOP_HEADERS = new Set(["connection", "keep-alive", "proxy-authorization", "proxy-connection", "proxy-authenticate", "te", "trailer", "transfer-encoding", "upgrade"]);
 const PROXY_REALM = 'Basic realm="berth-egress"';
@@ -59,37 +73,168 @@ const PROXY_REALM = 'Basic realm="berth-egress"';
 /** What the gateway learned about a client connection: the sandbox of a local socket, the target of an inspected tunnel. */
 type ConnectionInfo = { boundSandbox: string | null; inspected?: { host: string; port: number; sandbox: string } };
 
+/** Requests in progress on a client connection, the timer for its next request head (none once it is a tunnel), and its queue. */
+type HeadWatch = { active: number; timer?: NodeJS.Timeout; tunnel?: boolean; turn: Promise<void> };
+
+/** A brokered secret that cannot go into its header (unreadable, or not a valid header value): the request is answered 502. */
+class BrokeringError extends Error {}
+
+/**
+ * Upstream keep-alive connections are reused by one sandbox only (the request option `partition`
+ * is part of the pool's key): a connection that carried one sandbox's brokered credential never
+ * carries another's requests, so a request one sandbox smuggles onto it (a desync at a front end
+ * that frames bodies differently) cannot capture another sandbox's credential, and connection-bound
+ * state at the upstream (NTLM-style authentication) stays with the sandbox that set it up.
+ */
+type PartitionedOptions = { partition?: string };
+class PartitionedHttpAgent extends http.Agent {
+  override getName(options?: http.ClientRequestArgs & PartitionedOptions): string {
+    return `${super.getName(options)}:${options?.partition ?? ""}`;
+  }
+}
+class PartitionedHttpsAgent extends https.Agent {
+  override getName(options?: https.RequestOptions & PartitionedOptions): string {
+    return `${super.getName(options)}:${options?.partition ?? ""}`;
+  }
+}
+
 export class EgressGateway {
   private readonly proxy: http.Server;
   /** Requests inside tunnels the gateway inspects (TLS terminated with the installation's CA). */
   private readonly inspector: http.Server;
   private readonly info = new WeakMap<net.Socket, ConnectionInfo>();
   private readonly openBySandbox = new Map<string, number>();
+  /** Client connections counted in openBySandbox (each once, until it closes). */
+  private readonly held = new WeakSet<net.Socket>();
   private readonly listeners = new Set<net.Server>();
-  private readonly upstreamHttp = new http.Agent({ keepAlive: true, maxFreeSockets: 64, timeout: IDLE_TIMEOUT_MS });
+  /** Open client connections by listener: closing a listener (or the gateway) closes them too. */
+  private readonly clients = new Map<net.Server, Set<net.Socket>>();
+  private readonly heads = new WeakMap<net.Socket, HeadWatch>();
+  private readonly timeouts: GatewayTimeouts;
+  private readonly upstreamHttp: http.Agent;
   private readonly upstreamHttps: https.Agent;
 
   constructor(private readonly options: EgressGatewayOptions) {
-    this.upstreamHttps = new https.Agent({
+    this.timeouts = { ...DEFAULT_TIMEOUTS, ...options.timeouts };
+    const { idleMs } = this.timeouts;
+    this.upstreamHttp = new PartitionedHttpAgent({ keepAlive: true, maxFreeSockets: 64, timeout: idleMs });
+    this.upstreamHttps = new PartitionedHttpsAgent({
       keepAlive: true,
       maxFreeSockets: 64,
-      timeout: IDLE_TIMEOUT_MS,
+      timeout: idleMs,
       ...(options.extraUpstreamCa ? { ca: [...tls.rootCertificates, options.extraUpstreamCa] } : {}),
     });
-    this.proxy = http.createServer({ requestTimeout: 0 }, (req, res) => void this.onRequest(req, res));
-    this.proxy.on("connect", (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => void this.onConnect(req, socket, head));
-    this.proxy.on("upgrade", (req: http.IncomingMessage, socket: net.Socket) => {
-      answerRaw(socket, 501, `Berth egress gateway: protocol upgrades (${req.headers.upgrade ?? "?"}) over plain HTTP are not supported; use https:// (a CONNECT tunnel)`);
+    // These servers never listen themselves (connections are handed to them), so Node's connection
+    // tracking (headersTimeout, closeAllConnections) never starts: heads are timed by watchHeads and
+    // connections closed by close() from `clients`.
+    this.proxy = http.createServer({ requestTimeout: 0 }, (req, res) => {
+      this.inTurn(req.socket, res, () => this.onRequest(req, res).catch((error: unknown) => this.failed(error, res)));
     });
-    this.proxy.on("clientError", (_error, socket: net.Socket) => answerRaw(socket, 400, "Berth egress gateway: malformed request"));
+    this.proxy.on("connect", (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => {
+      this.headArrived(socket, null);
+      void this.onConnect(req, socket, head).catch((error: unknown) => {
+        this.options.logger.error({ err: error }, "egress gateway: a CONNECT failed unexpectedly");
+        answerRaw(socket, 500, "Berth egress gateway: internal error");
+      });
+    });
+    this.proxy.on("upgrade", (req: http.IncomingMessage, socket: net.Socket) => {
+      answerRaw(socket, 501, `Berth egress gateway: protocol upgrades (${truncate(req.headers.upgrade ?? "?", 100)}) over plain HTTP are not supported; use https:// (a CONNECT tunnel)`);
+    });
+    this.proxy.on("clientError", (error: NodeJS.ErrnoException, socket: net.Socket) => {
+      if (error.code === "ECONNRESET" || !socket.writable) return void socket.destroy();
+      if (error.code === "HPE_HEADER_OVERFLOW") return answerRaw(socket, 431, "Berth egress gateway: the request's headers are too large");
+      answerRaw(socket, 400, "Berth egress gateway: malformed request");
+    });
     this.proxy.keepAliveTimeout = 30_000;
-    this.proxy.timeout = IDLE_TIMEOUT_MS;
-    this.inspector = http.createServer({ requestTimeout: 0 }, (req, res) => void this.onInspectedRequest(req, res));
+    this.proxy.timeout = idleMs;
+    this.inspector = http.createServer({ requestTimeout: 0 }, (req, res) => {
+      this.inTurn(req.socket, res, () => this.onInspectedRequest(req, res).catch((error: unknown) => this.failed(error, res)));
+    });
     this.inspector.on("upgrade", (_req: http.IncomingMessage, socket: net.Socket) => {
       answerRaw(socket, 501, "Berth egress gateway: protocol upgrades are not supported on hosts the gateway inspects");
     });
     this.inspector.on("clientError", (_error, socket: net.Socket) => socket.destroy());
     this.inspector.keepAliveTimeout = 30_000;
+    this.inspector.timeout = idleMs;
+  }
+
+  /**
+   * Runs a request once the requests before it on its connection are answered. Node hands over
+   * pipelined requests as fast as they are parsed; forwarded at once, one connection could open any
+   * number of upstream connections (and have their answers buffered here), whatever the limit of
+   * connections per sandbox.
+   */
+  private inTurn(socket: net.Socket, res: http.ServerResponse, run: () => Promise<void>): void {
+    this.headArrived(socket, res);
+    const state = this.heads.get(socket);
+    if (!state) return void run();
+    const previous = state.turn;
+    const answered = new Promise<void>((resolve) => res.once("close", () => resolve()));
+    state.turn = previous.then(() => answered);
+    void previous.then(run);
+  }
+
+  /**
+   * A client connection must complete a request head within headersMs of opening and of its last
+   * answer (slowloris: a head sent a byte at a time would otherwise hold the connection for good).
+   */
+  private watchHeads(socket: net.Socket): void {
+    const state: HeadWatch = { active: 0, turn: Promise.resolve() };
+    this.heads.set(socket, state);
+    this.armHead(socket, state);
+    socket.once("close", () => clearTimeout(state.timer));
+  }
+
+  private armHead(socket: net.Socket, state: HeadWatch): void {
+    clearTimeout(state.timer);
+    if (state.tunnel) return;
+    state.timer = setTimeout(() => {
+      if (state.active === 0) answerRaw(socket, 408, `Berth egress gateway: no complete request within ${this.timeouts.headersMs / 1000} s`);
+    }, this.timeouts.headersMs);
+    state.timer.unref();
+  }
+
+  /** A request head arrived (`res`: its answer, after which the next head is timed; null: the connection is a tunnel now). */
+  private headArrived(socket: net.Socket, res: http.ServerResponse | null): void {
+    const state = this.heads.get(socket);
+    if (!state) return;
+    clearTimeout(state.timer);
+    state.timer = undefined;
+    if (!res) {
+      state.tunnel = true;
+      return void this.heads.delete(socket);
+    }
+    state.active++;
+    res.once("close", () => {
+      state.active--;
+      if (state.active === 0 && !socket.destroyed) this.armHead(socket, state);
+    });
+  }
+
+  /** A request handler threw (a bug): logged, answered 500, never left hanging. */
+  private failed(error: unknown, res: http.ServerResponse): void {
+    this.options.logger.error({ err: error }, "egress gateway: a request failed unexpectedly");
+    this.options.metrics?.egressErrors.inc({ kind: "internal" });
+    answer(res, 500, "Berth egress gateway: internal error");
+  }
+
+  /**
+   * Counts a client connection against its sandbox's limit (once; released when it closes). Over
+   * the network this is the only bound; on a sandbox's own socket the listener bounds them as well.
+   */
+  private hold(socket: net.Socket, name: string): { open: number; limit: number } | null {
+    const limit = this.options.maxConnectionsPerSandbox ?? DEFAULT_MAX_CONNECTIONS_PER_SANDBOX;
+    if (this.held.has(socket)) return null;
+    const open = this.openBySandbox.get(name) ?? 0;
+    if (open >= limit) return { open, limit };
+    this.openBySandbox.set(name, open + 1);
+    this.held.add(socket);
+    socket.once("close", () => {
+      const left = (this.openBySandbox.get(name) ?? 1) - 1;
+      if (left <= 0) this.openBySandbox.delete(name);
+      else this.openBySandbox.set(name, left);
+    });
+    return null;
   }
 
   /** Serves one local sandbox on a Unix socket of its own: connections on it can only be that sandbox's. */
@@ -104,11 +249,16 @@ export class EgressGateway {
   }
 
   private async listen(where: net.ListenOptions, boundSandbox: string | null) {
+    const clients = new Set<net.Socket>();
     const server = net.createServer({ noDelay: true }, (socket) => {
       this.info.set(socket, { boundSandbox });
+      clients.add(socket);
+      socket.once("close", () => clients.delete(socket));
       socket.on("error", () => socket.destroy());
+      this.watchHeads(socket);
       this.proxy.emit("connection", socket);
     });
+    this.clients.set(server, clients);
     // A sandbox's own socket: its open connections are bounded here (over the network, per CONNECT).
     if (boundSandbox !== null) server.maxConnections = this.options.maxConnectionsPerSandbox ?? DEFAULT_MAX_CONNECTIONS_PER_SANDBOX;
     this.listeners.add(server);
@@ -119,20 +269,20 @@ export class EgressGateway {
         resolve();
       });
     });
-    return {
-      server,
-      close: () =>
-        new Promise<void>((resolve) => {
-          this.listeners.delete(server);
-          server.close(() => resolve());
-        }),
-    };
+    return { server, close: () => this.closeListener(server) };
+  }
+
+  /** Stops accepting and ends the connections (tunnels included) that came in through this listener. */
+  private closeListener(server: net.Server): Promise<void> {
+    this.listeners.delete(server);
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    for (const socket of this.clients.get(server) ?? []) socket.destroy();
+    this.clients.delete(server);
+    return closed;
   }
 
   async close(): Promise<void> {
-    await Promise.all([...this.listeners].map((server) => new Promise((resolve) => server.close(resolve))));
-    this.proxy.closeAllConnections();
-    this.inspector.closeAllConnections();
+    await Promise.all([...this.listeners].map((server) => this.closeListener(server)));
     this.upstreamHttp.destroy();
     this.upstreamHttps.destroy();
     await this.options.log.flush();
@@ -159,12 +309,15 @@ export class EgressGateway {
     const url = req.url ?? "/";
     if (url.startsWith("/")) {
       // Not a proxy request: the model relay, reached directly at the loopback address.
+      if (!URL.canParse(url, "http://relay")) return answer(res, 400, `Berth egress gateway: "${truncate(url)}" is not a request path`);
       this.options.metrics?.egressRequests.inc({ decision: "allowed", kind: "model" });
       this.options.modelRelay(req, res, (token) => this.sandboxOf(req.socket, token) !== null);
       return;
     }
     const name = this.sandboxOf(req.socket, proxyToken(req));
     if (!name) return askForCredentials(res);
+    const over = this.hold(req.socket, name);
+    if (over) return answer(res, 429, `Berth egress gateway: this sandbox already has ${over.open} connections open (at most ${over.limit})`, { connection: "close" });
     let target: URL;
     try {
       target = new URL(url);
@@ -197,6 +350,12 @@ export class EgressGateway {
   private async onInspectedRequest(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const inspected = this.info.get(req.socket)?.inspected;
     if (!inspected) return answer(res, 500, "Berth egress gateway: lost track of this tunnel");
+    // Origin-form only: an absolute-form target (`GET https://other/`) names a host of its own, which
+    // an upstream server would honour over Host, with the tunnel host's credentials in the request.
+    if (!req.url?.startsWith("/")) {
+      req.resume();
+      return answer(res, 400, `Berth egress gateway: inside a tunnel to ${inspected.host}, requests name a path ("GET /x"), not "${truncate(req.url ?? "")}"`);
+    }
     const context = await this.contextOrRefuse(inspected.sandbox, res);
     if (!context) return;
     await this.forward(context, { scheme: "https", host: inspected.host, port: inspected.port, path: req.url ?? "/" }, req, res);
@@ -229,8 +388,19 @@ export class EgressGateway {
       return denied(res, target.host, target.port, error.reason);
     }
 
-    const { headers, brokered, stubsSeen } = this.outgoingHeaders(context, req, target);
-    const options: https.RequestOptions = {
+    let outgoing: ReturnType<EgressGateway["outgoingHeaders"]>;
+    try {
+      outgoing = this.outgoingHeaders(context, req, target);
+    } catch (error) {
+      if (!(error instanceof BrokeringError)) throw error;
+      req.resume();
+      this.options.metrics?.egressErrors.inc({ kind: "brokering" });
+      this.record(context, { ...base, status: 502, decision: "allowed", rule: decision.rule, reason: error.message, bytesOut: 0, bytesIn: 0, durationMs: elapsed(started) });
+      return answer(res, 502, `Berth egress gateway: ${error.message}`);
+    }
+    const { headers, brokered, stubsSeen } = outgoing;
+    const { connectMs, idleMs } = this.timeouts;
+    const options: https.RequestOptions & PartitionedOptions = {
       host: address.address,
       port: address.port,
       method,
@@ -238,13 +408,18 @@ export class EgressGateway {
       headers,
       setHost: false,
       agent: target.scheme === "https" ? this.upstreamHttps : this.upstreamHttp,
-      timeout: CONNECT_TIMEOUT_MS,
+      partition: context.sandboxName,
+      // Idle time once connected (an answer may take long to start: model APIs); connecting is bounded below.
+      timeout: idleMs,
       ...(target.scheme === "https" && !net.isIP(target.host) ? { servername: target.host } : {}),
     };
     let bytesOut = 0;
     let bytesIn = 0;
+    let recorded = false;
     req.on("data", (chunk: Buffer) => (bytesOut += chunk.length));
-    const finish = (status: number | undefined) =>
+    const finish = (status: number | undefined) => {
+      if (recorded) return;
+      recorded = true;
       this.record(context, {
         ...base,
         ...(status === undefined ? {} : { status }),
@@ -256,16 +431,32 @@ export class EgressGateway {
         ...(brokered.length ? { brokered } : {}),
         ...(stubsSeen.length ? { stubsSeen } : {}),
       });
+    };
     const upstream = (target.scheme === "https" ? https : http).request(options, (answerStream) => {
       const responseHeaders: http.OutgoingHttpHeaders = {};
       for (const [name, value] of Object.entries(answerStream.headers)) if (!HOP_HEADERS.has(name) && value !== undefined) responseHeaders[name] = value;
-      res.writeHead(answerStream.statusCode ?? 502, answerStream.statusMessage, responseHeaders);
+      // Node's client accepts reason phrases (control characters) its server refuses to write.
+      const reason = answerStream.statusMessage && HEADER_VALUE.test(answerStream.statusMessage) ? answerStream.statusMessage : undefined;
+      try {
+        res.writeHead(answerStream.statusCode ?? 502, reason, responseHeaders);
+      } catch (error) {
+        this.options.logger.warn({ err: error, host: target.host, port: target.port }, "egress gateway: an upstream answer could not be passed on");
+        upstream.destroy();
+        res.destroy();
+        return finish(502);
+      }
       answerStream.on("data", (chunk: Buffer) => (bytesIn += chunk.length));
       answerStream.pipe(res);
       answerStream.on("end", () => finish(answerStream.statusCode));
       answerStream.on("error", () => res.destroy());
     });
-    upstream.on("timeout", () => upstream.destroy(new Error(`no answer from ${target.host}:${target.port} within ${CONNECT_TIMEOUT_MS / 1000} s`)));
+    upstream.on("socket", (socket: net.Socket) => {
+      if (!socket.connecting) return; // a kept-alive connection
+      const timer = setTimeout(() => upstream.destroy(new Error(`no connection to ${target.host}:${target.port} within ${connectMs / 1000} s`)), connectMs);
+      socket.once(target.scheme === "https" ? "secureConnect" : "connect", () => clearTimeout(timer));
+      socket.once("close", () => clearTimeout(timer));
+    });
+    upstream.on("timeout", () => upstream.destroy(new Error(`no answer from ${target.host}:${target.port} within ${idleMs / 1000} s`)));
     upstream.on("error", (error) => {
       this.options.metrics?.egressErrors.inc({ kind: "upstream" });
       if (!res.headersSent) {
@@ -277,7 +468,10 @@ export class EgressGateway {
       }
     });
     res.on("close", () => {
-      if (!res.writableFinished) upstream.destroy();
+      if (res.writableFinished) return;
+      // The sandbox hung up first: the upstream call ends too, and is recorded with what it moved.
+      upstream.destroy();
+      finish(undefined);
     });
     req.pipe(upstream);
   }
@@ -301,12 +495,24 @@ export class EgressGateway {
     const hostText = net.isIPv6(target.host) ? `[${target.host}]` : target.host;
     headers.host = target.port === (target.scheme === "https" ? 443 : 80) ? hostText : `${hostText}:${target.port}`;
     const brokered: string[] = [];
-    const bound = target.scheme === "https" ? context.brokered.filter((credential) => credential.hosts.some((pattern) => hostMatches(pattern, target.host))) : [];
+    // TRACE makes the server echo the request, credential included, back to the sandbox.
+    const bound =
+      target.scheme === "https" && req.method !== "TRACE" ? context.brokered.filter((credential) => credential.hosts.some((pattern) => hostMatches(pattern, target.host))) : [];
     for (const credential of bound) {
       const name = credential.header.toLowerCase();
       const present = headers[name];
       if (present === undefined || String(present).includes(credential.stub)) {
-        headers[name] = credential.template.replaceAll("{{value}}", credential.value());
+        let value: string;
+        try {
+          value = credential.value();
+        } catch {
+          throw new BrokeringError(`the brokered secret ${credential.name} could not be read`);
+        }
+        // A function, not a string: "$&", "$$" or "$'" in a value are not replacement patterns.
+        const headerValue = credential.template.replaceAll("{{value}}", () => value);
+        // Never in the message: the value itself.
+        if (!HEADER_VALUE.test(headerValue)) throw new BrokeringError(`the brokered secret ${credential.name} cannot be sent: its value holds characters an HTTP header cannot carry`);
+        headers[name] = headerValue;
         brokered.push(credential.name);
       }
     }
@@ -325,7 +531,12 @@ export class EgressGateway {
 
   private async onConnect(req: http.IncomingMessage, client: net.Socket, head: Buffer): Promise<void> {
     const started = performance.now();
+    const { connectMs, idleMs } = this.timeouts;
     client.on("error", () => client.destroy());
+    // A tunnel quiet this long closes (Node's server stops watching a socket once it is a tunnel),
+    // including one to an inspected host whose TLS never starts.
+    client.setTimeout(idleMs);
+    client.on("timeout", () => client.destroy());
     const name = this.sandboxOf(client, proxyToken(req));
     if (!name) {
       client.end(`HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: ${PROXY_REALM}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`);
@@ -349,15 +560,8 @@ export class EgressGateway {
       this.record(context, { ...base, status: 403, decision: "denied", reason: decision.reason, bytesOut: 0, bytesIn: 0, durationMs: elapsed(started) });
       return answerRaw(client, 403, deniedText(host, port, decision.reason));
     }
-    const open = this.openBySandbox.get(name) ?? 0;
-    const limit = this.options.maxConnectionsPerSandbox ?? DEFAULT_MAX_CONNECTIONS_PER_SANDBOX;
-    if (open >= limit) return answerRaw(client, 429, `Berth egress gateway: this sandbox already has ${open} connections open (at most ${limit})`);
-    this.openBySandbox.set(name, open + 1);
-    client.once("close", () => {
-      const left = (this.openBySandbox.get(name) ?? 1) - 1;
-      if (left <= 0) this.openBySandbox.delete(name);
-      else this.openBySandbox.set(name, left);
-    });
+    const over = this.hold(client, name);
+    if (over) return answerRaw(client, 429, `Berth egress gateway: this sandbox already has ${over.open} connections open (at most ${over.limit})`);
 
     const inspect = context.brokered.some((credential) => credential.hosts.some((pattern) => hostMatches(pattern, host))) || needsInspection(context.policy as EgressPolicy, host, port);
     if (inspect) return this.inspect(client, head, { host, port, sandbox: name });
@@ -371,7 +575,7 @@ export class EgressGateway {
       return answerRaw(client, 403, deniedText(host, port, error.reason));
     }
     const upstream = net.connect({ host: address.address, port: address.port, noDelay: true });
-    upstream.setTimeout(CONNECT_TIMEOUT_MS);
+    upstream.setTimeout(connectMs);
     let bytesOut = head.length;
     let bytesIn = 0;
     let established = false;
@@ -383,8 +587,7 @@ export class EgressGateway {
     };
     upstream.once("connect", () => {
       established = true;
-      upstream.setTimeout(IDLE_TIMEOUT_MS);
-      client.setTimeout(IDLE_TIMEOUT_MS);
+      upstream.setTimeout(idleMs);
       client.write("HTTP/1.1 200 Connection Established\r\n\r\n");
       if (head.length) upstream.write(head);
       client.on("data", (chunk: Buffer) => (bytesOut += chunk.length));
@@ -392,8 +595,7 @@ export class EgressGateway {
       client.pipe(upstream);
       upstream.pipe(client);
     });
-    upstream.on("timeout", () => upstream.destroy(new Error(established ? "idle" : `no connection to ${host}:${port} within ${CONNECT_TIMEOUT_MS / 1000} s`)));
-    client.on("timeout", () => client.destroy());
+    upstream.on("timeout", () => upstream.destroy(new Error(established ? "idle" : `no connection to ${host}:${port} within ${connectMs / 1000} s`)));
     upstream.on("error", (error) => {
       if (!established) {
         this.options.metrics?.egressErrors.inc({ kind: "upstream" });
@@ -423,7 +625,9 @@ export class EgressGateway {
     if (head.length) client.unshift(head);
     const secure = new tls.TLSSocket(client, { isServer: true, secureContext, ALPNProtocols: ["http/1.1"] });
     secure.on("error", () => secure.destroy());
+    secure.once("close", () => client.destroy());
     this.info.set(secure, { boundSandbox: this.info.get(client)?.boundSandbox ?? null, inspected: target });
+    this.watchHeads(secure);
     this.inspector.emit("connection", secure);
   }
 
@@ -437,7 +641,9 @@ export class EgressGateway {
   }
 
   private record(context: SandboxEgressContext, record: EgressRecord): void {
-    this.options.log.record(context.sessionId, record);
+    const bounded = { ...record, host: truncate(record.host, MAX_RECORDED_HOST) };
+    if (record.reason !== undefined) bounded.reason = truncate(record.reason, MAX_RECORDED_REASON);
+    this.options.log.record(context.sessionId, bounded);
   }
 }
 
@@ -450,7 +656,12 @@ function proxyToken(req: http.IncomingMessage): string | null {
   if (scheme?.toLowerCase() !== "basic") return null;
   const decoded = Buffer.from(value, "base64").toString("utf8");
   const colon = decoded.indexOf(":");
-  return colon === -1 ? null : decodeURIComponent(decoded.slice(colon + 1));
+  if (colon === -1) return null;
+  try {
+    return decodeURIComponent(decoded.slice(colon + 1));
+  } catch {
+    return null; // not valid percent-encoding: not one of our tokens
+  }
 }
 
 function parseAuthority(authority: string): { host: string; port: number } | null {
