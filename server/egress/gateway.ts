@@ -59,6 +59,8 @@ type GatewayTimeouts = {
 };
 
 const DEFAULT_MAX_CONNECTIONS_PER_SANDBOX = 256;
+/** Connections the network listener (Kubernetes) holds at once, authenticated or not. */
+const MAX_NETWORK_CONNECTIONS = 16_384;
 const DEFAULT_TIMEOUTS: GatewayTimeouts = { connectMs: 15_000, idleMs: 10 * 60_000, headersMs: 60_000 };
 const RESOLVE_TIMEOUT_MS = 10_000;
 /** Longest host and reason an event carries (a sandbox chooses them: up to the 16 KiB of a request head). */
@@ -260,7 +262,9 @@ export class EgressGateway {
     });
     this.clients.set(server, clients);
     // A sandbox's own socket: its open connections are bounded here (over the network, per CONNECT).
-    if (boundSandbox !== null) server.maxConnections = this.options.maxConnectionsPerSandbox ?? DEFAULT_MAX_CONNECTIONS_PER_SANDBOX;
+    // Over the network (Kubernetes) connections come before anyone is known: all of them together are
+    // bounded too, so unauthenticated ones cannot exhaust the process's descriptors.
+    server.maxConnections = boundSandbox !== null ? (this.options.maxConnectionsPerSandbox ?? DEFAULT_MAX_CONNECTIONS_PER_SANDBOX) : MAX_NETWORK_CONNECTIONS;
     this.listeners.add(server);
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);

@@ -34,7 +34,12 @@ export function createModelRelay(options: { gateway: ModelRelayGateway | null; l
   const transport = root?.protocol === "https:" ? https : http;
 
   return (req, res, authenticate) => {
-    const url = new URL(req.url ?? "/", "http://relay");
+    let url: URL;
+    try {
+      url = new URL(req.url ?? "/", "http://relay");
+    } catch {
+      return refuse(res, 400, "bad_request", "the request target is not a path");
+    }
     if (!ALLOWED.some((allowed) => allowed.method === req.method && allowed.path === url.pathname)) {
       return refuse(res, 404, "not_found", `${req.method} ${url.pathname} is not a model endpoint the relay serves`);
     }

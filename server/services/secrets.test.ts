@@ -76,6 +76,40 @@ describe("secrets are write-only and never leak", () => {
     }
   });
 
+  it("brokered: the sandbox gets a stable stub, the list shows the brokering, header-unsafe values are refused", async () => {
+    const api = berth.client(KEY);
+    const agent = await api.agents.create.mutate({ name: "brokered", model: "demo" });
+    // The test above left a team-wide row that does not open on purpose.
+    for (const item of (await api.secrets.list.query({ limit: 100 })).items) if (item.agentId === null) await api.secrets.delete.mutate({ secretId: item.id });
+    const set = await api.secrets.set.mutate({ name: "GH_TOKEN", value: "ghp-real-1", agentId: agent.id, brokered: { hosts: ["API.GitHub.com.", "*.githubusercontent.com"] } });
+    expect(set.brokered).toEqual({ hosts: ["api.github.com", "*.githubusercontent.com"], header: "Authorization", template: "Bearer {{value}}" });
+    expect(JSON.stringify(set)).not.toContain("ghp-real-1");
+    const team = await api.teams.get.query();
+    const service = berth.services.forTeam({ teamId: team.id, role: "owner", actor: { type: "system", id: null }, userId: null, via: "api_key" }).secrets;
+    const before = (await service.environmentFor(agent.id)).GH_TOKEN!;
+    expect(before).toMatch(/^berth-stub-[0-9a-f]{40}$/);
+    // Rotation keeps the stub: a running sandbox's copy stays valid, the gateway uses the new value.
+    await api.secrets.set.mutate({ name: "GH_TOKEN", value: "ghp-real-2", agentId: agent.id, brokered: { hosts: ["api.github.com"], header: "X-Api-Key", template: "{{value}}" } });
+    expect((await service.environmentFor(agent.id)).GH_TOKEN).toBe(before);
+    // Setting it without `brokered` makes it a plain secret again.
+    await api.secrets.set.mutate({ name: "GH_TOKEN", value: "plain", agentId: agent.id });
+    expect((await service.environmentFor(agent.id)).GH_TOKEN).toBe("plain");
+
+    for (const [value, brokered] of [
+      ["line\r\nX-Injected: 1", { hosts: ["api.github.com"] }],
+      ["caf\u00e9", { hosts: ["api.github.com"] }],
+      ["ok", { hosts: [] }],
+      ["ok", { hosts: ["https://api.github.com"] }],
+      ["ok", { hosts: ["api.github.com"], header: "Host" }],
+      ["ok", { hosts: ["api.github.com"], header: "Proxy-Authorization" }],
+      ["ok", { hosts: ["api.github.com"], template: "Bearer" }],
+      ["ok", { hosts: ["api.github.com"], template: "Bearer {{value}}\nX: y" }],
+    ] as const) {
+      await expect(api.secrets.set.mutate({ name: "BAD", value, brokered: brokered as never }), JSON.stringify(brokered)).rejects.toThrow();
+    }
+    expect((await api.secrets.list.query({ limit: 100 })).items.map((item) => item.name)).not.toContain("BAD");
+  });
+
   it("cannot be opened with another key", () => {
     const sealed = new SecretBox(randomBytes(32)).seal("value", "aad");
     expect(() => new SecretBox(randomBytes(32)).open(sealed, "aad")).toThrow();

@@ -65,8 +65,9 @@ export class SecretService {
     requireRole(this.principal, "admin", "setting secrets");
     const agentId = input.agentId ?? null;
     const brokered = input.brokered ?? null;
-    if (brokered && /[\r\n\0]/.test(brokered.template.replaceAll("{{value}}", input.value))) {
-      throw invalid("a brokered secret's value goes into an HTTP header: it must not contain line breaks or NUL");
+    // What an HTTP header can carry as it is: tabs and printable ASCII (a line break would split it).
+    if (brokered && !/^[\t\x20-\x7e]*$/.test(brokered.template.replaceAll("{{value}}", () => input.value))) {
+      throw invalid("a brokered secret's value goes into an HTTP header: it may hold only printable ASCII characters and tabs (no line breaks, control or non-ASCII characters)");
     }
     if (agentId) await this.assertOwnAgent(agentId);
     const ciphertext = this.box.seal(input.value, associatedData(this.principal.teamId, agentId, input.name));
