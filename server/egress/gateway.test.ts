@@ -853,6 +853,42 @@ describe("CONNECT tunnels", () => {
     expect(events).toEqual([expect.objectContaining({ host: "tunnel.test", port: echoPort, method: "CONNECT", status: 200, decision: "allowed", rule: `tunnel.test:${echoPort}`, bytesOut: 10, bytesIn: 10 })]);
   });
 
+  it("an open tunnel that an edit of the policy no longer allows is closed, and the closing recorded as a denial", async () => {
+    const quick = await startGateway({ timeouts: { recheckMs: 100 } });
+    try {
+      const session = serve("sbx-a", allowlist());
+      const open = await tunnel(quick.a, `tunnel.test:${echoPort}`, TOKEN_A);
+      expect(open.status).toBe(200);
+      open.socket.write("ping!");
+      expect(await open.reader.bytes(5)).toBe("ping!");
+      const closed = new Promise<void>((resolve) => open.socket.once("close", () => resolve()));
+      // The same session, its agent's policy edited: tunnel.test is gone from the allow-list.
+      contexts.set("sbx-a", { sandboxName: "sbx-a", sessionId: session, teamId: "team", agentId: "agent", policy: { mode: "allowlist", allow: [{ host: "allowed.test", ports: [plainPort] }] }, brokered: [] });
+      await closed;
+      const events = await eventsWhen(quick, session, (list) => list.some((event) => event.decision === "denied"));
+      expect(events).toContainEqual(expect.objectContaining({ host: "tunnel.test", decision: "denied", reason: expect.stringMatching(/open tunnel closed: the agent's egress policy changed/) }));
+    } finally {
+      await quick.close();
+    }
+  });
+
+  it("an open tunnel to a host that gets a brokered credential is closed (its next connection is inspected)", async () => {
+    const quick = await startGateway({ timeouts: { recheckMs: 100 } });
+    try {
+      const session = serve("sbx-a", allowlist());
+      const open = await tunnel(quick.a, `tunnel.test:${echoPort}`, TOKEN_A);
+      expect(open.status).toBe(200);
+      const closed = new Promise<void>((resolve) => open.socket.once("close", () => resolve()));
+      contexts.set("sbx-a", { sandboxName: "sbx-a", sessionId: session, teamId: "team", agentId: "agent", policy: allowlist(), brokered: [credential("TOKEN", ["tunnel.test"], () => "v")] });
+      await closed;
+      expect(await eventsWhen(quick, session, (list) => list.some((event) => event.decision === "denied"))).toContainEqual(
+        expect.objectContaining({ host: "tunnel.test", decision: "denied", reason: expect.stringMatching(/now inspects this host/) }),
+      );
+    } finally {
+      await quick.close();
+    }
+  });
+
   it("a target that refuses the connection: 502, recorded", async () => {
     const session = serve("sbx-a", allowlist());
     const open = await tunnel(gw.a, `gone.test:${closedPort}`, TOKEN_A);

@@ -56,12 +56,19 @@ type GatewayTimeouts = {
   idleMs: number;
   /** For a client to send a request's headers (slowloris). */
   headersMs: number;
+  /** How often open tunnels are checked against the sandbox's current policy. */
+  recheckMs: number;
 };
+
+/** An untouched tunnel (the gateway sees only its host and port) while it is open. */
+type OpenTunnel = { host: string; port: number; close(reason: string): void };
 
 const DEFAULT_MAX_CONNECTIONS_PER_SANDBOX = 256;
 /** Connections the network listener (Kubernetes) holds at once, authenticated or not. */
 const MAX_NETWORK_CONNECTIONS = 16_384;
-const DEFAULT_TIMEOUTS: GatewayTimeouts = { connectMs: 15_000, idleMs: 10 * 60_000, headersMs: 60_000 };
+const DEFAULT_TIMEOUTS: GatewayTimeouts = { connectMs: 15_000, idleMs: 10 * 60_000, headersMs: 60_000, recheckMs: 2_000 };
+/** Sandboxes whose tunnels are re-checked at once (each is one policy read). */
+const RECHECK_CONCURRENCY = 8;
 const RESOLVE_TIMEOUT_MS = 10_000;
 /** Longest host and reason an event carries (a sandbox chooses them: up to the 16 KiB of a request head). */
 const MAX_RECORDED_HOST = 300;
@@ -106,6 +113,9 @@ export class EgressGateway {
   private readonly inspector: http.Server;
   private readonly info = new WeakMap<net.Socket, ConnectionInfo>();
   private readonly openBySandbox = new Map<string, number>();
+  /** Open untouched tunnels by sandbox: an edit of the policy closes those it no longer allows. */
+  private readonly tunnels = new Map<string, Set<OpenTunnel>>();
+  private recheckTimer: NodeJS.Timeout | null = null;
   /** Client connections counted in openBySandbox (each once, until it closes). */
   private readonly held = new WeakSet<net.Socket>();
   private readonly listeners = new Set<net.Server>();
@@ -286,6 +296,8 @@ export class EgressGateway {
   }
 
   async close(): Promise<void> {
+    if (this.recheckTimer) clearInterval(this.recheckTimer);
+    this.recheckTimer = null;
     await Promise.all([...this.listeners].map((server) => this.closeListener(server)));
     this.upstreamHttp.destroy();
     this.upstreamHttps.destroy();
@@ -591,6 +603,17 @@ export class EgressGateway {
     };
     upstream.once("connect", () => {
       established = true;
+      const tunnel: OpenTunnel = {
+        host,
+        port,
+        close: (reason) => {
+          this.record(context, { ...base, status: 403, decision: "denied", rule: decision.rule, reason, bytesOut: 0, bytesIn: 0, durationMs: elapsed(started) });
+          upstream.destroy();
+          client.destroy();
+        },
+      };
+      this.trackTunnel(name, tunnel);
+      upstream.once("close", () => this.untrackTunnel(name, tunnel));
       upstream.setTimeout(idleMs);
       client.write("HTTP/1.1 200 Connection Established\r\n\r\n");
       if (head.length) upstream.write(head);
@@ -613,6 +636,62 @@ export class EgressGateway {
       if (established) finish(200);
     });
     client.on("close", () => upstream.destroy());
+  }
+
+  private trackTunnel(sandbox: string, tunnel: OpenTunnel): void {
+    let open = this.tunnels.get(sandbox);
+    if (!open) this.tunnels.set(sandbox, (open = new Set()));
+    open.add(tunnel);
+    this.recheckTimer ??= setInterval(() => void this.recheckTunnels(), this.timeouts.recheckMs).unref();
+  }
+
+  private untrackTunnel(sandbox: string, tunnel: OpenTunnel): void {
+    const open = this.tunnels.get(sandbox);
+    open?.delete(tunnel);
+    if (open?.size === 0) this.tunnels.delete(sandbox);
+    if (this.tunnels.size === 0 && this.recheckTimer) {
+      clearInterval(this.recheckTimer);
+      this.recheckTimer = null;
+    }
+  }
+
+  private rechecking = false;
+
+  /**
+   * Holds open tunnels to the sandbox's current policy: one that an edit no longer allows (or that
+   * must now be inspected: a brokered credential or a method/path rule for its host) is closed,
+   * and the closing is recorded as a denial. Requests the gateway sees are checked one by one anyway.
+   */
+  private async recheckTunnels(): Promise<void> {
+    if (this.rechecking) return;
+    this.rechecking = true;
+    try {
+      const sandboxes = [...this.tunnels.keys()];
+      for (let at = 0; at < sandboxes.length; at += RECHECK_CONCURRENCY) {
+        await Promise.all(
+          sandboxes.slice(at, at + RECHECK_CONCURRENCY).map(async (sandbox) => {
+            let context: SandboxEgressContext | null;
+            try {
+              context = await this.contextOf(sandbox);
+            } catch {
+              return; // the database is away: keep what is open, look again next time
+            }
+            for (const tunnel of [...(this.tunnels.get(sandbox) ?? [])]) {
+              if (!context) {
+                tunnel.close("closed: the sandbox no longer serves a session");
+                continue;
+              }
+              const decision = decideEgress(context.policy as EgressPolicy, { host: tunnel.host, port: tunnel.port });
+              const inspect = context.brokered.some((credential) => credential.hosts.some((pattern) => hostMatches(pattern, tunnel.host))) || needsInspection(context.policy as EgressPolicy, tunnel.host, tunnel.port);
+              if (!decision.allowed) tunnel.close(`open tunnel closed: the agent's egress policy changed (${decision.reason ?? "no longer allowed"})`);
+              else if (inspect) tunnel.close("open tunnel closed: the agent's egress policy now inspects this host (a brokered credential or a method/path rule)");
+            }
+          }),
+        );
+      }
+    } finally {
+      this.rechecking = false;
+    }
   }
 
   /** Terminates the tunnel's TLS with a certificate for the host from the installation's CA; its requests go to `inspector`. */

@@ -1,10 +1,12 @@
 import { execFileSync } from "node:child_process";
-import { chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync } from "node:fs";
+import net from "node:net";
 import os from "node:os";
 import path from "node:path";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from "vitest";
 import { createBerthClient } from "../../server/client";
 import { SECCOMP_TABLES, type SeccompArch } from "../../server/sandbox/seccomp";
+import { abstractProbe, listenAbstract, probeAbstractOnHost } from "../helpers/abstract-socket";
 import { descendants, freePort, readyzStatus, startProcess, waitFor, type BerthProcess } from "../helpers/processes";
 
 /**
@@ -92,7 +94,7 @@ describe(`sandbox escape probes (Berth running as ${serverUser ?? (asRoot ? "roo
           HOST: "127.0.0.1",
           BERTH_ADMIN_API_KEY: ADMIN_KEY,
           BERTH_WARM_POOL_SIZE: "0",
-          // A model relay socket in every jail's run folder (never called here).
+          // The model relay (now the egress gateway's origin-form route) has an upstream to name (never called here).
           LITELLM_BASE_URL: "http://127.0.0.1:9",
         },
         runAs,
@@ -226,16 +228,16 @@ describe(`sandbox escape probes (Berth running as ${serverUser ?? (asRoot ? "roo
 
   it("/run/berth is read-only to the sandbox, but for the daemon's own socket folder", async () => {
     const result = await exec(
-      "ls /run/berth; touch /run/berth/x; echo touch=$?; rm -f /run/berth/model.sock; echo rm=$?; ln -sf /workspace /run/berth/link; echo ln=$?; ls /run/berth",
+      "ls /run/berth; touch /run/berth/x; echo touch=$?; rm -f /run/berth/egress.sock; echo rm=$?; ln -sf /workspace /run/berth/link; echo ln=$?; ls /run/berth",
     );
     expect(result.stdout).toMatch(/touch=[1-9]/);
     expect(result.stdout).toMatch(/rm=[1-9]/);
     expect(result.stdout).toMatch(/ln=[1-9]/);
-    expect(result.stdout.match(/model\.sock/g)).toHaveLength(2);
+    expect(result.stdout.match(/egress\.sock/g)).toHaveLength(2);
     // As root the daemon's folder is sealed once its socket exists: the socket cannot be swapped for a
     // link root would dial, and nothing can be written there. (Not as another user: docs/security.md.)
     if (asRoot) {
-      const daemonFolder = await exec("mkdir /run/berth/daemon/x; echo mkdir=$?; ln -sf /run/berth/model.sock /run/berth/daemon/daemon.sock; echo swap=$?");
+      const daemonFolder = await exec("mkdir /run/berth/daemon/x; echo mkdir=$?; ln -sf /run/berth/egress.sock /run/berth/daemon/daemon.sock; echo swap=$?");
       expect(daemonFolder.stdout).toMatch(/mkdir=[1-9]/);
       expect(daemonFolder.stdout).toMatch(/swap=[1-9]/);
       expect((await exec("echo daemon-still-answers")).stdout).toBe("daemon-still-answers\n");
@@ -301,6 +303,106 @@ describe(`sandbox escape probes (Berth running as ${serverUser ?? (asRoot ? "roo
     expect(before - statfsFree(dataDir)).toBeLessThan(300 * 1024 * 1024);
   });
 
+  // The network (issue 25): a jail has its own network namespace with loopback only; its one way out
+  // is the egress gateway's socket, and the gateway never connects to the host's loopback. Probes
+  // only ever talk to 127.0.0.1 (inside the jail, that is the jail's own loopback).
+
+  it("no jail reaches the platform's port or a database's port on the host's loopback, directly or through the egress gateway", async () => {
+    const databasePorts = [embeddedPostgresPort(dataDir), testRunPostgresPort()].filter((value): value is number => value !== null);
+    expect(databasePorts.length).toBeGreaterThanOrEqual(1);
+    const targets = [port, ...databasePorts];
+    // The targets answer on the host: what fails below fails for the jail's sake.
+    for (const target of targets) expect(await hostConnects(target), `host reaches 127.0.0.1:${target}`).toBe(true);
+
+    const probe = (target: number) =>
+      [
+        `curl --noproxy '*' -sS -m 5 -o /dev/null http://127.0.0.1:${target}/healthz 2>/dev/null; echo direct-${target}=$?`,
+        `(exec 3<>/dev/tcp/127.0.0.1/${target}) 2>/dev/null; echo tcp-${target}=$?`,
+        `perl -MIO::Socket::INET -e 'print "perl-${target}=", (IO::Socket::INET->new(PeerAddr => "127.0.0.1", PeerPort => ${target}, Timeout => 5) ? "connected" : "refused"), "\\n"'`,
+        // NO_PROXY names 127.0.0.1: --noproxy '' sends it through the gateway all the same.
+        `curl -sS -m 10 --noproxy '' -x "$HTTP_PROXY" -o /dev/null -w 'proxy-${target}=%{http_code}\\n' http://127.0.0.1:${target}/healthz 2>/dev/null`,
+        `curl -sS -m 10 --noproxy '' -p -x "$HTTP_PROXY" -o /dev/null -w 'connect-${target}=%{http_connect}\\n' http://127.0.0.1:${target}/healthz 2>/dev/null`,
+      ].join("\n");
+    const expectUnreachable = (stdout: string) => {
+      for (const target of targets) {
+        expect(stdout, `${target}: ${stdout}`).toMatch(new RegExp(`^direct-${target}=7$`, "m")); // could not connect
+        expect(stdout).toMatch(new RegExp(`^tcp-${target}=1$`, "m"));
+        expect(stdout).toMatch(new RegExp(`^perl-${target}=refused$`, "m"));
+        expect(stdout).toMatch(new RegExp(`^proxy-${target}=403$`, "m"));
+        expect(stdout).toMatch(new RegExp(`^connect-${target}=403$`, "m"));
+      }
+    };
+
+    // The suite's own agent: no egress at all (the default).
+    expectUnreachable((await exec(targets.map(probe).join("\n"))).stdout);
+
+    // An agent with open egress, and one whose allow-list names exactly these ports: the gateway's
+    // address rules refuse loopback whatever the policy says.
+    const admin = createBerthClient({ url: `http://127.0.0.1:${port}`, apiKey: ADMIN_KEY });
+    for (const egress of [{ mode: "open" as const, allow: [] }, { mode: "allowlist" as const, allow: [{ host: "127.0.0.1", ports: targets }] }]) {
+      const agent = await admin.agents.create.mutate({ name: `probe-net-${egress.mode}`, model: "demo", memoryMb: 256, diskMb: 256, egress });
+      const { id } = await api.sessions.create.mutate({ agentId: agent.id });
+      await waitFor(`the ${egress.mode} session's sandbox`, async () => {
+        const current = await api.sessions.get.query({ sessionId: id });
+        if (current.status === "failed") throw new Error(`sandbox failed: ${berth.output().slice(-2000)}`);
+        return current.status === "ready" ? true : undefined;
+      }, 90_000);
+      const result = await api.sessions.exec.mutate({ sessionId: id, command: `${targets.map(probe).join("\n")}\ncurl -sS -m 10 --noproxy '' -x "$HTTP_PROXY" http://127.0.0.1:${port}/healthz`, timeoutMs: 120_000 });
+      expectUnreachable(result.stdout);
+      expect(result.stdout, egress.mode).toMatch(/127\.0\.0\.1.* is loopback/);
+      await api.sessions.terminate.mutate({ sessionId: id });
+    }
+  });
+
+  it("a jail's network namespace is not the host's: nothing but lo inside, no route, and the host's abstract Unix sockets are out of reach", async () => {
+    const abstractName = `berth-escape-abstract-${process.pid}-${Date.now()}`;
+    const abstract = await listenAbstract(abstractName);
+    try {
+      // The same probe reaches it from the host: what fails in the jail fails for the jail's sake.
+      expect(await probeAbstractOnHost(abstractName)).toBe("abstract=connected");
+      const result = await exec(
+        [
+          "echo netns=$(readlink /proc/self/ns/net)",
+          "echo devices=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\\n' ' ')",
+          "echo v6-devices=$(awk '{print $6}' /proc/net/if_inet6 | sort -u | tr '\\n' ' ')",
+          // No route out: the main IPv4 table is empty (no default route; loopback's routes live in the local table).
+          "echo routes4=$(tail -n +2 /proc/net/route | wc -l)",
+          `echo abstract-listed=$(grep -c '@${abstractName}' /proc/net/unix)`,
+          abstractProbe(abstractName),
+        ].join("\n"),
+      );
+      const field = (name: string) => result.stdout.match(new RegExp(`^${name}=(.*)$`, "m"))?.[1]?.trim();
+      const netns = field("netns");
+      expect(netns, result.stdout).toMatch(/^net:\[\d+\]$/);
+      // The host's namespace (this test process), and the platform's own (readable to root and to the user Berth runs as).
+      expect(netns).not.toBe(readlinkSync("/proc/self/ns/net"));
+      const platformNetns = (() => {
+        try {
+          return readlinkSync(`/proc/${berth.child.pid}/ns/net`);
+        } catch {
+          return null;
+        }
+      })();
+      if (platformNetns !== null) expect(netns).not.toBe(platformNetns);
+      // It is the namespace of the jail's processes as the host sees them (where the host may look).
+      const jailNamespaces = processTree(jailPid).flatMap(({ pid }) => {
+        try {
+          return [readlinkSync(`/proc/${pid}/ns/net`)];
+        } catch {
+          return [];
+        }
+      });
+      if (jailNamespaces.length > 0) expect(jailNamespaces).toContain(netns);
+      expect(field("devices")).toBe("lo");
+      expect(field("v6-devices")).toMatch(/^(lo)?$/);
+      expect(field("routes4")).toBe("0");
+      expect(field("abstract-listed")).toBe("0");
+      expect(field("abstract")).toBe("refused");
+    } finally {
+      abstract.close();
+    }
+  });
+
   it("a tree nested past PATH_MAX where the sandbox can write neither outlives its session nor keeps Berth from starting again", async () => {
     const agent = (await api.agents.list.query({})).items.find((item) => item.name === "probe")!;
     const { id: deepSession } = await api.sessions.create.mutate({ agentId: agent.id });
@@ -356,4 +458,36 @@ function cgroupsActive(pid: number): boolean {
 function statfsFree(dir: string): number {
   const output = execFileSync("df", ["--output=avail", "-B1", dir], { encoding: "utf8" });
   return Number(output.trim().split("\n")[1]);
+}
+
+/** The port of the embedded Postgres Berth started in `dataDir` (line 4 of postmaster.pid), or null. */
+function embeddedPostgresPort(dataDir: string): number | null {
+  try {
+    const port = Number(readFileSync(path.join(dataDir, "pg", "postmaster.pid"), "utf8").split("\n")[3]);
+    return Number.isInteger(port) && port > 0 ? port : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The port of the test run's own Postgres when it listens on 127.0.0.1 (these probes talk to no other address). */
+function testRunPostgresPort(): number | null {
+  const url = new URL(inject("postgresAdminUrl"));
+  return ["127.0.0.1", "localhost"].includes(url.hostname) && url.port ? Number(url.port) : null;
+}
+
+/** Whether a TCP connection from the host to 127.0.0.1:port is accepted. */
+function hostConnects(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: "127.0.0.1", port });
+    socket.setTimeout(5_000, () => {
+      socket.destroy();
+      resolve(false);
+    });
+    socket.once("connect", () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once("error", () => resolve(false));
+  });
 }
