@@ -1,9 +1,11 @@
 #!/usr/bin/env node
 // Starts the built server (build/main.js) under a given runtime on a fresh embedded database, checks
 // /readyz, the home page and system.health, runs `run: echo …` with the offline demo model in a new
-// session (its sandbox daemon runs on the same runtime), then SIGTERMs it and expects exit 0.
+// session (its sandbox daemon runs on the same runtime), fetches a stand-in outside host through the
+// egress gateway with curl in the sandbox, then SIGTERMs it and expects exit 0.
 // Usage: node bin/smoke-built-server.mjs [runtime-binary]   (default: this node)
 import { spawn } from "node:child_process";
+import http from "node:http";
 import { mkdtempSync, rmSync } from "node:fs";
 import net from "node:net";
 import os from "node:os";
@@ -17,9 +19,12 @@ const port = await new Promise((resolve) => {
     server.close(() => resolve(port));
   });
 });
+// An "outside host" on 127.0.0.1, reached from the sandbox only through the egress gateway.
+const outside = http.createServer((req, res) => res.end(`outside says hi to ${req.headers.host}\n`));
+const outsidePort = await new Promise((resolve) => outside.listen(0, "127.0.0.1", () => resolve(outside.address().port)));
 const dataDir = mkdtempSync(path.join(os.tmpdir(), "berth-smoke-"));
 const child = spawn(runtime, ["build/main.js"], {
-  env: { PATH: process.env.PATH, HOME: process.env.HOME, PORT: String(port), HOST: "127.0.0.1", BERTH_DATA_DIR: dataDir, BERTH_ADMIN_API_KEY: API_KEY, BERTH_WARM_POOL_SIZE: "0" },
+  env: { PATH: process.env.PATH, HOME: process.env.HOME, PORT: String(port), HOST: "127.0.0.1", BERTH_DATA_DIR: dataDir, BERTH_ADMIN_API_KEY: API_KEY, BERTH_WARM_POOL_SIZE: "0", BERTH_EGRESS_RESOLVE: `smoke.example.test=127.0.0.1:${outsidePort}` },
   stdio: ["ignore", "pipe", "pipe"],
 });
 let output = "";
@@ -67,7 +72,7 @@ async function until(what, probe, timeoutMs) {
     await new Promise((resolve) => setTimeout(resolve, 200));
   }
 }
-const agent = await call("mutation", "agents.create", { name: "smoke", model: "demo" });
+const agent = await call("mutation", "agents.create", { name: "smoke", model: "demo", egress: { mode: "allowlist", allow: [{ host: "smoke.example.test" }] } });
 const { id: sessionId } = await call("mutation", "sessions.create", { agentId: agent.id });
 await until("the session's sandbox to be ready", async () => (await call("query", "sessions.get", { sessionId })).status === "ready", 60_000);
 await call("mutation", "sessions.send", { sessionId, text: "run: echo smoke-$((40 + 2))" });
@@ -81,10 +86,13 @@ const answered = await until(
 );
 const result = answered.find((event) => event.type === "tool_result");
 if (!String(result?.payload?.output).includes("smoke-42")) fail(`the command's result was ${JSON.stringify(result)}`);
+const fetched = await call("mutation", "sessions.exec", { sessionId, command: "curl -sS http://smoke.example.test/" });
+if (fetched.stdout !== "outside says hi to smoke.example.test\n") fail(`curl through the egress gateway gave ${JSON.stringify(fetched)}`);
+outside.close();
 
 const stoppedAt = Date.now();
 child.kill("SIGTERM");
 const exit = await exited;
 rmSync(dataDir, { recursive: true, force: true });
 if (exit.code !== 0) fail(`exit ${JSON.stringify(exit)} after SIGTERM`);
-console.log(`smoke (${runtime}): ready, home page and health ok, a command ran in a session's sandbox; SIGTERM exit 0 in ${Date.now() - stoppedAt} ms`);
+console.log(`smoke (${runtime}): ready, home page and health ok, a command ran in a session's sandbox, curl reached an allowed host through the egress gateway; SIGTERM exit 0 in ${Date.now() - stoppedAt} ms`);

@@ -1,4 +1,6 @@
-import { useState, type FormEvent } from "react";
+import { useEffect, useRef, useState, type FormEvent } from "react";
+import { EGRESS_MODE_HINT, EGRESS_MODES, type EgressMode, type EgressRule } from "../lib/egress";
+import { formatAllowRule, parseAllowRules } from "../lib/egress-rules";
 import { fieldErrors } from "../lib/errors";
 import type { Agent } from "../lib/types";
 import { Field, MutationError } from "./ui";
@@ -13,7 +15,9 @@ type FormValues = {
   cpuMillis: string;
   memoryMb: string;
   diskMb: string;
-  network: Agent["network"];
+  egressMode: EgressMode;
+  /** One rule a line, in the one-line syntax of `berth agents create --allow`. */
+  allowRules: string;
   idleTimeoutSeconds: string;
   maxSteps: string;
   busyPolicy: Agent["busyPolicy"];
@@ -30,7 +34,8 @@ export type AgentInput = {
   cpuMillis: number;
   memoryMb: number;
   diskMb: number;
-  network: Agent["network"];
+  /** Sent instead of the `network` shorthand, which the server derives from it. */
+  egress: { mode: EgressMode; allow: EgressRule[] };
   idleTimeoutSeconds: number;
   maxSteps: number;
   busyPolicy: Agent["busyPolicy"];
@@ -47,7 +52,8 @@ const DEFAULTS: FormValues = {
   cpuMillis: "1000",
   memoryMb: "1024",
   diskMb: "2048",
-  network: "none",
+  egressMode: "none",
+  allowRules: "",
   idleTimeoutSeconds: "900",
   maxSteps: "20",
   busyPolicy: "queue",
@@ -65,7 +71,8 @@ function valuesOf(agent: Agent): FormValues {
     cpuMillis: String(agent.cpuMillis),
     memoryMb: String(agent.memoryMb),
     diskMb: String(agent.diskMb),
-    network: agent.network,
+    egressMode: agent.egress.mode,
+    allowRules: agent.egress.allow.map(formatAllowRule).join("\n"),
     idleTimeoutSeconds: String(agent.idleTimeoutSeconds),
     maxSteps: String(agent.maxSteps),
     busyPolicy: agent.busyPolicy,
@@ -100,7 +107,22 @@ const NUMBERS = {
   warmPoolSize: [0, 50],
 } as const;
 
-function toInput(values: FormValues): { input?: AgentInput; errors: Record<string, string> } {
+const EGRESS_OPTION: Record<EgressMode, string> = {
+  none: "none: no network",
+  allowlist: "allow-list: only the rules below",
+  open: "open: any public host",
+};
+
+const RULES_PLACEHOLDER = ["api.example.com", "*.github.com:443", "registry.npmjs.org:443 GET /*", "[2001:db8::1]:8080"].join("\n");
+
+/** The first errors of the rule lines, as one message (a long pasted list may have many). */
+function ruleErrorsMessage(errors: Array<{ line: number; message: string }>): string {
+  const shown = errors.slice(0, 3).map((error) => `Line ${error.line}: ${error.message}`);
+  if (errors.length > 3) shown.push(`and ${errors.length - 3} more lines`);
+  return shown.join(" · ");
+}
+
+function toInput(values: FormValues): { input?: AgentInput; errors: Record<string, string>; ruleLines: number[] } {
   const errors: Record<string, string> = {};
   if (!values.name.trim()) errors.name = "Name is required.";
   if (!values.model.trim()) errors.model = "Model is required.";
@@ -112,9 +134,16 @@ function toInput(values: FormValues): { input?: AgentInput; errors: Record<strin
   }
   const env = parseEnv(values.env);
   if (env.error) errors.env = env.error;
-  if (Object.keys(errors).length > 0) return { errors };
+  const allow = parseAllowRules(values.allowRules);
+  if (allow.errors.length > 0) {
+    // Rules are kept (unused) in the other modes, so a broken one hidden there must still be fixed.
+    if (values.egressMode === "allowlist") errors["egress.allow"] = ruleErrorsMessage(allow.errors);
+    else errors["egress.mode"] = `The allow-list kept for allow-list mode has an error (${ruleErrorsMessage(allow.errors)}): choose allow-list to fix it.`;
+  }
+  if (Object.keys(errors).length > 0) return { errors, ruleLines: allow.lines };
   return {
     errors,
+    ruleLines: allow.lines,
     input: {
       name: values.name.trim(),
       model: values.model.trim(),
@@ -122,7 +151,7 @@ function toInput(values: FormValues): { input?: AgentInput; errors: Record<strin
       systemPrompt: values.systemPrompt,
       sandboxImage: values.sandboxImage.trim() || null,
       ...numbers,
-      network: values.network,
+      egress: { mode: values.egressMode, allow: allow.rules },
       busyPolicy: values.busyPolicy,
       env: env.env,
     },
@@ -146,20 +175,49 @@ export function AgentForm({
   onCancel?: () => void;
 }) {
   const [values, setValues] = useState<FormValues>(() => (agent ? valuesOf(agent) : DEFAULTS));
+  const form = useRef<HTMLFormElement>(null);
+  // The submit button is at the bottom of a long form: bring the first field in error into view.
+  const focusFirstProblem = () => requestAnimationFrame(() => form.current?.querySelector<HTMLElement>('[aria-invalid="true"]')?.focus());
+  useEffect(() => {
+    if (error) focusFirstProblem();
+  }, [error]);
   const [errors, setErrors] = useState<Record<string, string>>({});
+  /** The line of each submitted rule, for the server's errors about `egress.allow.N`. */
+  const [ruleLines, setRuleLines] = useState<number[]>([]);
   const server = fieldErrors(error);
   const problem = (key: string) => errors[key] ?? server[key] ?? Object.entries(server).find(([path]) => path.startsWith(`${key}.`))?.[1];
   const set = <K extends keyof FormValues>(key: K) => (value: FormValues[K]) => setValues((current) => ({ ...current, [key]: value }));
+  const ruleCount = parseAllowRules(values.allowRules).rules.length;
+
+  function allowProblem(): string | undefined {
+    if (errors["egress.allow"]) return errors["egress.allow"];
+    const found = Object.entries(server).flatMap(([path, message]) => {
+      const match = /^egress\.allow(?:\.(\d+)(?:\.(.+))?)?$/.exec(path);
+      if (!match) return [];
+      if (match[1] === undefined) return [{ line: 0, message }];
+      const line = ruleLines[Number(match[1])] ?? Number(match[1]) + 1;
+      return [{ line, message: match[2] ? `${match[2].replace(/\.\d+$/, "")}: ${message}` : message }];
+    });
+    if (found.length === 0) return undefined;
+    const whole = found.find((item) => item.line === 0);
+    return whole ? whole.message : ruleErrorsMessage(found);
+  }
+
+  function modeProblem(): string | undefined {
+    return errors["egress.mode"] ?? server["egress.mode"] ?? server.egress ?? server.network ?? (values.egressMode === "allowlist" ? undefined : allowProblem());
+  }
 
   function submit(event: FormEvent) {
     event.preventDefault();
-    const { input, errors: found } = toInput(values);
+    const { input, errors: found, ruleLines: lines } = toInput(values);
     setErrors(found);
+    setRuleLines(lines);
     if (input) onSubmit(input);
+    else focusFirstProblem();
   }
 
   return (
-    <form className="agent-form" onSubmit={submit} noValidate>
+    <form className="agent-form" onSubmit={submit} noValidate ref={form}>
       <div className="form-grid">
         <Field label="Name" error={problem("name")}>
           {(props) => <input {...props} value={values.name} maxLength={100} onChange={(event) => set("name")(event.target.value)} required />}
@@ -196,14 +254,57 @@ export function AgentForm({
             </select>
           )}
         </Field>
-        <Field label="Network" error={problem("network")} hint="none: no network inside the sandbox; egress: outbound access.">
+        <Field
+          label="Egress"
+          error={modeProblem()}
+          hint={
+            <>
+              {EGRESS_MODE_HINT[values.egressMode]}
+              {values.egressMode !== "allowlist" && ruleCount > 0 ? ` ${ruleCount} allow ${ruleCount === 1 ? "rule is" : "rules are"} kept but not applied in this mode.` : ""}
+            </>
+          }
+        >
           {(props) => (
-            <select {...props} value={values.network} onChange={(event) => set("network")(event.target.value as Agent["network"])}>
-              <option value="none">none</option>
-              <option value="egress">egress</option>
+            <select {...props} value={values.egressMode} onChange={(event) => set("egressMode")(event.target.value as EgressMode)}>
+              {EGRESS_MODES.map((mode) => (
+                <option key={mode} value={mode}>
+                  {EGRESS_OPTION[mode]}
+                </option>
+              ))}
             </select>
           )}
         </Field>
+        {values.egressMode === "allowlist" ? (
+          <Field
+            label="Allow rules"
+            error={allowProblem()}
+            className="span-2"
+            hint={
+              <>
+                One a line: <code>HOST[:PORT[,PORT]] [METHOD[,METHOD]] [PATH[,PATH]]</code>. Without ports: 80 and 443. <code>*.example.com</code> matches the names under
+                example.com; a path ending in <code>*</code> is a prefix. No rules: nothing is allowed. Lines starting with # are not saved.
+              </>
+            }
+          >
+            {(props) => (
+              <textarea
+                {...props}
+                rows={Math.min(12, Math.max(4, values.allowRules.split("\n").length + 1))}
+                className="mono"
+                spellCheck={false}
+                autoCapitalize="off"
+                autoCorrect="off"
+                value={values.allowRules}
+                placeholder={RULES_PLACEHOLDER}
+                onChange={(event) => {
+                  set("allowRules")(event.target.value);
+                  // A fixed rule should not keep its old complaint until the next submit.
+                  setErrors(({ "egress.allow": _fixed, ...rest }) => rest);
+                }}
+              />
+            )}
+          </Field>
+        ) : null}
         <Field label="CPU (millicores)" error={problem("cpuMillis")}>
           {(props) => <input {...props} type="number" inputMode="numeric" min={100} max={64000} step={100} value={values.cpuMillis} onChange={(event) => set("cpuMillis")(event.target.value)} />}
         </Field>
@@ -260,14 +361,24 @@ export function changedFields(agent: Agent, next: AgentInput): Partial<AgentInpu
   const changes: Partial<AgentInput> = {};
   for (const key of Object.keys(next) as Array<keyof AgentInput>) {
     const before = key === "name" ? agent.name : agent[key];
-    if (stable(before) !== stable(next[key])) (changes as Record<string, unknown>)[key] = next[key];
+    if (stableJson(before) !== stableJson(next[key])) (changes as Record<string, unknown>)[key] = next[key];
   }
   return changes;
 }
 
-function stable(value: unknown): string {
-  if (value && typeof value === "object" && !Array.isArray(value)) {
-    return JSON.stringify(Object.entries(value).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+/** JSON with object keys sorted at every depth: Postgres' jsonb does not keep the order they were written in. */
+export function stableJson(value: unknown): string {
+  return JSON.stringify(sortedKeys(value));
+}
+
+function sortedKeys(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(sortedKeys);
+  if (value && typeof value === "object" && !(value instanceof Date)) {
+    return Object.fromEntries(
+      Object.entries(value)
+        .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+        .map(([key, item]) => [key, sortedKeys(item)]),
+    );
   }
-  return JSON.stringify(value);
+  return value;
 }

@@ -1,4 +1,5 @@
-import { memo, useState } from "react";
+import { Fragment, memo, useState } from "react";
+import { egressCount, egressFigures, egressTarget, hostPort, type EgressEventPayload } from "../lib/egress";
 import { formatCost, formatDateTime, formatNumber } from "../lib/format";
 import type { StoredEvent } from "../lib/types";
 import { OutputBlock } from "./ui";
@@ -11,7 +12,10 @@ type Payloads = {
   status: { from: string; to: string; reason?: string };
   error: { message: string };
   usage: { promptTokens: number; completionTokens: number; cost?: number };
+  egress: EgressEventPayload;
 };
+
+export type EgressItem = Payloads["egress"] & { seq: number; at: Date };
 
 type Entry =
   | { kind: "user" | "assistant"; seq: number; text: string; at: Date }
@@ -19,13 +23,19 @@ type Entry =
   | { kind: "orphan_result"; seq: number; result: Payloads["tool_result"]; at: Date }
   | { kind: "status"; seq: number; steps: Array<Payloads["status"] & { seq: number; at: Date }> }
   | { kind: "error"; seq: number; message: string; at: Date }
-  | { kind: "usage"; seq: number; usage: Payloads["usage"]; at: Date };
+  | { kind: "usage"; seq: number; usage: Payloads["usage"]; at: Date }
+  | { kind: "egress"; seq: number; items: EgressItem[] };
 
 const payload = <T extends keyof Payloads>(event: StoredEvent) => event.payload as Payloads[T];
 
+/** Denied, or carrying a brokered secret's stub to a host it is not bound to: never folded away. */
+export function isEgressAlarm(item: Pick<EgressEventPayload, "decision" | "stubsSeen">): boolean {
+  return item.decision === "denied" || (item.stubsSeen?.length ?? 0) > 0;
+}
+
 /**
  * Events to what the page shows: each tool result goes inside its call, consecutive status changes
- * make one line. Entries are keyed by the seq of their first event, so they never move once shown.
+ * make one line, consecutive egress events one block. Entries are keyed by the seq of their first event, so they never move once shown.
  */
 export function buildTimeline(events: StoredEvent[]): Entry[] {
   const entries: Entry[] = [];
@@ -68,6 +78,13 @@ export function buildTimeline(events: StoredEvent[]): Entry[] {
       case "usage":
         entries.push({ kind: "usage", seq: event.seq, usage: payload<"usage">(event), at });
         break;
+      case "egress": {
+        const last = entries[entries.length - 1];
+        const item = { ...payload<"egress">(event), seq: event.seq, at };
+        if (last?.kind === "egress") entries[entries.length - 1] = { ...last, items: [...last.items, item] };
+        else entries.push({ kind: "egress", seq: event.seq, items: [item] });
+        break;
+      }
     }
   }
   return entries;
@@ -156,6 +173,93 @@ function ToolEntry({ entry, running }: { entry: Extract<Entry, { kind: "tool" }>
   );
 }
 
+function EgressLine({ item }: { item: EgressItem }) {
+  const denied = item.decision === "denied";
+  const count = egressCount(item);
+  return (
+    <li
+      className={denied ? "egress-line egress-denied" : "egress-line"}
+      data-egress-seq={item.seq}
+      data-decision={item.decision}
+      data-testid="egress-event"
+      title={denied ? undefined : item.rule ? `allowed by ${item.rule === "open" ? "open mode" : `rule ${item.rule}`}` : "allowed"}
+    >
+      <span className="egress-main">
+        <span className="egress-icon" aria-hidden="true">
+          {denied ? "⊘" : "↗"}
+        </span>
+        {denied ? <strong className="egress-verdict">denied</strong> : null}
+        <span className="egress-target mono">{egressTarget(item)}</span>
+        {item.status !== undefined ? <span className={item.status >= 400 ? "egress-status egress-status-error" : "egress-status"}>→ {item.status}</span> : null}
+        {count > 1 ? (
+          <span className="egress-count" title={`${count} alike within a second, figures summed`}>
+            ×{count}
+          </span>
+        ) : null}
+        {denied ? (
+          item.reason ? <span className="egress-reason">{item.reason}</span> : null
+        ) : (
+          <span className="egress-figures muted">{egressFigures(item)}</span>
+        )}
+        {item.brokered?.length ? (
+          <span className="egress-brokered" title="The gateway put these brokered secrets into the request">
+            brokered {item.brokered.join(", ")}
+          </span>
+        ) : null}
+        <span className="entry-time muted small">{time(item.at)}</span>
+      </span>
+      {item.stubsSeen?.length ? (
+        <span className="egress-stubs" role="note">
+          <strong>⚠ Possible secret exfiltration:</strong> the stub of {item.stubsSeen.join(", ")} was sent to {hostPort(item.host, item.port)}, which{" "}
+          {item.stubsSeen.length === 1 ? "it is" : "they are"} not bound to. The gateway left the stub as it was; the secret itself did not leave.
+        </span>
+      ) : null}
+    </li>
+  );
+}
+
+/** Lines of a folded block: the last few, plus every denial and stub warning wherever it is. */
+const EGRESS_FOLDED_LINES = 6;
+
+function EgressBlock({ entry }: { entry: Extract<Entry, { kind: "egress" }> }) {
+  const [expanded, setExpanded] = useState(false);
+  const { items } = entry;
+  const foldable = items.length > EGRESS_FOLDED_LINES + 2;
+  const shown = items
+    .map((item, index) => ({ item, index }))
+    .filter(({ item, index }) => !foldable || expanded || index >= items.length - EGRESS_FOLDED_LINES || isEgressAlarm(item));
+  const connections = items.reduce((sum, item) => sum + egressCount(item), 0);
+  const denied = items.filter((item) => item.decision === "denied").reduce((sum, item) => sum + egressCount(item), 0);
+  return (
+    <section className={denied > 0 ? "egress-block egress-block-denied" : "egress-block"} data-seq={entry.seq} data-testid="egress-block" aria-label="Network connections">
+      <header className="egress-head small">
+        <span>Network</span>
+        <span className="muted">
+          {connections} {connections === 1 ? "connection" : "connections"}
+          {denied > 0 ? <strong className="egress-head-denied"> · {denied} denied</strong> : null}
+        </span>
+      </header>
+      <ul className="egress-lines">
+        {shown.map(({ item, index }, position) => (
+          <Fragment key={item.seq}>
+            {index !== (position === 0 ? 0 : shown[position - 1]!.index + 1) ? (
+              <li className="egress-gap muted small" aria-hidden="true">
+                ⋯
+              </li>
+            ) : null}
+            <EgressLine item={item} />
+          </Fragment>
+        ))}
+      </ul>
+      {foldable ? (
+        <button type="button" className="button button-small output-toggle" aria-expanded={expanded} onClick={() => setExpanded((value) => !value)}>
+          {expanded ? "Fold" : `Show all ${items.length} lines (${items.length - shown.length} folded)`}
+        </button>
+      ) : null}
+    </section>
+  );
+}
+
 const EntryView = memo(function EntryView({ entry, running }: { entry: Entry; running: boolean }) {
   switch (entry.kind) {
     case "user":
@@ -202,6 +306,8 @@ const EntryView = memo(function EntryView({ entry, running }: { entry: Entry; ru
           <strong>Error</strong> {entry.message}
         </div>
       );
+    case "egress":
+      return <EgressBlock entry={entry} />;
     case "usage":
       return (
         <div className="usage-line muted small" data-seq={entry.seq}>
@@ -216,6 +322,7 @@ const EntryView = memo(function EntryView({ entry, running }: { entry: Entry; ru
 function entryVersion(entry: Entry): string {
   if (entry.kind === "tool") return `${entry.seq}:${entry.result?.seq ?? ""}`;
   if (entry.kind === "status") return `${entry.seq}:${entry.steps.length}`;
+  if (entry.kind === "egress") return `${entry.seq}:${entry.items.length}`;
   return String(entry.seq);
 }
 

@@ -76,3 +76,24 @@ describe("the timeline", () => {
     expect(entries[2]).toMatchObject({ seq: 4, result: { seq: 5, output: "hi\n", exitCode: 0 } });
   });
 });
+
+describe("live text with egress events in between", () => {
+  it("keeps streaming across an egress event stored mid-step, then ends at the stored answer", () => {
+    const egress = { host: "api.example.com", port: 443, decision: "allowed", bytesOut: 1, bytesIn: 2, durationMs: 3 };
+    let state = applyItems(empty, [event(1, "user_message", { text: "hi" }), { kind: "delta", afterSeq: 1, text: "Hel" }]);
+    state = applyItems(state, [event(2, "egress", egress), { kind: "delta", afterSeq: 2, text: "lo" }]);
+    expect(state.streaming).toEqual({ afterSeq: 2, text: "Hello" });
+    state = applyItems(state, [event(3, "assistant_message", { text: "Hello" })]);
+    expect(state.streaming).toBeNull();
+  });
+});
+
+describe("egress events in the timeline", () => {
+  it("joins consecutive egress events into one block, keyed by the first", () => {
+    const egress = (decision: string) => ({ host: "api.example.com", port: 443, decision, bytesOut: 1, bytesIn: 2, durationMs: 3 });
+    const items = [event(1, "user_message", { text: "go" }), event(2, "egress", egress("allowed")), event(3, "egress", egress("denied")), event(4, "assistant_message", { text: "done" }), event(5, "egress", egress("allowed"))];
+    const entries = buildTimeline(items.map((item) => (item as Extract<FollowItem, { kind: "event" }>).event));
+    expect(entries.map((entry) => entry.kind)).toEqual(["user", "egress", "assistant", "egress"]);
+    expect(entries[1]).toMatchObject({ seq: 2, items: [{ seq: 2, decision: "allowed" }, { seq: 3, decision: "denied" }] });
+  });
+});

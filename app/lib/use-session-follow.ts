@@ -63,8 +63,11 @@ export function applyItems(state: FollowState, items: FollowItem[]): FollowState
       }
       events.push(item.event);
       lastSeq = item.event.seq;
+      // The gateway records the sandbox's traffic whenever it happens, also while a step streams:
+      // such an event does not end the step, and the step's further deltas come after its seq.
+      if (streaming && item.event.type === "egress") streaming = { afterSeq: item.event.seq, text: streaming.text };
       // The step that streamed this text is now stored (as the answer, a tool call or an error).
-      if (streaming && item.event.seq > streaming.afterSeq) streaming = null;
+      else if (streaming && item.event.seq > streaming.afterSeq) streaming = null;
     } else {
       if (item.afterSeq < lastSeq) continue;
       streaming = streaming && streaming.afterSeq === item.afterSeq ? { afterSeq: item.afterSeq, text: streaming.text + item.text } : { afterSeq: item.afterSeq, text: item.text };

@@ -2,9 +2,11 @@ import type { MetaFunction } from "@remix-run/node";
 import { Link, useNavigate, useParams } from "@remix-run/react";
 import { keepPreviousData, useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { useState } from "react";
-import { AgentForm, changedFields } from "../components/agent-form";
+import { AgentForm, changedFields, stableJson } from "../components/agent-form";
 import { Badge, ConfirmButton, Detail, Empty, ErrorState, Loading, MutationError, Notice, PageHeader, Pager, useCursorPager, StaleNotice } from "../components/ui";
 import { useAppData } from "../lib/app-data";
+import { EGRESS_MODE_HINT, egressSummary, type EgressPolicyView } from "../lib/egress";
+import { formatAllowRule } from "../lib/egress-rules";
 import { errorCode } from "../lib/errors";
 import { formatDateTime, formatDuration, timeAgo } from "../lib/format";
 import { useNow } from "../lib/hooks";
@@ -12,6 +14,33 @@ import { useTRPC } from "../lib/trpc";
 import { atLeast, type Agent, type AgentVersion } from "../lib/types";
 
 export const meta: MetaFunction = () => [{ title: "Agent · Berth" }];
+
+function EgressPolicy({ policy }: { policy: EgressPolicyView }) {
+  const rules = policy.allow.map(formatAllowRule);
+  return (
+    <div className="detail span-all" data-testid="egress-policy">
+      <dt>Egress</dt>
+      <dd>
+        <strong>{egressSummary(policy)}</strong> <span className="muted small">{EGRESS_MODE_HINT[policy.mode]}</span>
+        {policy.mode === "allowlist" ? (
+          rules.length === 0 ? (
+            <div className="muted small">No rules: every connection is refused.</div>
+          ) : (
+            <ul className="rule-list mono small">
+              {rules.map((rule) => (
+                <li key={rule}>{rule}</li>
+              ))}
+            </ul>
+          )
+        ) : rules.length > 0 ? (
+          <div className="muted small">
+            {rules.length} allow {rules.length === 1 ? "rule" : "rules"} kept for allow-list mode, not applied: {rules.join(", ")}
+          </div>
+        ) : null}
+      </dd>
+    </div>
+  );
+}
 
 function Config({ config }: { config: Agent | AgentVersion }) {
   const env = Object.entries(config.env);
@@ -21,7 +50,6 @@ function Config({ config }: { config: Agent | AgentVersion }) {
         <span className="mono">{config.model}</span> {config.model === "demo" ? <Badge tone="info">offline demo</Badge> : null}
       </Detail>
       <Detail label="Harness">{config.harness}</Detail>
-      <Detail label="Network">{config.network}</Detail>
       <Detail label="CPU">{config.cpuMillis} millicores</Detail>
       <Detail label="Memory">{config.memoryMb} MiB</Detail>
       <Detail label="Workspace disk">{config.diskMb} MiB</Detail>
@@ -43,6 +71,7 @@ function Config({ config }: { config: Agent | AgentVersion }) {
           </ul>
         )}
       </Detail>
+      <EgressPolicy policy={config.egress} />
       <div className="detail span-all">
         <dt>System prompt</dt>
         <dd>{config.systemPrompt ? <pre className="prompt-text">{config.systemPrompt}</pre> : <span className="muted">none</span>}</dd>
@@ -60,6 +89,7 @@ const FIELD_LABEL: Record<string, string> = {
   memoryMb: "memory",
   diskMb: "workspace disk",
   network: "network",
+  egress: "egress",
   idleTimeoutSeconds: "idle timeout",
   maxSteps: "max steps",
   busyPolicy: "while busy",
@@ -70,15 +100,33 @@ const FIELD_LABEL: Record<string, string> = {
 /** What a version changed from the one before it, in words ("max steps 20 → 12"). */
 function changesFrom(previous: AgentVersion, version: AgentVersion): string[] {
   const changes: string[] = [];
+  const egressChanged = stableJson(previous.egress) !== stableJson(version.egress);
   for (const key of Object.keys(FIELD_LABEL) as Array<keyof typeof FIELD_LABEL & keyof AgentVersion>) {
     const before = previous[key];
     const after = version[key];
-    if (JSON.stringify(before) === JSON.stringify(after)) continue;
+    if (stableJson(before) === stableJson(after)) continue;
+    // The shorthand moves with the egress mode: saying so twice adds nothing.
+    if (key === "network" && egressChanged) continue;
+    if (key === "egress") {
+      changes.push(egressChange(previous.egress, version.egress));
+      continue;
+    }
     const short = (value: unknown) => (typeof value === "number" || (typeof value === "string" && value.length <= 24) ? String(value) : null);
     const [from, to] = [short(before), short(after)];
     changes.push(from !== null && to !== null ? `${FIELD_LABEL[key]} ${from} → ${to}` : `${FIELD_LABEL[key]} changed`);
   }
   return changes;
+}
+
+/** "egress open → allow-list (2 rules)", or which rules came and went. */
+function egressChange(before: EgressPolicyView, after: EgressPolicyView): string {
+  if (before.mode !== after.mode) return `egress ${egressSummary(before)} → ${egressSummary(after)}`;
+  const [was, now] = [before.allow.map(formatAllowRule), after.allow.map(formatAllowRule)];
+  const added = now.filter((rule) => !was.includes(rule));
+  const removed = was.filter((rule) => !now.includes(rule));
+  if (added.length + removed.length === 0) return "egress rules reordered";
+  if (added.length + removed.length > 3) return `egress rules +${added.length} −${removed.length}`;
+  return `egress rules ${[...added.map((rule) => `+${rule}`), ...removed.map((rule) => `−${rule}`)].join(" ")}`;
 }
 
 function Versions({ agent }: { agent: Agent }) {
@@ -171,9 +219,13 @@ export default function AgentPage() {
   const invalidate = () => queryClient.invalidateQueries({ queryKey: trpc.agents.pathKey() });
   const update = useMutation(
     trpc.agents.update.mutationOptions({
-      onSuccess: (updated) => {
+      onSuccess: (updated, changes) => {
         setEditing(false);
-        setNotice(`Saved as version ${updated.version}. New sessions use it; running sessions keep the version they started with.`);
+        setNotice(
+          `Saved as version ${updated.version}. New sessions use it; running sessions keep the version they started with` +
+            // The gateway reads the current policy on every connection.
+            (changes.egress ? ", except for the egress policy, which applies to them at once." : "."),
+        );
         void invalidate();
       },
     }),

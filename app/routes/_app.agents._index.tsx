@@ -5,6 +5,7 @@ import { useState } from "react";
 import { AgentForm } from "../components/agent-form";
 import { Badge, Empty, ErrorState, Loading, PageHeader, Pager, useCursorPager, StaleNotice } from "../components/ui";
 import { useAppData } from "../lib/app-data";
+import { egressSummary } from "../lib/egress";
 import { formatDateTime, formatDuration, timeAgo } from "../lib/format";
 import { useNow } from "../lib/hooks";
 import { useTRPC } from "../lib/trpc";
@@ -35,7 +36,7 @@ export default function Agents() {
     <div className="page">
       <PageHeader
         title="Agents"
-        description="What an agent is: model, prompt, sandbox size, network. Every change is a new version; sessions pin theirs."
+        description="What an agent is: model, prompt, sandbox size, egress policy. Every change is a new version; sessions pin theirs."
         actions={
           canEdit && !creating ? (
             <button type="button" className="button button-primary" onClick={() => setCreating(true)}>
@@ -102,7 +103,7 @@ export default function Agents() {
                       {agent.harness !== "builtin" ? <Badge tone="neutral">{agent.harness}</Badge> : null}
                     </td>
                     <td className="hide-sm">
-                      {agent.cpuMillis / 1000} CPU · {agent.memoryMb} MiB · disk {agent.diskMb} MiB · network {agent.network}
+                      {agent.cpuMillis / 1000} CPU · {agent.memoryMb} MiB · disk {agent.diskMb} MiB · egress {egressSummary(agent.egress)}
                     </td>
                     <td className="hide-sm">{formatDuration(agent.idleTimeoutSeconds)}</td>
                     <td className="num">v{agent.version}</td>

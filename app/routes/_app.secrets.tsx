@@ -12,29 +12,68 @@ import { atLeast, type Agent } from "../lib/types";
 
 export const meta: MetaFunction = () => [{ title: "Secrets · Berth" }];
 
+const DEFAULT_HEADER = "Authorization";
+const DEFAULT_TEMPLATE = "Bearer {{value}}";
+
+/** `api.github.com, *.example.com` or one a line, to a list. */
+function hostsOf(text: string): string[] {
+  return text.split(/[\s,]+/).filter(Boolean);
+}
+
+/** The server's message for a field or anything under it (`brokered.hosts.1`). */
+function errorAt(errors: Record<string, string>, key: string): string | undefined {
+  if (errors[key]) return errors[key];
+  const found = Object.entries(errors).find(([path]) => path.startsWith(`${key}.`));
+  if (!found) return undefined;
+  const index = /^[^.]+\.[^.]+\.(\d+)/.exec(found[0])?.[1];
+  return index === undefined ? found[1] : `host ${Number(index) + 1}: ${found[1]}`;
+}
+
 function SetSecret({ agents, defaultAgentId }: { agents: Agent[]; defaultAgentId: string }) {
   const trpc = useTRPC();
   const queryClient = useQueryClient();
   const [name, setName] = useState("");
   const [value, setValue] = useState("");
   const [agentId, setAgentId] = useState(defaultAgentId);
+  const [brokered, setBrokered] = useState(false);
+  const [hosts, setHosts] = useState("");
+  const [header, setHeader] = useState(DEFAULT_HEADER);
+  const [template, setTemplate] = useState(DEFAULT_TEMPLATE);
+  const [hostsError, setHostsError] = useState<string | null>(null);
   const [saved, setSaved] = useState<string | null>(null);
   const set = useMutation(
     trpc.secrets.set.mutationOptions({
       onSuccess: (secret) => {
-        setSaved(`${secret.name} saved. Sandboxes started from now on get the new value.`);
+        setSaved(
+          secret.brokered
+            ? `${secret.name} saved, brokered to ${secret.brokered.hosts.join(", ")}. Sandboxes started from now on get its stub; the gateway adds the value to their requests to those hosts.`
+            : `${secret.name} saved. Sandboxes started from now on get the new value.`,
+        );
         setName("");
         setValue("");
+        setHosts("");
         void queryClient.invalidateQueries({ queryKey: trpc.secrets.list.pathKey() });
       },
     }),
   );
   const errors = fieldErrors(set.error);
+  const fieldsShowError = Object.keys(errors).some((key) => ["name", "value", "agentId"].includes(key) || (brokered && key.startsWith("brokered.")));
 
   function submit(event: FormEvent) {
     event.preventDefault();
     setSaved(null);
-    set.mutate({ name: name.trim(), value, agentId: agentId || undefined });
+    const hostList = hostsOf(hosts);
+    if (brokered && hostList.length === 0) {
+      setHostsError("Name at least one host the secret may be sent to.");
+      return;
+    }
+    setHostsError(null);
+    set.mutate({
+      name: name.trim(),
+      value,
+      agentId: agentId || undefined,
+      ...(brokered ? { brokered: { hosts: hostList, header: header.trim() || DEFAULT_HEADER, template: template || DEFAULT_TEMPLATE } } : {}),
+    });
   }
 
   return (
@@ -42,34 +81,72 @@ function SetSecret({ agents, defaultAgentId }: { agents: Agent[]; defaultAgentId
       <h2 id="set-secret-heading" className="card-title">
         Set a secret
       </h2>
-      <form onSubmit={submit} className="form-row" autoComplete="off">
-        <Field label="Name" error={errors.name} hint="Becomes an environment variable in the sandbox.">
-          {(props) => (
-            <input {...props} value={name} className="mono" placeholder="GITHUB_TOKEN" maxLength={100} spellCheck={false} onChange={(event) => setName(event.target.value)} required />
-          )}
-        </Field>
-        <Field label="Value" error={errors.value} hint="Write-only: it can be replaced, never read back.">
-          {(props) => <input {...props} type="password" autoComplete="new-password" value={value} onChange={(event) => setValue(event.target.value)} />}
-        </Field>
-        <Field label="Scope" error={errors.agentId}>
-          {(props) => (
-            <select {...props} value={agentId} onChange={(event) => setAgentId(event.target.value)}>
-              <option value="">Whole team</option>
-              {agents.map((agent) => (
-                <option key={agent.id} value={agent.id}>
-                  Agent {agent.name}
-                </option>
-              ))}
-            </select>
-          )}
-        </Field>
-        <div className="form-row-submit">
+      <form onSubmit={submit} className="stack" autoComplete="off">
+        <div className="form-row">
+          <Field label="Name" error={errors.name} hint={brokered ? "An environment variable in the sandbox, holding a stub." : "Becomes an environment variable in the sandbox."}>
+            {(props) => (
+              <input {...props} value={name} className="mono" placeholder="GITHUB_TOKEN" maxLength={100} spellCheck={false} onChange={(event) => setName(event.target.value)} required />
+            )}
+          </Field>
+          <Field label="Value" error={errors.value} hint="Write-only: it can be replaced, never read back.">
+            {(props) => <input {...props} type="password" autoComplete="new-password" value={value} onChange={(event) => setValue(event.target.value)} />}
+          </Field>
+          <Field label="Scope" error={errors.agentId}>
+            {(props) => (
+              <select {...props} value={agentId} onChange={(event) => setAgentId(event.target.value)}>
+                <option value="">Whole team</option>
+                {agents.map((agent) => (
+                  <option key={agent.id} value={agent.id}>
+                    Agent {agent.name}
+                  </option>
+                ))}
+              </select>
+            )}
+          </Field>
+        </div>
+        <div className="brokered-choice">
+          <label className="checkbox">
+            <input type="checkbox" checked={brokered} onChange={(event) => setBrokered(event.target.checked)} aria-describedby="brokered-hint" />
+            <span>Brokered: keep it out of the sandbox</span>
+          </label>
+          <small id="brokered-hint" className="muted">
+            The sandbox gets a stub (<code>berth-stub-…</code>) instead. The egress gateway puts the real secret into a header of HTTPS requests to the hosts named here, and
+            nowhere else; a stub sent anywhere else is reported on the session.
+          </small>
+        </div>
+        {brokered ? (
+          <div className="form-row brokered-fields">
+            <Field label="Hosts" error={hostsError ?? errorAt(errors, "brokered.hosts")} hint="Where the secret may go: exact names or *.example.com, separated by commas.">
+              {(props) => (
+                <input
+                  {...props}
+                  value={hosts}
+                  className="mono"
+                  placeholder="api.github.com, *.githubusercontent.com"
+                  spellCheck={false}
+                  autoCapitalize="off"
+                  onChange={(event) => {
+                    setHosts(event.target.value);
+                    setHostsError(null);
+                  }}
+                />
+              )}
+            </Field>
+            <Field label="Header" error={errorAt(errors, "brokered.header")} hint={`The request header it goes into (default ${DEFAULT_HEADER}).`}>
+              {(props) => <input {...props} value={header} className="mono" placeholder={DEFAULT_HEADER} spellCheck={false} onChange={(event) => setHeader(event.target.value)} />}
+            </Field>
+            <Field label="Template" error={errorAt(errors, "brokered.template")} hint={<>The header&apos;s content; {"{{value}}"} is replaced by the secret (default {DEFAULT_TEMPLATE}).</>}>
+              {(props) => <input {...props} value={template} className="mono" placeholder={DEFAULT_TEMPLATE} spellCheck={false} onChange={(event) => setTemplate(event.target.value)} />}
+            </Field>
+          </div>
+        ) : null}
+        <div className="button-row">
           <button type="submit" className="button button-primary" disabled={set.isPending || !name.trim()}>
             {set.isPending ? "Saving…" : "Save secret"}
           </button>
         </div>
       </form>
-      {Object.keys(errors).length === 0 ? <MutationError error={set.error} /> : null}
+      {fieldsShowError ? null : <MutationError error={set.error} />}
       {saved ? <Notice kind="success">{saved}</Notice> : null}
     </section>
   );
@@ -93,7 +170,7 @@ export default function Secrets() {
     <div className="page">
       <PageHeader
         title="Secrets"
-        description="Encrypted at rest and injected into sandboxes as environment variables. Only names are ever shown. A changed secret reaches a session's next sandbox generation."
+        description="Encrypted at rest and injected into sandboxes as environment variables, or brokered: the sandbox holds a stub and the egress gateway adds the secret to requests to the hosts it is bound to. Only names are ever shown. A changed secret reaches a session's next sandbox generation."
       />
       {canEdit ? <SetSecret agents={agents.data?.items ?? []} defaultAgentId={agentFilter} /> : <Notice kind="info">Only admins and owners can set or delete secrets.</Notice>}
 
@@ -130,6 +207,7 @@ export default function Secrets() {
                 <tr>
                   <th scope="col">Name</th>
                   <th scope="col">Scope</th>
+                  <th scope="col">Delivery</th>
                   <th scope="col" className="hide-sm">
                     Updated
                   </th>
@@ -145,6 +223,21 @@ export default function Secrets() {
                   <tr key={secret.id}>
                     <td className="mono">{secret.name}</td>
                     <td>{secret.agentId ? <Badge tone="info">agent {agentById.get(secret.agentId)?.name ?? "…"}</Badge> : <Badge>team</Badge>}</td>
+                    <td data-testid="secret-delivery">
+                      {secret.brokered ? (
+                        <div className="brokered-cell">
+                          <Badge tone="active" title="The sandbox sees a stub; the gateway adds the secret to requests to these hosts">
+                            brokered
+                          </Badge>{" "}
+                          <span className="mono small">{secret.brokered.hosts.join(", ")}</span>
+                          <div className="muted small mono">
+                            {secret.brokered.header}: {secret.brokered.template}
+                          </div>
+                        </div>
+                      ) : (
+                        <span className="muted">environment variable</span>
+                      )}
+                    </td>
                     <td className="hide-sm" title={formatDateTime(secret.updatedAt)}>
                       {timeAgo(secret.updatedAt, now)}
                     </td>

@@ -2,8 +2,9 @@ import type { MetaFunction } from "@remix-run/node";
 import { Link, useParams } from "@remix-run/react";
 import { useMutation, useQuery } from "@tanstack/react-query";
 import { useEffect, useLayoutEffect, useMemo, useRef, useState, type FormEvent, type KeyboardEvent } from "react";
-import { StreamingMessage, Timeline, buildTimeline } from "../components/session-timeline";
+import { StreamingMessage, Timeline, buildTimeline, isEgressAlarm } from "../components/session-timeline";
 import { Badge, ConfirmButton, Detail, Empty, ErrorState, Loading, Notice, StatusBadge } from "../components/ui";
+import { egressSummary, hostPort, summariseEgress, type EgressEventPayload, type EgressSummary } from "../lib/egress";
 import { errorCode, errorMessage } from "../lib/errors";
 import { formatCost, formatDateTime, formatNumber, shortId, timeAgo } from "../lib/format";
 import { useNow } from "../lib/hooks";
@@ -87,12 +88,51 @@ function Composer({ status, onSend }: { status: SessionStatus | undefined; onSen
   );
 }
 
-function SessionFacts({ session, status }: { session: SessionDetail; status: SessionStatus }) {
+const SUMMARY_HOSTS = 8;
+
+/** Where the session's sandbox connected to (denials first), from the events the page holds. */
+function EgressFacts({ summary, partial }: { summary: EgressSummary; partial: boolean }) {
+  if (summary.allowed + summary.denied === 0) return <span className="muted">no connections{partial ? " in the events loaded" : ""}</span>;
+  const hosts = summary.hosts.slice(0, SUMMARY_HOSTS);
+  return (
+    <div data-testid="egress-summary">
+      <div>
+        {summary.denied > 0 ? <strong className="egress-denied-text">{formatNumber(summary.denied)} denied</strong> : <span>0 denied</span>} · {formatNumber(summary.allowed)} allowed
+      </div>
+      <ul className="egress-hosts plain-list small">
+        {hosts.map((host) => (
+          <li key={hostPort(host.host, host.port)} className={host.denied > 0 ? "egress-host egress-host-denied" : "egress-host"} title={host.reasons.join("\n") || undefined}>
+            <span className="egress-icon" aria-hidden="true">
+              {host.denied > 0 ? "⊘" : "↗"}
+            </span>
+            <span className="mono egress-host-name">{hostPort(host.host, host.port)}</span>
+            <span className="egress-host-counts">
+              {host.denied > 0 ? <span className="egress-denied-text">{host.denied} denied</span> : null}
+              {host.denied > 0 && host.allowed > 0 ? " · " : null}
+              {host.allowed > 0 ? <span className="muted">{host.allowed}</span> : null}
+            </span>
+          </li>
+        ))}
+      </ul>
+      {summary.hosts.length > hosts.length ? <div className="muted small">and {summary.hosts.length - hosts.length} more hosts</div> : null}
+      {summary.stubs.map((stub) => (
+        <div key={`${stub.secret} ${stub.host} ${stub.port}`} className="egress-stub-fact small">
+          ⚠ stub of <span className="mono">{stub.secret}</span> sent to <span className="mono">{hostPort(stub.host, stub.port)}</span>
+        </div>
+      ))}
+      {partial ? <div className="muted small">In the events loaded (earlier ones are not counted).</div> : null}
+    </div>
+  );
+}
+
+function SessionFacts({ session, status, egress }: { session: SessionDetail; status: SessionStatus; egress: { summary: EgressSummary; partial: boolean } }) {
   const trpc = useTRPC();
   const now = useNow();
   // On narrow screens the details sit above the conversation, folded away until asked for.
   const [open, setOpen] = useState(false);
   const agent = useQuery(trpc.agents.get.queryOptions({ agentId: session.agentId, version: session.agentVersion }, { staleTime: Infinity }));
+  // The gateway applies the agent's current policy, not the version the session pinned.
+  const current = useQuery(trpc.agents.get.queryOptions({ agentId: session.agentId }));
   const sandbox = session.sandbox;
   return (
     <aside className={open ? "session-side card open" : "session-side card"} aria-label="Session details">
@@ -148,6 +188,14 @@ function SessionFacts({ session, status }: { session: SessionDetail; status: Ses
           </div>
           <div className="muted small">cost {formatCost(session.costUsd)}</div>
         </Detail>
+        <Detail label="Egress">
+          <EgressFacts summary={egress.summary} partial={egress.partial} />
+          {current.data ? (
+            <div className="muted small">
+              policy: <Link to={`/agents/${session.agentId}`}>{egressSummary(current.data.egress)}</Link>
+            </div>
+          ) : null}
+        </Detail>
         <Detail label="Started">
           <span title={formatDateTime(session.createdAt)}>{timeAgo(session.createdAt, now)}</span>
         </Detail>
@@ -184,6 +232,39 @@ function SessionActions({ session, status }: { session: SessionDetail; status: S
       </div>
       <div className="session-actions-message" aria-live="polite">
         {error ? <span className="field-error">{errorMessage(error)}</span> : notice ? <span className="muted small">{notice}</span> : null}
+      </div>
+    </div>
+  );
+}
+
+type TimelineFilter = "all" | "egress" | "denied";
+
+const FILTER_LABEL: Record<TimelineFilter, string> = { all: "All", egress: "Network", denied: "Denials & warnings" };
+
+/** Shown once the sandbox has made connections: what the timeline shows, and any leaked-stub warning. */
+function EgressToolbar({ summary, alarms, filter, onFilter }: { summary: EgressSummary; alarms: number; filter: TimelineFilter; onFilter: (filter: TimelineFilter) => void }) {
+  return (
+    <div className="egress-toolbar">
+      {summary.stubs.length > 0 ? (
+        <Notice kind="error">
+          <strong>Possible secret exfiltration.</strong> The stub of a brokered secret was sent to a host it is not bound to:{" "}
+          {summary.stubs.map((stub, index) => (
+            <span key={`${stub.secret} ${stub.host} ${stub.port}`}>
+              {index > 0 ? ", " : ""}
+              <span className="mono">{stub.secret}</span> → <span className="mono">{hostPort(stub.host, stub.port)}</span>
+              {stub.count > 1 ? ` (${stub.count}×)` : ""}
+            </span>
+          ))}
+          . The gateway left the stub as it was, so the secret itself did not leave; the agent tried to send it somewhere else.
+        </Notice>
+      ) : null}
+      <div className="segmented" role="group" aria-label="Show in the timeline">
+        {(Object.keys(FILTER_LABEL) as TimelineFilter[]).map((value) => (
+          <button key={value} type="button" className={filter === value ? "segment active" : "segment"} aria-pressed={filter === value} onClick={() => onFilter(value)}>
+            {FILTER_LABEL[value]}
+            {value === "denied" ? <span className={alarms > 0 ? "tab-count tab-count-danger" : "tab-count"}>{alarms}</span> : null}
+          </button>
+        ))}
       </div>
     </div>
   );
@@ -284,7 +365,19 @@ export default function SessionPage() {
   const [pending, setPending] = useState<Pending[]>([]);
   const send = useMutation(trpc.sessions.send.mutationOptions());
 
-  const entries = useMemo(() => buildTimeline(follow.events), [follow.events]);
+  const [filter, setFilter] = useState<TimelineFilter>("all");
+  const egressEvents = useMemo(() => follow.events.filter((event) => event.type === "egress"), [follow.events]);
+  const egressSummary = useMemo(() => summariseEgress(egressEvents.map((event) => event.payload as EgressEventPayload)), [egressEvents]);
+  const entries = useMemo(() => {
+    if (filter === "all") return buildTimeline(follow.events);
+    return buildTimeline(filter === "egress" ? egressEvents : egressEvents.filter((event) => isEgressAlarm(event.payload as EgressEventPayload)));
+  }, [filter, follow.events, egressEvents]);
+  const alarms = useMemo(() => egressEvents.filter((event) => isEgressAlarm(event.payload as EgressEventPayload)).length, [egressEvents]);
+  /** From the header (always in view): show the denials and warnings from the top. */
+  const showAlarms = () => {
+    setFilter("denied");
+    window.scrollTo({ top: 0 });
+  };
 
   // Status and usage come from the log as they happen; the session row (sandbox, totals) follows them.
   const latest = useMemo(() => {
@@ -371,6 +464,15 @@ export default function SessionPage() {
           <div className="session-status-row">
             <span data-testid="session-status">{headerStatus ? <StatusBadge status={headerStatus} /> : <span className="badge badge-neutral">…</span>}</span>
             <ConnectionIndicator connection={follow.connection} onRetry={follow.retry} />
+            {egressSummary.stubs.length > 0 ? (
+              <button type="button" className="badge badge-danger egress-alert" onClick={showAlarms} data-testid="egress-alert">
+                ⚠ Possible secret exfiltration
+              </button>
+            ) : egressSummary.denied > 0 ? (
+              <button type="button" className="badge badge-warn egress-alert" onClick={showAlarms}>
+                ⊘ {formatNumber(egressSummary.denied)} denied {egressSummary.denied === 1 ? "connection" : "connections"}
+              </button>
+            ) : null}
             <span className="sr-only-live visually-hidden" aria-live="polite">
               {headerStatus ? `Session ${headerStatus}` : ""}
             </span>
@@ -381,18 +483,21 @@ export default function SessionPage() {
 
       <div className="session-body">
         <section className="timeline" aria-label="Conversation" data-testid="timeline" data-last-seq={follow.lastSeq} data-events={follow.events.length}>
+          {egressEvents.length > 0 ? <EgressToolbar summary={egressSummary} alarms={alarms} filter={filter} onFilter={setFilter} /> : null}
           {!follow.started && follow.events.length === 0 ? (
             follow.connection === "failed" ? (
               <ErrorState error={follow.error} onRetry={follow.retry} title="Could not follow this session" />
             ) : (
               <Loading label="Loading the conversation" rows={4} />
             )
+          ) : filter !== "all" && entries.length === 0 ? (
+            <Empty title={filter === "denied" ? "No denied connections" : "No connections"}>{follow.windowStart > 0 ? "None in the events loaded." : null}</Empty>
           ) : entries.length === 0 && pending.length === 0 ? (
             <Empty title="Nothing here yet">Send a message below. With the offline demo model, <code>run: echo hello</code> runs a command in the sandbox.</Empty>
           ) : null}
           {follow.started && follow.windowStart > 0 ? <EarlierEvents count={follow.windowStart} loading={follow.earlier.loading} error={follow.earlier.error} onLoad={loadEarlier} /> : null}
           <Timeline entries={entries} running={status === "running"} />
-          {follow.streaming ? <StreamingMessage text={follow.streaming.text} /> : null}
+          {follow.streaming && filter === "all" ? <StreamingMessage text={follow.streaming.text} /> : null}
           {pending.map((item) => (
             <article key={item.key} className="message message-user message-pending" aria-busy={!item.error}>
               <header className="message-head">
@@ -421,7 +526,7 @@ export default function SessionPage() {
             </p>
           ) : null}
         </section>
-        {session.data && status ? <SessionFacts session={session.data} status={status} /> : session.isPending ? <aside className="session-side card"><Loading rows={4} /></aside> : null}
+        {session.data && status ? <SessionFacts session={session.data} status={status} egress={{ summary: egressSummary, partial: follow.windowStart > 0 }} /> : session.isPending ? <aside className="session-side card"><Loading rows={4} /></aside> : null}
       </div>
 
       {jump.showJump ? (
@@ -429,7 +534,14 @@ export default function SessionPage() {
           ↓ Latest
         </button>
       ) : null}
-      <Composer status={status} onSend={(text) => deliver({ key: newKey(), text })} />
+      <Composer
+        status={status}
+        onSend={(text) => {
+          // The message and its answer are what the sender wants to see next.
+          setFilter("all");
+          deliver({ key: newKey(), text });
+        }}
+      />
     </div>
   );
 }

@@ -1,6 +1,6 @@
 import { createBerthClient, type BerthClient } from "../../server/client";
 import { resolveCredentials, type Credentials } from "./config";
-import { CliError, EXIT } from "./errors";
+import { CliError, EXIT, toCliError } from "./errors";
 import { createOutput, type Output } from "./output";
 
 export type GlobalOptions = { json?: boolean };
@@ -16,6 +16,15 @@ export function connect(options: GlobalOptions): Context {
   const out = output(options);
   const credentials = resolveCredentials();
   return { out, client: createBerthClient({ url: credentials.url, apiKey: credentials.apiKey }), credentials };
+}
+
+/** Runs a command body, turning whatever it throws into the CLI's message and exit code. */
+export async function run<T>(context: Context, body: () => Promise<T>): Promise<T> {
+  try {
+    return await body();
+  } catch (error) {
+    throw toCliError(error, context.credentials.url);
+  }
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -40,3 +49,32 @@ export function positiveInt(name: string, value: string, options: { min?: number
 }
 
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/** Agent names by id (first pages only: a name is a nicety in a table, the id is the fallback). */
+export async function agentNames(client: BerthClient): Promise<Map<string, string>> {
+  const names = new Map<string, string>();
+  let cursor: string | undefined;
+  for (let page = 0; page < 5; page++) {
+    const result = await client.agents.list.query({ limit: 100, cursor });
+    for (const agent of result.items) names.set(agent.id, agent.name);
+    if (!result.nextCursor) break;
+    cursor = result.nextCursor;
+  }
+  return names;
+}
+
+/** `--agent` takes an agent id or an agent's exact name. */
+export async function resolveAgent(client: BerthClient, value: string): Promise<string> {
+  if (isUuid(value)) return value.toLowerCase();
+  const matches: string[] = [];
+  let cursor: string | undefined;
+  for (;;) {
+    const page = await client.agents.list.query({ limit: 100, cursor });
+    matches.push(...page.items.filter((agent) => agent.name === value).map((agent) => agent.id));
+    if (!page.nextCursor) break;
+    cursor = page.nextCursor;
+  }
+  if (matches.length === 0) throw new CliError(EXIT.notFound, `agent not found: no agent is named ${JSON.stringify(value)}`);
+  if (matches.length > 1) throw new CliError(EXIT.usage, `${matches.length} agents are named ${JSON.stringify(value)}: use the id (${matches.join(", ")})`);
+  return matches[0]!;
+}

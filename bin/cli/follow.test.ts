@@ -51,3 +51,28 @@ describe("TurnTracker", () => {
     expect(tracker.dropped).toEqual({ seq: 3, status: "terminated" });
   });
 });
+
+describe("TurnTracker with egress events", () => {
+  const egress = (decision: "allowed" | "denied" = "allowed") => ev("egress", { host: "api.example.com", port: 443, decision, bytesOut: 10, bytesIn: 20, durationMs: 3 });
+
+  it("egress events during a turn neither end it nor join its events", () => {
+    seq = 0;
+    const ends: number[] = [];
+    const tracker = new TurnTracker((outcome) => ends.push(outcome.endSeq));
+    for (const event of [ev("user_message"), ev("tool_call", { id: "c1", name: "bash", input: {} }), egress(), egress("denied"), ev("tool_result", { callId: "c1", output: "", isError: false })]) tracker.push(event);
+    expect(tracker.isOpen(1)).toBe(true);
+    tracker.push(egress());
+    tracker.push(ev("usage", { promptTokens: 1, completionTokens: 1 })); // 7
+    expect(ends).toEqual([7]);
+    expect(tracker.ended.get(1)!.events.map((event) => event.type)).toEqual(["tool_call", "tool_result", "usage"]);
+    expect(tracker.ended.get(1)!.events.at(-1)!.type).toBe("usage");
+  });
+
+  it("egress events between turns (a background process) leave the next turn's accounting alone", () => {
+    seq = 0;
+    const tracker = new TurnTracker();
+    for (const event of [ev("user_message"), ev("usage", { promptTokens: 1, completionTokens: 1 }), egress(), egress(), ev("user_message"), egress(), ev("error", { message: "boom" })]) tracker.push(event);
+    expect(tracker.ended.get(1)).toMatchObject({ status: "completed", endSeq: 2 });
+    expect(tracker.ended.get(5)).toMatchObject({ status: "failed", endSeq: 7 });
+  });
+});

@@ -93,7 +93,7 @@ export async function followSession(client: BerthClient, sessionId: string, afte
   }
 }
 
-/** The events that end a turn: `usage` (always written by a completed turn) or `error`. */
+/** The events of a turn; `usage` (always written by a completed turn) or `error` ends it. Not `egress`. */
 const TURN_TYPES = new Set(["assistant_message", "tool_call", "tool_result", "usage", "error"]);
 
 export type TurnOutcome = { userSeq: number; endSeq: number; status: "completed" | "failed"; events: SessionEvent[] };
@@ -116,6 +116,9 @@ export class TurnTracker {
   constructor(private readonly onEnd?: (outcome: TurnOutcome) => void) {}
 
   push(event: SessionEvent): void {
+    // The gateway records the sandbox's traffic whenever it happens, during a turn or between
+    // turns (a background process): it neither belongs to a turn nor ends one.
+    if (event.type === "egress") return;
     const payload = (event.payload ?? {}) as Record<string, unknown>;
     if (event.type === "error" && this.lastEnded && this.lastEnded.endSeq === event.seq - 1 && this.lastEnded.events.at(-1)?.type === "usage") {
       // The failure notice of the turn whose usage was just recorded.

@@ -103,7 +103,7 @@ class Prompter {
 }
 
 /** Reads one line from the terminal without echoing it (raw mode; Backspace works, Ctrl-C quits). */
-function readHidden(question: string): Promise<string> {
+export function readHidden(question: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const stdin = process.stdin;
     process.stderr.write(question);

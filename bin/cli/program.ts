@@ -1,14 +1,26 @@
 import { Command, CommanderError, Option } from "commander";
-import { createAgent, listAgents } from "./agents";
+import { createAgent, listAgents, showAgent, updateAgent } from "./agents";
 import { attach } from "./attach";
 import { CliError, EXIT, toCliError } from "./errors";
 import { login, logout } from "./login";
+import { deleteSecret, listSecrets, setSecret } from "./secrets";
 import { abortTurn, execCommand, listSessions, newSession, sendMessage, sessionLogs, showSession, terminateSession } from "./sessions";
 import { BERTH_VERSION as VERSION } from "../../server/version";
 
 // Commander hands actions untyped values; each command's options type is checked where it is used.
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type Untyped = any;
+
+const collect = (value: string, previous: string[] | undefined) => [...(previous ?? []), value];
+
+const ALLOW_SYNTAX = `Egress: --egress none (no network), allowlist (only what --allow rules name) or open (any
+public host); every connection goes through Berth's egress gateway and is recorded on the session.
+An --allow rule is one argument: HOST[:PORT[,PORT]] [METHOD[,METHOD]] [PATH[,PATH]], e.g.
+  --allow api.example.com            ports 80 and 443, any method and path
+  --allow '*.github.com:443'         any name under github.com (quote the *)
+  --allow 'registry.npmjs.org:443 GET /*'
+  --allow '[2001:db8::1]:8080'
+A path ending in * is a prefix. --allow implies --egress allowlist.`;
 
 /** The `berth` command line (commander). Actions return an exit code or nothing (0). */
 export function buildProgram(setExitCode: (code: number) => void): Command {
@@ -47,7 +59,7 @@ Exit codes: 0 ok, 1 error from the server (or it cannot be reached), 2 usage err
     .description("forget the stored URL and API key")
     .action(action((options) => logout(options)));
 
-  const agents = program.command("agents").description("list and create agents");
+  const agents = program.command("agents").description("list, show, create and update agents");
   agents
     .command("ls")
     .alias("list")
@@ -62,13 +74,76 @@ Exit codes: 0 ok, 1 error from the server (or it cannot be reached), 2 usage err
     .requiredOption("--name <name>", "agent name")
     .requiredOption("--model <model>", "model name at the gateway (`demo`: the offline demo model)")
     .option("--system-prompt <text>", "system prompt")
-    .addOption(new Option("--network <mode>", "sandbox network").choices(["none", "egress"]))
+    .addOption(new Option("--network <mode>", "sandbox network (shorthand: none = --egress none, egress = --egress open)").choices(["none", "egress"]))
     .option("--idle-timeout <seconds>", "suspend the sandbox after this many idle seconds")
     .addOption(new Option("--harness <name>", "agent harness").choices(["builtin", "opencode", "claude-code", "codex"]))
     .option("--max-steps <n>", "tool steps per turn")
     .option("--warm-pool <n>", "Kubernetes backend: sandboxes kept ready in a SandboxWarmPool (0-50, default 0)")
     .option("--disk-mb <mib>", "workspace disk quota in MiB (64-1048576, default 2048)")
+    .addOption(new Option("--egress <mode>", "what the sandbox may reach (default none)").choices(["none", "allowlist", "open"]))
+    .option("--allow <rule>", "allow-list rule, repeatable (see below)", collect)
+    .addHelpText("after", `\n${ALLOW_SYNTAX}`)
     .action(action((options) => createAgent(options)));
+  agents
+    .command("show")
+    .alias("get")
+    .description("show an agent's configuration, egress policy included")
+    .argument("<agent>", "agent id or name")
+    .action(action((agent, options) => showAgent(agent, options)));
+  agents
+    .command("update")
+    .description("change an agent: writes a new version with the options given, the rest unchanged")
+    .argument("<agent>", "agent id or name")
+    .option("--name <name>", "rename it")
+    .option("--model <model>", "model name at the gateway")
+    .option("--system-prompt <text>", "system prompt")
+    .addOption(new Option("--network <mode>", "sandbox network (shorthand: none = --egress none, egress = --egress open)").choices(["none", "egress"]))
+    .option("--idle-timeout <seconds>", "suspend the sandbox after this many idle seconds")
+    .addOption(new Option("--harness <name>", "agent harness").choices(["builtin", "opencode", "claude-code", "codex"]))
+    .option("--max-steps <n>", "tool steps per turn")
+    .option("--warm-pool <n>", "Kubernetes backend: sandboxes kept ready in a SandboxWarmPool (0-50)")
+    .option("--disk-mb <mib>", "workspace disk quota in MiB (64-1048576)")
+    .addOption(new Option("--egress <mode>", "what the sandbox may reach; alone, it keeps the agent's allow rules").choices(["none", "allowlist", "open"]))
+    .option("--allow <rule>", "allow-list rule, repeatable: REPLACES the whole list (give every rule to keep)", collect)
+    .option("--no-allow", "empty the allow list (in allowlist mode nothing is then reachable)")
+    .addHelpText("after", `\n${ALLOW_SYNTAX}\nOn update, the --allow rules replace the agent's list; an egress change applies to running sessions at once.`)
+    .action(action((agent, options) => updateAgent(agent, options)));
+
+  const secrets = program.command("secrets").description("set, list and delete secrets (values are write-only)");
+  secrets
+    .command("ls")
+    .alias("list")
+    .description("list secrets: names, scope and how sandboxes get them, never values")
+    .option("--agent <agent>", "the secrets an agent's sandboxes get (its own and the team's)")
+    .option("--limit <n>", "secrets per page (1-100)", "50")
+    .option("--cursor <cursor>", "continue after a previous page")
+    .option("--all", "every page")
+    .action(action((options) => listSecrets(options)));
+  secrets
+    .command("set")
+    .description("create or replace a secret (the value: typed without echo, piped on stdin, or --value)")
+    .argument("<name>", "environment variable name, e.g. GITHUB_TOKEN")
+    .option("--agent <agent>", "only for this agent's sandboxes (default: the whole team)")
+    .option("--value <value>", "the value (visible in shell history and ps: prefer stdin)")
+    .option("--broker-host <host>", "broker it to this host (repeatable, or comma-separated; *.example.com allowed): the sandbox sees only a stub", collect)
+    .option("--broker-header <name>", "header the gateway puts it into (default Authorization)")
+    .option("--broker-template <text>", 'header content, {{value}} standing for the secret (default "Bearer {{value}}")')
+    .addHelpText(
+      "after",
+      `
+A brokered secret never enters the sandbox: its variable holds a stub (berth-stub-…), and the egress
+gateway replaces the header with the real value on HTTPS requests to the --broker-host hosts only.
+A stub sent anywhere else is left as it is and reported on the session. Setting a secret again
+without --broker-host makes it a plain environment variable.`,
+    )
+    .action(action((name, options) => setSecret(name, options)));
+  secrets
+    .command("rm")
+    .alias("delete")
+    .description("delete a secret")
+    .argument("<name>", "secret name (or id)")
+    .option("--agent <agent>", "the agent's own secret of that name (default: the team-wide one)")
+    .action(action((name, options) => deleteSecret(name, options)));
 
   const sessions = program.command("sessions").description("start, use and stop sessions");
   sessions

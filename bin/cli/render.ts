@@ -1,3 +1,4 @@
+import { egressCount, egressFigures, egressTarget, hostPort, type EgressEventPayload } from "../../app/lib/egress";
 import type { Output } from "./output";
 
 /** A stored session event as the API returns it. */
@@ -16,6 +17,11 @@ export class EventPrinter {
   private streamed: string | null = null;
   /** Trailing blank space of the streamed text, written only once more text follows it. */
   private held = "";
+  /**
+   * Egress events that arrived while a message was streaming: the gateway records traffic whenever
+   * it happens, and a line of it must not cut the message in two. Printed once the message ends.
+   */
+  private heldEgress: SessionEvent[] = [];
 
   constructor(
     private readonly out: Output,
@@ -30,6 +36,10 @@ export class EventPrinter {
     const { style } = this.out;
     const seq = style.dim(`#${event.seq}`);
     const payload = (event.payload ?? {}) as Record<string, unknown>;
+    if (this.streamed !== null && event.type === "egress") {
+      this.heldEgress.push(event);
+      return;
+    }
     if (this.streamed !== null) {
       const streamed = this.streamed;
       const held = this.held;
@@ -37,9 +47,11 @@ export class EventPrinter {
       this.held = "";
       if (event.type === "assistant_message" && typeof payload.text === "string" && payload.text.startsWith(streamed)) {
         this.out.write(`${block(held + payload.text.slice(streamed.length))}  ${seq}\n`);
+        this.flushEgress();
         return;
       }
       this.out.write(`${style.dim(" (incomplete)")}\n`);
+      this.flushEgress();
     }
     switch (event.type) {
       case "user_message":
@@ -79,9 +91,19 @@ export class EventPrinter {
         this.out.line(style.dim(`· ${String(payload.promptTokens)} prompt + ${String(payload.completionTokens)} completion tokens${cost}`) + `  ${seq}`);
         break;
       }
+      case "egress":
+        this.out.line(`${egressLine(payload as unknown as EgressEventPayload, this.out.style)}  ${seq}`);
+        for (const warning of stubWarnings(payload as unknown as EgressEventPayload)) this.out.line(`  ${style.bold(style.red(warning))}`);
+        break;
       default:
         this.out.line(`${event.type} ${JSON.stringify(payload)}  ${seq}`);
     }
+  }
+
+  private flushEgress(): void {
+    const held = this.heldEgress;
+    this.heldEgress = [];
+    for (const event of held) this.event(event);
   }
 
   delta(afterSeq: number, text: string): void {
@@ -106,7 +128,30 @@ export class EventPrinter {
     if (this.streamed !== null && !this.out.json) this.out.write("\n");
     this.streamed = null;
     this.held = "";
+    this.flushEgress();
   }
+}
+
+/**
+ * One line per egress event: `↗ GET api.example.com:443/v1/x → 200 · 1.2 kB out · 3.4 kB in · 12 ms`,
+ * `↗ CONNECT host:443 …` for a tunnel, `⊘ DENIED …: reason` for a refusal (marked in words, not
+ * only in colour), `×N` when the gateway summed N alike.
+ */
+export function egressLine(event: EgressEventPayload, style: Output["style"]): string {
+  const count = egressCount(event);
+  const times = count > 1 ? ` ×${count}` : "";
+  if (event.decision === "denied") {
+    return style.red(`⊘ DENIED ${egressTarget(event)}${times}${event.reason ? `: ${event.reason}` : ""}`);
+  }
+  const status = event.status !== undefined ? ` → ${event.status}` : "";
+  const brokered = event.brokered?.length ? ` · brokered ${event.brokered.join(", ")}` : "";
+  return `${style.cyan("↗")} ${egressTarget(event)}${status}${times} ${style.dim(`· ${egressFigures(event)}${brokered}`)}`;
+}
+
+function stubWarnings(event: EgressEventPayload): string[] {
+  return (event.stubsSeen ?? []).map(
+    (secret) => `⚠ stub of brokered secret ${secret} sent to ${hostPort(event.host, event.port)}, which it is not bound to (possible exfiltration; the stub was left as it was)`,
+  );
 }
 
 function indentContinuation(text: string): string {

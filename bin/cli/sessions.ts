@@ -1,23 +1,14 @@
 import { randomUUID } from "node:crypto";
 import { text as readStream } from "node:stream/consumers";
 import type { BerthClient } from "../../server/client";
-import { connect, isUuid, positiveInt, sessionId, sleep, type Context, type GlobalOptions } from "./common";
-import { CliError, EXIT, isTransient, toCliError } from "./errors";
+import { agentNames, connect, positiveInt, resolveAgent, run, sessionId, sleep, type GlobalOptions } from "./common";
+import { CliError, EXIT, isTransient } from "./errors";
 import { followSession, TurnTracker, type TurnOutcome } from "./follow";
 import { formatTime, table } from "./output";
 import { EventPrinter, type SessionEvent } from "./render";
 
 const STATUSES = ["pending", "provisioning", "ready", "running", "idle", "suspended", "reconnecting", "failed", "terminated"] as const;
 type Status = (typeof STATUSES)[number];
-
-/** Runs a command body, turning whatever it throws into the CLI's message and exit code. */
-async function run<T>(context: Context, body: () => Promise<T>): Promise<T> {
-  try {
-    return await body();
-  } catch (error) {
-    throw toCliError(error, context.credentials.url);
-  }
-}
 
 type ListOptions = GlobalOptions & { limit?: string; cursor?: string; all?: boolean; status?: string; agent?: string };
 
@@ -51,35 +42,6 @@ export async function listSessions(options: ListOptions): Promise<void> {
     );
     if (nextCursor) out.notice(`More: --cursor ${nextCursor} (or --all).`);
   });
-}
-
-/** Agent names by id (first pages only: a name is a nicety in a table, the id is the fallback). */
-async function agentNames(client: BerthClient): Promise<Map<string, string>> {
-  const names = new Map<string, string>();
-  let cursor: string | undefined;
-  for (let page = 0; page < 5; page++) {
-    const result = await client.agents.list.query({ limit: 100, cursor });
-    for (const agent of result.items) names.set(agent.id, agent.name);
-    if (!result.nextCursor) break;
-    cursor = result.nextCursor;
-  }
-  return names;
-}
-
-/** `--agent` takes an agent id or an agent's exact name. */
-async function resolveAgent(client: BerthClient, value: string): Promise<string> {
-  if (isUuid(value)) return value.toLowerCase();
-  const matches: string[] = [];
-  let cursor: string | undefined;
-  for (;;) {
-    const page = await client.agents.list.query({ limit: 100, cursor });
-    matches.push(...page.items.filter((agent) => agent.name === value).map((agent) => agent.id));
-    if (!page.nextCursor) break;
-    cursor = page.nextCursor;
-  }
-  if (matches.length === 0) throw new CliError(EXIT.notFound, `agent not found: no agent is named ${JSON.stringify(value)}`);
-  if (matches.length > 1) throw new CliError(EXIT.usage, `${matches.length} agents are named ${JSON.stringify(value)}: use the id (${matches.join(", ")})`);
-  return matches[0]!;
 }
 
 const SETTLED: Status[] = ["ready", "running", "idle", "failed", "terminated"];

@@ -3,7 +3,9 @@ import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { connectDatabase } from "../../db/client";
 import { createBerthClient } from "../../server/client";
+import { appendEvents } from "../../server/services/event-log";
 import { ROOT } from "../helpers/berth";
 import { createTestDatabase, type TestDatabase } from "../helpers/database";
 import { freePort, readyzStatus, startProcess, waitFor, type BerthProcess } from "../helpers/processes";
@@ -194,6 +196,103 @@ describe("the berth CLI", () => {
     const refused = await cli(["agents", "create", "--name", "x", "--model", "demo", "--idle-timeout", "5"]);
     expect(refused.code).toBe(1);
     expect(refused.stderr).toContain("idleTimeoutSeconds");
+  });
+
+  it("agents with an egress allow-list: --allow on create, show, update replacing the list; a bad --allow creates nothing", async () => {
+    await loggedIn();
+    type EgressAgent = { id: string; name: string; network: string; egress: { mode: string; allow: Array<Record<string, unknown>> } };
+    const created = await json<EgressAgent>(["agents", "create", "--name", "cli-egress", "--model", "demo", "--allow", "api.example.com", "--allow", "registry.npmjs.org:443 GET /*"]);
+    expect(created.egress).toEqual({ mode: "allowlist", allow: [{ host: "api.example.com" }, { host: "registry.npmjs.org", ports: [443], methods: ["GET"], paths: ["/*"] }] });
+    expect(created.network).toBe("egress");
+    const readBack = await json<EgressAgent>(["agents", "show", "cli-egress"]);
+    expect(readBack.egress).toEqual(created.egress);
+
+    const shown = await cli(["agents", "show", created.id]);
+    expect(shown, shown.stderr).toMatchObject({ code: 0 });
+    expect(shown.stdout).toMatch(/egress\s+allow-list \(2 rules\)/);
+    expect(shown.stdout).toMatch(/allow\s+api\.example\.com\n\s+registry\.npmjs\.org:443 GET \/\*\n/);
+    expect((await cli(["agents", "ls"])).stdout).toMatch(/cli-egress .*allow-list \(2 rules\)/);
+
+    // --allow on update replaces the whole list; --egress alone keeps it.
+    const replaced = await json<EgressAgent & { version: number }>(["agents", "update", "cli-egress", "--allow", "*.github.com:443"]);
+    expect(replaced).toMatchObject({ version: 2, egress: { mode: "allowlist", allow: [{ host: "*.github.com", ports: [443] }] } });
+    const opened = await json<EgressAgent>(["agents", "update", created.id, "--egress", "open"]);
+    expect(opened).toMatchObject({ network: "egress", egress: { mode: "open", allow: [{ host: "*.github.com", ports: [443] }] } });
+
+    // A bad rule is refused before anything is sent: exit 2, the rule and the problem named.
+    for (const args of [
+      ["agents", "create", "--name", "cli-bad-egress", "--model", "demo", "--allow", "api.example.com", "--allow", "https://evil.example/x"],
+      ["agents", "create", "--name", "cli-bad-egress", "--model", "demo", "--allow", "example.com:99999"],
+      ["agents", "create", "--name", "cli-bad-egress", "--model", "demo", "--egress", "sometimes"],
+    ]) {
+      const refused = await cli(args);
+      expect({ args, code: refused.code }).toEqual({ args, code: 2 });
+      expect(refused.stdout).toBe("");
+    }
+    const url_ = await cli(["agents", "create", "--name", "cli-bad-egress", "--model", "demo", "--allow", "https://evil.example/x"]);
+    expect(url_.stderr).toContain('invalid --allow "https://evil.example/x": "https://evil.example/x" is a URL');
+    const port_ = await cli(["agents", "create", "--name", "cli-bad-egress", "--model", "demo", "--allow", "example.com:99999"]);
+    expect(port_.stderr).toMatch(/invalid --allow "example\.com:99999": .*port/);
+    const badUpdate = await cli(["agents", "update", "cli-egress", "--allow", "*"]);
+    expect(badUpdate.code).toBe(2);
+    expect(badUpdate.stderr).toContain('invalid --allow "*"');
+    const agents = await json<{ items: EgressAgent[] }>(["agents", "ls", "--all"]);
+    expect(agents.items.map((agent) => agent.name)).not.toContain("cli-bad-egress");
+    expect(agents.items.find((agent) => agent.name === "cli-egress")!.egress.mode).toBe("open");
+
+    const help = await cli(["agents", "update", "--help"]);
+    expect(help.stdout).toContain("REPLACES the whole list");
+  });
+
+  it("secrets set (brokered with --broker-host), ls and rm; values never printed", async () => {
+    await loggedIn();
+    const brokered = await cli(["secrets", "set", "GITHUB_TOKEN", "--broker-host", "api.github.com", "--broker-host", "*.githubusercontent.com"], { input: "ghp_cli_secret_value\n" });
+    expect(brokered, brokered.stderr).toMatchObject({ code: 0 });
+    expect(brokered.stdout).toContain("brokered to api.github.com, *.githubusercontent.com (Authorization: Bearer {{value}})");
+    const plain = await json<{ name: string; brokered: unknown }>(["secrets", "set", "PLAIN_TOKEN", "--value", "plain-value", "--agent", "cli-demo"]);
+    expect(plain).toMatchObject({ name: "PLAIN_TOKEN", brokered: null });
+    const custom = await json<{ brokered: unknown }>(["secrets", "set", "API_KEY", "--value", "k", "--broker-host", "api.example.com", "--broker-header", "X-Api-Key", "--broker-template", "{{value}}"]);
+    expect(custom.brokered).toEqual({ hosts: ["api.example.com"], header: "X-Api-Key", template: "{{value}}" });
+
+    const listed = await json<{ items: Array<{ name: string; brokered: { hosts: string[]; header: string } | null }> }>(["secrets", "ls"]);
+    expect(listed.items.find((item) => item.name === "GITHUB_TOKEN")!.brokered).toEqual({ hosts: ["api.github.com", "*.githubusercontent.com"], header: "Authorization", template: "Bearer {{value}}" });
+    const table = await cli(["secrets", "ls"]);
+    expect(table.stdout).toMatch(/GITHUB_TOKEN\s+team\s+brokered to api\.github\.com/);
+    expect(table.stdout).toMatch(/PLAIN_TOKEN\s+agent cli-demo\s+environment/);
+    expect(table.stdout + brokered.stdout).not.toContain("ghp_cli_secret_value");
+
+    const usage = await cli(["secrets", "set", "X", "--value", "v", "--broker-header", "X-Key"]);
+    expect(usage.code).toBe(2);
+    expect(usage.stderr).toContain("need --broker-host");
+
+    expect((await cli(["secrets", "rm", "PLAIN_TOKEN"])).code).toBe(4); // team-wide: there is none
+    expect((await cli(["secrets", "rm", "PLAIN_TOKEN", "--agent", "cli-demo"])).code).toBe(0);
+    for (const name of ["GITHUB_TOKEN", "API_KEY"]) expect((await cli(["secrets", "rm", name])).code).toBe(0);
+    expect((await json<{ items: unknown[] }>(["secrets", "ls"])).items).toEqual([]);
+  });
+
+  it("logs print egress events one a line, denials and leaked stubs marked in words", async () => {
+    await loggedIn();
+    const session = await json<{ id: string }>(["sessions", "new", "--agent", "cli-demo"]);
+    const db = connectDatabase(database.url, { max: 1 });
+    try {
+      const base = { port: 443, bytesOut: 1200, bytesIn: 3400, durationMs: 12 };
+      await appendEvents(db.db, session.id, [
+        { type: "egress", payload: { ...base, host: "registry.npmjs.org", method: "GET", path: "/left-pad", status: 200, decision: "allowed", rule: "registry.npmjs.org:443 GET /*", count: 3 } },
+        { type: "egress", payload: { ...base, host: "evil.example", decision: "denied", reason: "no allow rule for host evil.example port 443", bytesOut: 0, bytesIn: 0 } },
+        { type: "egress", payload: { ...base, host: "paste.example", decision: "allowed", rule: "open", stubsSeen: ["GITHUB_TOKEN"] } },
+      ]);
+    } finally {
+      await db.close();
+    }
+    const logs = await cli(["sessions", "logs", session.id]);
+    expect(logs, logs.stderr).toMatchObject({ code: 0 });
+    expect(logs.stdout).toMatch(/↗ GET registry\.npmjs\.org:443\/left-pad → 200 ×3 · 1\.2 kB out · 3\.4 kB in · 12 ms {2}#\d+/);
+    expect(logs.stdout).toMatch(/⊘ DENIED CONNECT evil\.example:443: no allow rule for host evil\.example port 443 {2}#\d+/);
+    expect(logs.stdout).toContain("⚠ stub of brokered secret GITHUB_TOKEN sent to paste.example:443");
+    const lines = jsonLines((await cli(["--json", "sessions", "logs", session.id])).stdout);
+    expect(events(lines).filter((line) => line.type === "egress").map((line) => line.payload.decision)).toEqual(["allowed", "denied", "allowed"]);
+    expect((await cli(["sessions", "terminate", session.id])).code).toBe(0);
   });
 
   it("sessions new, ls, show, send (with --wait), logs, exec and terminate; unknown sessions exit 4", async () => {
