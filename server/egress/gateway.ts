@@ -70,6 +70,8 @@ const DEFAULT_TIMEOUTS: GatewayTimeouts = { connectMs: 15_000, idleMs: 10 * 60_0
 /** Sandboxes whose tunnels are re-checked at once (each is one policy read). */
 const RECHECK_CONCURRENCY = 8;
 const RESOLVE_TIMEOUT_MS = 10_000;
+/** How long one connection's requests may use the policy read for its first (see contextOrRefuse). */
+const CONTEXT_MAX_AGE_MS = 1_000;
 /** Longest host and reason an event carries (a sandbox chooses them: up to the 16 KiB of a request head). */
 const MAX_RECORDED_HOST = 300;
 const MAX_RECORDED_REASON = 600;
@@ -113,6 +115,8 @@ export class EgressGateway {
   private readonly inspector: http.Server;
   private readonly info = new WeakMap<net.Socket, ConnectionInfo>();
   private readonly openBySandbox = new Map<string, number>();
+  /** The policy read for a client connection (plain HTTP keep-alive, an inspected tunnel), and when. */
+  private readonly contexts = new WeakMap<net.Socket, { sandbox: string; context: SandboxEgressContext; at: number }>();
   /** Open untouched tunnels by sandbox: an edit of the policy closes those it no longer allows. */
   private readonly tunnels = new Map<string, Set<OpenTunnel>>();
   private recheckTimer: NodeJS.Timeout | null = null;
@@ -345,14 +349,22 @@ export class EgressGateway {
     }
     const host = hostOf(target.hostname);
     const port = Number(target.port || 80);
-    const context = await this.contextOrRefuse(name, res);
+    const context = await this.contextOrRefuse(name, res, req.socket);
     if (!context) return;
     await this.forward(context, { scheme: "http", host, port, path: target.pathname + target.search }, req, res);
   }
 
-  private async contextOrRefuse(name: string, res: http.ServerResponse): Promise<SandboxEgressContext | null> {
+  /**
+   * The sandbox's policy for a request: read once per client connection, and again on a connection
+   * kept alive past CONTEXT_MAX_AGE_MS, so a burst of requests on one connection costs one read
+   * while an edit still reaches an open connection within that time (new connections at once).
+   */
+  private async contextOrRefuse(name: string, res: http.ServerResponse, socket: net.Socket): Promise<SandboxEgressContext | null> {
+    const cached = this.contexts.get(socket);
+    if (cached && cached.sandbox === name && performance.now() - cached.at < CONTEXT_MAX_AGE_MS) return cached.context;
     try {
       const context = await this.contextOf(name);
+      if (context) this.contexts.set(socket, { sandbox: name, context, at: performance.now() });
       if (!context) answer(res, 403, `Berth egress gateway: sandbox ${name} serves no session (yet): nothing leaves it`);
       return context;
     } catch (error) {
@@ -372,7 +384,7 @@ export class EgressGateway {
       req.resume();
       return answer(res, 400, `Berth egress gateway: inside a tunnel to ${inspected.host}, requests name a path ("GET /x"), not "${truncate(req.url ?? "")}"`);
     }
-    const context = await this.contextOrRefuse(inspected.sandbox, res);
+    const context = await this.contextOrRefuse(inspected.sandbox, res, req.socket);
     if (!context) return;
     await this.forward(context, { scheme: "https", host: inspected.host, port: inspected.port, path: req.url ?? "/" }, req, res);
   }

@@ -1,6 +1,6 @@
-import { sql } from "drizzle-orm";
+import { and, desc, eq, inArray, sql } from "drizzle-orm";
 import type { Database } from "../../db/client";
-import type { StoredBrokering, StoredEgressPolicy } from "../../db/schema";
+import { agents, agentVersions, sandboxes, sessions, type StoredBrokering, type StoredEgressPolicy } from "../../db/schema";
 import { appendEvents, type EventInput } from "./event-log";
 import type { SecretBox } from "./secret-box";
 import { associatedData, brokeredStub } from "./secrets";
@@ -42,22 +42,35 @@ export class EgressDirectory {
   constructor(
     private readonly db: Database,
     private readonly box: SecretBox,
-  ) {}
+  ) {
+    // Built once and prepared on each connection: the gateway asks for every connection and plain
+    // HTTP request, and planning this join costs several times what running it does.
+    this.contextQuery = db
+      .select({
+        session_id: sessions.id,
+        team_id: sessions.teamId,
+        agent_id: sessions.agentId,
+        egress: agentVersions.egress,
+        secrets: sql<ContextRow["secrets"]>`(
+          select json_agg(json_build_object('name', x.name, 'agent_id', x.agent_id, 'brokered', x.brokered,
+                   'ciphertext', case when x.brokered is not null then encode(x.ciphertext, 'base64') end))
+            from secrets x
+           where x.team_id = ${sessions.teamId} and (x.agent_id is null or x.agent_id = ${sessions.agentId}))`,
+      })
+      .from(sandboxes)
+      .innerJoin(sessions, and(eq(sessions.id, sandboxes.sessionId), eq(sessions.teamId, sandboxes.teamId)))
+      .innerJoin(agents, and(eq(agents.id, sessions.agentId), eq(agents.teamId, sessions.teamId)))
+      .innerJoin(agentVersions, and(eq(agentVersions.agentId, agents.id), eq(agentVersions.version, agents.currentVersion)))
+      .where(and(eq(sandboxes.name, sql.placeholder("name")), inArray(sandboxes.status, ["provisioning", "ready"])))
+      .orderBy(desc(sandboxes.generation))
+      .limit(1)
+      .prepare("berth_egress_for_sandbox");
+  }
+
+  private readonly contextQuery;
 
   async forSandbox(sandboxName: string): Promise<SandboxEgressContext | null> {
-    const rows = await this.db.execute<ContextRow>(sql`
-      select s.id as session_id, s.team_id, s.agent_id, v.egress,
-        (select json_agg(json_build_object('name', x.name, 'agent_id', x.agent_id, 'brokered', x.brokered,
-                  'ciphertext', case when x.brokered is not null then encode(x.ciphertext, 'base64') end))
-           from secrets x
-          where x.team_id = s.team_id and (x.agent_id is null or x.agent_id = s.agent_id)) as secrets
-        from sandboxes b
-        join sessions s on s.id = b.session_id and s.team_id = b.team_id
-        join agents a on a.id = s.agent_id and a.team_id = s.team_id
-        join agent_versions v on v.agent_id = a.id and v.version = a.current_version
-       where b.name = ${sandboxName} and b.status in ('provisioning', 'ready')
-       order by b.generation desc
-       limit 1`);
+    const rows: ContextRow[] = await this.contextQuery.execute({ name: sandboxName });
     const row = rows[0];
     if (!row) return null;
     // An agent's own secret overrides a team-wide one of the same name.

@@ -155,7 +155,7 @@ describe("the tRPC API over HTTP: happy paths, authentication and roles", () => 
     const agent = await api.agents.create.mutate({ name: "with-secrets", model: "demo" });
     const teamWide = await api.secrets.set.mutate({ name: "OPENAI_API_KEY", value: "team-value" });
     const perAgent = await api.secrets.set.mutate({ name: "OPENAI_API_KEY", value: "agent-value", agentId: agent.id });
-    expect(teamWide).toEqual({ id: expect.any(String), name: "OPENAI_API_KEY", agentId: null, createdAt: expect.any(Date), updatedAt: expect.any(Date) });
+    expect(teamWide).toEqual({ id: expect.any(String), name: "OPENAI_API_KEY", agentId: null, brokered: null, createdAt: expect.any(Date), updatedAt: expect.any(Date) });
     expect(perAgent.agentId).toBe(agent.id);
     const again = await api.secrets.set.mutate({ name: "OPENAI_API_KEY", value: "rotated" });
     expect(again.id).toBe(teamWide.id);
