@@ -641,7 +641,10 @@ describe("warm pools: SandboxWarmPool + SandboxClaim", () => {
     await waitFor("the pool deleted", () => (pool() ? undefined : true));
     const s = pooled({ warmPoolSize: 1 });
     const started = performance.now();
-    const provisioned = await backend.provision(s); // makes the pool, whose first sandbox is not ready yet: the claim's cold path
+    // Makes the pool, whose first sandbox is held not ready (on a busy machine it could otherwise be
+    // ready before the claim is looked at): the claim's cold path.
+    fake.holdWarmPoolPods = true;
+    const provisioned = await backend.provision(s).finally(() => (fake.holdWarmPoolPods = false));
     console.log(`claim to ready (cold, pool empty): ${(performance.now() - started).toFixed(0)} ms`);
     expect(provisioned).toMatchObject({ name: s.name, fromWarmPool: false });
     expect(fake.get("sandboxes", NAMESPACE, s.name)!.metadata.labels).toMatchObject({ "agents.x-k8s.io/launch-type": "cold", "berth.dev/claim": s.name });

@@ -364,7 +364,7 @@ describe("web dashboard", () => {
     const agentId = page.url().split("/").pop()!;
     const stored = await api.agents.get.query({ agentId });
     expect(stored.egress).toEqual({ mode: "allowlist", allow: [{ host: "api.example.com" }, { host: "registry.npmjs.org", ports: [443], methods: ["GET"], paths: ["/*"] }, { host: "*.github.com", ports: [443] }] });
-    const policy = page.getByTestId("egress-policy");
+    const policy = page.getByTestId("egress-policy").first();
     await policy.getByText("allow-list (3 rules)").waitFor();
     expect(await policy.getByRole("listitem").allTextContents()).toEqual(["api.example.com", "registry.npmjs.org:443 GET /*", "*.github.com:443"]);
 

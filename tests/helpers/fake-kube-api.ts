@@ -32,7 +32,7 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync } from "node:fs";
 import http from "node:http";
 import os from "node:os";
 import path from "node:path";
@@ -848,6 +848,12 @@ export class FakeKubeApi {
     if (!pod) void this.startPod(sandbox);
   }
 
+  /**
+   * While set, pods of warm-pool Sandboxes stay not ready (their image is still being pulled, say):
+   * a test of the claim's cold path must not race the pool's first sandbox.
+   */
+  holdWarmPoolPods = false;
+
   private async startPod(sandbox: Obj): Promise<void> {
     const name = sandbox.metadata.name!;
     const namespace = sandbox.metadata.namespace!;
@@ -855,6 +861,7 @@ export class FakeKubeApi {
     const pod: Pod = { sandbox: name, ip, child: null, ending: null, env: {}, workspace: "", output: "" };
     this.pods.set(name, pod);
     this.setSandboxStatus(name, (status) => ({ ...status, conditions: [condition("Ready", "False", "DependenciesNotReady", "Pod is not ready")] }));
+    while (this.holdWarmPoolPods && sandbox.metadata.labels?.["agents.x-k8s.io/warm-pool-sandbox"] && !pod.ending) await new Promise((resolve) => setTimeout(resolve, 50));
     try {
       this.reconcileVolumeClaims(sandbox, namespace);
       const { env, workspace, port, image, user } = await this.resolvePod(sandbox, namespace);
@@ -864,10 +871,18 @@ export class FakeKubeApi {
       const script = path.join(ROOT, "build/sandboxd.js");
       const daemon = [process.execPath, ...(existsSync(script) ? [script] : ["--import", "tsx", path.join(ROOT, "sandboxd/main.ts")])];
       const asUser = user ? ["setpriv", `--reuid=${user.uid}`, `--regid=${user.gid}`, "--clear-groups", "--"] : [];
-      const [command, ...args] = [...podMounts(this.options.imageFiles?.[image ?? ""], workspace), ...asUser, ...daemon];
+      const mounts = podMounts(this.options.imageFiles?.[image ?? ""], workspace);
+      const [command, ...args] = [...mounts, ...asUser, ...daemon];
+      // The pod's own /tmp (an emptyDir; with image files bwrap gives it a private one): what the
+      // daemon writes there (its CA files) goes with the stand-in's folder, not the host's /tmp.
+      const podTmp = mounts.length === 0 ? path.join(this.dataDir, "pod-tmp", name) : null;
+      if (podTmp) {
+        mkdirSync(podTmp, { recursive: true, mode: 0o1777 });
+        chmodSync(podTmp, 0o1777);
+      }
       const child = spawn(command!, args, {
         cwd: workspace,
-        env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...env, BERTH_DAEMON_LISTEN: `tcp:${ip}:${port}`, BERTH_WORKSPACE: workspace } as unknown as NodeJS.ProcessEnv,
+        env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...(podTmp ? { TMPDIR: podTmp } : {}), ...env, BERTH_DAEMON_LISTEN: `tcp:${ip}:${port}`, BERTH_WORKSPACE: workspace } as unknown as NodeJS.ProcessEnv,
         stdio: ["ignore", "pipe", "pipe"],
         detached: true,
       });
@@ -1247,9 +1262,17 @@ function podMounts(files: Record<string, string> | undefined, workspace: string)
     folders(inPod);
     args.push("--ro-bind", onHost, inPod);
   }
-  if ([...roots.keys()].some((root) => workspace.startsWith(`${root}/`))) {
+  const underRoot = (target: string) => [...roots.keys()].some((root) => target.startsWith(`${root}/`));
+  if (underRoot(workspace)) {
     folders(workspace);
     args.push("--bind", workspace, workspace);
+  }
+  // The daemon (this checkout's build) and the runtime must stay visible when they sit under a folder
+  // covered above (a checkout in /tmp).
+  for (const keep of new Set([ROOT, path.dirname(realpathSync(process.execPath))])) {
+    if (!underRoot(keep)) continue;
+    folders(keep);
+    args.push("--ro-bind", keep, keep);
   }
   return [...args, "--"];
 }
