@@ -63,6 +63,9 @@ describe("a first start of the process entry, without NODE_ENV", () => {
     // The log still says where the files are.
     expect(stdout).toContain(`saved to ${path.join(dataDir, "admin-password")}`);
     expect(stdout).toContain(`saved to ${path.join(dataDir, "admin-api-key")}`);
+    // Where to go and how to sign in, on every start (the password itself only in its file).
+    expect(stderr).toMatch(/Berth is ready: http:\/\/localhost:\d+\n/);
+    expect(stderr).toContain(`Sign in as admin@berth.local; the password is in ${path.join(dataDir, "admin-password")}.`);
   });
 
   it("puts no stack trace in any error answer: tRPC input, parse and routing errors, a 404 page, a malformed URL", async () => {

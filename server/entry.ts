@@ -67,7 +67,11 @@ try {
   if (berth.bootstrap.generatedPassword) {
     printOnce(`Admin password for ${config.adminEmail}`, berth.bootstrap.generatedPassword, berth.bootstrap.passwordFile);
   }
-  logger.info({ url: `http://localhost:${berth.port}` }, "Berth is ready");
+  const url = `http://localhost:${berth.port}`;
+  const password = config.adminPassword ? "the password is BERTH_ADMIN_PASSWORD" : `the password is in ${berth.bootstrap.passwordFile}`;
+  // Every start, for the person at the terminal: where to go and how to sign in (never the password itself).
+  process.stderr.write(`\n  Berth is ready: ${url}\n  Sign in as ${config.adminEmail}; ${password}.\n\n`);
+  logger.info({ url, adminEmail: config.adminEmail, ...(config.adminPassword ? {} : { passwordFile: berth.bootstrap.passwordFile }) }, "Berth is ready");
 
   exitOnSignals(berth, logger, config.shutdownTimeoutMs);
 } catch (error) {
