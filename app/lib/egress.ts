@@ -3,6 +3,7 @@
  * Free of zod on purpose: pages that only show egress do not load the rule parser (egress-rules.ts).
  */
 import type { EgressMode, EgressRule } from "../../server/egress/policy";
+import type { EgressRecord } from "../../server/egress/egress-log";
 
 export type { EgressMode, EgressRule };
 
@@ -27,22 +28,8 @@ export function egressSummary(policy: EgressPolicyView): string {
 // ---------------------------------------------------------------------------------------------
 // Events
 
-export type EgressEventPayload = {
-  host: string;
-  port: number;
-  method?: string;
-  path?: string;
-  status?: number;
-  decision: "allowed" | "denied";
-  rule?: string;
-  reason?: string;
-  bytesOut: number;
-  bytesIn: number;
-  durationMs: number;
-  count?: number;
-  brokered?: string[];
-  stubsSeen?: string[];
-};
+/** The `egress` event's payload, as the server defines it (server/services/event-log.ts). */
+export type EgressEventPayload = EgressRecord;
 
 export function hostPort(host: string, port: number): string {
   return `${host.includes(":") ? `[${host}]` : host}:${port}`;

@@ -1,7 +1,7 @@
 import { EGRESS_MODE_LABEL, EGRESS_MODES, egressSummary, type EgressMode, type EgressPolicyView, type EgressRule } from "../../app/lib/egress";
 import { formatAllowRule, parseAllowFlag, ruleProblem } from "../../app/lib/egress-rules";
 import { DISK_MB_MAX, DISK_MB_MIN } from "../../server/services/agent-config";
-import { connect, positiveInt, resolveAgent, run, type GlobalOptions } from "./common";
+import { collectPages, connect, positiveInt, resolveAgent, run, type GlobalOptions } from "./common";
 import { CliError, EXIT } from "./errors";
 import { formatTime, table, type Output } from "./output";
 
@@ -12,15 +12,7 @@ export async function listAgents(options: ListOptions): Promise<void> {
   const { out, client } = context;
   const limit = options.limit ? positiveInt("--limit", options.limit, { max: 100 }) : 20;
   await run(context, async () => {
-    const items = [];
-    let cursor = options.cursor;
-    let nextCursor: string | null = null;
-    do {
-      const page = await client.agents.list.query({ limit: options.all ? 100 : limit, cursor });
-      items.push(...page.items);
-      nextCursor = page.nextCursor;
-      cursor = nextCursor ?? undefined;
-    } while (options.all && nextCursor);
+    const { items, nextCursor } = await collectPages(options, limit, (page) => client.agents.list.query(page));
     if (out.json) return out.document({ items, nextCursor });
     if (items.length === 0) return out.notice("No agents yet: `berth agents create --name NAME --model MODEL`.");
     out.line(

@@ -50,6 +50,24 @@ export function positiveInt(name: string, value: string, options: { min?: number
 
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
+/** One page of a list (`--limit`, `--cursor`), or every page after the cursor (`--all`, 100 at a time). */
+export async function collectPages<T>(
+  options: { all?: boolean; cursor?: string },
+  limit: number,
+  fetchPage: (page: { limit: number; cursor: string | undefined }) => Promise<{ items: T[]; nextCursor: string | null }>,
+): Promise<{ items: T[]; nextCursor: string | null }> {
+  const items: T[] = [];
+  let cursor = options.cursor;
+  let nextCursor: string | null = null;
+  do {
+    const page = await fetchPage({ limit: options.all ? 100 : limit, cursor });
+    items.push(...page.items);
+    nextCursor = page.nextCursor;
+    cursor = nextCursor ?? undefined;
+  } while (options.all && nextCursor);
+  return { items, nextCursor };
+}
+
 /** Agent names by id (first pages only: a name is a nicety in a table, the id is the fallback). */
 export async function agentNames(client: BerthClient): Promise<Map<string, string>> {
   const names = new Map<string, string>();

@@ -1,6 +1,6 @@
 import { text as readStream } from "node:stream/consumers";
 import type { BerthClient } from "../../server/client";
-import { agentNames, connect, isUuid, positiveInt, resolveAgent, run, type GlobalOptions } from "./common";
+import { agentNames, collectPages, connect, isUuid, positiveInt, resolveAgent, run, type GlobalOptions } from "./common";
 import { CliError, EXIT } from "./errors";
 import { readHidden } from "./login";
 import { formatTime, table } from "./output";
@@ -22,15 +22,7 @@ export async function listSecrets(options: ListOptions): Promise<void> {
   const limit = options.limit ? positiveInt("--limit", options.limit, { max: 100 }) : 50;
   await run(context, async () => {
     const agentId = options.agent ? await resolveAgent(client, options.agent) : undefined;
-    const items = [];
-    let cursor = options.cursor;
-    let nextCursor: string | null = null;
-    do {
-      const page = await client.secrets.list.query({ limit: options.all ? 100 : limit, cursor, agentId });
-      items.push(...page.items);
-      nextCursor = page.nextCursor;
-      cursor = nextCursor ?? undefined;
-    } while (options.all && nextCursor);
+    const { items, nextCursor } = await collectPages(options, limit, (page) => client.secrets.list.query({ ...page, agentId }));
     if (out.json) return out.document({ items, nextCursor });
     if (items.length === 0) return out.notice("No secrets: `berth secrets set NAME`.");
     const names = await agentNames(client);

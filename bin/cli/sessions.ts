@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { text as readStream } from "node:stream/consumers";
 import type { BerthClient } from "../../server/client";
-import { agentNames, connect, positiveInt, resolveAgent, run, sessionId, sleep, type GlobalOptions } from "./common";
+import { agentNames, collectPages, connect, positiveInt, resolveAgent, run, sessionId, sleep, type GlobalOptions } from "./common";
 import { CliError, EXIT, isTransient } from "./errors";
 import { followSession, TurnTracker, type TurnOutcome } from "./follow";
 import { formatTime, table } from "./output";
@@ -21,15 +21,7 @@ export async function listSessions(options: ListOptions): Promise<void> {
   }
   await run(context, async () => {
     const agentId = options.agent ? await resolveAgent(client, options.agent) : undefined;
-    const items = [];
-    let cursor = options.cursor;
-    let nextCursor: string | null = null;
-    do {
-      const page = await client.sessions.list.query({ limit: options.all ? 100 : limit, cursor, status: options.status as Status | undefined, agentId });
-      items.push(...page.items);
-      nextCursor = page.nextCursor;
-      cursor = nextCursor ?? undefined;
-    } while (options.all && nextCursor);
+    const { items, nextCursor } = await collectPages(options, limit, (page) => client.sessions.list.query({ ...page, status: options.status as Status | undefined, agentId }));
     if (out.json) return out.document({ items, nextCursor });
     if (items.length === 0) return out.notice("No sessions: `berth sessions new --agent AGENT`.");
     const names = await agentNames(client);

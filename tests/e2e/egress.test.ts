@@ -13,6 +13,7 @@ import { abstractProbe, listenAbstract, probeAbstractOnHost } from "../helpers/a
 import { gitHost, npmRegistry, startStandIn, type GitHost, type NpmRegistry, type StandIn } from "../helpers/egress-stand-ins";
 import { waitFor } from "../helpers/processes";
 import { startTestGateway, type TestGateway } from "../helpers/test-gateway";
+import type { EgressRecord } from "../../server/egress/egress-log";
 
 /**
  * The egress gateway's acceptance suite (issue 25), on real bubblewrap jails with their own network
@@ -30,19 +31,6 @@ const LITELLM_KEY = "sk-egress-suite-upstream-key";
 const HOSTS = ["api.example.test", "other.example.test", "denied.example.test", "rules.example.test", "git.example.test", "registry.example.test"];
 const NPM_PACKAGE = "berth-egress-hello";
 
-type EgressPayload = {
-  host: string;
-  port: number;
-  method?: string;
-  path?: string;
-  status?: number;
-  decision: "allowed" | "denied";
-  rule?: string;
-  reason?: string;
-  count?: number;
-  brokered?: string[];
-  stubsSeen?: string[];
-};
 
 describe("the egress gateway (local jails)", () => {
   let berth: TestBerth;
@@ -117,13 +105,13 @@ describe("the egress gateway (local jails)", () => {
     return Object.fromEntries(stdout.split("\n").flatMap((line) => (/^[\w-]+=/.test(line) ? [[line.slice(0, line.indexOf("=")), line.slice(line.indexOf("=") + 1)]] : [])));
   }
 
-  async function egressEvents(sessionId: string): Promise<EgressPayload[]> {
-    const rows = await sql<{ payload: EgressPayload }[]>`select payload from session_events where session_id = ${sessionId} and type = 'egress' order by seq`;
+  async function egressEvents(sessionId: string): Promise<EgressRecord[]> {
+    const rows = await sql<{ payload: EgressRecord }[]>`select payload from session_events where session_id = ${sessionId} and type = 'egress' order by seq`;
     return rows.map((row) => row.payload);
   }
 
   /** The gateway writes its events in ~1 s batches: waits for one that matches. */
-  async function egressEvent(sessionId: string, match: (event: EgressPayload) => boolean, what: string): Promise<EgressPayload> {
+  async function egressEvent(sessionId: string, match: (event: EgressRecord) => boolean, what: string): Promise<EgressRecord> {
     return waitFor(`egress event: ${what}`, async () => (await egressEvents(sessionId)).find(match), 15_000);
   }
 
