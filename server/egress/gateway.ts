@@ -525,7 +525,7 @@ export class EgressGateway {
     const brokered: string[] = [];
     // TRACE makes the server echo the request, credential included, back to the sandbox.
     const bound =
-      target.scheme === "https" && req.method !== "TRACE" ? context.brokered.filter((credential) => credential.hosts.some((pattern) => hostMatches(pattern, target.host))) : [];
+      target.scheme === "https" && req.method !== "TRACE" ? brokeredFor(context, target.host) : [];
     for (const credential of bound) {
       const name = credential.header.toLowerCase();
       const present = headers[name];
@@ -591,7 +591,7 @@ export class EgressGateway {
     const over = this.hold(client, name);
     if (over) return answerRaw(client, 429, `Berth egress gateway: this sandbox already has ${over.open} connections open (at most ${over.limit})`);
 
-    const inspect = context.brokered.some((credential) => credential.hosts.some((pattern) => hostMatches(pattern, host))) || needsInspection(context.policy as EgressPolicy, host, port);
+    const inspect = mustInspect(context, host, port);
     if (inspect) return this.inspect(client, head, { host, port, sandbox: name });
 
     let address: { address: string; port: number };
@@ -694,7 +694,7 @@ export class EgressGateway {
                 continue;
               }
               const decision = decideEgress(context.policy as EgressPolicy, { host: tunnel.host, port: tunnel.port });
-              const inspect = context.brokered.some((credential) => credential.hosts.some((pattern) => hostMatches(pattern, tunnel.host))) || needsInspection(context.policy as EgressPolicy, tunnel.host, tunnel.port);
+              const inspect = mustInspect(context, tunnel.host, tunnel.port);
               if (!decision.allowed) tunnel.close(`open tunnel closed: the agent's egress policy changed (${decision.reason ?? "no longer allowed"})`);
               else if (inspect) tunnel.close("open tunnel closed: the agent's egress policy now inspects this host (a brokered credential or a method/path rule)");
             }
@@ -740,6 +740,16 @@ export class EgressGateway {
     if (record.reason !== undefined) bounded.reason = truncate(record.reason, MAX_RECORDED_REASON);
     this.options.log.record(context.sessionId, bounded);
   }
+}
+
+/** The brokered credentials bound to a host. */
+function brokeredFor(context: SandboxEgressContext, host: string): BrokeredCredential[] {
+  return context.brokered.filter((credential) => credential.hosts.some((pattern) => hostMatches(pattern, host)));
+}
+
+/** Whether the gateway must see a tunnel's requests: a brokered credential or a method/path rule for its host. */
+function mustInspect(context: SandboxEgressContext, host: string, port: number): boolean {
+  return brokeredFor(context, host).length > 0 || needsInspection(context.policy as EgressPolicy, host, port);
 }
 
 /** The token of a proxy request: `Proxy-Authorization: Basic base64(user:token)` (any user) or `Bearer token`. */
