@@ -8,6 +8,7 @@ import type { Logger } from "../logger";
 import { ensureSystemUser, runningAsRoot, type HostIdentity } from "../system-user";
 import { Cgroups } from "./cgroups";
 import { createDaemonClient } from "./daemon-client";
+import { killProcessesUnder, killProcessTree } from "./process-tree";
 import { hostSeccompProgram } from "./seccomp";
 import {
   SandboxUnavailableError,
@@ -288,8 +289,8 @@ export class LocalSandboxBackend implements SandboxBackend {
     jail.stopping = true;
     this.options.logger.debug({ sandbox: name, reason }, "stopping sandbox");
     if (jail.child.exitCode === null && jail.child.signalCode === null) {
-      // bwrap's --die-with-parent chain takes every process of the jail down with it.
-      if (this.bwrapPath) jail.child.kill("SIGKILL");
+      // Not left to bwrap's --die-with-parent chain: a jail stopped while it starts would outlive it.
+      if (this.bwrapPath) killProcessTree(jail.hostPid);
       else process.kill(-jail.hostPid, "SIGKILL");
     }
     await jail.exited;
@@ -618,6 +619,9 @@ export class LocalSandboxBackend implements SandboxBackend {
   /** Sandbox folders, cgroups and any jail still running, left by a previous process of this data dir. */
   private async removeLeftovers(): Promise<void> {
     const sandboxesDir = path.join(this.options.dataDir, "sandboxes");
+    // Without cgroups, only their command lines tell them (a jail the previous process was starting when it died).
+    const strays = killProcessesUnder(sandboxesDir, [process.getuid?.() ?? -1, ...(this.identity ? [this.identity.uid] : [])]);
+    if (strays > 0) this.options.logger.warn({ processes: strays }, "stopped processes of jails that outlived the previous process");
     for (const name of await fs.readdir(sandboxesDir)) {
       try {
         const killed = await this.cgroups.remove(name);

@@ -403,6 +403,19 @@ describe(`sandbox escape probes (Berth running as ${serverUser ?? (asRoot ? "roo
     }
   });
 
+  it("sandboxes stopped while they start (restarts in quick succession, then a terminate) leave no process behind", async () => {
+    const agent = (await api.agents.list.query({})).items.find((item) => item.name === "probe")!;
+    const { id: churned } = await api.sessions.create.mutate({ agentId: agent.id });
+    // Each restart stops the generation before it wherever it is in its start, most of them before
+    // their jail has set up its death signals (without cgroups, only a tree kill catches those).
+    for (const delayMs of [0, 40, 80, 120, 160, 200, 260, 320, 400, 500]) {
+      await new Promise((resolve) => setTimeout(resolve, delayMs));
+      await api.sessions.restart.mutate({ sessionId: churned });
+    }
+    await api.sessions.terminate.mutate({ sessionId: churned });
+    // (afterEach: no orphan of the sandbox user)
+  });
+
   it("a tree nested past PATH_MAX where the sandbox can write neither outlives its session nor keeps Berth from starting again", async () => {
     const agent = (await api.agents.list.query({})).items.find((item) => item.name === "probe")!;
     const { id: deepSession } = await api.sessions.create.mutate({ agentId: agent.id });

@@ -1,0 +1,104 @@
+import { readFileSync, readdirSync } from "node:fs";
+
+/**
+ * Kills a jail's whole process tree without relying on cgroups (an unprivileged Berth has none).
+ *
+ * bwrap's --die-with-parent chain is set up by each of its processes a moment after it starts, and
+ * the inner bwrap leaves the process group (--new-session) before it does: a jail killed in that
+ * window left its inner bwrap, and later the daemon, running under init for good. Here every process
+ * is stopped first (a stopped process forks no more), the tree is read again until it stops growing,
+ * and only then is everything killed.
+ */
+export function killProcessTree(root: number): number {
+  const found = new Set<number>([root]);
+  signal(root, "SIGSTOP");
+  for (let round = 0; round < 20; round += 1) {
+    let grew = false;
+    for (const pid of descendantsOf(root)) {
+      if (found.has(pid)) continue;
+      found.add(pid);
+      signal(pid, "SIGSTOP");
+      grew = true;
+    }
+    if (!grew) break;
+  }
+  for (const pid of found) signal(pid, "SIGKILL");
+  return found.size - 1;
+}
+
+/**
+ * Kills every process of `ownerUids` (with its tree) whose command line names a path under `folder`: jails a previous
+ * Berth process of this data dir left behind when it died while one was starting.
+ */
+export function killProcessesUnder(folder: string, ownerUids: number[]): number {
+  const prefix = folder.endsWith("/") ? folder : `${folder}/`;
+  let killed = 0;
+  for (const pid of processIds()) {
+    if (pid === process.pid || !ownerUids.includes(realUidOf(pid))) continue;
+    let commandLine: string;
+    try {
+      commandLine = readFileSync(`/proc/${pid}/cmdline`, "utf8");
+    } catch {
+      continue;
+    }
+    if (!commandLine.split("\0").some((arg) => arg.startsWith(prefix))) continue;
+    killed += 1 + killProcessTree(pid);
+  }
+  return killed;
+}
+
+/** Every live descendant of `root`, read from /proc. */
+export function descendantsOf(root: number): number[] {
+  const children = new Map<number, number[]>();
+  for (const pid of processIds()) {
+    const parent = parentOf(pid);
+    if (parent === null) continue;
+    const list = children.get(parent);
+    if (list) list.push(pid);
+    else children.set(parent, [pid]);
+  }
+  const result: number[] = [];
+  const queue = [root];
+  while (queue.length > 0) {
+    for (const child of children.get(queue.shift()!) ?? []) {
+      result.push(child);
+      queue.push(child);
+    }
+  }
+  return result;
+}
+
+function processIds(): number[] {
+  try {
+    return readdirSync("/proc").filter((entry) => /^\d+$/.test(entry)).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+function parentOf(pid: number): number | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // The command name (field 2) is in parentheses and may itself hold spaces and parentheses.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return Number(fields[1]);
+  } catch {
+    return null;
+  }
+}
+
+function realUidOf(pid: number): number {
+  try {
+    return Number(/^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? -1);
+  } catch {
+    return -1;
+  }
+}
+
+function signal(pid: number, name: NodeJS.Signals): void {
+  try {
+    process.kill(pid, name);
+  } catch {
+    // already gone
+  }
+}
