@@ -1,6 +1,6 @@
 import { execFile, spawn, type ChildProcess } from "node:child_process";
-import { randomBytes } from "node:crypto";
-import { existsSync, readFileSync } from "node:fs";
+import { createHash, randomBytes } from "node:crypto";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import fs from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
@@ -52,6 +52,69 @@ async function loadBinaries(): Promise<Binaries> {
 async function unprivilegedUser(logger: Logger): Promise<{ uid: number; gid: number } | undefined> {
   if (!runningAsRoot()) return undefined;
   return ensureSystemUser("postgres", "to run the embedded database", logger);
+}
+
+/**
+ * How the server's programs are run: as root, as the `postgres` user. When that user cannot reach
+ * the binaries or the data dir by their real paths (a clone in root's 0700 home), each program runs
+ * in a private mount namespace where both are bound under a root-owned folder anyone may traverse:
+ * nothing on the host is made more open than it was.
+ */
+type Launcher = {
+  /** The path the programs see for a host path under the binaries' folder or the data dir. */
+  seen(hostPath: string): string;
+  spawnArgs(program: string, args: string[]): { command: string; args: string[]; ids: { uid?: number; gid?: number } };
+  viaView: boolean;
+};
+
+const SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const VIEW_SCRIPT = `set -e
+mount --bind "$1" "$3/bin"; mount --bind "$2" "$3/data"
+uid=$4; gid=$5; shift 5
+exec setpriv --reuid="$uid" --regid="$gid" --clear-groups -- "$@"`;
+
+async function launcherFor(binaries: Binaries, dataDir: string, runAs: { uid: number; gid: number } | undefined, logger: Logger): Promise<Launcher> {
+  const direct: Launcher = { seen: (hostPath) => hostPath, spawnArgs: (program, args) => ({ command: program, args, ids: runAs ?? {} }), viaView: false };
+  // The package's own folder (bin/, lib/, share/): the programs find their libraries and files relative to themselves.
+  const binariesDir = path.dirname(path.dirname(binaries.postgres));
+  if (!runAs || (traversableBy(runAs, binariesDir) && traversableBy(runAs, dataDir))) return direct;
+  const viewRoot = path.join(existsSync("/run") ? "/run" : "/tmp", "berth-postgres", createHash("sha256").update(dataDir).digest("hex").slice(0, 16));
+  await fs.mkdir(path.join(viewRoot, "bin"), { recursive: true, mode: 0o755 });
+  await fs.mkdir(path.join(viewRoot, "data"), { recursive: true, mode: 0o755 });
+  for (let dir = viewRoot; dir !== path.dirname(dir); dir = path.dirname(dir)) {
+    if (!traversableBy(runAs, dir)) throw new Error(`the embedded Postgres needs ${dir} to be traversable by the 'postgres' user`);
+  }
+  logger.info({ binariesDir, dataDir, view: viewRoot }, "the 'postgres' user cannot reach the binaries or the data dir: running it with both bound under a folder it can traverse");
+  const seen = (hostPath: string) => {
+    for (const [host, inView] of [[binariesDir, "bin"], [dataDir, "data"]] as const) {
+      const relative = path.relative(host, hostPath);
+      if (!relative.startsWith("..") && !path.isAbsolute(relative)) return path.join(viewRoot, inView, relative);
+    }
+    throw new Error(`${hostPath} is outside the embedded Postgres' view`);
+  };
+  return {
+    seen,
+    viaView: true,
+    spawnArgs: (program, args) => ({
+      command: "unshare",
+      args: ["--mount", "--propagation", "private", "--", "/bin/sh", "-c", VIEW_SCRIPT, "berth-postgres", binariesDir, dataDir, viewRoot, String(runAs.uid), String(runAs.gid), seen(program), ...args],
+      ids: {},
+    }),
+  };
+}
+
+/** Whether `ids` may pass through every folder from the root to `target` (inclusive). */
+function traversableBy(ids: { uid: number; gid: number }, target: string): boolean {
+  try {
+    for (let dir = target; ; dir = path.dirname(dir)) {
+      const stat = statSync(dir);
+      const bits = stat.uid === ids.uid ? (stat.mode >> 6) & 7 : stat.gid === ids.gid ? (stat.mode >> 3) & 7 : stat.mode & 7;
+      if ((bits & 1) === 0) return false;
+      if (dir === path.dirname(dir)) return true;
+    }
+  } catch {
+    return false;
+  }
 }
 
 /** Whether a process runs; a zombie (exited, but not reaped by an init that does not reap) does not. */
@@ -132,8 +195,10 @@ export async function startEmbeddedPostgres(options: { dataDir: string; logger: 
     const runAs = await unprivilegedUser(logger);
     // The postgres user must traverse the data dir to reach pg/; its other files stay 0600.
     if (runAs) await fs.chmod(dataDir, 0o711);
-    // Absolute binary paths, so no PATH: nothing of the platform environment reaches the database server.
-    const childEnv = { LC_ALL: "C", LANG: "C" } as unknown as NodeJS.ProcessEnv;
+    const launcher = await launcherFor(binaries, dataDir, runAs, logger);
+    // Absolute binary paths, so no PATH for the server itself: nothing of the platform environment
+    // reaches it (the view's wrapper needs one to find unshare, mount and setpriv).
+    const childEnv = { LC_ALL: "C", LANG: "C", ...(launcher.viaView ? { PATH: SYSTEM_PATH } : {}) } as unknown as NodeJS.ProcessEnv;
 
     const passwordFile = path.join(dataDir, "pg-password");
     let password = (await fs.readFile(passwordFile, "utf8").catch(() => "")).trim();
@@ -155,11 +220,15 @@ export async function startEmbeddedPostgres(options: { dataDir: string; logger: 
       }
       logger.info({ pgDir }, "initialising the embedded Postgres cluster");
       try {
-        await run(
-          binaries.initdb,
-          [`--pgdata=${pgDir}`, `--username=${SUPERUSER}`, `--pwfile=${initPasswordFile}`, "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C"],
-          { env: childEnv, ...runAs },
-        );
+        const initdb = launcher.spawnArgs(binaries.initdb, [
+          `--pgdata=${launcher.seen(pgDir)}`,
+          `--username=${SUPERUSER}`,
+          `--pwfile=${launcher.seen(initPasswordFile)}`,
+          "--auth=scram-sha-256",
+          "--encoding=UTF8",
+          "--locale=C",
+        ]);
+        await run(initdb.command, initdb.args, { env: childEnv, ...initdb.ids });
       } catch (error) {
         await fs.rm(pgDir, { recursive: true, force: true });
         const detail = (error as { stderr?: string }).stderr?.trim() || String(error);
@@ -178,17 +247,26 @@ export async function startEmbeddedPostgres(options: { dataDir: string; logger: 
     // Socket paths are limited to ~107 bytes; with a longer data dir, TCP only.
     const socketDir = path.join(dataDir, "pg-run");
     const socketPath = `${socketDir}/.s.PGSQL.${port}`;
-    const useSocket = Buffer.byteLength(socketPath) <= 100;
+    const useSocket = Buffer.byteLength(socketPath) <= 100 && Buffer.byteLength(launcher.seen(socketPath)) <= 100;
     if (useSocket) {
       await fs.mkdir(socketDir, { recursive: true, mode: 0o700 });
       if (runAs) await fs.chown(socketDir, runAs.uid, runAs.gid);
     }
-    const child: ChildProcess = spawn(
-      binaries.postgres,
-      ["-D", pgDir, "-p", String(port), "-c", "listen_addresses=127.0.0.1", "-c", `unix_socket_directories=${useSocket ? socketDir : ""}`, "-c", "max_connections=300"],
-      // Its own process group: a Ctrl-C in the terminal reaches Berth, which stops the database last.
-      { env: childEnv, detached: true, stdio: ["ignore", "ignore", "pipe"], uid: runAs?.uid, gid: runAs?.gid },
-    );
+    // (Through the view, the wrapper execs the server: the child's pid is the server's.)
+    const server = launcher.spawnArgs(binaries.postgres, [
+      "-D",
+      launcher.seen(pgDir),
+      "-p",
+      String(port),
+      "-c",
+      "listen_addresses=127.0.0.1",
+      "-c",
+      `unix_socket_directories=${useSocket ? launcher.seen(socketDir) : ""}`,
+      "-c",
+      "max_connections=300",
+    ]);
+    // Its own process group: a Ctrl-C in the terminal reaches Berth, which stops the database last.
+    const child: ChildProcess = spawn(server.command, server.args, { env: childEnv, detached: true, stdio: ["ignore", "ignore", "pipe"], ...server.ids });
     await waitUntilReady(child, logger);
     const pid = child.pid!;
 
