@@ -6,6 +6,7 @@ import net from "node:net";
 import path from "node:path";
 import { promisify } from "node:util";
 import type { Logger } from "pino";
+import { unchrootPrefix } from "../server/host-root";
 import { ensureSystemUser, runningAsRoot } from "../server/system-user";
 
 const run = promisify(execFile);
@@ -85,6 +86,7 @@ async function launcherFor(binaries: Binaries, dataDir: string, runAs: { uid: nu
     if (!traversableBy(runAs, dir)) throw new Error(`the embedded Postgres needs ${dir} to be traversable by the 'postgres' user`);
   }
   logger.info({ binariesDir, dataDir, view: viewRoot }, "the 'postgres' user cannot reach the binaries or the data dir: running it with both bound under a folder it can traverse");
+  const chrootEscape = unchrootPrefix();
   const seen = (hostPath: string) => {
     for (const [host, inView] of [[binariesDir, "bin"], [dataDir, "data"]] as const) {
       const relative = path.relative(host, hostPath);
@@ -95,11 +97,10 @@ async function launcherFor(binaries: Binaries, dataDir: string, runAs: { uid: nu
   return {
     seen,
     viaView: true,
-    spawnArgs: (program, args) => ({
-      command: "unshare",
-      args: ["--mount", "--propagation", "private", "--", "/bin/sh", "-c", VIEW_SCRIPT, "berth-postgres", binariesDir, dataDir, viewRoot, String(runAs.uid), String(runAs.gid), seen(program), ...args],
-      ids: {},
-    }),
+    spawnArgs: (program, args) => {
+      const [command, ...rest] = [...chrootEscape, "unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", VIEW_SCRIPT, "berth-postgres", binariesDir, dataDir, viewRoot, String(runAs.uid), String(runAs.gid), seen(program), ...args];
+      return { command: command!, args: rest, ids: {} };
+    },
   };
 }
 

@@ -1,10 +1,11 @@
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, lstatSync, readlinkSync, realpathSync, statSync } from "node:fs";
+import { existsSync, lstatSync, readFileSync, readlinkSync, realpathSync, statSync } from "node:fs";
 import fs from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
 import type { Logger } from "../logger";
+import { unchrootPrefix } from "../host-root";
 import { ensureSystemUser, runningAsRoot, type HostIdentity } from "../system-user";
 import { Cgroups } from "./cgroups";
 import { createDaemonClient } from "./daemon-client";
@@ -15,6 +16,7 @@ import {
   type DaemonClient,
   type ListedSandbox,
   type ProvisionedSandbox,
+  type SandboxAvailability,
   type SandboxBackend,
   type SandboxIsolation,
   type SandboxLoss,
@@ -141,6 +143,8 @@ export class LocalSandboxBackend implements SandboxBackend {
   private refilling: Promise<void> | null = null;
   private readonly lossListeners: Array<(loss: SandboxLoss) => void> = [];
   private shuttingDown = false;
+  /** Set when this host cannot run jails: Berth runs on without sandboxes, and says why. */
+  private unavailable: JailProblem | null = null;
 
   private constructor(
     private readonly options: LocalBackendOptions,
@@ -163,34 +167,54 @@ export class LocalSandboxBackend implements SandboxBackend {
     };
   }
 
-  /** Checks that a jail can start here, and fails with instructions when it cannot. */
+  /** Whether sessions can have sandboxes here: not when bubblewrap is missing or a test jail could not start. */
+  availability(): SandboxAvailability {
+    return this.unavailable ? { available: false, ...this.unavailable } : { available: true };
+  }
+
+  /**
+   * Checks that a jail can start here. A host that cannot run one (no bubblewrap, user namespaces
+   * off) does not stop Berth: the backend comes up unavailable, with the reason and the fix, and
+   * every provision fails with them (decision 024).
+   */
   static async create(options: LocalBackendOptions): Promise<LocalSandboxBackend> {
     const logger = options.logger.child({ component: "sandbox-local" });
     if (!existsSync(options.daemonScript)) {
       throw new Error(`the sandbox daemon is not built (${options.daemonScript} is missing): run \`npm run build\``);
     }
+    let problem: JailProblem | null = null;
     let bwrapPath: string | null = null;
     if (options.unsafeNoIsolation) {
       logger.warn("BERTH_UNSAFE_NO_SANDBOX_ISOLATION is set: sandboxes run WITHOUT isolation. Never use this with untrusted agents.");
     } else {
-      bwrapPath = await run("sh", ["-c", "command -v bwrap"]).then(({ stdout }) => stdout.trim(), () => null);
-      if (!bwrapPath) {
-        throw new Error(
-          "bubblewrap (bwrap) is not installed, and the local sandbox backend needs it: install it with " +
-            "`apt-get install bubblewrap` (Debian/Ubuntu) or `dnf install bubblewrap` (Fedora).",
-        );
-      }
+      bwrapPath = await onPath("bwrap");
+      if (!bwrapPath) problem = await bubblewrapMissing();
     }
-    const identity = bwrapPath && runningAsRoot() ? await ensureSystemUser(SANDBOX_SYSTEM_USER, "that sandboxes run as", logger) : null;
+    let identity: HostIdentity | null = null;
+    if (bwrapPath && runningAsRoot()) {
+      identity = await ensureSystemUser(SANDBOX_SYSTEM_USER, "that sandboxes run as", logger).catch((error: unknown) => {
+        problem = {
+          reason: `the '${SANDBOX_SYSTEM_USER}' system user that sandboxes run as could not be created (${(error as Error).message.trim()})`,
+          fix: `Create it: \`useradd --system --user-group --no-create-home --shell /usr/sbin/nologin ${SANDBOX_SYSTEM_USER}\` (needs useradd, from the passwd package), then restart Berth.`,
+        };
+        return null;
+      });
+    }
     const seccomp = hostSeccompProgram();
-    if (bwrapPath && !seccomp) logger.warn({ arch: process.arch }, "no seccomp filter for this architecture: sandboxes start without one");
+    if (bwrapPath && !problem && !seccomp) logger.warn({ arch: process.arch }, "no seccomp filter for this architecture: sandboxes start without one");
     const mkfsPath = identity ? (["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"].find((candidate) => existsSync(candidate)) ?? null) : null;
     await fs.mkdir(path.join(options.dataDir, "sandboxes"), { recursive: true, mode: 0o700 });
     await fs.mkdir(path.join(options.dataDir, "workspaces", ".warm"), { recursive: true, mode: 0o700 });
     if (identity) await fs.mkdir(STAGE_DIR, { recursive: true, mode: 0o755 });
-    const backend = new LocalSandboxBackend({ ...options, logger }, bwrapPath, await Cgroups.detect(logger), identity, seccomp, mkfsPath ? "image" : "folder", mkfsPath);
+    const backend = new LocalSandboxBackend({ ...options, logger }, problem ? null : bwrapPath, await Cgroups.detect(logger), identity, seccomp, mkfsPath ? "image" : "folder", mkfsPath);
     await backend.removeLeftovers();
-    if (bwrapPath) await backend.selfTest();
+    if (bwrapPath && !problem) problem = await backend.selfTest();
+    if (problem) {
+      // Once, at start: reconciliation and the warm pool never try (and never log) again.
+      backend.unavailable = problem;
+      logger.error(problem, `sandboxes are unavailable: ${problem.reason}. ${problem.fix}`);
+      return backend;
+    }
     const isolation = backend.describeIsolation();
     if (!isolation.diskQuota) {
       logger.warn(
@@ -211,7 +235,11 @@ export class LocalSandboxBackend implements SandboxBackend {
   }
 
   async listWorkspaces(): Promise<string[]> {
-    const entries = await fs.readdir(path.join(this.options.dataDir, "workspaces"), { withFileTypes: true });
+    // Gone (someone cleaned the data dir): nothing to reconcile, rather than an error every minute.
+    const entries = await fs.readdir(path.join(this.options.dataDir, "workspaces"), { withFileTypes: true }).catch((error: NodeJS.ErrnoException) => {
+      if (error.code === "ENOENT") return [];
+      throw error;
+    });
     // `.warm` holds the warm jails' empty workspaces; anything else not named for a session is not ours.
     const names = new Set<string>();
     for (const entry of entries) {
@@ -243,6 +271,7 @@ export class LocalSandboxBackend implements SandboxBackend {
   }
 
   async provision(spec: SandboxSpec): Promise<ProvisionedSandbox> {
+    if (this.unavailable) throw new SandboxUnavailableError(`sandboxes are unavailable on this host: ${this.unavailable.reason}`);
     const started = performance.now();
     const folder = this.workspaceOf(spec.sessionId);
     const image = folder + IMAGE_SUFFIX;
@@ -303,7 +332,7 @@ export class LocalSandboxBackend implements SandboxBackend {
 
   /** Keeps `warmPoolSize` idle jails, one refill at a time. */
   private refillWarmPools(): void {
-    if (this.shuttingDown || this.refilling || this.warm.length >= this.options.warmPoolSize) return;
+    if (this.unavailable || this.shuttingDown || this.refilling || this.warm.length >= this.options.warmPoolSize) return;
     this.refilling = (async () => {
       try {
         while (!this.shuttingDown && this.warm.length < this.options.warmPoolSize) {
@@ -518,11 +547,12 @@ export class LocalSandboxBackend implements SandboxBackend {
 
   /**
    * Starts a jail that runs `/bin/true` the way every sandbox starts (as the sandbox user, seccomp,
-   * staged binds, an image workspace where quotas are on), so a host that cannot do it fails at
-   * start with the reason rather than at the first session. An image that cannot be mounted (no
-   * loop devices, as in many containers) turns quotas off with a warning instead.
+   * staged binds, an image workspace where quotas are on), so a host that cannot do it is known at
+   * start, with the reason, rather than at the first session. An image that cannot be mounted (no
+   * loop devices, as in many containers) turns quotas off with a warning instead. Returns what keeps
+   * jails from starting here, or null.
    */
-  private async selfTest(): Promise<void> {
+  private async selfTest(): Promise<JailProblem | null> {
     const dir = path.join(this.options.dataDir, "sandboxes", ".self-test");
     await fs.rm(dir, { recursive: true, force: true });
     await fs.mkdir(dir, { mode: 0o711 });
@@ -559,7 +589,7 @@ export class LocalSandboxBackend implements SandboxBackend {
       if (this.workspaceKind === "image") {
         try {
           await attempt(await this.newWorkspace(path.join(dir, `workspace${IMAGE_SUFFIX}`), 16));
-          return;
+          return null;
         } catch (error) {
           this.options.logger.warn({ err: error }, "a workspace image could not be mounted (are loop devices available?): disk quotas are off");
           this.workspaceKind = "folder";
@@ -568,8 +598,9 @@ export class LocalSandboxBackend implements SandboxBackend {
       const folder = path.join(dir, "workspace");
       await this.newWorkspace(folder, 0);
       await attempt(folder);
+      return null;
     } catch (error) {
-      throw new Error(`a test sandbox could not start (bwrap ${(error as Error).message}). ${DOCKER_HINT}`);
+      return diagnoseJailFailure((error as Error).message, { readSetting: readKernelSetting, inContainer: inContainer(), root: runningAsRoot() });
     } finally {
       await fs.rm(dir, { recursive: true, force: true });
     }
@@ -637,6 +668,82 @@ export class LocalSandboxBackend implements SandboxBackend {
   }
 }
 
+/** Why this host cannot run jails, and what the operator can run about it (system.health, the dashboard). */
+export type JailProblem = { reason: string; fix: string };
+
+/** Where `program` is on PATH, the way a shell finds it; null when it is not. */
+async function onPath(program: string): Promise<string | null> {
+  return run("sh", ["-c", `command -v ${program}`]).then(({ stdout }) => stdout.trim() || null, () => null);
+}
+
+/** The install commands of the package managers this host has (both when neither is found). */
+async function bubblewrapMissing(): Promise<JailProblem> {
+  const sudo = runningAsRoot() ? "" : "sudo ";
+  const [apt, dnf] = await Promise.all([onPath("apt-get"), onPath("dnf")]);
+  const installs = [
+    ...(apt || !dnf ? [`\`${sudo}apt-get install bubblewrap\` (Debian, Ubuntu)`] : []),
+    ...(dnf || !apt ? [`\`${sudo}dnf install bubblewrap\` (Fedora, RHEL)`] : []),
+  ];
+  return {
+    reason: "bubblewrap is not installed (no `bwrap` on PATH), and the local sandbox backend runs every sandbox in a bubblewrap jail",
+    fix: `Install it with ${installs.join(" or ")}, or run \`npm start\` again as root or as a user with sudo rights (it installs it); then restart Berth.`,
+  };
+}
+
+/** A /proc/sys setting's value, or null where this kernel has no such setting. */
+function readKernelSetting(file: string): string | null {
+  try {
+    return readFileSync(file, "utf8").trim();
+  } catch {
+    return null;
+  }
+}
+
+function inContainer(): boolean {
+  if (existsSync("/.dockerenv") || existsSync("/run/.containerenv")) return true;
+  return /docker|containerd|kubepods|libpod|lxc/.test(readKernelSetting("/proc/1/cgroup") ?? "");
+}
+
+/**
+ * What keeps bwrap from starting a jail here, named from the kernel settings that decide it (read
+ * first: bwrap's own message names a symptom, and Ubuntu's AppArmor restriction gives no clear one)
+ * and then from bwrap's message, with the command that fixes it.
+ */
+export function diagnoseJailFailure(message: string, host: { readSetting: (file: string) => string | null; inContainer: boolean; root: boolean }): JailProblem {
+  const said = message.trim().replace(/^bwrap: /, "") || "no message";
+  const reason = (cause: string) => `a test sandbox could not start (bwrap: ${said})${cause ? `: ${cause}` : ""}`;
+  const sudo = host.root ? "" : "sudo ";
+  const sysctl = (setting: string) =>
+    `\`${sudo}sysctl -w ${setting}\` (to keep it after a reboot: \`echo ${setting} | ${sudo}tee /etc/sysctl.d/60-berth-userns.conf\`), then restart Berth`;
+  if (host.readSetting("/proc/sys/kernel/unprivileged_userns_clone") === "0") {
+    return { reason: reason("unprivileged user namespaces are disabled (kernel.unprivileged_userns_clone = 0)"), fix: `Allow them: ${sysctl("kernel.unprivileged_userns_clone=1")}.` };
+  }
+  if (host.readSetting("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") === "1") {
+    return {
+      reason: reason("AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns = 1, Ubuntu's default since 23.10)"),
+      fix: `Lift the restriction: ${sysctl("kernel.apparmor_restrict_unprivileged_userns=0")}. Or give bwrap an AppArmor profile that allows \`userns\`.`,
+    };
+  }
+  if (host.readSetting("/proc/sys/user/max_user_namespaces") === "0" || /max_\*_namespaces|ENOSPC/.test(said)) {
+    return {
+      reason: reason("no user namespace may be created here (user.max_user_namespaces is 0, in this kernel or in an enclosing container)"),
+      fix: `Allow them: ${sysctl("user.max_user_namespaces=15000")}${host.inContainer ? "; inside a container, the limit of the host or of the container's own user namespace applies" : ""}.`,
+    };
+  }
+  if (/No permissions to creat/i.test(said)) {
+    return {
+      reason: reason("the kernel does not let unprivileged users create user namespaces"),
+      fix: `Allow them with sysctl (Debian: \`kernel.unprivileged_userns_clone=1\`; Ubuntu 24.04: \`kernel.apparmor_restrict_unprivileged_userns=0\`; elsewhere \`user.max_user_namespaces\` above 0), then restart Berth.${host.inContainer ? ` ${DOCKER_HINT}` : ""}`,
+    };
+  }
+  return {
+    reason: reason(""),
+    fix:
+      (host.inContainer ? DOCKER_HINT : `To see the failure, run \`bwrap --unshare-user --unshare-pid --unshare-net --ro-bind / / true\`${host.root ? ` as the ${SANDBOX_SYSTEM_USER} user` : ""}. ${DOCKER_HINT}`) +
+      " Only for trusted agents: BERTH_UNSAFE_NO_SANDBOX_ISOLATION=1 runs sandboxes with no isolation at all.",
+  };
+}
+
 /**
  * The address-space rlimit of a jail, in bytes; null for none. With a memory cgroup (the real limit)
  * there is none: runtimes reserve far more address space than they use (V8 about 10 GiB for each
@@ -681,7 +788,7 @@ class Stage {
     const bwrap = [bwrapPath, ...(seccomp ? ["--seccomp", "3"] : []), ...args];
     if (!this.identity) return bwrap;
     const { uid, gid } = this.identity;
-    return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", STAGE_SCRIPT, "berth-stage", String(uid), String(gid), String(this.mounts.length / 3), ...this.mounts, ...bwrap];
+    return [...unchrootPrefix(), "unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", STAGE_SCRIPT, "berth-stage", String(uid), String(gid), String(this.mounts.length / 3), ...this.mounts, ...bwrap];
   }
 }
 
