@@ -38,6 +38,7 @@ import os from "node:os";
 import path from "node:path";
 import Ajv, { type ValidateFunction } from "ajv";
 import YAML from "yaml";
+import { unchrootPrefix } from "../../server/host-root";
 
 const ROOT = path.resolve(import.meta.dirname, "../..");
 export const CRD_DIR = path.resolve(ROOT, "k8s/crds");
@@ -1243,7 +1244,8 @@ function podMounts(files: Record<string, string> | undefined, workspace: string)
     if (folder === "/") throw new Error(`imageFiles: ${inPod} would need a tmpfs over / (make its top folder exist on the host)`);
     if (![...roots.keys()].some((root) => folder === root || folder.startsWith(`${root}/`))) roots.set(folder, "0755");
   }
-  const args = ["bwrap", "--dev-bind", "/", "/", "--die-with-parent"];
+  // (In a chroot, bwrap cannot make "/" a slave mount: unchrootPrefix gives it a real root first.)
+  const args = [...unchrootPrefix(), "bwrap", "--dev-bind", "/", "/", "--die-with-parent"];
   for (const [root, mode] of roots) args.push("--perms", mode, "--tmpfs", root);
   const made = new Set<string>();
   /** bwrap makes the folders on the way to a mount point 0700: these are made 0755 first. */
