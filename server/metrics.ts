@@ -3,10 +3,36 @@ import type postgres from "postgres";
 import type { ModelGateway } from "./gateway/client";
 
 /**
+ * Longest a scrape waits for one figure read from Postgres. Prometheus gives up on the whole scrape
+ * after its scrape_timeout (10 s by default), and the process's own figures (event-loop lag,
+ * memory, berth_database_up itself) matter most exactly while the database does not answer.
+ */
+const DATABASE_SCRAPE_TIMEOUT_MS = 1_500;
+
+/** The figure, or undefined when the database did not give it within DATABASE_SCRAPE_TIMEOUT_MS. */
+async function fromDatabase<T>(query: () => Promise<T>): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), DATABASE_SCRAPE_TIMEOUT_MS).unref()));
+  try {
+    return await Promise.race([query().catch(() => undefined), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * prom-client's default gauges that promtool check metrics flags (a gauge must not end in _total).
+ * Each is the sum over the `type` label of the gauge of the same name without the suffix, which stays.
+ */
+const MISNAMED_DEFAULT_GAUGES = ["nodejs_active_handles_total", "nodejs_active_requests_total", "nodejs_active_resources_total"];
+
+/**
  * Prometheus metrics of one Berth process (`GET /metrics`). Process-local figures (latencies,
  * reconnect outcomes) are recorded where they happen; figures about the stored data (sessions by
  * status, events, tokens, cost, queue depth) are read from Postgres at scrape time, so every
- * replica reports the same cluster-wide values and nothing is lost across restarts.
+ * replica reports the same cluster-wide values and nothing is lost across restarts. When the
+ * database does not answer, those keep their last values, berth_database_up says 0, and the scrape
+ * still succeeds: an outage must not look like the process being down.
  */
 export class BerthMetrics {
   readonly registry = new Registry();
@@ -23,7 +49,15 @@ export class BerthMetrics {
     name: "berth_sandbox_start_seconds",
     help: "Time from provisioning a sandbox to its daemon answering.",
     labelNames: ["backend", "warm"] as const,
-    buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+    // Up to BERTH_K8S_READY_TIMEOUT_MS's default (180 s): a pod start waits on image pulls and volumes.
+    buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 180],
+    registers: [this.registry],
+  });
+
+  readonly sandboxStartFailures = new Counter({
+    name: "berth_sandbox_start_failures_total",
+    help: "Sandbox provisioning attempts that failed (the backend could not start the sandbox or its daemon did not answer), by backend.",
+    labelNames: ["backend"] as const,
     registers: [this.registry],
   });
 
@@ -31,6 +65,14 @@ export class BerthMetrics {
     name: "berth_sandbox_reconnects_total",
     help: "Sandbox losses and how their reconnection ended (started, recovered, failed).",
     labelNames: ["outcome"] as const,
+    registers: [this.registry],
+  });
+
+  readonly turnDuration = new Histogram({
+    name: "berth_turn_duration_seconds",
+    help: "Time from accepting a message to the end of the turn that answers it (queueing, sandbox start, model calls, tools), by outcome (completed, failed, aborted).",
+    labelNames: ["outcome"] as const,
+    buckets: [0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600],
     registers: [this.registry],
   });
 
@@ -73,14 +115,29 @@ export class BerthMetrics {
 
   constructor(sql: postgres.Sql) {
     collectDefaultMetrics({ register: this.registry, prefix: "berth_" });
+    for (const name of MISNAMED_DEFAULT_GAUGES) this.registry.removeSingleMetric(`berth_${name}`);
+    // A labelled counter has no series before its first increment, and rate() or increase() never
+    // count that first one: alerts on these would miss the first failure.
+    for (const outcome of ["started", "recovered", "failed"]) this.reconnects.inc({ outcome }, 0);
+    for (const kind of ["internal", "policy", "brokering", "upstream", "certificate", "record"]) this.egressErrors.inc({ kind }, 0);
+    for (const outcome of ["completed", "failed", "aborted"]) this.turnDuration.zero({ outcome });
     const registers = [this.registry];
+    new Gauge({
+      name: "berth_database_up",
+      help: "Whether the database answered a query within 1.5 s at this scrape (1) or not (0).",
+      registers,
+      async collect() {
+        this.set((await fromDatabase(() => sql`select 1`)) ? 1 : 0);
+      },
+    });
     new Gauge({
       name: "berth_sessions",
       help: "Sessions by status.",
       labelNames: ["status"] as const,
       registers,
       async collect() {
-        const rows = await sql<{ status: string; count: number }[]>`select status::text, count(*)::int as count from sessions group by status`;
+        const rows = await fromDatabase(() => sql<{ status: string; count: number }[]>`select status::text, count(*)::int as count from sessions group by status`);
+        if (!rows) return;
         this.reset();
         for (const row of rows) this.set({ status: row.status }, row.count);
       },
@@ -90,8 +147,8 @@ export class BerthMetrics {
       help: "Events written to session logs (all sessions).",
       registers,
       async collect() {
-        const [row] = await sql<{ total: string }[]>`select coalesce(sum(last_seq), 0)::text as total from sessions`;
-        this.set(Number(row!.total));
+        const [row] = (await fromDatabase(() => sql<{ total: string }[]>`select coalesce(sum(last_seq), 0)::text as total from sessions`)) ?? [];
+        if (row) this.set(Number(row.total));
       },
     });
     new Gauge({
@@ -100,10 +157,14 @@ export class BerthMetrics {
       labelNames: ["kind"] as const,
       registers,
       async collect() {
-        const [row] = await sql<{ prompt: string; completion: string }[]>`
-          select coalesce(sum(prompt_tokens), 0)::text as prompt, coalesce(sum(completion_tokens), 0)::text as completion from sessions`;
-        this.set({ kind: "prompt" }, Number(row!.prompt));
-        this.set({ kind: "completion" }, Number(row!.completion));
+        const [row] =
+          (await fromDatabase(
+            () => sql<{ prompt: string; completion: string }[]>`
+              select coalesce(sum(prompt_tokens), 0)::text as prompt, coalesce(sum(completion_tokens), 0)::text as completion from sessions`,
+          )) ?? [];
+        if (!row) return;
+        this.set({ kind: "prompt" }, Number(row.prompt));
+        this.set({ kind: "completion" }, Number(row.completion));
       },
     });
     new Gauge({
@@ -111,23 +172,45 @@ export class BerthMetrics {
       help: "Model cost reported by the gateway, all sessions, in USD.",
       registers,
       async collect() {
-        const [row] = await sql<{ cost: string }[]>`select coalesce(sum(cost_usd), 0)::text as cost from sessions`;
-        this.set(Number(row!.cost));
+        const [row] = (await fromDatabase(() => sql<{ cost: string }[]>`select coalesce(sum(cost_usd), 0)::text as cost from sessions`)) ?? [];
+        if (row) this.set(Number(row.cost));
       },
     });
     new Gauge({
       name: "berth_job_queue_depth",
-      help: "graphile-worker jobs by state: runnable (waiting to start), scheduled (run_at in the future), running, failed (no attempts left).",
+      help: "graphile-worker jobs by state: runnable (due, waiting for a worker), blocked (due, waiting behind a running job of its queue: a session's next turn), scheduled (run_at in the future, retries in their backoff too), running, failed (no attempts left).",
       labelNames: ["state"] as const,
       registers,
       async collect() {
-        const [row] = await sql<{ runnable: number; scheduled: number; running: number; failed: number }[]>`
-          select count(*) filter (where locked_at is null and attempts < max_attempts and run_at <= now())::int as runnable,
-                 count(*) filter (where locked_at is null and attempts < max_attempts and run_at > now())::int as scheduled,
-                 count(*) filter (where locked_at is not null)::int as running,
-                 count(*) filter (where attempts >= max_attempts)::int as failed
-          from graphile_worker.jobs`;
-        for (const [state, value] of Object.entries(row!)) this.set({ state }, value);
+        const [row] =
+          (await fromDatabase(
+            () => sql<{ runnable: number; blocked: number; scheduled: number; running: number; failed: number }[]>`
+              select count(*) filter (where j.locked_at is null and j.attempts < j.max_attempts and j.run_at <= now() and q.locked_at is null)::int as runnable,
+                     count(*) filter (where j.locked_at is null and j.attempts < j.max_attempts and j.run_at <= now() and q.locked_at is not null)::int as blocked,
+                     count(*) filter (where j.locked_at is null and j.attempts < j.max_attempts and j.run_at > now())::int as scheduled,
+                     count(*) filter (where j.locked_at is not null)::int as running,
+                     count(*) filter (where j.locked_at is null and j.attempts >= j.max_attempts)::int as failed
+              from graphile_worker._private_jobs j left join graphile_worker._private_job_queues q on q.id = j.job_queue_id`,
+          )) ?? [];
+        if (!row) return;
+        for (const [state, value] of Object.entries(row)) this.set({ state }, value);
+      },
+    });
+    new Gauge({
+      name: "berth_job_queue_oldest_runnable_age_seconds",
+      help: "How long the oldest runnable job (due, its queue free, not started) has waited since its run_at; 0 when none waits.",
+      registers,
+      async collect() {
+        // Blocked jobs are left out: a session's next turn waits for the running one, which can take
+        // as long as a harness turn may (30 minutes by default) without anything being wrong.
+        const [row] =
+          (await fromDatabase(
+            () => sql<{ age: number }[]>`
+              select coalesce(extract(epoch from now() - min(j.run_at)), 0)::float8 as age
+              from graphile_worker._private_jobs j left join graphile_worker._private_job_queues q on q.id = j.job_queue_id
+              where j.locked_at is null and j.attempts < j.max_attempts and j.run_at <= now() and q.locked_at is null`,
+          )) ?? [];
+        if (row) this.set(Math.max(0, row.age));
       },
     });
   }

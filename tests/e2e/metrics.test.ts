@@ -54,7 +54,7 @@ describe("GET /metrics", () => {
     expect(value("berth_session_events_stored")).toBeGreaterThanOrEqual(6);
     expect(value("berth_tokens_used", { kind: "prompt" })).toBeGreaterThan(0);
     expect(families.get("berth_cost_usd_spent")?.type).toBe("GAUGE");
-    expect(families.get("berth_job_queue_depth")?.metrics.map((metric) => metric.labels?.state).sort()).toEqual(["failed", "runnable", "running", "scheduled"]);
+    expect(families.get("berth_job_queue_depth")?.metrics.map((metric) => metric.labels?.state).sort()).toEqual(["blocked", "failed", "runnable", "running", "scheduled"]);
 
     expect(families.get("berth_sandbox_start_seconds")?.type).toBe("HISTOGRAM");
     expect(histogramCount(text, "berth_sandbox_start_seconds", { backend: "local", warm: "false" })).toBeGreaterThanOrEqual(1);
