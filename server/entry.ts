@@ -71,6 +71,9 @@ try {
   const password = config.adminPassword ? "the password is BERTH_ADMIN_PASSWORD" : `the password is in ${berth.bootstrap.passwordFile}`;
   // Every start, for the person at the terminal: where to go and how to sign in (never the password itself).
   process.stderr.write(`\n  Berth is ready: ${url}\n  Sign in as ${config.adminEmail}; ${password}.\n\n`);
+  const sandboxes = berth.services.health.sandboxes();
+  // Berth serves without sandboxes; the person at the terminal should not have to find out from a failed session.
+  if (!sandboxes.available) process.stderr.write(`  Sandboxes are unavailable: ${sandboxes.reason}.\n  To fix: ${sandboxes.fix}\n\n`);
   logger.info({ url, adminEmail: config.adminEmail, ...(config.adminPassword ? {} : { passwordFile: berth.bootstrap.passwordFile }) }, "Berth is ready");
 
   exitOnSignals(berth, logger, config.shutdownTimeoutMs);

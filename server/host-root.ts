@@ -17,21 +17,22 @@ export function runningInChroot(mountInfo?: string): boolean {
   return !text.split("\n").some((line) => line.split(" ")[4] === "/");
 }
 
-// Escapes the chroot (setns into the process's own mount namespace resets its root to the namespace's),
-// makes a private mount namespace, binds the chroot's folder (read from Berth's /proc entry, which
-// still has it as root) onto itself and pivots into it, so the command runs in the same tree, now as
-// the root of its namespace.
-const UNCHROOT_SCRIPT = 'tree=$(readlink "/proc/$1/root") && shift && mount --rbind "$tree" "$tree" && cd "$tree" && pivot_root . . && umount -l . && cd / && exec "$@"';
+// Escapes the chroot (setns into the process's own mount namespace resets its root and working
+// folder to the namespace's), makes a private mount namespace, binds the chroot's folder (read from
+// Berth's /proc entry, which still has it as root) onto itself and pivots into it, so the command runs
+// in the same tree, now as the root of its namespace, in the folder it was started in.
+const ENTER_SCRIPT = 'wd=$(pwd); inner=$1; pid=$2; shift 2; exec nsenter --mount=/proc/self/ns/mnt -- unshare --mount --propagation private -- /bin/sh -c "$inner" berth-unchroot "$pid" "$wd" "$@"';
+const PIVOT_SCRIPT = 'tree=$(readlink "/proc/$1/root") && wd=$2 && shift 2 && mount --rbind "$tree" "$tree" && cd "$tree" && pivot_root . . && umount -l . && { cd "$wd" 2>/dev/null || cd /; } && exec "$@"';
 
 /**
  * As root in a chroot, the command prefix that runs a command in the same file tree, but as the root
  * of a new private mount namespace; otherwise none. The kernel refuses a chrooted process new user
  * namespaces (so bubblewrap cannot start a jail) and changes of "/" propagation (so `unshare --mount
  * --propagation private` fails). A chroot is no boundary for root, which can always leave it: the
- * prefix only gives what runs under it a proper root. The programs before the pivot (nsenter,
- * unshare, sh, mount, pivot_root, umount) are the host's, found on the default PATH.
+ * prefix only gives what runs under it a proper root. The programs between the setns and the pivot
+ * (unshare, sh, mount, pivot_root, umount) are the host's, found on the default PATH.
  */
 export function unchrootPrefix(): string[] {
   if (process.getuid?.() !== 0 || !runningInChroot()) return [];
-  return ["nsenter", "--mount=/proc/self/ns/mnt", "--", "unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", UNCHROOT_SCRIPT, "berth-unchroot", String(process.pid)];
+  return ["/bin/sh", "-c", ENTER_SCRIPT, "berth-unchroot", PIVOT_SCRIPT, String(process.pid)];
 }

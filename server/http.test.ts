@@ -19,7 +19,7 @@ describe("HTTP surface of one Berth process", () => {
   it("answers /readyz with the database, migrations and worker state", async () => {
     const response = await fetch(`${berth.url}/readyz`);
     expect(response.status).toBe(200);
-    expect(await response.json()).toMatchObject({ ready: true, database: "ok", pendingMigrations: 0, worker: "running" });
+    expect(await response.json()).toMatchObject({ ready: true, database: "ok", pendingMigrations: 0, worker: "running", sandboxes: "available" });
   });
 
   it("serves system.health over tRPC at /api/trpc", async () => {
@@ -30,6 +30,7 @@ describe("HTTP surface of one Berth process", () => {
       database: "ok",
       gateway: "not configured",
       sandboxBackend: "local",
+      sandboxes: { available: true },
       // As root: the berth-sandbox user, with quotas where loop devices work; otherwise this process's user, without.
       sandboxIsolation: {
         hostUser: process.getuid?.() === 0 ? "berth-sandbox" : "the Berth user (not root)",

@@ -110,6 +110,7 @@ export function createHttpApp(options: HttpServerOptions): express.Express {
   app.get("/healthz", (_req, res) => {
     res.json({ ok: true });
   });
+  // Ready means "serves": a host without sandboxes is still ready (HealthService.readiness says why).
   app.get("/readyz", async (_req, res) => {
     const readiness = await options.services.health.readiness();
     const ready = readiness.ready && !draining;

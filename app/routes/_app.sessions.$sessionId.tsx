@@ -42,7 +42,10 @@ function newKey(): string {
   return typeof crypto.randomUUID === "function" ? crypto.randomUUID() : `${Date.now()}-${Math.random().toString(36).slice(2)}`;
 }
 
-function Composer({ status, onSend }: { status: SessionStatus | undefined; onSend: (text: string) => void }) {
+/** What a demo agent's session offers to send in one click: each shows a side of the sandbox. */
+const DEMO_SUGGESTIONS = ["run: ps aux", "run: echo hello > hello.txt && ls -la", "run: curl -sS -m 5 https://example.com"];
+
+function Composer({ status, onSend, suggestions = [] }: { status: SessionStatus | undefined; onSend: (text: string) => void; suggestions?: string[] }) {
   const [text, setText] = useState("");
   const closed = status === "terminated" || status === "failed";
 
@@ -62,7 +65,17 @@ function Composer({ status, onSend }: { status: SessionStatus | undefined; onSen
   }
 
   return (
-    <form className="composer" onSubmit={submit} aria-label="Send a message">
+    <form className={suggestions.length > 0 && !closed ? "composer composer-with-suggestions" : "composer"} onSubmit={submit} aria-label="Send a message">
+      {suggestions.length > 0 && !closed ? (
+        <div className="demo-suggestions" role="group" aria-label="Try with the demo model">
+          <span className="muted small">Try:</span>
+          {suggestions.map((suggestion) => (
+            <button key={suggestion} type="button" className="button button-small mono" onClick={() => onSend(suggestion)}>
+              {suggestion}
+            </button>
+          ))}
+        </div>
+      ) : null}
       <label htmlFor="composer-text" className="visually-hidden">
         Message
       </label>
@@ -364,6 +377,10 @@ export default function SessionPage() {
   const follow = useSessionFollow(sessionId, session.data?.lastSeq);
   const [pending, setPending] = useState<Pending[]>([]);
   const send = useMutation(trpc.sessions.send.mutationOptions());
+  // The same query as the details panel's (shared): a demo agent's session offers messages to try.
+  const agent = useQuery(
+    trpc.agents.get.queryOptions({ agentId: session.data?.agentId ?? "", version: session.data?.agentVersion }, { enabled: Boolean(session.data), staleTime: Infinity }),
+  );
 
   const [filter, setFilter] = useState<TimelineFilter>("all");
   const egressEvents = useMemo(() => follow.events.filter((event) => event.type === "egress"), [follow.events]);
@@ -536,6 +553,7 @@ export default function SessionPage() {
       ) : null}
       <Composer
         status={status}
+        suggestions={agent.data?.isDemo && agent.data.harness === "builtin" ? DEMO_SUGGESTIONS : []}
         onSend={(text) => {
           // The message and its answer are what the sender wants to see next.
           setFilter("all");

@@ -5,6 +5,7 @@ import { useState } from "react";
 import { Empty, ErrorState, Loading, MutationError, PageHeader, Pager, StatusBadge, useCursorPager, StaleNotice } from "../components/ui";
 import { formatCost, formatDateTime, formatNumber, shortId, timeAgo } from "../lib/format";
 import { useNow } from "../lib/hooks";
+import { useAppData } from "../lib/app-data";
 import { useTRPC } from "../lib/trpc";
 import { SESSION_STATUSES, type Agent, type SessionStatus } from "../lib/types";
 
@@ -49,6 +50,31 @@ function NewSession({ agents }: { agents: Agent[] }) {
       </button>
       <MutationError error={create.error} />
     </form>
+  );
+}
+
+/**
+ * One click from an empty dashboard to a sandbox at work (docs/decisions/024-first-minutes.md): the
+ * server makes the team's demo agent if there is none, starts a session and sends it a command, and
+ * the session page shows the output as it streams in.
+ */
+function StartDemo() {
+  const trpc = useTRPC();
+  const navigate = useNavigate();
+  const { sandboxes } = useAppData();
+  const start = useMutation(trpc.sessions.startDemo.mutationOptions({ onSuccess: (result) => navigate(`/sessions/${result.session.id}`) }));
+  return (
+    <div className="demo-start">
+      <button type="button" className="button button-primary" disabled={start.isPending || !sandboxes.available} onClick={() => start.mutate()}>
+        {start.isPending ? "Starting…" : "Start a demo session"}
+      </button>
+      <span className="small">
+        {sandboxes.available
+          ? "Runs a few commands (uname, id, ls) in a fresh sandbox with the offline demo model: no model key, nothing to fill in."
+          : "Not until sandboxes are available here (see above)."}
+      </span>
+      <MutationError error={start.error} />
+    </div>
   );
 }
 
@@ -119,13 +145,16 @@ export default function Sessions() {
           <Empty title="No sessions match these filters" />
         ) : (
           <Empty title="No sessions yet">
-            {agents.data && agents.data.items.length === 0 ? (
-              <>
-                Create an <Link to="/agents">agent</Link> first, then start a session with it.
-              </>
-            ) : (
-              "Pick an agent above and start a session."
-            )}
+            <StartDemo />
+            <p>
+              {agents.data && agents.data.items.length === 0 ? (
+                <>
+                  Or create an <Link to="/agents">agent</Link> of your own, then start a session with it.
+                </>
+              ) : (
+                "Or pick an agent above and start a session."
+              )}
+            </p>
           </Empty>
         )
       ) : (

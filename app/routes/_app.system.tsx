@@ -46,6 +46,12 @@ export default function System() {
               hint={health.data.gateway === "not configured" ? "(set LITELLM_BASE_URL; the offline demo model works without it)" : undefined}
             />
             <Row label="Sandbox backend" value={health.data.sandboxBackend} good={health.data.sandboxBackend !== "not configured"} />
+            <Row
+              label="Sandboxes"
+              value={health.data.sandboxes.available ? "available" : "unavailable"}
+              good={health.data.sandboxes.available}
+              hint={health.data.sandboxes.available ? undefined : "(sessions cannot start: the banner above says why and what to run)"}
+            />
             {health.data.sandboxIsolation ? (
               <>
                 <Row label="Sandbox user" value={health.data.sandboxIsolation.hostUser} good hint="(the host user sandboxed processes run as)" />

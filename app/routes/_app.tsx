@@ -2,6 +2,7 @@ import type { LoaderFunctionArgs } from "@remix-run/node";
 import { NavLink, Outlet, isRouteErrorResponse, redirect, useLoaderData, useRevalidator, useRouteError, type ShouldRevalidateFunction } from "@remix-run/react";
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { useState } from "react";
+import { SandboxesUnavailable } from "../components/sandbox-banner";
 import { ErrorState, MutationError, Notice } from "../components/ui";
 import { useAppData } from "../lib/app-data";
 import { markSigningOut } from "../lib/errors";
@@ -15,8 +16,8 @@ import { atLeast, type Role } from "../lib/types";
 export async function loader({ request, context }: LoaderFunctionArgs) {
   const caller = context.trpcCaller(request);
   try {
-    const [me, team] = await Promise.all([caller.auth.me(), caller.teams.get()]);
-    return { me, team };
+    const [me, team, sandboxes] = await Promise.all([caller.auth.me(), caller.teams.get(), caller.system.sandboxes()]);
+    return { me, team, sandboxes };
   } catch (error) {
     if ((error as { code?: string }).code === "UNAUTHORIZED") {
       const url = new URL(request.url);
@@ -164,7 +165,7 @@ function SignOut() {
 }
 
 export default function AppLayout() {
-  const { me, team } = useLoaderData<typeof loader>();
+  const { me, team, sandboxes } = useLoaderData<typeof loader>();
   return (
     <div className="shell">
       <a className="skip-link" href="#main">
@@ -197,6 +198,11 @@ export default function AppLayout() {
         </div>
       </aside>
       <main id="main" className="content" tabIndex={-1}>
+        {sandboxes.available ? null : (
+          <div className="layout-banner">
+            <SandboxesUnavailable sandboxes={sandboxes} />
+          </div>
+        )}
         {me.via === "session" ? <ReceivedInvitations /> : null}
         <Outlet />
       </main>

@@ -1,6 +1,7 @@
 import type { LoaderFunctionArgs, MetaFunction } from "@remix-run/node";
 import { Link, redirect, useLoaderData } from "@remix-run/react";
 import { useQuery } from "@tanstack/react-query";
+import { SandboxesUnavailable } from "../components/sandbox-banner";
 import { useTRPC } from "../lib/trpc";
 
 export const meta: MetaFunction = () => [{ title: "Berth" }];
@@ -40,11 +41,18 @@ export default function Home() {
         <h1>Berth</h1>
         <p className="tagline">Self-hosted orchestration for stateful AI agents</p>
       </header>
+      <SandboxesUnavailable sandboxes={health.sandboxes} className="home-banner" />
       <p>
         <Link to="/login" className="button button-primary">
           Sign in to the dashboard
         </Link>
       </p>
+      {health.sandboxes.available ? (
+        <p className="muted">
+          The first start printed the admin&rsquo;s email and where its password is. Once signed in, <strong>Start a demo session</strong> runs a command in a
+          fresh sandbox with the offline demo model: no model key, nothing to fill in.
+        </p>
+      ) : null}
       <section className="card" aria-labelledby="system-heading">
         <h2 id="system-heading">System</h2>
         <dl className="status-list">
@@ -52,6 +60,7 @@ export default function Home() {
           <StatusRow label="Database" value={health.database} good={health.database === "ok"} />
           <StatusRow label="Model gateway" value={health.gateway} good={health.gateway === "ok"} />
           <StatusRow label="Sandbox backend" value={health.sandboxBackend} good={health.sandboxBackend !== "not configured"} />
+          <StatusRow label="Sandboxes" value={health.sandboxes.available ? "available" : "unavailable"} good={health.sandboxes.available} />
           <StatusRow label="Version" value={health.version} good />
         </dl>
       </section>

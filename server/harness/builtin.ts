@@ -120,8 +120,11 @@ export class BuiltinHarness implements Harness {
               await this.abort(turn, calls.slice(index).map(({ call: pending }) => pending), signals.abort);
               return;
             }
-            if (!(error instanceof SandboxUnavailableError) && !isDomainUnavailable(error)) throw error;
-            outcome = { output: `the sandbox stopped while this tool call ran (${(error as Error).message}); it is being reconnected. The call was not retried.`, isError: true };
+            // No sandbox can start on this host (decision 024): the call's result says why, and the
+            // turn ends normally instead of being run again and again.
+            if (isDomainKind(error, "precondition")) outcome = { output: (error as Error).message, isError: true };
+            else if (!(error instanceof SandboxUnavailableError) && !isDomainKind(error, "unavailable")) throw error;
+            else outcome = { output: `the sandbox stopped while this tool call ran (${(error as Error).message}); it is being reconnected. The call was not retried.`, isError: true };
           }
         }
         remember(await store.append(turn, [{ type: "tool_result", payload: { callId: call.id, output: outcome.output, exitCode: outcome.exitCode, isError: outcome.isError } }]));
@@ -140,8 +143,8 @@ export class BuiltinHarness implements Harness {
   }
 }
 
-function isDomainUnavailable(error: unknown): boolean {
-  return typeof error === "object" && error !== null && (error as { kind?: string }).kind === "unavailable";
+function isDomainKind(error: unknown, kind: "unavailable" | "precondition"): boolean {
+  return typeof error === "object" && error !== null && (error as { kind?: string }).kind === kind;
 }
 
 /** Batches live text deltas (every 50 ms) so a fast stream is a few notifications, not hundreds. */

@@ -218,6 +218,8 @@ export function outcomeOfError(label: string, error: unknown, signals: RunSignal
   if (signals.abort.reason instanceof TurnSupersededError) throw signals.abort.reason;
   if (signals.abort.aborted) return { status: "aborted", error: ABORTED };
   if (error instanceof HarnessSetupError) return { status: "failed", error: error.message };
+  // No sandbox can start on this host (decision 024): running the turn again would not help.
+  if (typeof error === "object" && error !== null && (error as { kind?: string }).kind === "precondition") return { status: "failed", error: (error as Error).message };
   if (isSandboxGone(error)) {
     const reason = (error as Error).message;
     return { status: "failed", error: `the sandbox stopped while ${label} ran (${reason}); it is being reconnected. Send a message to continue: ${label} resumes its session on the same workspace.` };

@@ -5,7 +5,7 @@ import fs from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
 import type { Logger } from "../logger";
-import { unchrootPrefix } from "../host-root";
+import { runningInChroot, unchrootPrefix } from "../host-root";
 import { ensureSystemUser, runningAsRoot, type HostIdentity } from "../system-user";
 import { Cgroups } from "./cgroups";
 import { createDaemonClient } from "./daemon-client";
@@ -600,7 +600,7 @@ export class LocalSandboxBackend implements SandboxBackend {
       await attempt(folder);
       return null;
     } catch (error) {
-      return diagnoseJailFailure((error as Error).message, { readSetting: readKernelSetting, inContainer: inContainer(), root: runningAsRoot() });
+      return diagnoseJailFailure((error as Error).message, { readSetting: readKernelSetting, inContainer: inContainer(), root: runningAsRoot(), inChroot: runningInChroot() });
     } finally {
       await fs.rm(dir, { recursive: true, force: true });
     }
@@ -709,12 +709,22 @@ function inContainer(): boolean {
  * first: bwrap's own message names a symptom, and Ubuntu's AppArmor restriction gives no clear one)
  * and then from bwrap's message, with the command that fixes it.
  */
-export function diagnoseJailFailure(message: string, host: { readSetting: (file: string) => string | null; inContainer: boolean; root: boolean }): JailProblem {
+export function diagnoseJailFailure(
+  message: string,
+  host: { readSetting: (file: string) => string | null; inContainer: boolean; root: boolean; inChroot?: boolean },
+): JailProblem {
   const said = message.trim().replace(/^bwrap: /, "") || "no message";
   const reason = (cause: string) => `a test sandbox could not start (bwrap: ${said})${cause ? `: ${cause}` : ""}`;
   const sudo = host.root ? "" : "sudo ";
   const sysctl = (setting: string) =>
     `\`${sudo}sysctl -w ${setting}\` (to keep it after a reboot: \`echo ${setting} | ${sudo}tee /etc/sysctl.d/60-berth-userns.conf\`), then restart Berth`;
+  // Before the sysctls: in a chroot they may all allow namespaces, and no sysctl helps.
+  if (host.inChroot && !host.root) {
+    return {
+      reason: reason("Berth runs in a chroot, where the kernel refuses a process new user namespaces"),
+      fix: "Run Berth as root (it then starts jails from a private mount namespace of the same tree), or outside the chroot; then restart Berth.",
+    };
+  }
   if (host.readSetting("/proc/sys/kernel/unprivileged_userns_clone") === "0") {
     return { reason: reason("unprivileged user namespaces are disabled (kernel.unprivileged_userns_clone = 0)"), fix: `Allow them: ${sysctl("kernel.unprivileged_userns_clone=1")}.` };
   }

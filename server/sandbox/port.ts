@@ -57,10 +57,19 @@ export type SandboxIsolation = {
   diskQuota: boolean;
 };
 
+/**
+ * Whether sandboxes can start on this backend here. A host that cannot run them (no bubblewrap, user
+ * namespaces off) still runs Berth: everything but sessions works, and `reason` and `fix` tell the
+ * operator what is wrong and what to run.
+ */
+export type SandboxAvailability = { available: true } | { available: false; reason: string; fix: string };
+
 export interface SandboxBackend {
   readonly name: "local" | "kubernetes";
   /** Optional: what isolates sandboxes here. */
   describeIsolation?(): SandboxIsolation;
+  /** Optional: whether sandboxes can start at all (absent: they can). Decided at start-up. */
+  availability?(): SandboxAvailability;
   /** Starts (or claims from a warm pool) a sandbox and returns once its daemon answers health. */
   provision(spec: SandboxSpec): Promise<ProvisionedSandbox>;
   /** Stops the sandbox and releases its compute; the session workspace is kept (see deleteWorkspace). Idempotent. */

@@ -4,7 +4,7 @@
  */
 export class DomainError extends Error {
   constructor(
-    readonly kind: "not_found" | "conflict" | "forbidden" | "invalid" | "unauthenticated" | "unavailable" | "rate_limited",
+    readonly kind: "not_found" | "conflict" | "forbidden" | "invalid" | "unauthenticated" | "unavailable" | "rate_limited" | "precondition",
     message: string,
   ) {
     super(message);
@@ -16,6 +16,8 @@ export const notFound = (what: string) => new DomainError("not_found", `${what} 
 export const conflict = (message: string) => new DomainError("conflict", message);
 export const forbidden = (message: string) => new DomainError("forbidden", message);
 export const invalid = (message: string) => new DomainError("invalid", message);
+/** The installation cannot do this until an operator fixes something (no sandboxes on this host). */
+export const precondition = (message: string) => new DomainError("precondition", message);
 
 /**
  * The Postgres error under a failed query (drizzle wraps the driver's error; the SQLSTATE is on its

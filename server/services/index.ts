@@ -6,6 +6,7 @@ import { ApiKeyService } from "./api-keys";
 import { AgentService } from "./agents";
 import { AuditService } from "./audit";
 import { AuthService } from "./auth";
+import { DemoService } from "./demo";
 import { LoginThrottle } from "./login-throttle";
 import { HealthService } from "./health";
 import { JobService } from "./jobs";
@@ -55,7 +56,7 @@ export function createServices(deps: ServiceDependencies) {
     metrics: deps.metrics,
     logger: deps.logger.child({ component: "sandboxes" }),
   });
-  const turnStore = new TurnStore(deps.db);
+  const turnStore = new TurnStore(deps.db, deps.metrics);
   const externalHarness = (name: string) => ({
     store: turnStore,
     lifecycle: sandboxes,
@@ -92,6 +93,7 @@ export function createServices(deps: ServiceDependencies) {
       isWorkerRunning: deps.isWorkerRunning,
       sandboxBackend: () => deps.sandboxBackend.name,
       sandboxIsolation: () => deps.sandboxBackend.describeIsolation?.(),
+      sandboxAvailability: () => sandboxes.availability(),
     }),
     auth,
     loginThrottle,
@@ -100,15 +102,18 @@ export function createServices(deps: ServiceDependencies) {
     receivedInvitations: new ReceivedInvitationService(deps.db),
     workerLiveness: new WorkerLiveness(deps.sql, deps.logger.child({ component: "worker-liveness" }), { databaseUrl: deps.databaseUrl }),
     forTeam(principal: Principal) {
+      const agents = new AgentService(deps.db, principal);
+      const sessions = new SessionService(deps.db, principal, sandboxes, deps.bus);
       return {
         principal,
         team: new TeamService(deps.db, principal),
         invitations: new TeamInvitationService(deps.db, principal),
         apiKeys: new ApiKeyService(deps.db, principal, (keyId) => auth.forgetApiKey(keyId)),
-        agents: new AgentService(deps.db, principal),
+        agents,
         secrets: new SecretService(deps.db, principal, deps.secretBox),
         audit: new AuditService(deps.db, principal),
-        sessions: new SessionService(deps.db, principal, sandboxes, deps.bus),
+        sessions,
+        demo: new DemoService(deps.db, principal, agents, sessions, sandboxes),
         jobs: new JobService(deps.db, principal),
       };
     },

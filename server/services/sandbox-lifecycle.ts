@@ -4,9 +4,9 @@ import type { Database, DatabaseOrTransaction } from "../../db/client";
 import { agents, agentVersions, sandboxes, sessions } from "../../db/schema";
 import type { Config } from "../config";
 import type { Logger } from "../logger";
-import { SandboxUnavailableError, type DaemonClient, type SandboxBackend } from "../sandbox/port";
+import { SandboxUnavailableError, type DaemonClient, type SandboxAvailability, type SandboxBackend } from "../sandbox/port";
 import { recordAudit, SYSTEM_ACTOR } from "./audit";
-import { conflict, DomainError, notFound } from "./errors";
+import { conflict, DomainError, notFound, precondition } from "./errors";
 import { appendEvents, type EventInput } from "./event-log";
 import { enqueueJob } from "./job-queue";
 import type { SecretBox } from "./secret-box";
@@ -39,6 +39,10 @@ const ALLOWED: Record<SessionStatus, SessionStatus[]> = {
   failed: ["provisioning", "terminated"],
   terminated: [],
 };
+
+function unavailableMessage(availability: Extract<SandboxAvailability, { available: false }>): string {
+  return `sandboxes are unavailable on this host: ${availability.reason}. ${availability.fix}`;
+}
 
 /** Moves a locked session to a new status and records the `status` event, in the caller's transaction. */
 export async function transition(tx: DatabaseOrTransaction, session: { id: string; status: SessionStatus }, to: SessionStatus, reason?: string): Promise<boolean> {
@@ -80,6 +84,8 @@ export class SandboxLifecycle {
       logger: Logger;
     },
   ) {
+    // Exported from the start, so the first failure already shows in rate() and increase().
+    deps.metrics.sandboxStartFailures.inc({ backend: deps.backend.name }, 0);
     deps.backend.onLost((loss) => {
       this.handleLoss(loss.name, loss.reason).catch((error: unknown) => deps.logger.error({ err: error, sandbox: loss.name }, "could not handle a lost sandbox"));
     });
@@ -87,6 +93,17 @@ export class SandboxLifecycle {
 
   get backendName(): string {
     return this.deps.backend.name;
+  }
+
+  /** Whether sandboxes can start here (a backend that does not say can). */
+  availability(): SandboxAvailability {
+    return this.deps.backend.availability?.() ?? { available: true };
+  }
+
+  /** Refuses, with the reason and the fix, what needs a new sandbox on a host that cannot start one. */
+  assertSandboxesAvailable(): void {
+    const availability = this.availability();
+    if (!availability.available) throw precondition(unavailableMessage(availability));
   }
 
   /** The environment a sandbox of this session gets: platform CONTAINER_ENV_*, agent env, team secrets, agent secrets (last wins). */
@@ -98,9 +115,21 @@ export class SandboxLifecycle {
   /** The provision job: a new sandbox generation for the session, then `ready`. */
   async provision(sessionId: string, options: { finalAttempt: boolean }): Promise<void> {
     const { db, backend, logger } = this.deps;
+    const availability = this.availability();
     const prepared = await db.transaction(async (tx) => {
       const session = await lockSession(tx, sessionId);
       if (!session || session.status === "terminated") return null;
+      if (!availability.available) {
+        // Retrying cannot help until an operator fixes the host and restarts: fail the session now,
+        // once, instead of a job that errors and backs off (a suspended one stays suspended).
+        if (ALLOWED[session.status].includes("failed")) {
+          const reason = unavailableMessage(availability).slice(0, 1000);
+          await transition(tx, session, "failed", reason);
+          await recordAudit(tx, { teamId: session.teamId, actor: SYSTEM_ACTOR, action: "session.fail", targetType: "session", targetId: sessionId, metadata: { reason: reason.slice(0, 500) } });
+          logger.warn({ sessionId }, "sandboxes are unavailable on this host: the session failed");
+        }
+        return null;
+      }
       const [current] = await tx.select().from(sandboxes).where(eq(sandboxes.sessionId, sessionId)).orderBy(desc(sandboxes.generation)).limit(1);
       if (LIVE.includes(session.status) && current?.status === "ready" && (await backend.status(current.name)) === "running") return null;
       if (current && (current.status === "ready" || current.status === "provisioning")) {
@@ -137,6 +166,7 @@ export class SandboxLifecycle {
     } catch (error) {
       const reason = `sandbox could not start: ${(error as Error).message}`;
       logger.warn({ err: error, sessionId }, "provisioning failed");
+      this.deps.metrics.sandboxStartFailures.inc({ backend: backend.name });
       await db.transaction(async (tx) => {
         await tx.update(sandboxes).set({ status: "failed", endedAt: new Date(), endReason: reason.slice(0, 1000) }).where(eq(sandboxes.id, row.id));
         if (options.finalAttempt) {
@@ -204,6 +234,8 @@ export class SandboxLifecycle {
       const [session] = await this.deps.db.select().from(sessions).where(eq(sessions.id, sessionId));
       if (!session) throw notFound("session");
       if (session.status === "terminated") throw conflict("the session is terminated");
+      // Nothing could start its sandbox (nor a restart help): say why now, not after the timeout.
+      if (!LIVE.includes(session.status)) this.assertSandboxesAvailable();
       if (session.status === "failed") throw conflict(`the session failed (${session.statusReason ?? "unknown reason"}): restart it`);
       if (LIVE.includes(session.status)) {
         const [sandbox] = await this.deps.db.select().from(sandboxes).where(and(eq(sandboxes.sessionId, sessionId), eq(sandboxes.status, "ready"))).orderBy(desc(sandboxes.generation)).limit(1);
@@ -298,6 +330,7 @@ export class SandboxLifecycle {
 
   /** Forces a new sandbox generation (also brings a failed session back). */
   async restart(sessionId: string): Promise<void> {
+    this.assertSandboxesAvailable();
     const replaced = await this.deps.db.transaction(async (tx) => {
       const session = await lockSession(tx, sessionId);
       if (!session) throw notFound("session");

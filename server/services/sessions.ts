@@ -1,5 +1,5 @@
 import { and, desc, eq, isNull, sql } from "drizzle-orm";
-import type { Database } from "../../db/client";
+import type { Database, DatabaseOrTransaction } from "../../db/client";
 import { agents, sandboxes, sessions, turns } from "../../db/schema";
 import { MAX_OUTPUT_BYTES_LIMIT, runExec } from "../sandbox/daemon-client";
 import { DaemonRequestError, SandboxUnavailableError, type DaemonClient, type FileEntry } from "../sandbox/port";
@@ -73,16 +73,23 @@ export class SessionService {
     return row;
   }
 
-  /** Persists the session and enqueues its provisioning in one transaction. */
+  /**
+   * Persists the session and enqueues its provisioning in one transaction. On a host that cannot
+   * start sandboxes it is refused with the reason (PRECONDITION_FAILED), and nothing is written.
+   */
   async create(input: { agentId: string; title?: string }): Promise<SessionView> {
-    return this.db.transaction(async (tx) => {
-      const [agent] = await tx.select().from(agents).where(and(eq(agents.teamId, this.principal.teamId), eq(agents.id, input.agentId), isNull(agents.deletedAt)));
-      if (!agent) throw notFound("agent");
-      const [row] = await tx.insert(sessions).values({ teamId: this.principal.teamId, agentId: agent.id, agentVersion: agent.currentVersion, title: input.title ?? "" }).returning();
-      await enqueueJob(tx, "sandbox:provision", { sessionId: row!.id, reason: "create" }, { jobKey: `provision:${row!.id}`, maxAttempts: 3 });
-      await recordAudit(tx, { teamId: this.principal.teamId, actor: this.principal.actor, action: "session.create", targetType: "session", targetId: row!.id, metadata: { agentId: agent.id, agentVersion: agent.currentVersion } });
-      return view(row!);
-    });
+    return this.db.transaction((tx) => this.createIn(tx, input));
+  }
+
+  /** `create` inside the caller's transaction (the demo session also sends its first message in it). */
+  async createIn(tx: DatabaseOrTransaction, input: { agentId: string; title?: string }): Promise<SessionView> {
+    const [agent] = await tx.select().from(agents).where(and(eq(agents.teamId, this.principal.teamId), eq(agents.id, input.agentId), isNull(agents.deletedAt)));
+    if (!agent) throw notFound("agent");
+    this.lifecycle.assertSandboxesAvailable();
+    const [row] = await tx.insert(sessions).values({ teamId: this.principal.teamId, agentId: agent.id, agentVersion: agent.currentVersion, title: input.title ?? "" }).returning();
+    await enqueueJob(tx, "sandbox:provision", { sessionId: row!.id, reason: "create" }, { jobKey: `provision:${row!.id}`, maxAttempts: 3 });
+    await recordAudit(tx, { teamId: this.principal.teamId, actor: this.principal.actor, action: "session.create", targetType: "session", targetId: row!.id, metadata: { agentId: agent.id, agentVersion: agent.currentVersion } });
+    return view(row!);
   }
 
   async get(input: { sessionId: string }): Promise<SessionView & { sandbox: SandboxView | null }> {
@@ -124,9 +131,14 @@ export class SessionService {
    * is durable and will be answered. A retry with the same idempotencyKey returns the first result.
    */
   async send(input: { sessionId: string; text: string; idempotencyKey?: string }): Promise<{ seq: number; turnId: string; queued: boolean; duplicate: boolean }> {
+    return this.sendIn(this.db, input);
+  }
+
+  /** `send` inside the caller's transaction. */
+  async sendIn(db: DatabaseOrTransaction, input: { sessionId: string; text: string; idempotencyKey?: string }): Promise<{ seq: number; turnId: string; queued: boolean; duplicate: boolean }> {
     // One statement (db/migrations/0002_accept_message.sql): the session row is locked for one round trip.
     try {
-      const rows = await this.db.execute<{ accepted_seq: string; accepted_turn_id: string; was_queued: boolean; was_duplicate: boolean }>(
+      const rows = await db.execute<{ accepted_seq: string; accepted_turn_id: string; was_queued: boolean; was_duplicate: boolean }>(
         sql`select * from berth_accept_message(${this.principal.teamId}::uuid, ${input.sessionId}::uuid, ${input.text}, ${input.idempotencyKey ?? null}::text)`,
       );
       const row = rows[0]!;

@@ -8,6 +8,7 @@ import { enqueueJob } from "./job-queue";
 import { eventBatch, storableText, storedEvents, usageArguments, type EventInput, type StoredEvent } from "./event-log";
 import { TURN_ABORT_CHANNEL, TURN_TAKEN_OVER_CHANNEL, type EventBus } from "./event-bus";
 import { transition, type SessionStatus } from "./sandbox-lifecycle";
+import type { BerthMetrics } from "../metrics";
 
 export type TurnRow = typeof turns.$inferSelect;
 export type AgentVersionRow = typeof agentVersions.$inferSelect;
@@ -64,7 +65,10 @@ export class TurnStore {
   /** Agent versions never change once written: a turn reads its agent's from here after the first time. */
   private readonly agentVersions = new Map<string, AgentVersionRow>();
 
-  constructor(private readonly db: Database) {}
+  constructor(
+    private readonly db: Database,
+    private readonly metrics?: Pick<BerthMetrics, "turnDuration">,
+  ) {}
 
   /**
    * Resumes the session's running turn, or starts its oldest queued one; null when none is left. One
@@ -249,7 +253,10 @@ export class TurnStore {
       this.db.execute<{ finished: boolean }>(sql`select berth_finish_turn(${turn.id}::uuid, ${turn.run}::integer, ${turn.sessionId}::uuid, ${outcome.status}::turn_status,
         ${outcome.error === undefined ? null : storableText(outcome.error)}::text, ${eventBatch(outcome.events ?? [])}::jsonb, ${usageArguments(usageChange(outcome.usage ?? null))}) as finished`),
     );
-    return row?.finished === true;
+    const finished = row?.finished === true;
+    // createdAt is the database's clock and this is the process's: they differ by the hosts' skew.
+    if (finished) this.metrics?.turnDuration.observe({ outcome: outcome.status }, Math.max(0, Date.now() - turn.createdAt.getTime()) / 1000);
+    return finished;
   }
 }
 

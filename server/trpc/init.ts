@@ -59,6 +59,7 @@ const DOMAIN_TO_TRPC = {
   unauthenticated: "UNAUTHORIZED",
   unavailable: "SERVICE_UNAVAILABLE",
   rate_limited: "TOO_MANY_REQUESTS",
+  precondition: "PRECONDITION_FAILED",
 } as const;
 
 /** Services throw DomainErrors; this is the one place they become tRPC errors. */

@@ -11,6 +11,8 @@ export const sessionsRouter = router({
   create: teamProcedure
     .input(z.strictObject({ agentId: id, title: z.string().trim().max(200).optional() }))
     .mutation(({ ctx, input }) => ctx.team.sessions.create(input)),
+  /** A session of the team's demo agent (made on first use, admins only) with a command already sent: the dashboard's "Start a demo session". */
+  startDemo: teamProcedure.mutation(({ ctx }) => ctx.team.demo.start()),
   get: teamProcedure.input(z.strictObject({ sessionId: id })).query(({ ctx, input }) => ctx.team.sessions.get(input)),
   list: teamProcedure
     .input(z.strictObject({ ...pageInput, status: sessionStatus.optional(), agentId: id.optional() }))
