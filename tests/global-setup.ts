@@ -18,6 +18,11 @@ declare module "vitest" {
   export interface ProvidedContext {
     postgresAdminUrl: string;
     templateDatabase: string;
+    /**
+     * The embedded server's socket folder as this process reaches it (null with DATABASE_URL): the
+     * server's own setting may name it as seen from a mount namespace of its own (db/embedded.ts).
+     */
+    postgresSocketDir: string | null;
   }
 }
 
@@ -47,6 +52,7 @@ export default async function setup(project: TestProject) {
 
   project.provide("postgresAdminUrl", adminUrl);
   project.provide("templateDatabase", templateDatabase);
+  project.provide("postgresSocketDir", embedded?.socketUrl ? new URL(embedded.socketUrl).searchParams.get("host") : null);
 
   return async () => {
     await admin.unsafe(`drop database if exists ${templateDatabase} with (force)`).catch(() => {});

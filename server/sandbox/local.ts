@@ -319,7 +319,7 @@ export class LocalSandboxBackend implements SandboxBackend {
     this.options.logger.debug({ sandbox: name, reason }, "stopping sandbox");
     if (jail.child.exitCode === null && jail.child.signalCode === null) {
       // Not left to bwrap's --die-with-parent chain: a jail stopped while it starts would outlive it.
-      if (this.bwrapPath) killProcessTree(jail.hostPid);
+      if (this.bwrapPath) await killProcessTree(jail.hostPid);
       else process.kill(-jail.hostPid, "SIGKILL");
     }
     await jail.exited;
@@ -651,7 +651,7 @@ export class LocalSandboxBackend implements SandboxBackend {
   private async removeLeftovers(): Promise<void> {
     const sandboxesDir = path.join(this.options.dataDir, "sandboxes");
     // Without cgroups, only their command lines tell them (a jail the previous process was starting when it died).
-    const strays = killProcessesUnder(sandboxesDir, [process.getuid?.() ?? -1, ...(this.identity ? [this.identity.uid] : [])]);
+    const strays = await killProcessesUnder(sandboxesDir, [process.getuid?.() ?? -1, ...(this.identity ? [this.identity.uid] : [])]);
     if (strays > 0) this.options.logger.warn({ processes: strays }, "stopped processes of jails that outlived the previous process");
     for (const name of await fs.readdir(sandboxesDir)) {
       try {

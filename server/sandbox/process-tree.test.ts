@@ -42,7 +42,7 @@ describe("killing a jail's process tree without cgroups", () => {
     started.push(second);
     await until(() => descendantsOf(second.pid!).length === 2);
     const tree = descendantsOf(second.pid!);
-    expect(killProcessTree(second.pid!)).toBe(2);
+    expect(await killProcessTree(second.pid!)).toBe(2);
     await until(() => tree.every((pid) => !alive(pid)));
   });
 
@@ -55,8 +55,8 @@ describe("killing a jail's process tree without cgroups", () => {
       started.push(jail, other);
       await until(() => descendantsOf(jail.pid!).length === 1 && descendantsOf(other.pid!).length === 1);
       const jailChild = descendantsOf(jail.pid!)[0]!;
-      expect(killProcessesUnder(sandboxes, [process.getuid!() + 1])).toBe(0);
-      expect(killProcessesUnder(sandboxes, [process.getuid!()])).toBe(2);
+      expect(await killProcessesUnder(sandboxes, [process.getuid!() + 1])).toBe(0);
+      expect(await killProcessesUnder(sandboxes, [process.getuid!()])).toBe(2);
       await until(() => !alive(jailChild) && jail.exitCode === null && jail.signalCode === "SIGKILL");
       expect(alive(other.pid!)).toBe(true);
     } finally {

@@ -6,31 +6,49 @@ import { readFileSync, readdirSync } from "node:fs";
  * bwrap's --die-with-parent chain is set up by each of its processes a moment after it starts, and
  * the inner bwrap leaves the process group (--new-session) before it does: a jail killed in that
  * window left its inner bwrap, and later the daemon, running under init for good. Here every process
- * is stopped first (a stopped process forks no more), the tree is read again until it stops growing,
- * and only then is everything killed.
+ * is stopped first, and the tree is read only once each has actually stopped (a stop signal is taken
+ * on the way back from the kernel, so a process inside clone() still adds its child), again until it
+ * stops growing; only then is everything killed.
  */
-export function killProcessTree(root: number): number {
+export async function killProcessTree(root: number): Promise<number> {
   const found = new Set<number>([root]);
   signal(root, "SIGSTOP");
+  await untilStopped([root]);
   for (let round = 0; round < 20; round += 1) {
-    let grew = false;
-    for (const pid of descendantsOf(root)) {
-      if (found.has(pid)) continue;
+    const added = descendantsOf(root).filter((pid) => !found.has(pid));
+    if (added.length === 0) break;
+    for (const pid of added) {
       found.add(pid);
       signal(pid, "SIGSTOP");
-      grew = true;
     }
-    if (!grew) break;
+    await untilStopped(added);
   }
   for (const pid of found) signal(pid, "SIGKILL");
   return found.size - 1;
+}
+
+/** Waits (up to about a second) until each process is stopped or gone. */
+async function untilStopped(pids: number[]): Promise<void> {
+  const deadline = Date.now() + 1_000;
+  while (pids.some((pid) => !["T", "t", "Z", "X", null].includes(stateOf(pid))) && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+}
+
+function stateOf(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.charAt(stat.lastIndexOf(")") + 2);
+  } catch {
+    return null;
+  }
 }
 
 /**
  * Kills every process of `ownerUids` (with its tree) whose command line names a path under `folder`: jails a previous
  * Berth process of this data dir left behind when it died while one was starting.
  */
-export function killProcessesUnder(folder: string, ownerUids: number[]): number {
+export async function killProcessesUnder(folder: string, ownerUids: number[]): Promise<number> {
   const prefix = folder.endsWith("/") ? folder : `${folder}/`;
   let killed = 0;
   for (const pid of processIds()) {
@@ -42,7 +60,7 @@ export function killProcessesUnder(folder: string, ownerUids: number[]): number 
       continue;
     }
     if (!commandLine.split("\0").some((arg) => arg.startsWith(prefix))) continue;
-    killed += 1 + killProcessTree(pid);
+    killed += 1 + (await killProcessTree(pid));
   }
   return killed;
 }

@@ -42,6 +42,8 @@ import { unchrootPrefix } from "../../server/host-root";
 
 const ROOT = path.resolve(import.meta.dirname, "../..");
 export const CRD_DIR = path.resolve(ROOT, "k8s/crds");
+/** Where an image with files (imageFiles) carries the daemon: beside the harness binaries, under a folder that exists on hosts. */
+const IMAGE_DAEMON = "/opt/berth/sandboxd.js";
 
 type Json = Record<string, unknown>;
 type Obj = Json & { apiVersion?: string; kind?: string; metadata: Meta; spec?: Json; status?: Json };
@@ -870,9 +872,13 @@ export class FakeKubeApi {
       pod.env = env;
       pod.workspace = workspace;
       const script = path.join(ROOT, "build/sandboxd.js");
-      const daemon = [process.execPath, ...(existsSync(script) ? [script] : ["--import", "tsx", path.join(ROOT, "sandboxd/main.ts")])];
+      const files = this.options.imageFiles?.[image ?? ""];
+      // An image with files carries the daemon too: the pod's user may not reach this checkout (a
+      // clone in root's 0700 home).
+      const inImage = files && Object.keys(files).length > 0 && existsSync(script);
+      const daemon = [process.execPath, ...(inImage ? [IMAGE_DAEMON] : existsSync(script) ? [script] : ["--import", "tsx", path.join(ROOT, "sandboxd/main.ts")])];
       const asUser = user ? ["setpriv", `--reuid=${user.uid}`, `--regid=${user.gid}`, "--clear-groups", "--"] : [];
-      const mounts = podMounts(this.options.imageFiles?.[image ?? ""], workspace);
+      const mounts = podMounts(inImage ? { ...files, [IMAGE_DAEMON]: script } : files, workspace);
       const [command, ...args] = [...mounts, ...asUser, ...daemon];
       // The pod's own /tmp (an emptyDir; with image files bwrap gives it a private one): what the
       // daemon writes there (its CA files) goes with the stand-in's folder, not the host's /tmp.

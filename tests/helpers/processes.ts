@@ -1,6 +1,8 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
 import net from "node:net";
+import path from "node:path";
+import { runningInChroot, unchrootPrefix } from "../../server/host-root";
 import { ROOT } from "./berth";
 
 export type BerthProcess = {
@@ -16,11 +18,21 @@ export function startProcess(
   env: Record<string, string>,
   options: { uid?: number; gid?: number } = {},
 ): BerthProcess {
-  const child: ChildProcess = spawn(command, args, {
+  const environment = { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? "/root", ...env } as unknown as NodeJS.ProcessEnv;
+  const asOther = options.uid !== undefined && options.uid !== process.getuid?.();
+  // Another user may not reach this checkout (a clone in root's 0700 home), and in a chroot could
+  // start no jail: it runs on a view of the checkout, as the root of a mount namespace of its own.
+  const viaView = asOther && (!traversableBy(options.uid!, options.gid ?? options.uid!, ROOT) || runningInChroot());
+  const view = path.join("/run", "berth-test-checkout", String(process.pid));
+  if (viaView) mkdirSync(view, { recursive: true, mode: 0o755 });
+  const [program, ...programArgs] = viaView
+    ? [...unchrootPrefix(), "unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", VIEW_SCRIPT, "berth-test-view", ROOT, view, String(options.uid), String(options.gid ?? options.uid), command, ...args]
+    : [command, ...args];
+  const child: ChildProcess = spawn(program!, programArgs, {
     cwd: ROOT,
-    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? "/root", ...env } as unknown as NodeJS.ProcessEnv,
+    env: environment,
     stdio: ["ignore", "pipe", "pipe"],
-    ...(options.uid === undefined ? {} : { uid: options.uid, gid: options.gid }),
+    ...(options.uid === undefined || viaView ? {} : { uid: options.uid, gid: options.gid }),
   });
   let output = "";
   child.stdout!.on("data", (chunk) => (output += chunk));
@@ -29,6 +41,18 @@ export function startProcess(
     child.once("exit", (code, signal) => resolve({ code, signal })),
   );
   return { child, output: () => output, exited };
+}
+
+const VIEW_SCRIPT = `mount --bind "$1" "$2" && cd "$2" && uid=$3 && gid=$4 && shift 4 && exec setpriv --reuid="$uid" --regid="$gid" --clear-groups -- "$@"`;
+
+/** Whether uid/gid may pass through every folder from the root to `target`. */
+function traversableBy(uid: number, gid: number, target: string): boolean {
+  for (let dir = target; ; dir = path.dirname(dir)) {
+    const stat = statSync(dir);
+    const bits = stat.uid === uid ? stat.mode >> 6 : stat.gid === gid ? stat.mode >> 3 : stat.mode;
+    if ((bits & 1) === 0) return false;
+    if (dir === path.dirname(dir)) return true;
+  }
 }
 
 export async function waitFor<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 30_000): Promise<T> {
