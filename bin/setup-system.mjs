@@ -23,11 +23,21 @@ export const PROMTOOL = path.join(TOOLS_DIR, "bin", "promtool");
 /** What each purpose needs: a check, and the package that provides it per package manager. */
 const NEEDS = {
   bubblewrap: { check: () => onPath("bwrap"), apt: "bubblewrap", dnf: "bubblewrap", why: "the sandboxes' jails" },
-  chromium: { check: () => Boolean(process.env.BERTH_TEST_CHROMIUM) || existsSync("/usr/bin/chromium") || existsSync("/usr/bin/chromium-browser"), apt: "chromium", dnf: "chromium", why: "the dashboard's browser tests" },
+  chromium: { check: () => Boolean(process.env.BERTH_TEST_CHROMIUM) || existsSync("/usr/bin/chromium") || playwrightChromium(), apt: "chromium", dnf: "chromium", why: "the dashboard's browser tests" },
   curl: { check: () => onPath("curl"), apt: "curl", dnf: "curl", why: "the egress tests (run inside jails)" },
   git: { check: () => onPath("git"), apt: "git", dnf: "git", why: "the egress tests (run inside jails)" },
 };
 const PURPOSES = { run: ["bubblewrap"], test: ["bubblewrap", "chromium", "curl", "git"] };
+
+/** A chromium playwright installed (its cache: ~/.cache/ms-playwright/chromium-<build>). */
+function playwrightChromium() {
+  const cache = process.env.PLAYWRIGHT_BROWSERS_PATH ?? path.join(os.homedir(), ".cache", "ms-playwright");
+  try {
+    return readdirSync(cache).some((name) => name.startsWith("chromium-"));
+  } catch {
+    return false;
+  }
+}
 
 function onPath(program) {
   return spawnSync("sh", ["-c", `command -v ${program}`], { stdio: "ignore" }).status === 0;
@@ -138,7 +148,7 @@ function main() {
       const ok = spawnSync("npx", ["--no-install", "playwright-core", "install", "--with-deps", "chromium"], { cwd: ROOT, stdio: "inherit" }).status === 0;
       if (!ok) problems.push("chromium: `npx playwright-core install --with-deps chromium` failed; set BERTH_TEST_CHROMIUM to a chromium binary");
     }
-    const still = PURPOSES[purpose].filter((name) => !NEEDS[name].check() && !(viaPlaywright && name === "chromium"));
+    const still = PURPOSES[purpose].filter((name) => !NEEDS[name].check());
     if (!installed || still.length > 0) {
       const names = (still.length > 0 ? still : missing).map((name) => NEEDS[name].apt);
       const how =

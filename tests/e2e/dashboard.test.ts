@@ -10,6 +10,7 @@ import { HISTORY_WINDOW } from "../../app/lib/use-session-follow";
 import { ROOT, startTestBerth, type TestBerth } from "../helpers/berth";
 import { waitFor } from "../helpers/processes";
 import { createTeamWithKey } from "../helpers/teams";
+import { chromiumPath } from "../helpers/system-tools";
 
 /**
  * The web dashboard in a real browser (Debian's chromium, driven by playwright-core) against a
@@ -17,7 +18,7 @@ import { createTeamWithKey } from "../helpers/teams";
  * simulate losing the network. Screenshots of every page go to test-artifacts/screenshots/.
  */
 
-const CHROMIUM = process.env.BERTH_TEST_CHROMIUM ?? "/usr/bin/chromium";
+const CHROMIUM = chromiumPath();
 const EMAIL = "admin@dashboard.test";
 const PASSWORD = "dashboard-password-0123";
 const API_KEY = "dashboard_key_0123456789abcdefghijklmn";

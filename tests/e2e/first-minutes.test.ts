@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEMO_FIRST_MESSAGE } from "../../server/services/demo";
 import { ROOT, startTestBerth, type TestBerth } from "../helpers/berth";
 import { createKeyForTeam } from "../helpers/teams";
+import { chromiumPath } from "../helpers/system-tools";
 
 /**
  * A newcomer's first minutes (docs/decisions/024-first-minutes.md), in a real browser on a fresh
@@ -13,7 +14,7 @@ import { createKeyForTeam } from "../helpers/teams";
  * session showing a command's output, in at most three clicks and without filling in a form beyond
  * the sign-in.
  */
-const CHROMIUM = process.env.BERTH_TEST_CHROMIUM ?? "/usr/bin/chromium";
+const CHROMIUM = chromiumPath();
 const SHOTS = process.env.BERTH_TEST_SCREENSHOTS ?? path.join(ROOT, "test-artifacts/screenshots");
 const API_KEY = "firstminutes_key_0123456789abcdefghijk";
 

@@ -9,6 +9,7 @@ import { createBerthClient } from "../../server/client";
 import { ROOT } from "../helpers/berth";
 import { createTestDatabase, type TestDatabase } from "../helpers/database";
 import { freePort, startProcess, waitFor, type BerthProcess } from "../helpers/processes";
+import { chromiumPath } from "../helpers/system-tools";
 
 /**
  * The built server on a machine without bubblewrap: every program of this one is on its PATH but
@@ -18,7 +19,7 @@ import { freePort, startProcess, waitFor, type BerthProcess } from "../helpers/p
 const EMAIL = "admin@no-sandboxes.test";
 const PASSWORD = "no-sandboxes-password-0123";
 const API_KEY = "nosandbox_key_0123456789abcdefghijklmn";
-const CHROMIUM = process.env.BERTH_TEST_CHROMIUM ?? "/usr/bin/chromium";
+const CHROMIUM = chromiumPath();
 const SHOTS = process.env.BERTH_TEST_SCREENSHOTS ?? path.join(ROOT, "test-artifacts/screenshots");
 
 /** A folder of links to every program on this machine's usual PATH except bwrap. */

@@ -1,5 +1,6 @@
-import { accessSync, constants, statSync } from "node:fs";
+import { accessSync, constants, existsSync, statSync } from "node:fs";
 import path from "node:path";
+import { chromium } from "playwright-core";
 
 // Not imported from ./berth, which loads the whole server.
 const ROOT = path.resolve(import.meta.dirname, "../..");
@@ -29,4 +30,17 @@ export function promtoolPath(): string {
   throw new Error(
     `promtool is missing (not in BERTH_PROMTOOL, not on PATH, not at ${path.relative(ROOT, CACHED_PROMTOOL)}): run \`node bin/setup-system.mjs test\`, which takes it out of Debian's prometheus package`,
   );
+}
+
+/**
+ * The chromium the browser tests drive: BERTH_TEST_CHROMIUM, else the distribution's (Debian's
+ * `chromium`), else the build playwright installed (Ubuntu, whose `chromium` package is a snap stub:
+ * bin/setup-system.mjs runs `playwright-core install chromium` there).
+ */
+export function chromiumPath(): string {
+  if (process.env.BERTH_TEST_CHROMIUM) return process.env.BERTH_TEST_CHROMIUM;
+  if (existsSync("/usr/bin/chromium")) return "/usr/bin/chromium";
+  const installed = chromium.executablePath();
+  if (installed && existsSync(installed)) return installed;
+  throw new Error("no chromium for the browser tests: run `node bin/setup-system.mjs test`, or set BERTH_TEST_CHROMIUM");
 }
