@@ -160,7 +160,13 @@ function main() {
       problems.push(how);
     }
   }
-  if (purpose === "test" && !ensurePromtool(manager)) {
+  let promtool = false;
+  try {
+    promtool = purpose !== "test" || ensurePromtool(manager);
+  } catch (error) {
+    say(`could not take promtool out of the prometheus package: ${error.message}`);
+  }
+  if (!promtool) {
     problems.push("promtool (the alert-rule tests): install Prometheus' promtool, or set BERTH_PROMTOOL to it");
   }
 
