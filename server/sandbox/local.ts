@@ -366,6 +366,10 @@ export class LocalSandboxBackend implements SandboxBackend {
     env: Record<string, string> | null;
     resources: { memoryMb: number; cpuMillis: number; diskMb: number };
   }): Promise<Jail> {
+    // A NUL would end one of bwrap's --setenv arguments early (spawnJail); Node refuses it in a real environment too.
+    if (Object.entries(input.env ?? {}).some(([name, value]) => name.includes("\0") || value.includes("\0"))) {
+      throw new SandboxUnavailableError(`sandbox ${input.name} did not start: an environment variable of the session holds a NUL character`);
+    }
     const sandboxDir = path.join(this.options.dataDir, "sandboxes", input.name);
     const socketDir = path.join(sandboxDir, "run");
     const daemonDir = path.join(socketDir, "daemon");
@@ -405,8 +409,11 @@ export class LocalSandboxBackend implements SandboxBackend {
       ? [...stage.prefix(this.bwrapPath, await this.bwrapArgs(stage, input.workspace, sandboxDir, input.resources.memoryMb), this.seccomp !== null), this.options.runtimePath, DAEMON_IN_JAIL]
       : [this.options.runtimePath, this.options.daemonScript];
     const child = spawnJail([...limits, ...jailCommand], procsFiles, {
-      // Exactly the session's environment (plus the daemon's own settings, which it removes at start).
-      env: daemonEnv,
+      // Exactly the session's environment (plus the daemon's own settings, which it removes at start),
+      // set by bwrap itself: the host programs before it (some of them root's) must never run with an
+      // agent's PATH or LD_PRELOAD. Without bwrap there is no boundary to keep it from.
+      jailEnv: this.bwrapPath ? daemonEnv : null,
+      hostEnv: this.bwrapPath ? HOST_ENV : daemonEnv,
       seccomp: this.bwrapPath ? this.seccomp : null,
       detached: !this.bwrapPath,
     });
@@ -578,7 +585,7 @@ export class LocalSandboxBackend implements SandboxBackend {
         "-c",
         `touch ${WORKSPACE_IN_JAIL}/.berth-self-test`,
       ];
-      const child = spawnJail(stage.prefix(this.bwrapPath!, args, this.seccomp !== null), [], { env: {}, seccomp: this.seccomp, detached: false });
+      const child = spawnJail(stage.prefix(this.bwrapPath!, args, this.seccomp !== null), [], { jailEnv: {}, hostEnv: HOST_ENV, seccomp: this.seccomp, detached: false });
       let stderr = "";
       child.stderr!.setEncoding("utf8").on("data", (chunk: string) => (stderr = (stderr + chunk).slice(-2000)));
       child.stdout!.resume();
@@ -795,7 +802,8 @@ class Stage {
 
   /** The command that runs bwrap with `args` (up to "--"; append the program), reading a seccomp program on fd 3 if asked. */
   prefix(bwrapPath: string, args: string[], seccomp: boolean): string[] {
-    const bwrap = [bwrapPath, ...(seccomp ? ["--seccomp", "3"] : []), ...args];
+    // fd 4 (spawnJail): --clearenv and the jail's --setenv pairs, out of every command line.
+    const bwrap = [bwrapPath, "--args", "4", ...(seccomp ? ["--seccomp", "3"] : []), ...args];
     if (!this.identity) return bwrap;
     const { uid, gid } = this.identity;
     return [...unchrootPrefix(), "unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", STAGE_SCRIPT, "berth-stage", String(uid), String(gid), String(this.mounts.length / 3), ...this.mounts, ...bwrap];
@@ -813,23 +821,39 @@ while [ "$n" -gt 0 ]; do
 done
 exec setpriv --reuid="$uid" --regid="$gid" --clear-groups --inh-caps=-all --no-new-privs -- "$@"`;
 
+/** The whole environment of the host programs that start a jail (sh, prlimit, unshare, mount, setpriv, bwrap). */
+const HOST_ENV = { PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" };
+
 /**
  * Spawns a jail's command line: a shell joins the sandbox's cgroups, then becomes the command, so
- * nothing starts outside them. The seccomp program reaches bwrap on fd 3 (`--seccomp 3`).
+ * nothing starts outside them. The seccomp program reaches bwrap on fd 3 (`--seccomp 3`), and the
+ * jail's environment on fd 4 (`--args 4`: `--clearenv`, then `--setenv NAME VALUE` for each), so that
+ * secrets appear on no command line and no host program before bwrap runs with them.
  */
-function spawnJail(command: string[], procsFiles: string[], options: { env: Record<string, string>; seccomp: Buffer | null; detached: boolean }): ChildProcess {
-  // (`command` passes --seccomp 3 to bwrap whenever `seccomp` is given: Stage.prefix.)
+function spawnJail(
+  command: string[],
+  procsFiles: string[],
+  options: { hostEnv: Record<string, string>; jailEnv: Record<string, string> | null; seccomp: Buffer | null; detached: boolean },
+): ChildProcess {
+  // (`command` passes --seccomp 3 to bwrap whenever `seccomp` is given, and --args 4 always: Stage.prefix.)
+  const envArgs = options.jailEnv && ["--clearenv", ...Object.entries(options.jailEnv).flatMap(([name, value]) => ["--setenv", name, value])];
+  // (startJail refuses NUL in names and values: it would end an argument early and make the rest bwrap options.)
   const joinCgroups = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 97; shift; n=$((n-1)); done; exec "$@"';
   const child = spawn("/bin/sh", ["-c", joinCgroups, "berth-jail", String(procsFiles.length), ...procsFiles, ...command], {
-    env: options.env as unknown as NodeJS.ProcessEnv,
-    stdio: ["ignore", "pipe", "pipe", options.seccomp ? "pipe" : "ignore"],
+    env: options.hostEnv as unknown as NodeJS.ProcessEnv,
+    stdio: ["ignore", "pipe", "pipe", options.seccomp ? "pipe" : "ignore", options.jailEnv ? "pipe" : "ignore"],
     detached: options.detached,
   });
+  // A jail that dies before bwrap reads these closes the pipes: its exit is reported elsewhere.
   const seccompPipe = child.stdio[3] as NodeJS.WritableStream | null;
   if (seccompPipe && options.seccomp) {
-    // A jail that dies before bwrap reads it closes the pipe: its exit is reported elsewhere.
     seccompPipe.on("error", () => {});
     seccompPipe.end(options.seccomp);
+  }
+  const envPipe = child.stdio[4] as NodeJS.WritableStream | null;
+  if (envPipe && options.jailEnv) {
+    envPipe.on("error", () => {});
+    envPipe.end(Buffer.from(envArgs!.map((arg) => `${arg}\0`).join("")));
   }
   return child;
 }

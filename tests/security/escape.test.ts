@@ -403,6 +403,38 @@ describe(`sandbox escape probes (Berth running as ${serverUser ?? (asRoot ? "roo
     }
   });
 
+  it("an agent's environment (PATH, LD_PRELOAD) reaches only the jail, never the host programs that start it", async () => {
+    const admin = createBerthClient({ url: `http://127.0.0.1:${port}`, apiKey: ADMIN_KEY });
+    // Programs named like those that start a jail, in a session's workspace: run on the host, each
+    // would leave a file in the data dir.
+    const { id: planter } = await api.sessions.create.mutate({ agentId: (await api.agents.list.query({})).items.find((item) => item.name === "probe")!.id });
+    await waitFor("the planting session's sandbox", async () => ((await api.sessions.get.query({ sessionId: planter })).status === "ready" ? true : undefined), 90_000);
+    const names = ["sh", "prlimit", "unshare", "nsenter", "mount", "setpriv", "bwrap", "env"];
+    const plant = names.map((name) => `printf '#!/bin/sh\\ntouch ${dataDir}/ran-on-host-${name}\\nexec /usr/bin/${name} "$@"\\n' > /workspace/${name} && chmod +x /workspace/${name}`).join(" && ");
+    const planted = await api.sessions.exec.mutate({ sessionId: planter, command: `${plant} && ls /workspace | wc -l` });
+    expect(planted.exitCode, planted.stderr).toBe(0);
+    const hostWorkspace = path.join(dataDir, "workspaces", planter);
+    const agent = await admin.agents.create.mutate({
+      name: "hostile-env",
+      model: "demo",
+      // A size of its own: the session starts a cold jail of its own rather than a warm one.
+      diskMb: 320,
+      env: { PATH: `${hostWorkspace}:/usr/bin:/bin`, LD_PRELOAD: `${hostWorkspace}/nothing.so`, BASH_ENV: `${hostWorkspace}/sh` },
+    });
+    const { id: sessionId2 } = await api.sessions.create.mutate({ agentId: agent.id });
+    await waitFor("the hostile-env session's sandbox", async () => {
+      const current = await api.sessions.get.query({ sessionId: sessionId2 });
+      if (current.status === "failed") throw new Error(`sandbox failed: ${current.statusReason}`);
+      return current.status === "ready" ? true : undefined;
+    }, 90_000);
+    // Inside, the agent's environment is what it set.
+    const inside = await api.sessions.exec.mutate({ sessionId: sessionId2, command: "printenv PATH LD_PRELOAD" });
+    expect(inside.stdout).toContain(hostWorkspace);
+    expect(readdirSync(dataDir).filter((name) => name.startsWith("ran-on-host-"))).toEqual([]);
+    await api.sessions.terminate.mutate({ sessionId: sessionId2 });
+    await api.sessions.terminate.mutate({ sessionId: planter });
+  });
+
   it("sandboxes stopped while they start (restarts in quick succession, then a terminate) leave no process behind", async () => {
     const agent = (await api.agents.list.query({})).items.find((item) => item.name === "probe")!;
     const { id: churned } = await api.sessions.create.mutate({ agentId: agent.id });
