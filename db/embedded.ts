@@ -79,9 +79,14 @@ async function launcherFor(binaries: Binaries, dataDir: string, runAs: { uid: nu
   // The package's own folder (bin/, lib/, share/): the programs find their libraries and files relative to themselves.
   const binariesDir = path.dirname(path.dirname(binaries.postgres));
   if (!runAs || (traversableBy(runAs, binariesDir) && traversableBy(runAs, dataDir))) return direct;
-  const viewRoot = path.join(existsSync("/run") ? "/run" : "/tmp", "berth-postgres", createHash("sha256").update(dataDir).digest("hex").slice(0, 16));
-  await fs.mkdir(path.join(viewRoot, "bin"), { recursive: true, mode: 0o755 });
-  await fs.mkdir(path.join(viewRoot, "data"), { recursive: true, mode: 0o755 });
+  // Under /run (root's, never another user's to pre-create), and modes set after mkdir, which a umask narrows.
+  const viewRoot = path.join("/run", "berth-postgres", createHash("sha256").update(dataDir).digest("hex").slice(0, 16));
+  for (const dir of [path.join("/run", "berth-postgres"), viewRoot, path.join(viewRoot, "bin"), path.join(viewRoot, "data")]) {
+    await fs.mkdir(dir, { recursive: true, mode: 0o755 });
+    const stat = await fs.lstat(dir);
+    if (!stat.isDirectory() || stat.uid !== 0) throw new Error(`${dir} must be a folder of root's for the embedded Postgres' view`);
+    await fs.chmod(dir, 0o755);
+  }
   for (let dir = viewRoot; dir !== path.dirname(dir); dir = path.dirname(dir)) {
     if (!traversableBy(runAs, dir)) throw new Error(`the embedded Postgres needs ${dir} to be traversable by the 'postgres' user`);
   }

@@ -658,7 +658,7 @@ export class LocalSandboxBackend implements SandboxBackend {
   private async removeLeftovers(): Promise<void> {
     const sandboxesDir = path.join(this.options.dataDir, "sandboxes");
     // Without cgroups, only their command lines tell them (a jail the previous process was starting when it died).
-    const strays = await killProcessesUnder(sandboxesDir, [process.getuid?.() ?? -1, ...(this.identity ? [this.identity.uid] : [])]);
+    const strays = await killProcessesUnder(sandboxesDir, [this.identity?.uid ?? process.getuid?.() ?? -1]);
     if (strays > 0) this.options.logger.warn({ processes: strays }, "stopped processes of jails that outlived the previous process");
     for (const name of await fs.readdir(sandboxesDir)) {
       try {

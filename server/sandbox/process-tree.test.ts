@@ -1,5 +1,5 @@
-import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
@@ -46,19 +46,31 @@ describe("killing a jail's process tree without cgroups", () => {
     await until(() => tree.every((pid) => !alive(pid)));
   });
 
-  it("finds left-behind jails by the folder their command line names, only among the given owners", async () => {
+  it("finds left-behind jails (orphaned bwrap naming the folder) among the given owners, and leaves other processes that name it alone", async () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), "berth-tree-"));
+    const pidFile = (name: string) => path.join(dir, `${name}.pid`);
+    // Orphans (their starter gone), as a jail whose Berth died is: one that looks like bwrap, one an operator's tool.
+    const orphan = (name: string, argv0: string, arg: string) =>
+      spawnSync("bash", ["-c", `(exec -a ${argv0} sh -c 'echo $$ > "$1"; sleep 300 & wait' x ${pidFile(name)} ${arg} </dev/null >/dev/null 2>&1 &)`], { stdio: "ignore" });
     try {
       const sandboxes = path.join(dir, "sandboxes");
-      const jail = spawn("sh", ["-c", "sleep 300 & wait", path.join(sandboxes, "s-1-g1", "run")], { stdio: "ignore" });
-      const other = spawn("sh", ["-c", "sleep 300 & wait", path.join(dir, "elsewhere")], { stdio: "ignore" });
-      started.push(jail, other);
-      await until(() => descendantsOf(jail.pid!).length === 1 && descendantsOf(other.pid!).length === 1);
-      const jailChild = descendantsOf(jail.pid!)[0]!;
+      orphan("jail", "bwrap", path.join(sandboxes, "s-1-g1", "run"));
+      orphan("tool", "tail", path.join(sandboxes, "s-1-g1", "log"));
+      orphan("elsewhere", "bwrap", path.join(dir, "elsewhere"));
+      // A live jail: its starter (this process) is still there.
+      const live = spawn("bash", ["-c", `exec -a bwrap sh -c 'sleep 300 & wait' x ${path.join(sandboxes, "s-2-g1")}`], { stdio: "ignore" });
+      started.push(live);
+      await until(() => ["jail", "tool", "elsewhere"].every((name) => existsSync(pidFile(name))) && descendantsOf(live.pid!).length === 1);
+      const [jail, tool, elsewhere] = ["jail", "tool", "elsewhere"].map((name) => Number(readFileSync(pidFile(name), "utf8")));
+      const jailChild = descendantsOf(jail!)[0]!;
       expect(await killProcessesUnder(sandboxes, [process.getuid!() + 1])).toBe(0);
       expect(await killProcessesUnder(sandboxes, [process.getuid!()])).toBe(2);
-      await until(() => !alive(jailChild) && jail.exitCode === null && jail.signalCode === "SIGKILL");
-      expect(alive(other.pid!)).toBe(true);
+      await until(() => !alive(jail!) && !alive(jailChild));
+      expect([alive(tool!), alive(elsewhere!), alive(live.pid!)]).toEqual([true, true, true]);
+      for (const pid of [tool!, elsewhere!]) {
+        for (const child of descendantsOf(pid)) process.kill(child, "SIGKILL");
+        process.kill(pid, "SIGKILL");
+      }
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

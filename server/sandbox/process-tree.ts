@@ -1,4 +1,5 @@
 import { readFileSync, readdirSync } from "node:fs";
+import path from "node:path";
 
 /**
  * Kills a jail's whole process tree without relying on cgroups (an unprivileged Berth has none).
@@ -45,24 +46,32 @@ function stateOf(pid: number): string | null {
 }
 
 /**
- * Kills every process of `ownerUids` (with its tree) whose command line names a path under `folder`: jails a previous
- * Berth process of this data dir left behind when it died while one was starting.
+ * Kills the jails of a data dir that a dead Berth process left (one it was starting when it died has
+ * no death signal yet): bwrap processes of `ownerUids` whose command line names a path under `folder`
+ * and whose parent is no longer a jail's starter (Berth's runtime) or another bwrap, with their trees.
+ * Anything else that names the folder (an operator's `tail -f`, a shell) is left alone.
  */
 export async function killProcessesUnder(folder: string, ownerUids: number[]): Promise<number> {
   const prefix = folder.endsWith("/") ? folder : `${folder}/`;
   let killed = 0;
   for (const pid of processIds()) {
     if (pid === process.pid || !ownerUids.includes(realUidOf(pid))) continue;
-    let commandLine: string;
-    try {
-      commandLine = readFileSync(`/proc/${pid}/cmdline`, "utf8");
-    } catch {
-      continue;
-    }
-    if (!commandLine.split("\0").some((arg) => arg.startsWith(prefix))) continue;
+    const args = commandLineOf(pid);
+    if (!args || path.basename(args[0] ?? "") !== "bwrap" || !args.some((arg) => arg.startsWith(prefix))) continue;
+    const parent = parentOf(pid);
+    const parentProgram = parent === null ? "" : path.basename(commandLineOf(parent)?.[0] ?? "");
+    if (["bwrap", "node", "bun"].includes(parentProgram)) continue;
     killed += 1 + (await killProcessTree(pid));
   }
   return killed;
+}
+
+function commandLineOf(pid: number): string[] | null {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").slice(0, -1);
+  } catch {
+    return null;
+  }
 }
 
 /** Every live descendant of `root`, read from /proc. */
