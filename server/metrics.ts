@@ -61,6 +61,13 @@ export class BerthMetrics {
     registers: [this.registry],
   });
 
+  readonly sandboxesAvailable = new Gauge({
+    name: "berth_sandboxes_available",
+    help: "Whether sandboxes can start on this backend here (1) or not (0: bubblewrap missing, user namespaces off; system.health says why).",
+    labelNames: ["backend"] as const,
+    registers: [this.registry],
+  });
+
   readonly reconnects = new Counter({
     name: "berth_sandbox_reconnects_total",
     help: "Sandbox losses and how their reconnection ended (started, recovered, failed).",

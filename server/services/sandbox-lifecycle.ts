@@ -86,6 +86,8 @@ export class SandboxLifecycle {
   ) {
     // Exported from the start, so the first failure already shows in rate() and increase().
     deps.metrics.sandboxStartFailures.inc({ backend: deps.backend.name }, 0);
+    // Decided once, at start (a fixed host needs a restart, as the fix says).
+    deps.metrics.sandboxesAvailable.set({ backend: deps.backend.name }, (deps.backend.availability?.() ?? { available: true }).available ? 1 : 0);
     deps.backend.onLost((loss) => {
       this.handleLoss(loss.name, loss.reason).catch((error: unknown) => deps.logger.error({ err: error, sandbox: loss.name }, "could not handle a lost sandbox"));
     });
@@ -127,6 +129,7 @@ export class SandboxLifecycle {
           await transition(tx, session, "failed", reason);
           await recordAudit(tx, { teamId: session.teamId, actor: SYSTEM_ACTOR, action: "session.fail", targetType: "session", targetId: sessionId, metadata: { reason: reason.slice(0, 500) } });
           logger.warn({ sessionId }, "sandboxes are unavailable on this host: the session failed");
+          this.deps.metrics.sandboxStartFailures.inc({ backend: backend.name });
         }
         return null;
       }

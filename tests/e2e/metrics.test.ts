@@ -58,6 +58,7 @@ describe("GET /metrics", () => {
 
     expect(families.get("berth_sandbox_start_seconds")?.type).toBe("HISTOGRAM");
     expect(histogramCount(text, "berth_sandbox_start_seconds", { backend: "local", warm: "false" })).toBeGreaterThanOrEqual(1);
+    expect(value("berth_sandboxes_available", { backend: "local" })).toBe(1);
     expect(histogramCount(text, "berth_job_wait_seconds", { task: "turn:run" })).toBeGreaterThanOrEqual(1);
     expect(histogramCount(text, "berth_http_request_duration_seconds", { route: "/api/trpc/sessions.send", status: "200" })).toBeGreaterThanOrEqual(1);
     // Declared even before the first observation (this test makes no reconnect and no gateway call).

@@ -123,6 +123,10 @@ describe("a machine without bubblewrap", () => {
     expect(health).not.toHaveProperty("sandboxIsolation");
 
     expect(server.output()).toContain("Sandboxes are unavailable: bubblewrap is not installed");
+
+    // What the BerthSandboxesUnavailable alert reads (the process itself stays ready).
+    const metrics = await (await fetch(`${base}/metrics`)).text();
+    expect(metrics).toMatch(/^berth_sandboxes_available\{backend="local"\} 0$/m);
   });
 
   it("says so on the home page and on every dashboard page, in the HTML the server sends", async () => {
