@@ -70,6 +70,8 @@ describe("BerthMetrics", () => {
     const metrics = new BerthMetrics(own);
     expect(await value(metrics, "berth_job_queue_depth", { state: "runnable" })).toBe(1);
     await own.end({ timeout: 5 });
+    // Past the second a database figure is reused for.
+    await new Promise((resolve) => setTimeout(resolve, 1_100));
     const text = await metrics.registry.metrics();
     expect(text).toMatch(/^berth_database_up 0$/m);
     expect(text).toMatch(/^berth_job_queue_depth\{state="runnable"\} 1$/m);
@@ -103,5 +105,19 @@ describe("BerthMetrics", () => {
     for (const outcome of ["completed", "failed", "aborted"]) expect(text).toContain(`berth_turn_duration_seconds_count{outcome="${outcome}"} 0`);
     expect(text).toContain("# TYPE berth_nodejs_active_handles gauge");
     expect(text).not.toMatch(/^# TYPE \S+_total gauge$/m);
+  });
+
+  it("reads each database figure once for many scrapes at a time (/metrics may be open to anyone)", async () => {
+    let queries = 0;
+    const counting = new Proxy(sql, {
+      apply(target, thisArg, args) {
+        queries += 1;
+        return Reflect.apply(target, thisArg, args) as unknown;
+      },
+    });
+    const metrics = new BerthMetrics(counting);
+    await Promise.all(Array.from({ length: 20 }, () => metrics.registry.metrics()));
+    // One query per figure read from the database (up, sessions, events, tokens, cost, queue depth, oldest job).
+    expect(queries).toBe(7);
   });
 });

@@ -20,6 +20,24 @@ async function fromDatabase<T>(query: () => Promise<T>): Promise<T | undefined> 
   }
 }
 
+/** How long a database figure is reused by later scrapes (and any scrape while it is being read). */
+const DATABASE_SCRAPE_REUSE_MS = 1_000;
+
+/**
+ * A database figure read at most once a second, however often /metrics is asked (it may be open to
+ * anyone): a flood of scrapes cannot take the application's connections or make the database look
+ * down (berth_database_up).
+ */
+function sharedRead<T>(query: () => Promise<T>): () => Promise<T | undefined> {
+  let last: { at: number; result: Promise<T | undefined> } | null = null;
+  return () => {
+    if (last && performance.now() - last.at < DATABASE_SCRAPE_REUSE_MS) return last.result;
+    const result = fromDatabase(query);
+    last = { at: performance.now(), result };
+    return result;
+  };
+}
+
 /**
  * prom-client's default gauges that promtool check metrics flags (a gauge must not end in _total).
  * Each is the sum over the `type` label of the gauge of the same name without the suffix, which stays.
@@ -129,35 +147,40 @@ export class BerthMetrics {
     for (const kind of ["internal", "policy", "brokering", "upstream", "certificate", "record"]) this.egressErrors.inc({ kind }, 0);
     for (const outcome of ["completed", "failed", "aborted"]) this.turnDuration.zero({ outcome });
     const registers = [this.registry];
+    const databaseAnswers = sharedRead(() => sql`select 1`);
     new Gauge({
       name: "berth_database_up",
       help: "Whether the database answered a query within 1.5 s at this scrape (1) or not (0).",
       registers,
       async collect() {
-        this.set((await fromDatabase(() => sql`select 1`)) ? 1 : 0);
+        this.set((await databaseAnswers()) ? 1 : 0);
       },
     });
+    const sessionsByStatus = sharedRead(() => sql<{ status: string; count: number }[]>`select status::text, count(*)::int as count from sessions group by status`);
     new Gauge({
       name: "berth_sessions",
       help: "Sessions by status.",
       labelNames: ["status"] as const,
       registers,
       async collect() {
-        const rows = await fromDatabase(() => sql<{ status: string; count: number }[]>`select status::text, count(*)::int as count from sessions group by status`);
+        const rows = await sessionsByStatus();
         if (!rows) return;
         this.reset();
         for (const row of rows) this.set({ status: row.status }, row.count);
       },
     });
+    const eventsStored = sharedRead(() => sql<{ total: string }[]>`select coalesce(sum(last_seq), 0)::text as total from sessions`);
     new Gauge({
       name: "berth_session_events_stored",
       help: "Events written to session logs (all sessions).",
       registers,
       async collect() {
-        const [row] = (await fromDatabase(() => sql<{ total: string }[]>`select coalesce(sum(last_seq), 0)::text as total from sessions`)) ?? [];
+        const [row] = (await eventsStored()) ?? [];
         if (row) this.set(Number(row.total));
       },
     });
+    const tokensUsed = sharedRead(() => sql<{ prompt: string; completion: string }[]>`
+        select coalesce(sum(prompt_tokens), 0)::text as prompt, coalesce(sum(completion_tokens), 0)::text as completion from sessions`,);
     new Gauge({
       name: "berth_tokens_used",
       help: "Model tokens used by all sessions, by kind.",
@@ -165,24 +188,29 @@ export class BerthMetrics {
       registers,
       async collect() {
         const [row] =
-          (await fromDatabase(
-            () => sql<{ prompt: string; completion: string }[]>`
-              select coalesce(sum(prompt_tokens), 0)::text as prompt, coalesce(sum(completion_tokens), 0)::text as completion from sessions`,
-          )) ?? [];
+          (await tokensUsed()) ?? [];
         if (!row) return;
         this.set({ kind: "prompt" }, Number(row.prompt));
         this.set({ kind: "completion" }, Number(row.completion));
       },
     });
+    const costSpent = sharedRead(() => sql<{ cost: string }[]>`select coalesce(sum(cost_usd), 0)::text as cost from sessions`);
     new Gauge({
       name: "berth_cost_usd_spent",
       help: "Model cost reported by the gateway, all sessions, in USD.",
       registers,
       async collect() {
-        const [row] = (await fromDatabase(() => sql<{ cost: string }[]>`select coalesce(sum(cost_usd), 0)::text as cost from sessions`)) ?? [];
+        const [row] = (await costSpent()) ?? [];
         if (row) this.set(Number(row.cost));
       },
     });
+    const jobQueueDepth = sharedRead(() => sql<{ runnable: number; blocked: number; scheduled: number; running: number; failed: number }[]>`
+        select count(*) filter (where j.locked_at is null and j.attempts < j.max_attempts and j.run_at <= now() and q.locked_at is null)::int as runnable,
+               count(*) filter (where j.locked_at is null and j.attempts < j.max_attempts and j.run_at <= now() and q.locked_at is not null)::int as blocked,
+               count(*) filter (where j.locked_at is null and j.attempts < j.max_attempts and j.run_at > now())::int as scheduled,
+               count(*) filter (where j.locked_at is not null)::int as running,
+               count(*) filter (where j.locked_at is null and j.attempts >= j.max_attempts)::int as failed
+        from graphile_worker._private_jobs j left join graphile_worker._private_job_queues q on q.id = j.job_queue_id`,);
     new Gauge({
       name: "berth_job_queue_depth",
       help: "graphile-worker jobs by state: runnable (due, waiting for a worker), blocked (due, waiting behind a running job of its queue: a session's next turn), scheduled (run_at in the future, retries in their backoff too), running, failed (no attempts left).",
@@ -190,19 +218,15 @@ export class BerthMetrics {
       registers,
       async collect() {
         const [row] =
-          (await fromDatabase(
-            () => sql<{ runnable: number; blocked: number; scheduled: number; running: number; failed: number }[]>`
-              select count(*) filter (where j.locked_at is null and j.attempts < j.max_attempts and j.run_at <= now() and q.locked_at is null)::int as runnable,
-                     count(*) filter (where j.locked_at is null and j.attempts < j.max_attempts and j.run_at <= now() and q.locked_at is not null)::int as blocked,
-                     count(*) filter (where j.locked_at is null and j.attempts < j.max_attempts and j.run_at > now())::int as scheduled,
-                     count(*) filter (where j.locked_at is not null)::int as running,
-                     count(*) filter (where j.locked_at is null and j.attempts >= j.max_attempts)::int as failed
-              from graphile_worker._private_jobs j left join graphile_worker._private_job_queues q on q.id = j.job_queue_id`,
-          )) ?? [];
+          (await jobQueueDepth()) ?? [];
         if (!row) return;
         for (const [state, value] of Object.entries(row)) this.set({ state }, value);
       },
     });
+    const oldestRunnableAge = sharedRead(() => sql<{ age: number }[]>`
+        select coalesce(extract(epoch from now() - min(j.run_at)), 0)::float8 as age
+        from graphile_worker._private_jobs j left join graphile_worker._private_job_queues q on q.id = j.job_queue_id
+        where j.locked_at is null and j.attempts < j.max_attempts and j.run_at <= now() and q.locked_at is null`,);
     new Gauge({
       name: "berth_job_queue_oldest_runnable_age_seconds",
       help: "How long the oldest runnable job (due, its queue free, not started) has waited since its run_at; 0 when none waits.",
@@ -211,12 +235,7 @@ export class BerthMetrics {
         // Blocked jobs are left out: a session's next turn waits for the running one, which can take
         // as long as a harness turn may (30 minutes by default) without anything being wrong.
         const [row] =
-          (await fromDatabase(
-            () => sql<{ age: number }[]>`
-              select coalesce(extract(epoch from now() - min(j.run_at)), 0)::float8 as age
-              from graphile_worker._private_jobs j left join graphile_worker._private_job_queues q on q.id = j.job_queue_id
-              where j.locked_at is null and j.attempts < j.max_attempts and j.run_at <= now() and q.locked_at is null`,
-          )) ?? [];
+          (await oldestRunnableAge()) ?? [];
         if (row) this.set(Math.max(0, row.age));
       },
     });
