@@ -8,8 +8,12 @@ import type { Logger } from "./logger";
 import type { BerthLoadContext } from "./load-context";
 import type { Services } from "./services";
 import { routeLabel } from "./metrics";
+import { appRouter } from "./trpc/router";
 import { isTrpcPath, serveTrpc } from "./trpc/node-adapter";
 import { createHash, timingSafeEqual } from "node:crypto";
+
+/** The API's procedure names (`agents.create`, ...): only these become metric labels. */
+const PROCEDURES: ReadonlySet<string> = new Set(Object.keys(appRouter._def.procedures));
 
 function safeEqual(given: string, expected: string): boolean {
   const digest = (value: string) => createHash("sha256").update(value).digest();
@@ -90,7 +94,7 @@ export function createHttpApp(options: HttpServerOptions): express.Express {
   const metrics = options.services.metrics;
   app.use((req, res, next) => {
     const end = metrics.httpDuration.startTimer();
-    res.once("finish", () => end({ method: req.method, route: routeLabel(req.path), status: String(res.statusCode) }));
+    res.once("finish", () => end({ method: req.method, route: routeLabel(req.path, PROCEDURES), status: String(res.statusCode) }));
     next();
   });
   app.get("/metrics", async (req, res) => {

@@ -2,7 +2,7 @@ import net from "node:net";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../tests/helpers/database";
-import { BerthMetrics } from "./metrics";
+import { BerthMetrics, routeLabel } from "./metrics";
 
 async function values(metrics: BerthMetrics, name: string): Promise<Array<{ labels: Record<string, string | number>; value: number }>> {
   await metrics.registry.metrics(); // collects, as a scrape does
@@ -119,5 +119,14 @@ describe("BerthMetrics", () => {
     await Promise.all(Array.from({ length: 20 }, () => metrics.registry.metrics()));
     // One query per figure read from the database (up, sessions, events, tokens, cost, queue depth, oldest job).
     expect(queries).toBe(7);
+  });
+
+  it("labels only the API's own procedures by name: anything else anyone sends is one label", () => {
+    const procedures = new Set(["agents.list", "sessions.get"]);
+    expect(routeLabel("/api/trpc/agents.list", procedures)).toBe("/api/trpc/agents.list");
+    expect(routeLabel("/api/trpc/agents.list,sessions.get", procedures)).toBe("/api/trpc/agents.list,sessions.get");
+    expect(routeLabel("/api/trpc/aaaa", procedures)).toBe("/api/trpc/other");
+    expect(routeLabel("/api/trpc/agents.list,aaab", procedures)).toBe("/api/trpc/other");
+    expect(routeLabel("/sessions/1234", procedures)).toBe("page");
   });
 });

@@ -261,12 +261,17 @@ export class BerthMetrics {
   }
 }
 
-/** A bounded label for a request path: the tRPC procedure(s), or the kind of page. */
-export function routeLabel(path: string): string {
+/**
+ * A bounded label for a request path: the tRPC procedure(s), or the kind of page. `procedures`, the
+ * API's procedure names: a path naming any other is `/api/trpc/other` (anyone may send such paths, and
+ * each label value is a new series).
+ */
+export function routeLabel(path: string, procedures?: ReadonlySet<string>): string {
   if (path.startsWith("/api/trpc/")) {
-    const procedures = path.slice("/api/trpc/".length);
-    if (!/^[A-Za-z.,]{1,200}$/.test(procedures)) return "/api/trpc/other";
-    const list = procedures.split(",");
+    const named = path.slice("/api/trpc/".length);
+    if (!/^[A-Za-z.,]{1,200}$/.test(named)) return "/api/trpc/other";
+    const list = named.split(",");
+    if (procedures && list.some((name) => !procedures.has(name))) return "/api/trpc/other";
     return list.length > 3 ? "/api/trpc/batch" : `/api/trpc/${list.join(",")}`;
   }
   if (path === "/healthz" || path === "/readyz" || path === "/metrics") return path;
