@@ -107,7 +107,7 @@ export function createHttpApp(options: HttpServerOptions): express.Express {
       res.set("content-type", metrics.registry.contentType).send(await metrics.registry.metrics());
     } catch (error) {
       options.logger.warn({ err: error }, "metrics could not be collected");
-      res.status(503).json({ error: "metrics could not be collected (is the database reachable?)" });
+      res.status(503).json({ error: "metrics could not be collected; the log says why" });
     }
   });
 
