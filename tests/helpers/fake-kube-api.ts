@@ -42,8 +42,8 @@ import { unchrootPrefix } from "../../server/host-root";
 
 const ROOT = path.resolve(import.meta.dirname, "../..");
 export const CRD_DIR = path.resolve(ROOT, "k8s/crds");
-/** Where an image with files (imageFiles) carries the daemon: beside the harness binaries, under a folder that exists on hosts. */
-const IMAGE_DAEMON = "/opt/berth/sandboxd.js";
+/** Where an image with files (imageFiles) carries the daemon: beside the harness binaries (a tmpfs over a checkout at /opt/berth would hide it all). */
+const IMAGE_DAEMON = "/opt/berth/bin/sandboxd.js";
 
 type Json = Record<string, unknown>;
 type Obj = Json & { apiVersion?: string; kind?: string; metadata: Meta; spec?: Json; status?: Json };
