@@ -1,12 +1,12 @@
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import fs from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import { promisify } from "node:util";
 import type { Logger } from "pino";
-import { unchrootPrefix } from "../server/host-root";
+import { HOST_PATH, traversableBy, unchrootPrefix } from "../server/host-root";
 import { ensureSystemUser, runningAsRoot } from "../server/system-user";
 
 const run = promisify(execFile);
@@ -68,7 +68,6 @@ type Launcher = {
   viaView: boolean;
 };
 
-const SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const VIEW_SCRIPT = `set -e
 mount --bind "$1" "$3/bin"; mount --bind "$2" "$3/data"
 uid=$4; gid=$5; shift 5
@@ -107,20 +106,6 @@ async function launcherFor(binaries: Binaries, dataDir: string, runAs: { uid: nu
       return { command: command!, args: rest, ids: {} };
     },
   };
-}
-
-/** Whether `ids` may pass through every folder from the root to `target` (inclusive). */
-function traversableBy(ids: { uid: number; gid: number }, target: string): boolean {
-  try {
-    for (let dir = target; ; dir = path.dirname(dir)) {
-      const stat = statSync(dir);
-      const bits = stat.uid === ids.uid ? (stat.mode >> 6) & 7 : stat.gid === ids.gid ? (stat.mode >> 3) & 7 : stat.mode & 7;
-      if ((bits & 1) === 0) return false;
-      if (dir === path.dirname(dir)) return true;
-    }
-  } catch {
-    return false;
-  }
 }
 
 /** Whether a process runs; a zombie (exited, but not reaped by an init that does not reap) does not. */
@@ -204,7 +189,7 @@ export async function startEmbeddedPostgres(options: { dataDir: string; logger: 
     const launcher = await launcherFor(binaries, dataDir, runAs, logger);
     // Absolute binary paths, so no PATH for the server itself: nothing of the platform environment
     // reaches it (the view's wrapper needs one to find unshare, mount and setpriv).
-    const childEnv = { LC_ALL: "C", LANG: "C", ...(launcher.viaView ? { PATH: SYSTEM_PATH } : {}) } as unknown as NodeJS.ProcessEnv;
+    const childEnv = { LC_ALL: "C", LANG: "C", ...(launcher.viaView ? { PATH: HOST_PATH } : {}) } as unknown as NodeJS.ProcessEnv;
 
     const passwordFile = path.join(dataDir, "pg-password");
     let password = (await fs.readFile(passwordFile, "utf8").catch(() => "")).trim();

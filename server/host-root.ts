@@ -1,4 +1,8 @@
-import { readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
+import path from "node:path";
+
+/** The PATH of the host programs Berth runs around its jails and its database: never anything of an agent's. */
+export const HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /**
  * Whether this process is chrooted: no mount of its mount namespace is mounted at its "/" (the kernel
@@ -17,6 +21,8 @@ export function runningInChroot(mountInfo?: string): boolean {
   return !text.split("\n").some((line) => line.split(" ")[4] === "/");
 }
 
+let chrooted: boolean | undefined;
+
 // Escapes the chroot (setns into the process's own mount namespace resets its root and working
 // folder to the namespace's), makes a private mount namespace, binds the chroot's folder (read from
 // Berth's /proc entry, which still has it as root) onto itself and pivots into it, so the command runs
@@ -33,6 +39,22 @@ const PIVOT_SCRIPT = 'tree=$(readlink "/proc/$1/root") && wd=$2 && shift 2 && mo
  * (unshare, sh, mount, pivot_root, umount) are the host's, found on the default PATH.
  */
 export function unchrootPrefix(): string[] {
-  if (process.getuid?.() !== 0 || !runningInChroot()) return [];
+  // Read once: a process does not move in or out of a chroot, and every jail start asks.
+  chrooted ??= runningInChroot();
+  if (process.getuid?.() !== 0 || !chrooted) return [];
   return ["/bin/sh", "-c", ENTER_SCRIPT, "berth-unchroot", PIVOT_SCRIPT, String(process.pid)];
+}
+
+/** Whether uid/gid may pass through every folder from the root to `target` (inclusive); false if one cannot be read. */
+export function traversableBy(ids: { uid: number; gid: number }, target: string): boolean {
+  try {
+    for (let dir = target; ; dir = path.dirname(dir)) {
+      const stat = statSync(dir);
+      const bits = stat.uid === ids.uid ? (stat.mode >> 6) & 7 : stat.gid === ids.gid ? (stat.mode >> 3) & 7 : stat.mode & 7;
+      if ((bits & 1) === 0) return false;
+      if (dir === path.dirname(dir)) return true;
+    }
+  } catch {
+    return false;
+  }
 }

@@ -5,7 +5,7 @@ import fs from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
 import type { Logger } from "../logger";
-import { runningInChroot, unchrootPrefix } from "../host-root";
+import { HOST_PATH, runningInChroot, unchrootPrefix } from "../host-root";
 import { ensureSystemUser, runningAsRoot, type HostIdentity } from "../system-user";
 import { Cgroups } from "./cgroups";
 import { createDaemonClient } from "./daemon-client";
@@ -822,7 +822,7 @@ done
 exec setpriv --reuid="$uid" --regid="$gid" --clear-groups --inh-caps=-all --no-new-privs -- "$@"`;
 
 /** The whole environment of the host programs that start a jail (sh, prlimit, unshare, mount, setpriv, bwrap). */
-const HOST_ENV = { PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" };
+const HOST_ENV = { PATH: HOST_PATH };
 
 /**
  * Spawns a jail's command line: a shell joins the sandbox's cgroups, then becomes the command, so

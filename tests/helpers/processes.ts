@@ -1,8 +1,8 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
-import { runningInChroot, unchrootPrefix } from "../../server/host-root";
+import { runningInChroot, traversableBy, unchrootPrefix } from "../../server/host-root";
 import { ROOT } from "./berth";
 
 export type BerthProcess = {
@@ -22,7 +22,7 @@ export function startProcess(
   const asOther = options.uid !== undefined && options.uid !== process.getuid?.();
   // Another user may not reach this checkout (a clone in root's 0700 home), and in a chroot could
   // start no jail: it runs on a view of the checkout, as the root of a mount namespace of its own.
-  const viaView = asOther && (!traversableBy(options.uid!, options.gid ?? options.uid!, ROOT) || runningInChroot());
+  const viaView = asOther && (!traversableBy({ uid: options.uid!, gid: options.gid ?? options.uid! }, ROOT) || runningInChroot());
   const view = path.join("/run", "berth-test-checkout", String(process.pid));
   if (viaView) mkdirSync(view, { recursive: true, mode: 0o755 });
   const [program, ...programArgs] = viaView
@@ -44,16 +44,6 @@ export function startProcess(
 }
 
 const VIEW_SCRIPT = `mount --bind "$1" "$2" && cd "$2" && uid=$3 && gid=$4 && shift 4 && exec setpriv --reuid="$uid" --regid="$gid" --clear-groups -- "$@"`;
-
-/** Whether uid/gid may pass through every folder from the root to `target`. */
-function traversableBy(uid: number, gid: number, target: string): boolean {
-  for (let dir = target; ; dir = path.dirname(dir)) {
-    const stat = statSync(dir);
-    const bits = stat.uid === uid ? stat.mode >> 6 : stat.gid === gid ? stat.mode >> 3 : stat.mode;
-    if ((bits & 1) === 0) return false;
-    if (dir === path.dirname(dir)) return true;
-  }
-}
 
 export async function waitFor<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 30_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
